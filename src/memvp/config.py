@@ -11,6 +11,7 @@ _PROJECTORS = ("linear", "mlp")
 _INSERT_INTO = ("keys_values", "keys", "values")
 _POSITION_MODES = ("add", "concat")
 _LAYER_GROUPS = ("all", "encoder", "decoder")
+_VISUAL_TOKENS = ("local", "global")
 
 
 @dataclass
@@ -45,6 +46,9 @@ class MemVPConfig:
     """Table 4 ablation: put the visual prompts in 'keys_values', only 'keys' or only 'values'."""
     position_mode: str = "add"
     """Table 4 ablation: 'add' p to the prompts (eq. 7) or 'concat' them as n extra entries."""
+    visual_tokens: str = "local"
+    """Table 4 ablation: 'local' keeps every patch feature as one entry; 'global' mean-pools them
+    into a single visual prompt (as LaVIN's global features), the other entries position-only."""
     train_layernorms: bool = False
     """Also train the LM's LayerNorm/RMSNorm weights (the paper does on BART and T5)."""
     dropout: float = 0.1
@@ -60,6 +64,7 @@ class MemVPConfig:
         _check_choice("projector", self.projector, _PROJECTORS)
         _check_choice("insert_into", self.insert_into, _INSERT_INTO)
         _check_choice("position_mode", self.position_mode, _POSITION_MODES)
+        _check_choice("visual_tokens", self.visual_tokens, _VISUAL_TOKENS)
         if self.projector == "mlp" and int(self.projector_hidden) <= 0:
             raise ValueError(f"MemVPConfig.projector_hidden must be positive, got {self.projector_hidden}")
         if not 0.0 <= float(self.dropout) < 1.0:

@@ -91,6 +91,8 @@ class VisualMemory(nn.Module):
             )
         weight = self.key_position
         z = visual_features.to(weight.device, weight.dtype)
+        if cfg.visual_tokens == "global":
+            z, n_visual = z.mean(dim=1, keepdim=True), 1
         if cfg.normalize_features:
             z = F.layer_norm(z, z.shape[-1:])
         prompts = cfg.visual_scale * self.projector(z)
@@ -122,8 +124,12 @@ class VisualMemory(nn.Module):
 
 
 def retrieve(x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, activation: nn.Module,
-             scale: float, dropout: float = 0.0, training: bool = False) -> torch.Tensor:
+             scale: float, dropout: float = 0.0, training: bool = False,
+             blocked: torch.Tensor | None = None) -> torch.Tensor:
     """s * phi(x K^T) V for x [B, L, d] and K, V [B or 1, n, d]: the visual part of eq. 6 / eq. 12.
+
+    ``blocked`` ([B or 1, n] bool) sets phi(x K_i^T) = 0 for those entries (the knowledge
+    distortion of the paper's Fig. 6).
 
     x may also be [B * L, d] (OPT flattens tokens) or hold r copies of each sample in a row
     (generate() expands prompts for beams with repeat_interleave): viewing x as
@@ -138,6 +144,8 @@ def retrieve(x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, activati
     values = values.to(device=x.device, dtype=x.dtype)
     weights = activation(torch.matmul(x.reshape(samples, rows // samples, d), keys.transpose(-1, -2)))
     weights = F.dropout(weights, dropout, training)
+    if blocked is not None:
+        weights = weights.masked_fill(blocked.to(weights.device).unsqueeze(1), 0.0)
     return (scale * torch.matmul(weights, values)).reshape(x.shape)
 
 
@@ -189,6 +197,7 @@ class MemVPModel(nn.Module):
                 if _NORM_CLASS.search(type(module).__name__):
                     module.requires_grad_(True)
         self._entries: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._blocked: torch.Tensor | None = None
         self._hooks = []
         # Hooks are partials of bound methods, not closures, so that copy.deepcopy(model) gives
         # a copy whose hooks talk to the copy.
@@ -244,7 +253,7 @@ class MemVPModel(nn.Module):
             raise RuntimeError(f"MemVP: the FFN input of {site.name} was not captured")
         keys, values = self._site_entries(site)
         delta = retrieve(x, keys, values, site.activation, self.memvp_config.output_scale,
-                         self.memvp_config.dropout, self.training)
+                         self.memvp_config.dropout, self.training, self._blocked)
         return output + delta.to(output.dtype)
 
     def _site_entries(self, site: FFNSite) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,15 +263,23 @@ class MemVPModel(nn.Module):
 
     # ----------------------------------------------------------------------------- running
     def set_visual_memory(self, visual_features: torch.Tensor | None = None,
-                          has_image: torch.Tensor | None = None) -> None:
+                          has_image: torch.Tensor | None = None,
+                          blocked_entries: torch.Tensor | None = None) -> None:
         """Compute the visual memory once for the next language-model calls.
 
         It stays in place until the next call (so gradient-checkpoint recomputation during
         backward sees the same memory); ``forward`` and ``generate`` call this for you.
+        ``blocked_entries`` ([B, entries] bool) zeroes the retrieval weight of those entries in
+        every layer (Fig. 6 distortion).
         """
         prompts = self.visual_memory.prompts(visual_features, has_image)
         self._entries = [self.visual_memory.entries(prompts, t)
                          for t in range(self.visual_memory.num_tables)]
+        n_entries = self._entries[0][0].shape[1]
+        if blocked_entries is not None and blocked_entries.shape[-1] != n_entries:
+            raise ValueError(f"blocked_entries must have {n_entries} entries per sample (the visual "
+                             f"memory's size), got shape {tuple(blocked_entries.shape)}")
+        self._blocked = None if blocked_entries is None else blocked_entries.bool()
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self.vision_encoder is None:
@@ -279,13 +296,14 @@ class MemVPModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 visual_features: torch.Tensor | None = None, has_image: torch.Tensor | None = None,
-                pixel_values: torch.Tensor | None = None, answer_logits_only: bool = False, **kwargs: Any):
+                pixel_values: torch.Tensor | None = None, answer_logits_only: bool = False,
+                blocked_entries: torch.Tensor | None = None, **kwargs: Any):
         """The language model's forward with the visual memory in place.
 
         ``answer_logits_only=True`` (with ``labels``, decoder-only LMs) evaluates the LM head only at
         the labelled positions: the returned ``logits`` are [n_labelled, vocab], the loss is the same.
         """
-        self.set_visual_memory(self._visual_features(visual_features, pixel_values), has_image)
+        self.set_visual_memory(self._visual_features(visual_features, pixel_values), has_image, blocked_entries)
         lm = self.language_model
         if (answer_logits_only and kwargs.get("labels") is not None and not lm.config.is_encoder_decoder
                 and not getattr(lm.config, "final_logit_softcapping", None)):
@@ -306,9 +324,10 @@ class MemVPModel(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                  visual_features: torch.Tensor | None = None, has_image: torch.Tensor | None = None,
-                 pixel_values: torch.Tensor | None = None, **kwargs: Any):
+                 pixel_values: torch.Tensor | None = None, blocked_entries: torch.Tensor | None = None,
+                 **kwargs: Any):
         """transformers' ``generate`` with the visual memory computed once for all decoding steps."""
-        self.set_visual_memory(self._visual_features(visual_features, pixel_values), has_image)
+        self.set_visual_memory(self._visual_features(visual_features, pixel_values), has_image, blocked_entries)
         return self.language_model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     def gradient_checkpointing_enable(self) -> None:
