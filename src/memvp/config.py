@@ -14,8 +14,30 @@ _LAYER_GROUPS = ("all", "encoder", "decoder")
 _VISUAL_TOKENS = ("local", "global")
 
 
+class DictConfig:
+    """JSON round trip for the config dataclasses; unknown keys are an error, not ignored."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown {cls.__name__} key(s) {unknown}; valid keys are {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+
 @dataclass
-class MemVPConfig:
+class MemVPConfig(DictConfig):
     """Hyper-parameters of MemVP (paper sections 4.2 and 5, appendix A).
 
     Defaults follow the paper and the official LLaMA code: lambda = 0.01, a two-layer projector
@@ -80,27 +102,7 @@ class MemVPConfig:
                 )
             self.target_layers = list(t)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MemVPConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"Unknown MemVPConfig key(s) {unknown}; valid keys are {sorted(known)}"
-            )
-        return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "MemVPConfig":
-        return cls.from_dict(json.loads(text))
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+def _check_choice(name: str, value: Any, choices: tuple[str, ...], owner: str = "MemVPConfig") -> None:
     if value not in choices:
-        raise ValueError(f"MemVPConfig.{name} must be one of {list(choices)}, got {value!r}")
+        raise ValueError(f"{owner}.{name} must be one of {list(choices)}, got {value!r}")

@@ -34,6 +34,58 @@ CONFIG_NAME = "memvp_config.json"
 WEIGHTS_NAME = "memvp_model.safetensors"
 
 
+def make_projector(kind: str, visual_dim: int, hidden_size: int, hidden: int = 128,
+                   device: torch.device | str | None = None) -> nn.Module:
+    """f: 'linear' (BART/T5 in the paper) or 'mlp' = Linear-SiLU-Linear (official LLaMA code).
+
+    Kept in fp32 whatever the LM's dtype: these are the trained (master) weights. Initialise it
+    with ``init_projector``."""
+    kw = {"device": device, "dtype": torch.float32}
+    if kind == "linear":
+        projector = nn.Linear(visual_dim, hidden_size, **kw)
+    else:
+        projector = nn.Sequential(nn.Linear(visual_dim, hidden, **kw), nn.SiLU(), nn.Linear(hidden, hidden_size, **kw))
+    return projector
+
+
+@torch.no_grad()
+def init_projector(projector: nn.Module) -> None:
+    """As the official code: xavier weights, zero bias."""
+    for m in projector.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def answer_only_loss(language_model: nn.Module, labels: torch.Tensor, **inputs: Any) -> CausalLMOutputWithPast:
+    """Causal-LM loss with the LM head evaluated only at positions that predict a label.
+
+    Projecting every prompt token onto a 50k-word vocabulary costs as much as a few layers; only
+    the positions that predict a label token are needed for the loss. The returned ``logits`` are
+    [n_labelled, vocab]."""
+    hidden = language_model.base_model(**inputs).last_hidden_state
+    targets = labels[:, 1:].to(hidden.device)
+    keep = targets != -100
+    logits = language_model.get_output_embeddings()(hidden[:, :-1][keep])
+    loss = F.cross_entropy(logits.float(), targets[keep])
+    return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+
+def can_skip_lm_head(language_model: nn.Module) -> bool:
+    cfg = language_model.config
+    return not cfg.is_encoder_decoder and not getattr(cfg, "final_logit_softcapping", None)
+
+
+def enable_gradient_checkpointing(language_model: nn.Module) -> None:
+    """Checkpoint the LM's layers, non-reentrant so that gradients reach trainable tensors computed
+    outside the checkpointed layers (the visual memory, a projector's visual tokens)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(language_model, "activation_checkpointing_enable"):  # transformers >= 5
+        language_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 class VisualMemory(nn.Module):
     """Projector f and position embeddings p^k, p^v: the only new parameters of MemVP."""
 
@@ -43,14 +95,8 @@ class VisualMemory(nn.Module):
         self.config = config
         self.shared = shared
         kw = {"device": device, "dtype": torch.float32}  # fp32 master weights whatever the LM dtype
-        if config.projector == "linear":
-            self.projector = nn.Linear(config.visual_dim, hidden_size, **kw)
-        else:
-            self.projector = nn.Sequential(
-                nn.Linear(config.visual_dim, config.projector_hidden, **kw),
-                nn.SiLU(),
-                nn.Linear(config.projector_hidden, hidden_size, **kw),
-            )
+        self.projector = make_projector(config.projector, config.visual_dim, hidden_size,
+                                        config.projector_hidden, device)
         n_tables = 1 if shared else num_sites
         self.key_position = nn.Parameter(torch.empty(n_tables, config.num_entries, hidden_size, **kw))
         self.value_position = nn.Parameter(torch.empty(n_tables, config.num_entries, hidden_size, **kw))
@@ -60,10 +106,7 @@ class VisualMemory(nn.Module):
     def reset_parameters(self) -> None:
         # As the official code: xavier projector with zero bias, p^k ~ N(0, 0.02), p^v = 0, so
         # that the untrained memory adds nothing to the FFN output.
-        for m in self.projector.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_projector(self.projector)
         nn.init.normal_(self.key_position, std=0.02)
         nn.init.zeros_(self.value_position)
 
@@ -149,6 +192,40 @@ def retrieve(x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, activati
     return (scale * torch.matmul(weights, values)).reshape(x.shape)
 
 
+class TrainableStateMixin:
+    """peft-like parameter accounting and the trainable-weights state of an adapter model."""
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} "
+              f"|| trainable%: {100 * trainable / max(total, 1):.4f}")
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        expected = self.trainable_state_dict()
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or unexpected:
+            hint = ""
+            if any(k.startswith("vision_encoder.") for k in missing + unexpected):
+                hint = " (vision-encoder adapters differ: pass the same vision_encoder it was saved with)"
+            raise ValueError(f"{source} does not match this {type(self).__name__}{hint}: "
+                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        for name, tensor in state.items():
+            if tensor.shape != expected[name].shape:
+                raise ValueError(f"{source}: {name} has shape {tuple(tensor.shape)}, this model "
+                                 f"expects {tuple(expected[name].shape)}")
+        with torch.no_grad():
+            for name, tensor in state.items():
+                expected[name].copy_(tensor)
+
+
 @dataclass
 class FFNSite:
     """One hooked FFN: where its input and output are, and which position table it reads."""
@@ -164,7 +241,7 @@ class FFNSite:
 _NORM_CLASS = re.compile(r"(LayerNorm|RMSNorm)$")
 
 
-class MemVPModel(nn.Module):
+class MemVPModel(TrainableStateMixin, nn.Module):
     """A frozen transformers language model whose FFNs read a visual key/value memory.
 
     ``model(input_ids=..., attention_mask=..., visual_features=[B, n_vis, visual_dim], labels=...)``
@@ -305,21 +382,9 @@ class MemVPModel(nn.Module):
         """
         self.set_visual_memory(self._visual_features(visual_features, pixel_values), has_image, blocked_entries)
         lm = self.language_model
-        if (answer_logits_only and kwargs.get("labels") is not None and not lm.config.is_encoder_decoder
-                and not getattr(lm.config, "final_logit_softcapping", None)):
-            return self._answer_only_loss(input_ids, attention_mask, **kwargs)
+        if answer_logits_only and kwargs.get("labels") is not None and can_skip_lm_head(lm):
+            return answer_only_loss(lm, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         return lm(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-
-    def _answer_only_loss(self, input_ids, attention_mask, labels, **kwargs):
-        # Projecting every prompt token onto a 50k-word vocabulary costs as much as a few layers;
-        # only the positions that predict a label token are needed for the loss.
-        lm = self.language_model
-        hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        targets = labels[:, 1:].to(hidden.device)
-        keep = targets != -100
-        logits = lm.get_output_embeddings()(hidden[:, :-1][keep])
-        loss = F.cross_entropy(logits.float(), targets[keep])
-        return CausalLMOutputWithPast(loss=loss, logits=logits)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
@@ -331,13 +396,7 @@ class MemVPModel(nn.Module):
         return self.language_model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     def gradient_checkpointing_enable(self) -> None:
-        """Checkpoint the LM's layers, non-reentrant so that gradients reach the visual memory
-        (it is computed outside the checkpointed layers)."""
-        lm, kwargs = self.language_model, {"use_reentrant": False}
-        if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5
-            lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_gradient_checkpointing(self.language_model)
 
     def remove_hooks(self) -> nn.Module:
         """Detach MemVP from the language model and return it unchanged."""
@@ -345,20 +404,6 @@ class MemVPModel(nn.Module):
             h.remove()
         self._hooks = []
         return self.language_model
-
-    # ----------------------------------------------------------------------------- parameters
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p for n, p in self.named_parameters() if p.requires_grad}
-
-    def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.parameters())
-        return trainable, total
-
-    def print_trainable_parameters(self) -> None:
-        trainable, total = self.get_nb_trainable_parameters()
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} "
-              f"|| trainable%: {100 * trainable / max(total, 1):.4f}")
 
     def base_model_fingerprint(self) -> dict[str, Any]:
         cfg = self.language_model.config
@@ -372,59 +417,56 @@ class MemVPModel(nn.Module):
     # ----------------------------------------------------------------------------- save / load
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write the trainable weights (safetensors) and the config; each file atomically."""
-        directory = Path(save_directory)
-        state = {n: t.detach().to("cpu").contiguous() for n, t in self.trainable_state_dict().items()}
         meta = {"config": self.memvp_config.to_dict(), "base_model": self.base_model_fingerprint()}
         if self.vision_encoder is not None and hasattr(self.vision_encoder, "describe"):
             meta["vision_encoder"] = self.vision_encoder.describe()
-        # Weights first, config last: a directory with a config always has matching weights.
-        atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        atomic_write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True))
+        write_adapter(save_directory, self.trainable_state_dict(), meta, CONFIG_NAME, WEIGHTS_NAME)
 
     @classmethod
     def from_pretrained(cls, language_model: nn.Module, path: str | os.PathLike,
                         vision_encoder: nn.Module | None = None, is_trainable: bool = False) -> "MemVPModel":
-        path = Path(path)
-        config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
-        for f in (config_file, weights_file):
-            if not f.is_file():
-                raise FileNotFoundError(f"{f} not found: {path} is not a MemVP adapter directory "
-                                        "(save one with MemVPModel.save_pretrained)")
-        meta = json.loads(config_file.read_text(encoding="utf-8"))
+        meta, state = read_adapter(path, CONFIG_NAME, WEIGHTS_NAME, "a MemVP adapter directory (save one "
+                                   "with MemVPModel.save_pretrained)")
         model = cls(language_model, MemVPConfig.from_dict(meta["config"]), vision_encoder)
-        saved, ours = meta["base_model"], model.base_model_fingerprint()
-        for key in ("model_type", "hidden_size", "sites"):
-            if saved[key] != ours[key]:
-                raise ValueError(
-                    f"The adapter in {path} was saved for a {saved['model_type']} model "
-                    f"(hidden_size={saved['hidden_size']}, {len(saved['sites'])} MemVP layers, "
-                    f"from {saved.get('name_or_path') or 'an unnamed model'}), but this "
-                    f"{ours['model_type']} model has hidden_size={ours['hidden_size']} and "
-                    f"{len(ours['sites'])} MemVP layers ({key} differs). Load it onto the base "
-                    "model it was trained on."
-                )
-        model.load_trainable_state(load_file(str(weights_file)), source=str(weights_file))
+        check_same_base(meta["base_model"], model.base_model_fingerprint(), path, "MemVP layers")
+        model.load_trainable_state(state, source=str(Path(path) / WEIGHTS_NAME))
         if not is_trainable:
             model.requires_grad_(False)
             model.eval()
         return model
 
-    def load_trainable_state(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
-        expected = self.trainable_state_dict()
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or unexpected:
-            hint = ""
-            if any(k.startswith("vision_encoder.") for k in missing + unexpected):
-                hint = " (vision-encoder adapters differ: pass the same vision_encoder it was saved with)"
-            raise ValueError(f"{source} does not match this MemVP model{hint}: "
-                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-        for name, tensor in state.items():
-            if tensor.shape != expected[name].shape:
-                raise ValueError(f"{source}: {name} has shape {tuple(tensor.shape)}, this model "
-                                 f"expects {tuple(expected[name].shape)}")
-        with torch.no_grad():
-            for name, tensor in state.items():
-                expected[name].copy_(tensor)
+
+def write_adapter(directory: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict,
+                  config_name: str, weights_name: str) -> None:
+    """Trainable weights (safetensors) then the config JSON, each file atomically: a directory with
+    a config always has matching weights, and a failed save leaves the previous adapter intact."""
+    directory = Path(directory)
+    state = {n: t.detach().to("cpu").contiguous() for n, t in state.items()}
+    atomic_write(directory / weights_name, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write_text(directory / config_name, json.dumps(meta, indent=2, sort_keys=True))
+
+
+def read_adapter(path: str | os.PathLike, config_name: str, weights_name: str,
+                 what: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    path = Path(path)
+    for f in (path / config_name, path / weights_name):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} not found: {path} is not {what}")
+    return json.loads((path / config_name).read_text(encoding="utf-8")), load_file(str(path / weights_name))
+
+
+def check_same_base(saved: dict, ours: dict, path: str | os.PathLike, layers_name: str) -> None:
+    """Refuse an adapter saved for another base model (fingerprints: model_type, hidden_size, sites)."""
+    for key in ("model_type", "hidden_size", "sites"):
+        if saved[key] != ours[key]:
+            raise ValueError(
+                f"The adapter in {path} was saved for a {saved['model_type']} model "
+                f"(hidden_size={saved['hidden_size']}, {len(saved['sites'])} {layers_name}, "
+                f"from {saved.get('name_or_path') or 'an unnamed model'}), but this "
+                f"{ours['model_type']} model has hidden_size={ours['hidden_size']} and "
+                f"{len(ours['sites'])} {layers_name} ({key} differs). Load it onto the base "
+                "model it was trained on."
+            )
 
 
 def get_memvp_model(language_model: nn.Module, config: MemVPConfig,
@@ -433,4 +475,5 @@ def get_memvp_model(language_model: nn.Module, config: MemVPConfig,
     return MemVPModel(language_model, config, vision_encoder)
 
 
-__all__ = ["MemVPModel", "VisualMemory", "get_memvp_model", "retrieve", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = ["MemVPModel", "VisualMemory", "get_memvp_model", "retrieve", "make_projector", "init_projector",
+           "answer_only_loss", "enable_gradient_checkpointing", "check_same_base", "CONFIG_NAME", "WEIGHTS_NAME"]

@@ -1,0 +1,246 @@
+"""The methods MemVP replaces, in the same harness (paper 5.1 / 5.2):
+
+* ``input_space``: LLaVA-style. The projected visual tokens (same projector shape as MemVP's) are
+  put *in front of the text* in the input embeddings and the LM is tuned with LoRA through
+  ``peft`` (the paper's LLaVA-LoRA: rank 6 on the attention query / value projections of LLaMA).
+* ``text_only``: the same LoRA-tuned LM with no visual input at all: the cost floor and the
+  "blind" accuracy.
+
+Both expose MemVPModel's interface (forward with ``visual_features`` / ``has_image`` /
+``answer_logits_only``, generate returning prompt + new tokens, save_pretrained / from_pretrained,
+parameter counts), so training, prediction and benchmarks treat all methods alike.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .architectures import get_path, layout_for
+from .config import DictConfig, MemVPConfig, _check_choice
+from .model import (
+    CONFIG_NAME,
+    MemVPModel,
+    TrainableStateMixin,
+    answer_only_loss,
+    can_skip_lm_head,
+    check_same_base,
+    enable_gradient_checkpointing,
+    get_memvp_model,
+    init_projector,
+    make_projector,
+    read_adapter,
+    write_adapter,
+)
+
+METHODS = ("memvp", "input_space", "text_only")
+BASELINE_CONFIG_NAME = "baseline_config.json"
+BASELINE_WEIGHTS_NAME = "baseline_model.safetensors"
+
+
+@dataclass
+class BaselineConfig(DictConfig):
+    """An input-space (LLaVA-LoRA) or text-only baseline."""
+
+    method: str = "input_space"
+    visual_dim: int = 0
+    """Feature size of the vision encoder (input_space only)."""
+    projector: str = "mlp"
+    """Same choices as MemVPConfig.projector: the two methods get the same projector shape."""
+    projector_hidden: int = 128
+    normalize_features: bool = False
+    lora_r: int = 6
+    lora_alpha: float = 12.0
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = None
+    """None: peft's default for the model type (q_proj / v_proj on LLaMA, as LLaVA-LoRA)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_choice("method", self.method, ("input_space", "text_only"), "BaselineConfig")
+        _check_choice("projector", self.projector, ("linear", "mlp"), "BaselineConfig")
+        if self.method == "input_space" and int(self.visual_dim) <= 0:
+            raise ValueError("BaselineConfig.visual_dim must be positive for method='input_space' "
+                             f"(the vision encoder's feature size), got {self.visual_dim}")
+        if int(self.lora_r) <= 0:
+            raise ValueError(f"BaselineConfig.lora_r must be positive, got {self.lora_r}")
+
+
+def insert_visual_tokens(embeds: torch.Tensor, mask: torch.Tensor, visual: torch.Tensor,
+                         visual_mask: torch.Tensor, labels: torch.Tensor | None = None):
+    """Put n visual tokens right before each row's first attended text token.
+
+    Left-padded rows (generation) become [pads, visual, text] and right-padded ones (training)
+    [visual, text, pads], so every row stays one contiguous attended block and default position
+    ids and KV-cache continuation stay right. Returns (embeds, mask, labels) of length L + n;
+    labels are -100 on visual tokens."""
+    batch, length, dim = embeds.shape
+    n = visual.shape[1]
+    first = mask.long().argmax(dim=1, keepdim=True)                  # [B, 1]
+    j = torch.arange(length + n, device=embeds.device).unsqueeze(0)  # [1, L + n]
+    is_visual = (j >= first) & (j < first + n)
+    text_index = torch.where(j < first, j, j - n).clamp(0, length - 1)
+    visual_index = (j - first).clamp(0, n - 1)
+    out = torch.where(is_visual.unsqueeze(-1),
+                      visual.gather(1, visual_index.unsqueeze(-1).expand(-1, -1, dim)),
+                      embeds.gather(1, text_index.unsqueeze(-1).expand(-1, -1, dim)))
+    out_mask = torch.where(is_visual, visual_mask.to(mask.dtype).gather(1, visual_index), mask.gather(1, text_index))
+    out_labels = None
+    if labels is not None:
+        out_labels = torch.where(is_visual, torch.full_like(labels[:, :1], -100), labels.gather(1, text_index))
+    return out, out_mask, out_labels
+
+
+class InputSpaceModel(TrainableStateMixin, nn.Module):
+    """A frozen LM tuned with LoRA (peft); with ``method='input_space'`` projected visual tokens
+    are prepended to its input (LLaVA), with ``'text_only'`` the visual input is ignored."""
+
+    def __init__(self, language_model: nn.Module, config: BaselineConfig):
+        super().__init__()
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        self.baseline_config = config = BaselineConfig.from_dict(config.to_dict())
+        layout_for(language_model)  # a clear error for architectures this library does not know
+        encdec = bool(language_model.config.is_encoder_decoder)
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                          target_modules=config.lora_target_modules,
+                          task_type=TaskType.SEQ_2_SEQ_LM if encdec else TaskType.CAUSAL_LM)
+        self.peft_model = get_peft_model(language_model, lora)  # freezes the base, injects LoRA in place
+        self._hidden_size = int(language_model.config.hidden_size)
+        self.projector: nn.Module | None = None
+        if config.method == "input_space":
+            device = next(iter(language_model.parameters())).device
+            self.projector = make_projector(config.projector, config.visual_dim, self._hidden_size,
+                                            config.projector_hidden, device)
+            init_projector(self.projector)
+
+    @property
+    def language_model(self) -> nn.Module:
+        """The transformers model with the LoRA layers in place."""
+        return self.peft_model.get_base_model()
+
+    @property
+    def config(self):
+        return self.language_model.config
+
+    # ----------------------------------------------------------------------------- inputs
+    def visual_tokens(self, visual_features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        cfg = self.baseline_config
+        if visual_features.dim() != 3 or visual_features.shape[-1] != cfg.visual_dim:
+            raise ValueError(f"visual_features must have shape [batch, n_visual, visual_dim={cfg.visual_dim}], "
+                             f"got {tuple(visual_features.shape)}. Check that visual_dim matches your "
+                             "vision encoder's feature size.")
+        weight = next(self.projector.parameters())
+        z = visual_features.to(weight.device, weight.dtype)
+        if cfg.normalize_features:
+            z = F.layer_norm(z, z.shape[-1:])
+        return self.projector(z).to(dtype)
+
+    def _inputs(self, input_ids, attention_mask, visual_features, has_image, labels=None) -> dict:
+        """LM keyword inputs: ids as they are, or embeddings with the visual tokens in front."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if self.projector is None or visual_features is None:
+            return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        embeds = self.language_model.get_input_embeddings()(input_ids)
+        visual = self.visual_tokens(visual_features, embeds.dtype)
+        batch, n = visual.shape[:2]
+        if has_image is None:
+            visual_mask = torch.ones(batch, n, dtype=attention_mask.dtype, device=embeds.device)
+        else:  # image-less samples: their visual tokens are masked out (LLaVA feeds none)
+            has_image = torch.as_tensor(has_image, device=embeds.device)
+            visual_mask = has_image.to(attention_mask.dtype).view(-1, 1).expand(batch, n)
+        encdec = bool(self.config.is_encoder_decoder)  # there labels belong to the decoder: unchanged
+        embeds, attention_mask, shifted = insert_visual_tokens(embeds, attention_mask, visual, visual_mask,
+                                                               None if encdec else labels)
+        return {"inputs_embeds": embeds, "attention_mask": attention_mask, "labels": labels if encdec else shifted}
+
+    # ----------------------------------------------------------------------------- running
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                visual_features: torch.Tensor | None = None, has_image: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, answer_logits_only: bool = False, **kwargs: Any):
+        inputs = self._inputs(input_ids, attention_mask, visual_features, has_image, labels)
+        lm = self.language_model
+        if answer_logits_only and inputs["labels"] is not None and can_skip_lm_head(lm):
+            return answer_only_loss(lm, **inputs, **kwargs)
+        return lm(**inputs, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 visual_features: torch.Tensor | None = None, has_image: torch.Tensor | None = None,
+                 **kwargs: Any) -> torch.Tensor:
+        """transformers' generate; decoder-only output is prompt ids + new tokens, as MemVPModel's."""
+        inputs = self._inputs(input_ids, attention_mask, visual_features, has_image)
+        inputs.pop("labels")
+        out = self.language_model.generate(**inputs, **kwargs)
+        if "inputs_embeds" in inputs and not self.config.is_encoder_decoder:
+            out = torch.cat([input_ids.to(out.device), out], dim=1)  # generate returned new tokens only
+        return out
+
+    def gradient_checkpointing_enable(self) -> None:
+        enable_gradient_checkpointing(self.language_model)
+
+    # ----------------------------------------------------------------------------- save / load
+    def base_model_fingerprint(self) -> dict[str, Any]:
+        cfg = self.language_model.config
+        stacks = layout_for(self.language_model).stacks
+        base = self.language_model.base_model
+        return {"model_type": cfg.model_type, "hidden_size": self._hidden_size,
+                "sites": [f"{name}.{i}" for name, path in stacks.items() for i in range(len(get_path(base, path)))],
+                "name_or_path": getattr(cfg, "_name_or_path", "")}
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        meta = {"config": self.baseline_config.to_dict(), "base_model": self.base_model_fingerprint()}
+        write_adapter(save_directory, self.trainable_state_dict(), meta, BASELINE_CONFIG_NAME, BASELINE_WEIGHTS_NAME)
+
+    @classmethod
+    def from_pretrained(cls, language_model: nn.Module, path: str | os.PathLike,
+                        is_trainable: bool = False) -> "InputSpaceModel":
+        meta, state = read_adapter(path, BASELINE_CONFIG_NAME, BASELINE_WEIGHTS_NAME,
+                                   "a baseline adapter directory (save one with InputSpaceModel.save_pretrained)")
+        model = cls(language_model, BaselineConfig.from_dict(meta["config"]))
+        check_same_base(meta["base_model"], model.base_model_fingerprint(), path, "layers")
+        model.load_trainable_state(state, source=str(Path(path) / BASELINE_WEIGHTS_NAME))
+        if not is_trainable:
+            model.requires_grad_(False)
+            model.eval()
+        return model
+
+
+def build_model(method: str, language_model: nn.Module, visual_dim: int, memvp: dict | None = None,
+                baseline: dict | None = None) -> nn.Module:
+    """One entry point for every method: ``memvp`` (MemVPConfig keys in ``memvp``), ``input_space``
+    or ``text_only`` (BaselineConfig keys in ``baseline``)."""
+    _check_choice("method", method, METHODS, "the config")
+    if method == "memvp":
+        return get_memvp_model(language_model, MemVPConfig(visual_dim=visual_dim, **(memvp or {})))
+    return InputSpaceModel(language_model, BaselineConfig(method=method, visual_dim=visual_dim, **(baseline or {})))
+
+
+def load_adapter(language_model: nn.Module, path: str | os.PathLike, is_trainable: bool = False) -> nn.Module:
+    """Load whatever adapter ``path`` holds (MemVP or a baseline) onto ``language_model``."""
+    path = Path(path)
+    if (path / BASELINE_CONFIG_NAME).is_file():
+        return InputSpaceModel.from_pretrained(language_model, path, is_trainable=is_trainable)
+    if (path / CONFIG_NAME).is_file():
+        return MemVPModel.from_pretrained(language_model, path, is_trainable=is_trainable)
+    raise FileNotFoundError(f"{path} holds no adapter: expected {CONFIG_NAME} (MemVP) or "
+                            f"{BASELINE_CONFIG_NAME} (input_space / text_only) in it")
+
+
+def visual_dim_of(model: nn.Module) -> int | None:
+    """The visual feature size a model expects (None for text_only)."""
+    if isinstance(model, MemVPModel):
+        return model.memvp_config.visual_dim
+    cfg = model.baseline_config
+    return cfg.visual_dim if cfg.method == "input_space" else None
+
+
+__all__ = ["METHODS", "BaselineConfig", "InputSpaceModel", "build_model", "load_adapter", "insert_visual_tokens",
+           "visual_dim_of"]
