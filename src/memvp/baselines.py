@@ -144,19 +144,23 @@ class InputSpaceModel(TrainableStateMixin, nn.Module):
 
     def _inputs(self, input_ids, attention_mask, visual_features, has_image, labels=None) -> dict:
         """LM keyword inputs: ids as they are, or embeddings with the visual tokens in front."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
         if self.projector is None or visual_features is None:
             return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         embeds = self.language_model.get_input_embeddings()(input_ids)
         visual = self.visual_tokens(visual_features, embeds.dtype)
         batch, n = visual.shape[:2]
+        encdec = bool(self.config.is_encoder_decoder)  # there labels belong to the decoder: unchanged
+        if attention_mask is None and has_image is None:  # no padding at all: plain concatenation
+            if labels is not None and not encdec:
+                labels = torch.cat([torch.full_like(labels[:, :1], -100).expand(-1, n), labels], dim=1)
+            return {"inputs_embeds": torch.cat([visual, embeds], dim=1), "attention_mask": None, "labels": labels}
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
         if has_image is None:
             visual_mask = torch.ones(batch, n, dtype=attention_mask.dtype, device=embeds.device)
         else:  # image-less samples: their visual tokens are masked out (LLaVA feeds none)
             has_image = torch.as_tensor(has_image, device=embeds.device)
             visual_mask = has_image.to(attention_mask.dtype).view(-1, 1).expand(batch, n)
-        encdec = bool(self.config.is_encoder_decoder)  # there labels belong to the decoder: unchanged
         embeds, attention_mask, shifted = insert_visual_tokens(embeds, attention_mask, visual, visual_mask,
                                                                None if encdec else labels)
         return {"inputs_embeds": embeds, "attention_mask": attention_mask, "labels": labels if encdec else shifted}

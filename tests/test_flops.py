@@ -1,0 +1,54 @@
+"""FLOPs accounting: eq. 13-15 by hand, and torch's flop counter on tiny models against them."""
+
+from __future__ import annotations
+
+import pytest
+
+from memvp.flops import PaperSetting, analytic_layer_flops, format_table, measure, meta_model, paper_table
+
+
+def test_analytic_formulas_by_hand():
+    # L=2, d=3, n=4: eq. 13 = 4*2*3*(18+2) = 480; eq. 14 adds 4*4*3*(18+4+4) = 1248; eq. 15 adds 4*4*3*2 = 96.
+    assert analytic_layer_flops("text_only", 2, 3) == 480
+    assert analytic_layer_flops("input_space", 2, 3, 4) == 480 + 1248
+    assert analytic_layer_flops("memvp", 2, 3, 4) == 480 + 96
+    # Input space is exactly text-only at length L + n (the formula is one sequence of L + n tokens).
+    assert analytic_layer_flops("input_space", 7, 16, 5) == analytic_layer_flops("text_only", 12, 16)
+    with pytest.raises(ValueError, match="unknown method"):
+        analytic_layer_flops("llava", 1, 1)
+
+
+T5_TINY = dict(d_model=32, d_ff=128, d_kv=8, num_layers=2, num_decoder_layers=2, num_heads=4, vocab_size=64,
+               feed_forward_proj="relu", decoder_start_token_id=0)
+
+
+@pytest.mark.parametrize("method", ["text_only", "input_space", "memvp"])
+def test_counted_encoder_flops_equal_the_formula_plus_lora(method):
+    # T5 with d_ff = 4d and heads * d_kv = d is exactly the paper's layer; LoRA (rank r on q and v)
+    # adds 2 * (2*d*r + 2*r*d) per token per layer for the baselines.
+    length, n, d, layers, r = 5, 7, 32, 2, 6
+    counted = measure(method, meta_model("t5", T5_TINY), length, n, visual_dim=12, baseline={"lora_r": r})
+    tokens = length + n if method == "input_space" else length
+    lora = 0 if method == "memvp" else layers * tokens * 8 * d * r
+    assert counted["encoder"] == layers * analytic_layer_flops(method, length, d, n) + lora
+    assert counted["decoder"] > 0 and counted["total"] > counted["encoder"] + counted["decoder"]  # + LM head
+
+
+def test_counted_llama_flops_differ_only_by_the_gated_ffn():
+    cfg = dict(hidden_size=32, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=4, vocab_size=64)
+    length, n, d, layers = 6, 4, 32, 2
+    counted = measure("memvp", meta_model("llama", cfg), length, n, visual_dim=12)
+    gated_extra = layers * length * (3 * 2 * d * 80 - 16 * d * d)  # 3 matrices of d x d_ff vs 2 of d x 4d
+    assert counted["decoder"] == layers * analytic_layer_flops("memvp", length, d, n) + gated_extra
+
+
+def test_paper_table_orders_the_methods_as_the_paper():
+    setting = PaperSetting("tiny-llama", "llama", dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2,
+                                                       num_attention_heads=4, vocab_size=100),
+                           "fake", 16, 8, "ScienceQA", 8.5)
+    [row] = paper_table([setting])
+    m = row["methods"]
+    assert m["input_space"]["counted_total"] > m["memvp"]["counted_total"] > m["text_only"]["counted_total"]
+    assert row["measured_length"] == 8 and row["input_space_over_memvp"] > 1
+    assert "tiny-llama" in format_table([row])
