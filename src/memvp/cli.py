@@ -1,4 +1,4 @@
-"""Command line: ``memvp demo | train | predict | eval | two-photos``."""
+"""Command line: ``memvp demo | train | predict | eval | flops | bench | two-photos``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,41 @@ def _config(args):
     if args.skip_bad:
         overrides.append("skip_bad=true")
     return TrainConfig.from_yaml(args.config, overrides)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def _flops(output: str) -> None:
+    from .atomic import atomic_write_text
+    from .flops import format_table, paper_table
+
+    rows = paper_table()
+    print(format_table(rows))
+    atomic_write_text(output, json.dumps(rows, indent=2))
+    print(f"\nwrote {output}")
+
+
+def _bench(args) -> None:
+    from .atomic import atomic_write_text
+    from .bench import BenchConfig, format_bench, plot_sweep, run_bench
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    cfg = BenchConfig(model=args.model, batch_size=args.batch_size, text_length=args.text_length,
+                      n_visual=args.n_visual, visual_dim=args.visual_dim, decode_tokens=args.decode_tokens,
+                      warmup=args.warmup, repeats=args.repeats, methods=methods, dtype=args.dtype, device=args.device,
+                      sweep_lengths=_ints(args.sweep_lengths), sweep_n=_ints(args.sweep_n),
+                      sweep_repeats=args.sweep_repeats)
+    if args.plot and not (cfg.sweep_lengths or cfg.sweep_n):
+        raise ValueError("--plot draws the sweep: give --sweep-lengths and/or --sweep-n")
+    result = run_bench(cfg)
+    print(format_bench(result))
+    atomic_write_text(args.output, json.dumps(result, indent=2))
+    print(f"\nwrote {args.output}")
+    if args.plot:
+        plot_sweep(result, args.plot)
+        print(f"wrote {args.plot}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +71,30 @@ def main(argv: list[str] | None = None) -> int:
                        help="skip samples whose image is missing or unreadable (counted and reported)")
         if name != "train":
             p.add_argument("--adapter", help="adapter directory (else the config's adapter key)")
+
+    flops = sub.add_parser("flops", help="FLOPs per sample of each method on the paper's models (eq. 13-15 "
+                                         "and torch's flop counter, meta device)")
+    flops.add_argument("--output", default="runs/flops.json", help="JSON file for the numbers")
+
+    bench = sub.add_parser("bench", help="speed and memory of memvp / input_space / text_only side by side")
+    bench.add_argument("--model", default="smollm2",
+                       help="smollm2 (real weights), llama-1024 (random init, hidden 1024) or a model path")
+    bench.add_argument("--batch-size", type=int, default=4)
+    bench.add_argument("--text-length", type=int, default=64)
+    bench.add_argument("--n-visual", type=int, default=256)
+    bench.add_argument("--visual-dim", type=int, default=1024)
+    bench.add_argument("--decode-tokens", type=int, default=16)
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--warmup", type=int, default=1)
+    bench.add_argument("--methods", default="text_only,input_space,memvp")
+    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--sweep-lengths", default="", help="comma-separated text lengths, e.g. 16,64,256,512")
+    bench.add_argument("--sweep-n", default="", help="comma-separated visual-token counts, e.g. 16,64,256")
+    bench.add_argument("--sweep-repeats", type=int, default=3)
+    bench.add_argument("--output", default="runs/bench.json")
+    bench.add_argument("--plot", nargs="?", const="runs/bench.png", default=None,
+                       help="also draw the sweep (PNG, like the paper's Fig. 2)")
 
     photos = sub.add_parser("two-photos", help="one minute on the real models: two photos, two answers")
     photos.add_argument("--output-dir", default="runs/two-photos")
@@ -62,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             from .train import run_eval
 
             print(json.dumps(run_eval(_config(args), with_metrics=args.command == "eval"), indent=2))
+        elif args.command == "flops":
+            _flops(args.output)
+        elif args.command == "bench":
+            _bench(args)
         elif args.command == "two-photos":
             from .two_photo_demo import run_demo as run_two_photos
 

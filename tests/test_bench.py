@@ -1,0 +1,69 @@
+"""The side-by-side benchmark on a tiny model: what it measures, not how fast (no timed assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from memvp.bench import BenchConfig, PeakMemory, cache_bytes, format_bench, plot_sweep, run_bench
+from memvp.cli import main
+from conftest import tiny_model
+
+
+def test_bench_measures_every_method_and_the_kv_cache_exactly(tmp_path):
+    cfg = BenchConfig(model="tiny", batch_size=2, text_length=6, n_visual=10, visual_dim=12, repeats=1,
+                      decode_tokens=3, sweep_lengths=(4, 8), sweep_n=(5,), sweep_repeats=1, progress=False)
+    result = run_bench(cfg, language_model=tiny_model("llama"))
+    methods = result["methods"]
+    assert list(methods) == ["text_only", "input_space", "memvp"]
+    for r in methods.values():
+        assert r["train_step_s"] > 0 and r["prefill_s"] > 0 and r["decode_tokens_per_s"] > 0
+    # KV cache: 2 layers x (K, V) x 2 kv heads x 8 dims x 4 bytes per token; input_space holds L + n tokens.
+    per_token = 2 * 2 * 2 * 8 * 4
+    assert methods["text_only"]["kv_cache_bytes_per_sequence"] == 6 * per_token
+    assert methods["memvp"]["kv_cache_bytes_per_sequence"] == 6 * per_token
+    assert methods["input_space"]["kv_cache_bytes_per_sequence"] == 16 * per_token
+    assert result["ratios"]["kv_cache_vs_input_space"] == 6 / 16
+    # Only the method's own parameters train: MemVP's memory, LoRA (+ projector for input_space).
+    assert methods["input_space"]["trainable_parameters"] > methods["text_only"]["trainable_parameters"] > 0
+    assert [r["value"] for r in result["sweep"]["rows"]] == [4, 8, 5]
+    table = format_bench(result)
+    assert "| memvp |" in table and "target >= 3.0x" in table
+    plot_sweep(result, tmp_path / "fig.png")
+    assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_peak_memory_sees_a_temporary_allocation():
+    memory = PeakMemory(torch.device("cpu"))
+    if not memory.available:  # not Linux/glibc: the benchmark reports n/a instead
+        assert memory.measure(lambda: None) is None
+        return
+    size = 64 * 2**20
+
+    def work():
+        x = torch.ones(size // 4)  # 64 MiB, freed before measure() returns
+        assert x.sum() > 0
+
+    peak = memory.measure(work)
+    assert 0.9 * size < peak < 1.5 * size
+
+
+def test_cache_bytes_counts_legacy_tuples():
+    cache = ((torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4)),)
+    assert cache_bytes(cache) == 2 * 24 * 4
+
+
+def test_flops_command_writes_the_paper_table(tmp_path, capsys):
+    assert main(["flops", "--output", str(tmp_path / "f.json")]) == 0
+    rows = json.loads((tmp_path / "f.json").read_text())
+    assert [r["model"] for r in rows] == ["LLaMA-7B", "LLaMA-13B", "T5-base", "BART-base"]
+    for r in rows:
+        for m in r["methods"].values():  # counted within 1% of eq. 13-15 (gated FFN, LoRA)
+            assert abs(m["counted_layers"] / m["analytic_layers"] - 1) < 0.01
+    assert "LLaMA-7B (ScienceQA)" in capsys.readouterr().out
+
+
+def test_bench_plot_needs_a_sweep(capsys):
+    assert main(["bench", "--plot"]) == 2
+    assert "--sweep-lengths" in capsys.readouterr().err
