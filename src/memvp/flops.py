@@ -49,6 +49,8 @@ class PaperSetting:
     visual_dim: int
     task: str
     text_length: float
+    projector: str = "mlp"
+    """The paper's projector: two layers on LLaMA, one linear layer on BART / T5."""
 
 
 _LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -63,8 +65,8 @@ _BART_BASE = dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_atten
 PAPER_SETTINGS = (
     PaperSetting("LLaMA-7B", "llama", _LLAMA_7B, "CLIP ViT-L/14", 256, 1024, "ScienceQA", 81.0),
     PaperSetting("LLaMA-13B", "llama", _LLAMA_13B, "CLIP ViT-L/14", 256, 1024, "ScienceQA", 81.0),
-    PaperSetting("T5-base", "t5", _T5_BASE, "CLIP ResNet-101 7x7", 49, 2048, "VQAv2", 6.3),
-    PaperSetting("BART-base", "bart", _BART_BASE, "CLIP ResNet-101 7x7", 49, 2048, "VQAv2", 6.3),
+    PaperSetting("T5-base", "t5", _T5_BASE, "CLIP ResNet-101 7x7", 49, 2048, "VQAv2", 6.3, "linear"),
+    PaperSetting("BART-base", "bart", _BART_BASE, "CLIP ResNet-101 7x7", 49, 2048, "VQAv2", 6.3, "linear"),
 )
 
 
@@ -135,7 +137,8 @@ def paper_table(settings=PAPER_SETTINGS) -> list[dict]:
         row = {"model": s.name, "visual": s.visual, "task": s.task, "text_length": s.text_length,
                "measured_length": length, "n_visual": s.n_visual, "dim": dim, "layers": layers, "methods": {}}
         for method in METHOD_ORDER:
-            counted = measure(method, lm, length, s.n_visual, s.visual_dim)
+            counted = measure(method, lm, length, s.n_visual, s.visual_dim, memvp={"projector": s.projector},
+                              baseline={"projector": s.projector})
             row["methods"][method] = {
                 "analytic_layers_at_mean_length": layers * analytic_layer_flops(method, s.text_length, dim, s.n_visual),
                 "analytic_layers": layers * analytic_layer_flops(method, length, dim, s.n_visual),
