@@ -353,10 +353,8 @@ def format_bench(result: dict) -> str:
 
 def plot_sweep(result: dict, path: str | Path) -> None:
     """Training-step and prefill time against text length (and n), like the paper's Fig. 2."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # object API: no pyplot state, works headless
 
     from .atomic import atomic_write
 
@@ -364,7 +362,9 @@ def plot_sweep(result: dict, path: str | Path) -> None:
     if not rows:
         raise ValueError("no sweep in this benchmark result: run it with --sweep-lengths and/or --sweep-n")
     axes_present = [a for a in ("text_length", "n_visual") if any(r["axis"] == a for r in rows)]
-    fig, axes = plt.subplots(len(axes_present), 2, figsize=(10, 3.6 * len(axes_present)), squeeze=False)
+    fig = Figure(figsize=(10, 3.6 * len(axes_present)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(axes_present), 2, squeeze=False)
     for i, axis in enumerate(axes_present):
         sub = [r for r in rows if r["axis"] == axis]
         xs = [r["value"] for r in sub]
@@ -382,7 +382,6 @@ def plot_sweep(result: dict, path: str | Path) -> None:
     fig.suptitle(f"{result['model']['name']}, batch {result['config']['batch_size']} — {result['machine']}", fontsize=9)
     fig.tight_layout()
     atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
 
 
 __all__ = ["BenchConfig", "run_bench", "format_bench", "plot_sweep", "cache_bytes", "PeakMemory", "TARGETS"]

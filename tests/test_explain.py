@@ -1,0 +1,404 @@
+"""Knowledge-locating maps and knowledge distortion (memvp.explain, memvp.explain_plot) on tiny models."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+from transformers import PreTrainedTokenizerFast
+
+from conftest import tiny_model
+from memvp import MemVPConfig, get_memvp_model
+from memvp.data import DEFAULT_PROMPT_TEMPLATE, encode_sample
+from memvp.datasets import Sample, read_vqav2
+from memvp.explain import (
+    blocked_mask,
+    encode_prompt,
+    evaluate_localization,
+    explain,
+    generate_answer,
+    grid_region,
+    group_words,
+    hottest_cells,
+    named_color,
+    object_cells,
+    similarity_maps,
+    top_entries,
+)
+from memvp.explain_plot import add_explain_parser, plot_explanation, run_explain_command
+from memvp.scenes import COLORS, IMAGE_PATTERN, Scene, SceneObject, draw_scene, generate_dataset, load_scenes
+
+CHARS = "abcdefghijklmnopqrstuvwxyzAWIH ?:\n"
+SILU_MIN = -0.2785  # min of x * sigmoid(x)
+QUESTION = "What shape is the red object?"
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per character: every word is several tokens, spaces and '?' belong to none."""
+    vocab = {t: i for i, t in enumerate(["<unk>", "<pad>", "</s>", *CHARS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
+
+
+def memvp_model(n_entries: int = 12, visual_dim: int = 8, lm=None, **config):
+    """Tiny Llama + MemVP with lambda = s = 1 and random position embeddings, so that the memory
+    visibly changes the model (the paper's initialisation adds nothing before training)."""
+    lm = lm if lm is not None else tiny_model("llama")
+    model = get_memvp_model(lm, MemVPConfig(visual_dim=visual_dim, num_entries=n_entries, visual_scale=1.0,
+                                            output_scale=1.0, **config))
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        model.visual_memory.key_position.copy_(torch.randn(model.visual_memory.key_position.shape, generator=g))
+        model.visual_memory.value_position.copy_(
+            0.5 * torch.randn(model.visual_memory.value_position.shape, generator=g))
+    return model.eval()
+
+
+def features(n_visual: int = 9, dim: int = 8, seed: int = 3) -> torch.Tensor:
+    return torch.randn(1, n_visual, dim, generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------- words
+def test_group_words_joins_subword_tokens_and_skips_punctuation():
+    question = "What shape is the orange object?"
+    # GPT-2 style: leading spaces inside the tokens, "orange" split in two, a BOS spanning (0, 0).
+    offsets = [(0, 0), (0, 4), (4, 10), (10, 13), (13, 17), (17, 20), (20, 24), (24, 31), (31, 32), (32, 33)]
+    words = group_words(question, offsets)
+    assert [(w.text, w.tokens) for w in words] == [
+        ("What", (1,)), ("shape", (2,)), ("is", (3,)), ("the", (4,)), ("orange", (5, 6)), ("object", (7,))]
+    # The question inside a template: word spans shift by where the question starts.
+    shifted = [(s + 3, e + 3) for s, e in offsets[1:]]
+    assert [w.tokens for w in group_words(question, shifted, question_start=3)] == [
+        (0,), (1,), (2,), (3,), (4, 5), (6,)]
+
+
+def test_encode_prompt_is_the_training_prompt():
+    tok = char_tokenizer()
+    enc = encode_prompt(tok, QUESTION)
+    train = encode_sample(tok, Sample(id="q", prompt=QUESTION, answers=[]), 128, with_answer=False)
+    assert enc.input_ids == train.prompt_ids
+    assert enc.prompt == DEFAULT_PROMPT_TEMPLATE.format(prompt=QUESTION)
+    assert [w.text for w in enc.words] == ["What", "shape", "is", "the", "red", "object"]
+    shape = enc.words[1]
+    assert shape.tokens == (5, 6, 7, 8, 9)  # one token per character
+    assert "".join(tok.convert_ids_to_tokens([enc.input_ids[i] for i in shape.tokens])) == "shape"
+    with pytest.raises(ValueError, match="too long"):
+        encode_prompt(tok, QUESTION, max_length=20)
+    with pytest.raises(ValueError, match="empty"):
+        encode_prompt(tok, "  ")
+    with pytest.raises(ValueError, match="no \\{prompt\\}"):
+        encode_prompt(tok, QUESTION, template="Answer:")
+
+
+def test_words_with_the_real_smollm2_tokenizer():
+    from transformers import AutoTokenizer
+
+    from memvp.pretrained import cache_dir
+
+    path = cache_dir() / "smollm2-135m-instruct"
+    if not (path / "tokenizer_config.json").is_file():
+        pytest.skip("SmolLM2 not converted yet (memvp.pretrained.smollm2_path() makes it)")
+    tok = AutoTokenizer.from_pretrained(path)
+    enc = encode_prompt(tok, "Is the yellowish thingamajig left-most?")
+    assert [w.text for w in enc.words] == ["Is", "the", "yellowish", "thingamajig", "left-most"]
+    assert max(len(w.tokens) for w in enc.words) > 1  # some word is several subword tokens
+    for w in enc.words:
+        assert tok.decode([enc.input_ids[i] for i in w.tokens]).strip() == w.text
+
+
+# ----------------------------------------------------------------------------- maps
+def test_similarity_maps_shapes_ranges_and_averaging():
+    model, tok, feats = memvp_model(), char_tokenizer(), features()
+    maps = similarity_maps(model, tok, feats, QUESTION)
+    n_tokens = len(maps.encoded.input_ids)
+    assert maps.per_layer.shape == (2, n_tokens, 3, 3)  # 9 visual tokens of 12 entries: a 3 x 3 grid
+    assert maps.token_maps.shape == (n_tokens, 3, 3) and maps.word_maps.shape == (6, 3, 3)
+    assert maps.site_names == ["decoder.0", "decoder.1"]
+    assert np.isfinite(maps.per_layer).all() and maps.per_layer.min() >= SILU_MIN
+    assert maps.per_layer.std() > 1e-3  # the maps do vary over entries
+    np.testing.assert_allclose(maps.token_maps, maps.per_layer.mean(axis=0), rtol=1e-6)
+    red = maps.words[4]
+    np.testing.assert_allclose(maps.word_maps[4], maps.token_maps[list(red.tokens)].mean(axis=0), rtol=1e-6)
+    assert not np.allclose(maps.word_maps[4], maps.word_maps[1])  # words differ
+    np.testing.assert_allclose(maps.mean_map, maps.word_maps.mean(axis=0), rtol=1e-6)
+
+    only = similarity_maps(model, tok, feats, QUESTION, words=["RED", "shape"])
+    assert [w.text for w in only.words] == ["shape", "red"]  # question order, case-insensitive
+    np.testing.assert_allclose(only.word_maps, maps.word_maps[[1, 4]], rtol=1e-6)
+    with pytest.raises(ValueError, match="not in the question"):
+        similarity_maps(model, tok, feats, QUESTION, words=["blue"])
+
+    magnitude = maps.magnitude()
+    assert magnitude.absolute and magnitude.per_layer.min() >= 0
+    np.testing.assert_allclose(magnitude.token_maps, np.abs(maps.per_layer).mean(axis=0), rtol=1e-6)
+
+
+def test_similarity_is_phi_of_ffn_input_and_visual_prompt_without_position():
+    model, tok, feats = memvp_model(), char_tokenizer(), features()
+    maps = similarity_maps(model, tok, feats, QUESTION)
+    # Our own capture of the FFN inputs during an ordinary forward with the memory in place.
+    ids = torch.tensor([maps.encoded.input_ids])
+    seen = []
+    hooks = [layer.mlp.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+             for layer in model.language_model.model.layers]
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=torch.ones_like(ids), visual_features=feats)
+    finally:
+        for h in hooks:
+            h.remove()
+    with torch.no_grad():
+        prompt = 1.0 * model.visual_memory.projector(feats)  # lambda f(z), lambda = 1 here
+    for layer, x in enumerate(seen):
+        expected = F.silu(x[0] @ prompt[0].T).reshape(-1, 3, 3).numpy()
+        np.testing.assert_allclose(maps.per_layer[layer], expected, rtol=1e-4, atol=1e-6)
+
+    # The position embeddings are not part of the similarity (layer 0 is unchanged), but the
+    # memory is in place (layer 1 reads layer 0's retrieval, which they change).
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        moved.visual_memory.key_position.add_(1.0)
+    other = similarity_maps(moved, tok, feats, QUESTION)
+    np.testing.assert_allclose(other.per_layer[0], maps.per_layer[0], rtol=1e-5)
+    assert not np.allclose(other.per_layer[1], maps.per_layer[1], atol=1e-4)
+
+    # Entry i is grid cell i (row-major): permuting the visual tokens permutes layer 0's map.
+    perm = torch.randperm(9, generator=torch.Generator().manual_seed(0))
+    permuted = similarity_maps(model, tok, feats[:, perm], QUESTION)
+    flat = maps.per_layer[0].reshape(len(seen[0][0]), 9)
+    np.testing.assert_allclose(permuted.per_layer[0].reshape(-1, 9), flat[:, perm.numpy()], rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "opt", "bart", "t5-gated"])
+def test_other_architectures(arch):
+    """OPT flattens the FFN input; on encoder-decoders the prompt is read by the encoder's layers."""
+    model = memvp_model(lm=tiny_model(arch))
+    result = explain(model, char_tokenizer(), features(), QUESTION, block_top=1, max_new_tokens=2)
+    maps = result.maps
+    assert maps.per_layer.shape == (2, len(maps.encoded.input_ids), 3, 3) and np.isfinite(maps.per_layer).all()
+    expected = "encoder" if model.config.is_encoder_decoder else "decoder"
+    assert all(name.startswith(expected) for name in maps.site_names)
+    assert isinstance(result.answer, str) and isinstance(result.answer_blocked, str)
+
+
+def test_non_square_visual_tokens_are_a_clear_error():
+    with pytest.raises(ValueError, match="square grid"):
+        similarity_maps(memvp_model(), char_tokenizer(), features(n_visual=6), QUESTION)
+
+
+def test_hottest_cells_and_top_entries():
+    maps = np.zeros((2, 3, 3))
+    maps[0, 2, 1] = 5.0
+    maps[1] -= 1.0
+    maps[1, 0, 2] = -0.1  # all negative: the largest is the one nearest 0
+    assert hottest_cells(maps).tolist() == [[2, 1], [0, 2]]
+    assert hottest_cells(maps[0]).tolist() == [2, 1]
+    score = np.array([[0.1, 0.9, 0.3], [0.8, -1.0, 0.2], [0.0, 0.5, 0.7]])
+    assert top_entries(score, 3) == [1, 3, 8]
+    assert top_entries(score, 0) == []
+    with pytest.raises(ValueError, match="cannot block 10"):
+        top_entries(score, 10)
+
+
+# ----------------------------------------------------------------------------- blocking
+def test_blocking_top_k_equals_removing_those_entries_from_memory():
+    model, tok, feats = memvp_model(), char_tokenizer(), features()
+    result = explain(model, tok, feats, QUESTION, block_top=2, max_new_tokens=4)
+    assert result.blocked == top_entries(result.maps.mean_map, 2)
+    assert sorted(result.maps.mean_map.reshape(-1).argsort()[-2:].tolist()) == sorted(result.blocked)
+
+    mask = blocked_mask(model, result.blocked)
+    assert mask.shape == (1, 12) and mask.sum() == 2 and mask[0, result.blocked].all()
+    # Blocking sets phi(x K_i^T) = 0, so entry i adds nothing: the same as a memory whose
+    # values V_i = lambda f(z_i) + p^v_i are zero for the blocked entries.
+    removed = copy.deepcopy(model)
+    with torch.no_grad():
+        prompts = removed.visual_memory.prompts(feats)
+        for i in result.blocked:
+            removed.visual_memory.value_position[0, i] = -prompts[0, i]
+    ids = torch.tensor([result.maps.encoded.input_ids])
+    with torch.no_grad():
+        blocked = model(input_ids=ids, visual_features=feats, blocked_entries=mask).logits
+        reference = removed(input_ids=ids, visual_features=feats).logits
+        plain = model(input_ids=ids, visual_features=feats).logits
+    torch.testing.assert_close(blocked, reference, rtol=1e-4, atol=1e-5)
+    assert (blocked - plain).abs().max() > 1e-3  # and it does change the output
+    assert result.answer_blocked == generate_answer(removed, tok, result.maps.encoded.input_ids, feats,
+                                                    max_new_tokens=4)
+    assert result.answer == generate_answer(model, tok, result.maps.encoded.input_ids, feats, max_new_tokens=4)
+
+    with pytest.raises(ValueError, match="out of range"):
+        blocked_mask(model, [12])
+    concat = memvp_model(position_mode="concat")
+    assert blocked_mask(concat, [0, 3]).shape == (1, 24)
+    with pytest.raises(ValueError, match="block_top"):
+        explain(model, tok, feats, QUESTION, block_top=-1)
+
+
+def test_explain_leaves_training_mode_and_hooks_as_they_were():
+    model, tok, feats = memvp_model(), char_tokenizer(), features()
+    model.train()
+    hooks = {name: len(m._forward_pre_hooks) for name, m in model.named_modules()}
+    a = similarity_maps(model, tok, feats, QUESTION)
+    b = similarity_maps(model, tok, feats, QUESTION)  # dropout on: would differ if not in eval
+    np.testing.assert_array_equal(a.per_layer, b.per_layer)
+    assert model.training
+    assert hooks == {name: len(m._forward_pre_hooks) for name, m in model.named_modules()}
+
+
+# ----------------------------------------------------------------------------- measurement
+def test_object_cells_and_named_color():
+    scene = Scene([SceneObject("red", "square", 48, 48), SceneObject("blue", "circle", 30, 100)])
+    red = object_cells(scene, scene.objects[0], 7)  # pixels 34..61: inside cell (1, 1) only
+    assert red.sum() == 1 and red[1, 1]
+    blue = object_cells(scene, scene.objects[1], 7)  # pixels x 16..43, y 86..113: 2 x 2 cells
+    assert sorted(zip(*np.nonzero(blue))) == [(2, 0), (2, 1), (3, 0), (3, 1)]
+    assert named_color("Is the gray object at the top or bottom?", list(COLORS)) == "gray"
+    assert named_color("What color is it?", list(COLORS)) is None
+
+
+class GridColours(torch.nn.Module):
+    """A stand-in vision encoder: mean colour of each cell of a 3 x 3 grid (and its square)."""
+
+    num_tokens, feature_dim = 9, 8
+
+    def encode(self, paths):
+        out = []
+        for p in paths:
+            rgb = torch.tensor(np.asarray(Image.open(p).convert("RGB").resize((3, 3), Image.BOX)),
+                               dtype=torch.float32).reshape(9, 3) / 255.0
+            out.append(torch.cat([rgb, rgb ** 2, torch.ones(9, 2)], dim=1))
+        return torch.stack(out)
+
+
+def test_evaluate_localization(tmp_path):
+    generate_dataset(tmp_path, n_train=1, n_val=1, n_test=3, questions_per_scene=6, progress=False)
+    samples = read_vqav2(tmp_path / "questions_test.json", tmp_path / "annotations_test.json",
+                         tmp_path / "images", IMAGE_PATTERN)
+    samples = [s for s in samples if s.metadata["question_type"] in ("shape", "horizontal", "vertical")]
+    scenes = load_scenes(tmp_path / "scenes_test.json")
+    model, tok, encoder = memvp_model(n_entries=9), char_tokenizer(), GridColours()
+    # Make every other question "correct" (target = the model's own answer) so that blocking is measured.
+    for i, s in enumerate(samples):
+        if i % 2 == 0:
+            feats = encoder.encode([s.image])
+            answer = generate_answer(model, tok, encode_prompt(tok, s.prompt, max_length=77).input_ids, feats,
+                                     max_new_tokens=3)
+            samples[i] = dataclasses.replace(s, metadata={**s.metadata, "target": answer})
+    result = evaluate_localization(model, tok, encoder.encode, samples, scenes, k=2, seed=0, max_length=80,
+                                   progress=False)
+    overall, records = result["overall"], result["records"]
+    assert overall["questions"] == len(records) == len(samples) == 9
+    assert overall["correct_answers"] == sum(r["correct"] for r in records) >= 5
+    chance = np.mean([object_cells(scenes[int(s.image_id)], scenes[int(s.image_id)].find(
+        named_color(s.prompt, list(COLORS))), 3).mean() for s in samples])
+    assert overall["chance_rate"] == pytest.approx(chance)
+    for mode in ("phi", "abs"):
+        for key in ("color_word_hit_rate", "mean_map_hit_rate", "top2_cells_on_object", "changed_by_top2_rate"):
+            assert 0.0 <= overall[mode][key] <= 1.0
+    by_type = result["per_type"]
+    assert sum(t["questions"] for t in by_type.values()) == 9
+    for r, s in zip(records, samples):
+        assert len(set(r["random_blocked"])) == 2 and all(0 <= e < 9 for e in r["random_blocked"])
+        if r["correct"]:  # the recorded answers are those of blocked generation
+            ids = encode_prompt(tok, s.prompt, max_length=77).input_ids
+            feats = encoder.encode([s.image])
+            assert r["phi_answer_top_blocked"] == generate_answer(model, tok, ids, feats, r["phi_top_blocked"], 3)
+            assert r["answer_random_blocked"] == generate_answer(model, tok, ids, feats, r["random_blocked"], 3)
+    again = evaluate_localization(model, tok, encoder.encode, samples, scenes, k=2, seed=0, max_length=80,
+                                  progress=False)
+    assert again["records"] == records  # seeded, deterministic
+
+
+# ----------------------------------------------------------------------------- drawing and the command
+def test_plot_writes_a_png_atomically(tmp_path):
+    model, tok, feats = memvp_model(), char_tokenizer(), features()
+    result = explain(model, tok, feats, QUESTION, words=["shape", "red"], block_top=2, max_new_tokens=2)
+    image = Image.new("RGB", (60, 40), (200, 30, 30))
+    out = plot_explanation(image, result, tmp_path / "maps.png", region=(10.0, 0.0, 50.0, 40.0))
+    with Image.open(out) as png:
+        assert png.format == "PNG" and png.size[0] > 300
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps.png"]  # no temporary file left
+    plot_explanation(image, dataclasses.replace(result, maps=result.maps.magnitude(), blocked=[]),
+                     tmp_path / "abs.png")
+    assert (tmp_path / "abs.png").stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A tiny LM (character tokenizer), a tiny CLIP (4 x 4 patches) and a MemVP adapter on disk."""
+    root = tmp_path_factory.mktemp("explain")
+    torch.manual_seed(0)
+    tok = char_tokenizer()
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48,
+                                      num_hidden_layers=2, num_attention_heads=4, eos_token_id=tok.eos_token_id,
+                                      pad_token_id=tok.pad_token_id))
+    lm.save_pretrained(root / "lm")
+    tok.save_pretrained(root / "lm")
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                                     num_attention_heads=2, image_size=16, patch_size=4)).save_pretrained(root / "vit")
+    CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(root / "vit")
+    memvp_model(n_entries=16, visual_dim=16, lm=lm).save_pretrained(root / "adapter")
+    memvp_model(n_entries=16, visual_dim=8, lm=lm).save_pretrained(root / "adapter8")
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=24, intermediate_size=32,
+                                         num_hidden_layers=2, num_attention_heads=4))
+    memvp_model(n_entries=16, visual_dim=16, lm=other).save_pretrained(root / "foreign")
+    draw_scene(Scene([SceneObject("red", "square", 60, 60), SceneObject("blue", "circle", 160, 150)])).save(
+        root / "scene.png")
+    (root / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+def _args(root, *extra):
+    parser = argparse.ArgumentParser()
+    add_explain_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["explain", "--adapter", str(root / "adapter"), "--image", str(root / "scene.png"),
+                              "--question", QUESTION, "--language-model", str(root / "lm"),
+                              "--vision-encoder", str(root / "vit"), "--output", str(root / "out.png"),
+                              "--max-new-tokens", "3", *extra])
+
+
+def test_explain_command(saved, capsys):
+    assert run_explain_command(_args(saved, "--block-top", "2", "--tokens", "red", "shape")) == 0
+    printed = capsys.readouterr().out
+    assert "answer: " in printed and "top 2 entries blocked" in printed and "4x4 grid" in printed
+    assert "shape (" in printed and "red (" in printed and "What (" not in printed
+    with Image.open(saved / "out.png") as png:
+        assert png.format == "PNG"
+
+
+@pytest.mark.parametrize("extra, error, message", [
+    (("--image", "missing.png"), FileNotFoundError, "image not found"),
+    (("--image", "broken.png"), ValueError, "cannot read image"),
+    (("--adapter", "nowhere"), FileNotFoundError, "not a MemVP adapter"),
+    (("--adapter", "adapter8"), ValueError, "expects 8-d visual features"),
+    (("--adapter", "foreign"), ValueError, "saved for a llama model"),
+    (("--max-length", "20"), ValueError, "too long"),
+    (("--tokens", "green"), ValueError, "not in the question"),
+    (("--block-top", "-1"), ValueError, "block-top"),
+    (("--block-top", "17"), ValueError, "cannot block 17"),
+    (("--question", " "), ValueError, "empty"),
+])
+def test_explain_command_bad_input(saved, extra, error, message):
+    flag, value = extra
+    if flag in ("--image", "--adapter"):
+        value = str(saved / value)
+    with pytest.raises(error, match=message):
+        run_explain_command(_args(saved, flag, value))
+
+
+def test_grid_region_follows_the_centre_crop():
+    clip = type("E", (), {"image_processor": CLIPImageProcessor(size={"shortest_edge": 16},
+                                                                crop_size={"height": 16, "width": 16})})()
+    assert grid_region(clip, 32, 16) == (8.0, 0.0, 24.0, 16.0)
+    assert grid_region(clip, 40, 80) == (0.0, 20.0, 40.0, 60.0)
+    assert grid_region(object(), 32, 16) == (0.0, 0.0, 32.0, 16.0)  # squashed whole (EfficientNet)
