@@ -8,23 +8,27 @@ from memvp.cli import main
 from memvp.scenes import QUESTION_TYPES
 
 
-def test_quick_demo_trains_both_arms_and_writes_the_table(tmp_path, capsys):
-    assert main(["demo", "--quick", "--output-dir", str(tmp_path)]) == 0
+def test_quick_demo_trains_every_arm_and_writes_the_table(tmp_path, capsys):
+    assert main(["demo", "--quick", "--compare", "--output-dir", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    assert "| question type | answer prior | w/o visual prompts | MemVP |" in printed
+    assert ("| question type | answer prior | w/o visual prompts | text-only LoRA | input-space LoRA | MemVP |"
+            in printed)
     result = json.loads((tmp_path / "results.json").read_text())
     assert [r[0] for r in result["rows"]] == [*QUESTION_TYPES, "overall"]
-    memvp, blind = result["runs"]["memvp"], result["runs"]["no_visual_prompts"]
+    runs = result["runs"]
     overall = result["rows"][-1]
-    assert overall[2:] == [blind["eval"]["overall"], memvp["eval"]["overall"]]  # columns as labelled
+    arms = ["no_visual_prompts", "text_only", "input_space", "memvp"]
+    assert overall[2:] == [runs[a]["eval"]["overall"] for a in arms]  # columns as labelled
     assert overall[1] == 100 * result["answer_prior"]["overall"]
-    assert memvp["use_images"] and not blind["use_images"]
-    assert memvp["eval"]["count"] == blind["eval"]["count"] == 60
-    for name in ("memvp", "no_visual_prompts"):
-        assert (tmp_path / name / "adapter" / "memvp_model.safetensors").is_file()
-    # A second run reuses the generated data set instead of drawing it again.
+    assert [runs[a]["method"] for a in arms] == ["memvp", "text_only", "input_space", "memvp"]
+    assert [runs[a]["use_images"] for a in arms] == [False, False, True, True]
+    assert all(runs[a]["eval"]["count"] == 60 for a in arms)
+    assert (tmp_path / "memvp" / "adapter" / "memvp_model.safetensors").is_file()
+    assert (tmp_path / "input_space" / "adapter" / "baseline_model.safetensors").is_file()
+    # A second run (the default arms) reuses the generated data set instead of drawing it again.
     stamp = (tmp_path / "data" / "questions_train.json").stat().st_mtime_ns
     assert main(["demo", "--quick", "--output-dir", str(tmp_path)]) == 0
+    assert "| question type | answer prior | w/o visual prompts | MemVP |" in capsys.readouterr().out
     assert (tmp_path / "data" / "questions_train.json").stat().st_mtime_ns == stamp
 
 

@@ -27,9 +27,10 @@ def _word_tokenizer():
                                    bos_token="<s>", eos_token="</s>")
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
+def make_tiny_run(root) -> dict:
+    """A tiny random-init Llama + word tokenizer, a CLIP tower and a Sort-of-CLEVR VQA set under
+    ``root``; returns a training config for them (also written to root/train.yaml). Seeded: the
+    same files every time. Shared with test_distributed.py and test_resume.py."""
     torch.manual_seed(0)
     tok = _word_tokenizer()
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48,
@@ -55,6 +56,13 @@ def setup(tmp_path_factory):
         "max_length": 32, "progress": False,
     }
     (root / "train.yaml").write_text(yaml.safe_dump(config))
+    return config
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    make_tiny_run(root)
     return root
 
 
@@ -83,6 +91,25 @@ def test_train_save_load_predict_eval(setup, capsys):
                  f"output_dir={root / 'sampled'}", "do_sample=true", "top_p=0.5", "temperature=2.0"]) == 0
     sampled = json.loads((root / "sampled" / "predictions.json").read_text())
     assert sampled.keys() == train_predictions.keys()
+
+
+@pytest.mark.parametrize("method", ["input_space", "text_only"])
+def test_baselines_train_and_evaluate_through_the_same_commands(setup, capsys, method):
+    root = setup
+    run = root / f"run-{method}"
+    assert main(["train", str(root / "train.yaml"), f"method={method}", f"output_dir={run}",
+                 "baseline.lora_r=4"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["method"] == method and metrics["use_images"] == (method == "input_space")
+    losses = [float(line.split(",")[2]) for line in (run / "loss_curve.csv").read_text().splitlines()[1:]]
+    assert losses[-1] < losses[0]
+    # eval finds the method from the adapter directory alone and reproduces the predictions.
+    assert main(["eval", str(root / "train.yaml"), "--adapter", str(run / "adapter"),
+                 f"output_dir={root / ('eval-' + method)}"]) == 0
+    assert (json.loads((root / f"eval-{method}" / "predictions.json").read_text())
+            == json.loads((run / "predictions_eval.json").read_text()))
+    assert main(["train", str(root / "train.yaml"), "method=llava"]) == 2
+    assert "method must be one of" in capsys.readouterr().err
 
 
 def test_bad_input_is_a_clear_error_with_nonzero_exit(setup, capsys, tmp_path):
@@ -135,3 +162,12 @@ def test_example_configs_are_valid():
     for path in sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")):
         cfg = TrainConfig.from_yaml(path)
         assert cfg.train_data["format"] in ("scienceqa", "vqav2") and cfg.memvp["num_entries"] > 0
+
+
+def test_numbers_in_overrides_are_numbers():
+    from memvp.train import TrainConfig
+
+    # YAML 1.1 reads 1e-4 (no dot) as a string; torch would fail much later on it.
+    assert TrainConfig.from_yaml(None, ["lr=1e-4", "weight_decay=0"]).lr == 1e-4
+    with pytest.raises(ValueError, match="lr must be a number"):
+        TrainConfig.from_yaml(None, ["lr=fast"])

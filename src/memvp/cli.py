@@ -1,9 +1,10 @@
-"""Command line: ``memvp demo | train | predict | eval | flops | bench | two-photos``."""
+"""Command line: ``memvp demo | train | predict | eval | flops | bench | explain | two-photos``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -15,6 +16,12 @@ def _config(args):
         overrides.append(f"adapter={args.adapter}")
     if args.skip_bad:
         overrides.append("skip_bad=true")
+    resume = getattr(args, "resume", None)
+    if resume is not None and "=" in resume and not os.path.exists(resume):
+        overrides.append(resume)  # `--resume key=value`: argparse took an override for the path
+        resume = "latest"
+    if resume is not None:
+        overrides.append(f"resume={json.dumps(resume)}")  # quoted: a path stays a string
     return TrainConfig.from_yaml(args.config, overrides)
 
 
@@ -60,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="the embedded demo: synthetic VQA, MemVP vs w/o visual prompts")
     demo.add_argument("--output-dir", default="runs/demo")
     demo.add_argument("--quick", action="store_true", help="a tiny run (seconds) to check the wiring")
+    demo.add_argument("--compare", action="store_true",
+                      help="also train input-space LoRA (LLaVA-LoRA) and text-only LoRA with the same budget")
 
     for name, help_text in (("train", "fine-tune MemVP from a YAML config"),
                             ("predict", "write predictions of an adapter on eval_data"),
@@ -71,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="skip samples whose image is missing or unreadable (counted and reported)")
         if name != "train":
             p.add_argument("--adapter", help="adapter directory (else the config's adapter key)")
+        else:
+            p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                           help="continue an interrupted run: the newest checkpoint of output_dir, or this one")
 
     flops = sub.add_parser("flops", help="FLOPs per sample of each method on the paper's models (eq. 13-15 "
                                          "and torch's flop counter, meta device)")
@@ -96,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--plot", nargs="?", const="runs/bench.png", default=None,
                        help="also draw the sweep (PNG, like the paper's Fig. 2)")
 
+    from .explain_plot import add_explain_parser, run_explain_command
+
+    add_explain_parser(sub)
     photos = sub.add_parser("two-photos", help="one minute on the real models: two photos, two answers")
     photos.add_argument("--output-dir", default="runs/two-photos")
     photos.add_argument("--steps", type=int, default=30)
@@ -111,12 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import run_demo
 
-            run_demo(args.output_dir, quick=args.quick)
+            run_demo(args.output_dir, quick=args.quick, compare=args.compare)
         elif args.command == "train":
             from .train import train
 
+            from accelerate import PartialState
+
             result = train(_config(args))
-            print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+            if PartialState().is_main_process:  # under accelerate launch / torchrun: print once
+                print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
         elif args.command in ("predict", "eval"):
             from .train import run_eval
 
@@ -125,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             _flops(args.output)
         elif args.command == "bench":
             _bench(args)
+        elif args.command == "explain":
+            return run_explain_command(args)
         elif args.command == "two-photos":
             from .two_photo_demo import run_demo as run_two_photos
 

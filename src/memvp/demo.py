@@ -6,6 +6,9 @@
 3. MemVP is fine-tuned on the frozen SmolLM2-135M-Instruct, and so is the "w/o visual prompts"
    ablation of Table 4 (position embeddings only, same budget), through the same ``train``.
 4. Held-out accuracy per question type is printed next to the answer prior.
+
+``compare=True`` (``memvp demo --compare``) also trains the paper's baselines with the same budget
+(steps, batch, learning rate, data): input-space prompting with LoRA (LLaVA-LoRA) and text-only LoRA.
 """
 
 from __future__ import annotations
@@ -46,7 +49,17 @@ def _scenes(root: Path, params: dict, seed: int) -> dict:
     return summary
 
 
-def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False, seed: int = 0) -> dict:
+# Arm -> (column title, TrainConfig overrides).
+ARMS = {
+    "no_visual_prompts": ("w/o visual prompts", {"method": "memvp", "use_images": False}),
+    "text_only": ("text-only LoRA", {"method": "text_only"}),
+    "input_space": ("input-space LoRA", {"method": "input_space"}),
+    "memvp": ("MemVP", {"method": "memvp"}),
+}
+
+
+def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False, seed: int = 0,
+             compare: bool = False) -> dict:
     setting = QUICK if quick else FULL
     out = Path(output_dir)
     t0 = time.perf_counter()
@@ -55,13 +68,13 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False, seed: in
         train_data=_data_spec(out / "data", "train"), eval_data=_data_spec(out / "data", "test"),
         vision_encoder=VISION, memvp={"num_entries": 49}, max_length=48, max_new_tokens=3,
         eval_batch_size=50, seed=seed, warmup_ratio=0.05, **setting["train"])
+    columns = [a for a in ARMS if compare or a in ("no_visual_prompts", "memvp")]
     runs = {}
-    for name, use_images in (("memvp", True), ("no_visual_prompts", False)):
+    for name in columns:
         print(f"\n== training {name} ==")
-        runs[name] = train(dataclasses.replace(base, output_dir=str(out / name), use_images=use_images))
+        runs[name] = train(dataclasses.replace(base, output_dir=str(out / name), **ARMS[name][1]))
 
     prior = summary["answer_prior_accuracy"]
-    columns = ("no_visual_prompts", "memvp")  # in the order of the header below
     rows = []
     for qtype in (*QUESTION_TYPES, "overall"):
         cells = [100 * prior[qtype]]
@@ -69,13 +82,13 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False, seed: in
             ev = runs[name]["eval"]
             cells.append(ev["overall"] if qtype == "overall" else ev["per_type"].get(qtype, float("nan")))
         rows.append((qtype, *cells))
-    header = "| question type | answer prior | w/o visual prompts | MemVP |"
-    lines = [header, "|---|---|---|---|"]
-    lines += [f"| {q} | {p:.1f} | {b:.1f} | {m:.1f} |" for q, p, b, m in rows]
-    times = {name: r["train_seconds"] for name, r in runs.items()}
-    lines.append(f"\ntest questions: {runs['memvp']['eval']['count']}; training {base.max_steps} steps x "
-                 f"{base.batch_size} questions: MemVP {times['memvp']:.0f}s, w/o visual prompts "
-                 f"{times['no_visual_prompts']:.0f}s; whole demo {time.perf_counter() - t0:.0f}s")
+    titles = [ARMS[name][0] for name in columns]
+    lines = ["| question type | answer prior | " + " | ".join(titles) + " |", "|---" * (2 + len(columns)) + "|"]
+    lines += ["| " + " | ".join([q] + [f"{c:.1f}" for c in cells]) + " |" for q, *cells in rows]
+    lines.append("| training time (s) | | " + " | ".join(f"{runs[n]['train_seconds']:.0f}" for n in columns) + " |")
+    lines.append("| trainable parameters | | " + " | ".join(f"{runs[n]['trainable_parameters']:,d}" for n in columns) + " |")
+    lines.append(f"\ntest questions: {runs['memvp']['eval']['count']}; every arm trained {base.max_steps} steps x "
+                 f"{base.batch_size} questions, lr {base.lr}; whole demo {time.perf_counter() - t0:.0f}s")
     table = "\n".join(lines)
     print("\nHeld-out accuracy (%) on synthetic Sort-of-CLEVR VQA, SmolLM2-135M + EfficientNet-Lite0:\n" + table)
     result = {"table": table, "rows": rows, "runs": runs, "answer_prior": prior,

@@ -1,33 +1,49 @@
 """Fine-tune MemVP: ``memvp train CONFIG.yaml [key=value ...]`` or ``train(TrainConfig(...))``.
 
-AdamW with warmup + cosine decay, gradient accumulation and mixed precision through Hugging Face
-Accelerate, loss on answer tokens only (LM head evaluated only there), periodic evaluation,
-adapter checkpoints, a metrics JSON and a CSV of the loss curve. Every output file is written
-atomically.
+AdamW with warmup + cosine decay, gradient accumulation, loss on answer tokens only (LM head
+evaluated only there), periodic evaluation, a metrics JSON and a CSV of the loss curve. Every output
+file is written atomically.
+
+Scaling out and surviving faults, all through Hugging Face Accelerate (no engine of our own):
+
+* the same command runs as one process, under ``accelerate launch`` (DDP, or FSDP with
+  ``configs/accelerate/fsdp.yaml``) or under ``torchrun``; ``batch_size`` is the global batch, so the
+  result does not depend on the number of processes (see ``TrainConfig.batch_size``);
+* bf16 / fp16 autocast with fp32 trainable weights, fp16 loss scaling, gradient checkpointing, the
+  frozen LM optionally stored in bf16 (``model_dtype``);
+* checkpoints (``checkpoint.py``) every ``save_every`` steps, atomic, trainable weights only, and
+  ``resume`` continues a run to the same result as an uninterrupted one;
+* a non-finite loss stops the run (FloatingPointError) before it touches the weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
 from tqdm.auto import tqdm
 
 from .atomic import atomic_write_text
+from .checkpoint import (DataPosition, full_parameters, is_fsdp, load_trainable_weights, load_training_state,
+                         read_trainer_state, resolve_resume, save_checkpoint)
 from .config import MemVPConfig
 from .data import DEFAULT_PROMPT_TEMPLATE, VisualInputs, collate_training, describe_truncation, encode_sample
 from .datasets import Sample, load_samples
 from .evaluate import score
-from .model import MemVPModel, get_memvp_model
+from .baselines import METHODS, BaselineConfig, build_model, load_adapter, visual_dim_of
 from .predict import predict
 from .pretrained import cache_dir, load_language_model, load_vision_encoder
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -37,11 +53,20 @@ class TrainConfig:
     eval_data: dict | None = None
     output_dir: str = "runs/memvp"
     language_model: str = "smollm2"
+    model_dtype: str = "float32"
+    """dtype the frozen language model is stored in: 'float32', 'bfloat16' (half the weight memory)
+    or 'float16'. Trainable parameters stay float32 whatever it is. Pair it with precision=bf16 /
+    fp16. FSDP needs float32 (its bf16 mixed precision casts the shards for compute)."""
     vision_encoder: str = "efficientnet-lite0"
     feature_cache: str | None = None
     """Where image features are cached; default ``<memvp cache>/features``."""
+    method: str = "memvp"
+    """'memvp', or a baseline of the paper in the same harness: 'input_space' (LLaVA-style visual
+    tokens in front of the text + LoRA) or 'text_only' (LoRA, no image)."""
     memvp: dict = field(default_factory=dict)
     """MemVPConfig fields; ``visual_dim`` comes from the vision encoder."""
+    baseline: dict = field(default_factory=dict)
+    """BaselineConfig fields for 'input_space' / 'text_only' (lora_r, lora_alpha, projector, ...)."""
     use_images: bool = True
     """False trains the 'w/o visual prompts' ablation (Table 4): position embeddings only."""
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
@@ -50,19 +75,36 @@ class TrainConfig:
     max_steps: int = 0
     """Optimizer steps; > 0 overrides ``epochs``."""
     batch_size: int = 16
+    """The *global* batch of one forward pass, summed over all processes: with N processes (GPUs)
+    each one gets batch_size / N samples (N must divide it). An optimizer step uses
+    batch_size * grad_accum samples whatever N, so ``lr`` and the schedule stay as they are when
+    scaling out, and N processes reach the same weights as one (up to float rounding; exactly the
+    same batches when the train set size is a multiple of batch_size, else Accelerate fills the
+    last batch of each epoch with samples from the epoch's start when N > 1)."""
     grad_accum: int = 1
+    """Micro-batches per optimizer step (smaller forward passes, same step). The gradient is the
+    mean over every answer token of the step, as for one big batch."""
     lr: float = 3e-3
     weight_decay: float = 0.02
     warmup_ratio: float = 0.1
     precision: str = "no"
-    """'no', 'bf16' or 'fp16' autocast (fp32 master weights for the MemVP parameters)."""
+    """'no', 'bf16' or 'fp16' autocast (fp32 master weights for the trainable parameters). fp16
+    adds dynamic loss scaling and needs a GPU; on CPU use bf16."""
     gradient_checkpointing: bool = False
     seed: int = 0
     eval_every: int = 0
     save_every: int = 0
+    """Write a checkpoint (adapter, optimizer, scheduler, RNG states, data position) every this many
+    optimizer steps, to ``output_dir/checkpoint-<step>``."""
+    save_total_limit: int = 0
+    """Keep only the newest this many checkpoints (0 keeps all)."""
+    resume: str | None = None
+    """Continue an interrupted run: 'latest' (the newest checkpoint in output_dir; a fresh start when
+    there is none yet) or a checkpoint directory. The result is the same as without interruption."""
     max_train_samples: int = 0
     max_eval_samples: int = 0
     eval_batch_size: int = 32
+    """Generation batch per process (evaluation splits the samples between processes)."""
     max_new_tokens: int = 10
     do_sample: bool = False
     """Greedy decoding by default; True samples with nucleus (top-p) sampling."""
@@ -74,9 +116,31 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            value = getattr(self, f.name)
+            if f.type == "float" and isinstance(value, str):
+                try:
+                    setattr(self, f.name, float(value))
+                except ValueError:
+                    raise ValueError(f"{f.name} must be a number, got {value!r}") from None
         if self.precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"precision must be 'no', 'bf16' or 'fp16', got {self.precision!r}")
-        MemVPConfig.from_dict({"visual_dim": 1, **self.memvp})  # unknown / invalid MemVP keys fail now
+        if self.model_dtype not in _DTYPES:
+            raise ValueError(f"model_dtype must be one of {list(_DTYPES)}, got {self.model_dtype!r}")
+        for key in ("batch_size", "grad_accum"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
+        if self.save_total_limit < 0:
+            raise ValueError(f"save_total_limit must be >= 0 (0 keeps all), got {self.save_total_limit}")
+        if self.resume is not None and not isinstance(self.resume, str):
+            raise ValueError(f"resume must be 'latest' or a checkpoint directory, got {self.resume!r}")
+        # Unknown / invalid method options fail now, not after the models are loaded.
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
+        MemVPConfig.from_dict({"visual_dim": 1, **self.memvp})
+        BaselineConfig.from_dict({"method": "text_only", **self.baseline})
+        if self.method == "text_only":
+            self.use_images = False
 
     @classmethod
     def from_yaml(cls, path: str | Path | None, overrides: list[str] = ()) -> "TrainConfig":
@@ -121,34 +185,37 @@ def task_of(spec: dict) -> str:
 
 
 def build(cfg: TrainConfig):
-    """(MemVPModel, tokenizer, VisualInputs) as the config says (adapter loaded if given)."""
-    lm, tokenizer = load_language_model(cfg.language_model)
+    """(model, tokenizer, VisualInputs) as the config says (adapter loaded if given). The model is
+    a MemVPModel or, for the baselines, an InputSpaceModel with the same interface."""
+    lm, tokenizer = load_language_model(cfg.language_model, dtype=_DTYPES[cfg.model_dtype])
     encoder = load_vision_encoder(cfg.vision_encoder)
     visual = VisualInputs(encoder, cfg.feature_cache or str(cache_dir() / "features"))
     if cfg.adapter:
-        model = MemVPModel.from_pretrained(lm, cfg.adapter, is_trainable=True)
-        if model.memvp_config.visual_dim != encoder.feature_dim:
-            raise ValueError(f"adapter {cfg.adapter} expects {model.memvp_config.visual_dim}-d visual "
+        model = load_adapter(lm, cfg.adapter, is_trainable=True)
+        expected = visual_dim_of(model)
+        if expected is not None and expected != encoder.feature_dim:
+            raise ValueError(f"adapter {cfg.adapter} expects {expected}-d visual "
                              f"features but {cfg.vision_encoder} gives {encoder.feature_dim}-d ones")
     else:
-        model = get_memvp_model(lm, MemVPConfig(visual_dim=encoder.feature_dim, **cfg.memvp))
+        model = build_model(cfg.method, lm, encoder.feature_dim, memvp=cfg.memvp, baseline=cfg.baseline)
     return model, tokenizer, visual
 
 
-def _prepare(visual: VisualInputs, samples: list[Sample], skip_bad: bool, what: str) -> list[Sample]:
+def _prepare(visual: VisualInputs, samples: list[Sample], skip_bad: bool, what: str,
+             log: Callable[[str], None] = print) -> list[Sample]:
     kept, bad = visual.prepare(samples, skip_bad=skip_bad)
     if bad:
-        print(f"skipped {len(bad)} {what} sample image(s) that could not be read, e.g. "
-              f"{next(iter(bad.values()))}")
+        log(f"skipped {len(bad)} {what} sample image(s) that could not be read, e.g. {next(iter(bad.values()))}")
     if not kept:
         raise ValueError(f"the {what} split is empty (after skipping unreadable images)")
     return kept
 
 
-def predict_split(model, tokenizer, visual, samples, cfg: TrainConfig) -> dict[str, str]:
+def predict_split(model, tokenizer, visual, samples, cfg: TrainConfig, progress: bool | None = None) -> dict[str, str]:
     return predict(model, tokenizer, samples, visual, batch_size=cfg.eval_batch_size,
                    max_new_tokens=cfg.max_new_tokens, max_length=cfg.max_length,
-                   template=cfg.prompt_template, use_images=cfg.use_images, progress=cfg.progress,
+                   template=cfg.prompt_template, use_images=cfg.use_images,
+                   progress=cfg.progress if progress is None else progress,
                    do_sample=cfg.do_sample, top_p=cfg.top_p, temperature=cfg.temperature)
 
 
@@ -162,103 +229,404 @@ def _write_curve(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Train, evaluate, save; returns the final metrics (also written to output_dir/metrics.json)."""
-    from accelerate import Accelerator
-    from transformers import get_cosine_schedule_with_warmup, set_seed
+# ---------------------------------------------------------------------------------- launch checks
+def _use_cpu() -> bool:
+    """Whether Accelerate must be told to use the CPU: ``accelerate launch --cpu``, or several
+    processes but no GPU. In the latter case Accelerate would otherwise treat torchrun-launched
+    processes as independent single-process runs, each training alone and writing the same files."""
+    from accelerate.utils import parse_flag_from_env
 
-    set_seed(cfg.seed)
-    out = Path(cfg.output_dir)
-    model, tokenizer, visual = build(cfg)
-    train_samples = _prepare(visual, read_split(cfg.train_data, "train_data", cfg.max_train_samples),
-                             cfg.skip_bad, "train")
-    eval_samples = (_prepare(visual, read_split(cfg.eval_data, "eval_data", cfg.max_eval_samples),
-                             cfg.skip_bad, "eval") if cfg.eval_data else [])
-    encoder_decoder = bool(model.config.is_encoder_decoder)
-    encoded = [encode_sample(tokenizer, s, cfg.max_length, cfg.prompt_template) for s in train_samples]
-    n_truncated = sum(e.truncated > 0 for e in encoded)
-    if n_truncated:
-        print(describe_truncation(n_truncated, len(encoded), cfg.max_length))
+    if parse_flag_from_env("ACCELERATE_USE_CPU"):
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    accel = getattr(torch, "accelerator", None)  # torch >= 2.6: CUDA, XPU, MPS, ...
+    return not (accel.is_available() if accel is not None else torch.cuda.is_available())
+
+
+def _check_launch(cfg: TrainConfig, state) -> None:
+    """Settings that Accelerate would otherwise ignore silently or fail on much later."""
+    if cfg.precision == "fp16" and state.device.type == "cpu":
+        raise ValueError("precision=fp16 needs a GPU: Accelerate has no fp16 autocast or loss scaling on "
+                         "CPU and would silently train in fp32; use precision=bf16 on CPU")
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # set by `accelerate launch`
+    if launcher not in ("no", cfg.precision):
+        raise ValueError(f"accelerate launch asks for mixed_precision={launcher} but the memvp config has "
+                         f"precision={cfg.precision}; memvp takes it from its config: add precision={launcher}")
+    if cfg.batch_size % state.num_processes:
+        raise ValueError(f"batch_size={cfg.batch_size} is the global batch and must be a multiple of the "
+                         f"number of processes ({state.num_processes})")
+
+
+@contextlib.contextmanager
+def _one_writer_at_a_time(state):
+    """The main process first, then each node's first process, then the others: the feature cache
+    (and the converted-model cache) get a single writer at a time, whether the cache directory is
+    shared between nodes or node-local, and the later processes find it filled."""
+    with state.main_process_first(), state.local_main_process_first():
+        yield
+
+
+def _fp32_trainable(model, cfg: TrainConfig) -> None:
+    """Trainable parameters in fp32 whatever model_dtype: small optimizer updates round away in
+    bf16 (8 bits of mantissa)."""
+    low = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.dtype != torch.float32]
+    for _, p in low:
+        p.data = p.data.float()
+    if low and cfg.precision == "no":
+        raise ValueError(f"model_dtype={cfg.model_dtype} with trainable language-model parameters ({low[0][0]}, "
+                         "...) needs autocast to mix them with fp32 master weights: set precision=bf16 or fp16")
+
+
+def _ddp_kwargs(cfg: TrainConfig, samples: list[Sample]):
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # DDP expects every trainable parameter to get a gradient in every step. The visual projector
+    # gets none when a batch has no image at all (use_images=false, or image-less samples).
+    unused = not cfg.use_images or not all(s.has_image for s in samples)
+    return DistributedDataParallelKwargs(find_unused_parameters=unused)
+
+
+def _skip_frozen_broadcast(accelerator, model) -> None:
+    """DDP all-reduces only parameters with requires_grad, but its constructor broadcasts *every*
+    parameter from rank 0, i.e. the whole frozen LM (GBs for a 7B model), although every process
+    loaded the same weights. Telling DDP to ignore the frozen parameters skips that copy."""
+    from accelerate.utils import DistributedType
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not (accelerator.multi_device or accelerator.distributed_type == DistributedType.MULTI_CPU):
+        return
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, frozen)
+
+
+def _setup_fsdp(accelerator, model, cfg: TrainConfig) -> None:
+    """Settings MemVP needs from FSDP (configs/accelerate/fsdp.yaml has them)."""
+    if not is_fsdp(accelerator):
+        return
+    plugin = accelerator.state.fsdp_plugin
+    if plugin.fsdp_version != 1:
+        raise ValueError("memvp train supports FSDP version 1 (fsdp_version: 1, as configs/accelerate/fsdp.yaml)")
+    if not plugin.use_orig_params:
+        raise ValueError("FSDP needs fsdp_use_orig_params: true: a few trainable parameters live among frozen "
+                         "ones, which FSDP can only flatten together with use_orig_params")
+    if cfg.model_dtype != "float32":
+        raise ValueError("under FSDP keep model_dtype=float32 (FSDP flattens frozen and fp32 trainable "
+                         "parameters together, which needs one dtype); precision=bf16 computes in bf16")
+    if plugin.transformer_cls_names_to_wrap is None:  # TRANSFORMER_BASED_WRAP without a class named
+        # One FSDP unit per transformer layer, as transformers declares them; MemVP wraps the LM, so
+        # look for the declaration on its submodules.
+        plugin.transformer_cls_names_to_wrap = next(
+            (list(m._no_split_modules) for m in model.modules() if getattr(m, "_no_split_modules", None)), None)
+
+
+def _check_fsdp_names(accelerator, model) -> None:
+    # The adapter is saved by the unwrapped model's own save_pretrained, which sees FSDP's wrapper
+    # modules in the names of parameters inside wrapped layers (e.g. train_layernorms).
+    if is_fsdp(accelerator):
+        wrapped = [n for n in accelerator.unwrap_model(model).trainable_state_dict() if "_fsdp_wrapped_module" in n]
+        if wrapped:
+            raise ValueError(f"trainable parameters inside FSDP-wrapped layers ({wrapped[0]}) are not supported "
+                             "under FSDP (e.g. memvp.train_layernorms); use DDP (configs/accelerate/ddp.yaml)")
+
+
+# ---------------------------------------------------------------------------------- training steps
+class StepBatches:
+    """The training data as optimizer steps: lists of up to ``grad_accum`` micro-batches, epoch
+    after epoch, forever.
+
+    It tracks the data position (epoch, global batches consumed) and the state the sampler's
+    generator must have at the start of the current epoch: restoring both (skipping the consumed
+    batches with Accelerate's ``skip_first_batches``) replays exactly the same batches mid-epoch.
+    """
+
+    def __init__(self, accelerator, loader, generator: torch.Generator, grad_accum: int, n_samples: int,
+                 batch_size: int, position: DataPosition | None = None, epoch_state: torch.Tensor | None = None):
+        self.accelerator, self.loader, self.generator = accelerator, loader, generator
+        self.grad_accum, self.n_samples, self.batch_size = grad_accum, n_samples, batch_size
+        self.num_batches = len(loader)  # global batches per epoch
+        self.position = position or DataPosition()
+        self.epoch_state = generator.get_state() if epoch_state is None else epoch_state
+
+    def samples_seen(self) -> int:
+        return self.position.epoch * self.n_samples + min(self.position.batches * self.batch_size, self.n_samples)
+
+    def epoch_float(self) -> float:
+        return self.samples_seen() / self.n_samples
+
+    def __iter__(self):
+        while True:
+            self.generator.set_state(self.epoch_state)  # the epoch's shuffle is drawn from it
+            loader = self.loader
+            if self.position.batches:
+                loader = self.accelerator.skip_first_batches(self.loader, self.position.batches)
+            group = []
+            for batch in loader:
+                group.append(batch)
+                if len(group) == self.grad_accum or self.position.batches + len(group) == self.num_batches:
+                    self._advance(len(group))
+                    yield group
+                    group = []
+
+    def _advance(self, n: int) -> None:
+        self.position.batches += n
+        if self.position.batches == self.num_batches:
+            # The epoch's draws are done: the next epoch starts from the generator's current state.
+            self.position = DataPosition(self.position.epoch + 1, 0)
+            self.epoch_state = self.generator.get_state()
+
+
+def _answer_tokens(batch: dict, encoder_decoder: bool) -> int:
+    """How many label tokens the model's mean loss averages over (decoder-only LMs shift by one)."""
+    labels = batch["labels"] if encoder_decoder else batch["labels"][:, 1:]
+    return int((labels != -100).sum())
+
+
+def _optimizer_step(accelerator, model, optimizer, scheduler, micro_batches: list[dict],
+                    encoder_decoder: bool) -> float:
+    """One optimizer step over the micro-batches of one global batch; returns its mean loss.
+
+    Each micro-batch's mean loss is weighted by its share of all the answer tokens of the step (on
+    every process; DDP then averages over processes, hence the num_processes factor), so the
+    gradient is the mean over every answer token, whatever the number of processes and micro-batches.
+    Accelerate's recipe for gradient accumulation over samples of varying size; gradients are only
+    synchronised on the last micro-batch.
+    """
+    device = accelerator.device
+    counts = [_answer_tokens(b, encoder_decoder) for b in micro_batches]
+    total = int(accelerator.reduce(torch.tensor([sum(counts)], device=device), reduction="sum").item())
+    loss_sum = torch.zeros(1, device=device)
+    for i, (batch, n) in enumerate(zip(micro_batches, counts)):
+        last = i == len(micro_batches) - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            loss = model(**batch, answer_logits_only=True).loss
+            accelerator.backward(loss * (n * accelerator.num_processes / total))
+        loss_sum += loss.detach().float() * n
+    # The same value on every process, so that all of them stop together on a non-finite loss,
+    # before the optimizer step: the weights (and the last checkpoint) stay good.
+    mean_loss = float(accelerator.reduce(loss_sum, reduction="sum").item() / total)
+    if not math.isfinite(mean_loss):
+        return mean_loss
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+    return mean_loss
+
+
+# ---------------------------------------------------------------------------------- evaluation
+class _SyncedGenerate:
+    """The model with ``generate(..., synced_gpus=True)``: under FSDP every forward pass all-gathers
+    weights, so every process must run as many as the others, also after its own batch finished."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def generate(self, *args, **kwargs):
+        return self._model.generate(*args, synced_gpus=True, **kwargs)
+
+
+def _evaluate(accelerator, model, tokenizer, visual, samples: list[Sample], cfg: TrainConfig) -> dict[str, str]:
+    """{sample id: prediction}: each process generates for its share, then all shares are gathered
+    (every process gets all of them; each sample once)."""
+    from accelerate.utils import gather_object
+
+    memvp, fsdp = accelerator.unwrap_model(model), is_fsdp(accelerator)
+    generation = contextlib.nullcontext()
+    if fsdp:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        # generate() bypasses the FSDP root's forward: gather the root's own parameters (embeddings,
+        # LM head, visual memory); the wrapped layers gather theirs in their forward.
+        generation, memvp = FSDP.summon_full_params(model, recurse=False, writeback=False), _SyncedGenerate(memvp)
+    # FSDP needs the same number of batches on every process: pad by repeating the last sample
+    # (predictions are keyed by sample id, so a repeat counts once).
+    with accelerator.split_between_processes(samples, apply_padding=fsdp) as mine, generation:
+        mine_predicted = predict_split(memvp, tokenizer, visual, mine, cfg,
+                                       progress=cfg.progress and accelerator.is_main_process)
+    merged: dict[str, str] = {}
+    for part in gather_object([mine_predicted]):
+        merged.update(part)
+    return {s.id: merged[s.id] for s in samples}
+
+
+# ---------------------------------------------------------------------------------- resume
+def _resume_dir(cfg: TrainConfig, out: Path, state) -> Path | None:
+    """The checkpoint to resume from, as the main process sees it: all processes must agree (it
+    must then be readable by all: put output_dir on storage the nodes share)."""
+    from accelerate.utils import broadcast_object_list
+
+    if not cfg.resume:
+        return None
+    found = [resolve_resume(cfg.resume, out) if state.is_main_process else None]
+    if state.num_processes > 1:
+        broadcast_object_list(found)
+    return found[0]
+
+
+def _check_resumable(saved: dict, cfg: TrainConfig, n_train: int, num_processes: int, where: Path,
+                     log: Callable[[str], None]) -> None:
+    for key in ("batch_size", "grad_accum"):
+        if saved["config"][key] != getattr(cfg, key):
+            raise ValueError(f"cannot resume from {where}: it was trained with {key}={saved['config'][key]}, "
+                             f"this config has {key}={getattr(cfg, key)} (the data position would not match)")
+    if saved["train_samples"] != n_train:
+        raise ValueError(f"cannot resume from {where}: it was trained on {saved['train_samples']} samples, "
+                         f"this config gives {n_train}")
+    if saved["num_processes"] != num_processes:
+        log(f"note: {where} was written by {saved['num_processes']} process(es), this run has {num_processes}: "
+            "per-process random states (dropout) differ from an uninterrupted run")
+
+
+def _trainer_state(cfg: TrainConfig, step: int, batches: StepBatches, curve: list, history: list,
+                   num_processes: int) -> dict:
+    return {"step": step, "epoch": batches.position.epoch, "batches": batches.position.batches,
+            "curve": curve, "history": history, "train_samples": batches.n_samples,
+            "num_processes": num_processes, "config": dataclasses.asdict(cfg)}
+
+
+# ---------------------------------------------------------------------------------- train
+def _train_loader(cfg: TrainConfig, tokenizer, visual, samples: list[Sample], encoded: list,
+                  encoder_decoder: bool):
+    """(DataLoader of global batches, its shuffling generator). Accelerate (split_batches) gives
+    each process its 1/N slice of every batch."""
 
     def collate(indices: list[int]) -> dict:
         batch = collate_training(tokenizer, [encoded[i] for i in indices], encoder_decoder)
         if cfg.use_images:
-            batch["visual_features"], batch["has_image"] = visual.batch([train_samples[i] for i in indices])
+            batch["visual_features"], batch["has_image"] = visual.batch([samples[i] for i in indices])
         return batch
 
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader(list(range(len(encoded))), batch_size=cfg.batch_size, shuffle=True,
                                          generator=generator, collate_fn=collate, drop_last=False)
+    return loader, generator
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train, evaluate, save; returns the final metrics (also written to output_dir/metrics.json).
+
+    Run it as one process or under ``accelerate launch`` / ``torchrun``: only the main process
+    prints and writes files; every process returns the same metrics.
+    """
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import DataLoaderConfiguration
+    from transformers import get_cosine_schedule_with_warmup, set_seed
+
+    cpu = _use_cpu()
+    state = PartialState(cpu=cpu)
+    _check_launch(cfg, state)
+    log = print if state.is_main_process else (lambda *args, **kwargs: None)
+    out = Path(cfg.output_dir)
+    resume_dir = _resume_dir(cfg, out, state)
+    if cfg.resume and resume_dir is None:
+        log(f"resume={cfg.resume}: no checkpoint in {out} yet, starting from step 0")
+
+    set_seed(cfg.seed)
+    with _one_writer_at_a_time(state):
+        model, tokenizer, visual = build(cfg)
+        train_samples = _prepare(visual, read_split(cfg.train_data, "train_data", cfg.max_train_samples),
+                                 cfg.skip_bad, "train", log)
+        eval_samples = (_prepare(visual, read_split(cfg.eval_data, "eval_data", cfg.max_eval_samples),
+                                 cfg.skip_bad, "eval", log) if cfg.eval_data else [])
+    _fp32_trainable(model, cfg)
+    encoder_decoder = bool(model.config.is_encoder_decoder)
+    encoded = [encode_sample(tokenizer, s, cfg.max_length, cfg.prompt_template) for s in train_samples]
+    n_truncated = sum(e.truncated > 0 for e in encoded)
+    if n_truncated:
+        log(describe_truncation(n_truncated, len(encoded), cfg.max_length))
+
+    loader, generator = _train_loader(cfg, tokenizer, visual, train_samples, encoded, encoder_decoder)
     steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
-    accelerator = Accelerator(mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.grad_accum)
+    # split_batches: batch_size is global, and the scheduler steps once per optimizer step (without
+    # it Accelerate steps it num_processes times per step).
+    accelerator = Accelerator(cpu=cpu, mixed_precision=cfg.precision,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True),
+                              kwargs_handlers=[_ddp_kwargs(cfg, train_samples)])
+    _setup_fsdp(accelerator, model, cfg)
+    _skip_frozen_broadcast(accelerator, model)
+    trainable, total = model.get_nb_trainable_parameters()  # before FSDP shards them
+    saved = read_trainer_state(resume_dir) if resume_dir else None
+    if saved:
+        _check_resumable(saved, cfg, len(encoded), accelerator.num_processes, resume_dir, log)
+        load_trainable_weights(model, resume_dir)  # before FSDP shards the parameters
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    memvp = accelerator.unwrap_model(model)
+    _check_fsdp_names(accelerator, model)
     task = task_of(cfg.eval_data) if cfg.eval_data else None
 
-    curve: list[dict] = []
-    history: list[dict] = []
-    step, seen, window_loss, window_batches = 0, 0, 0.0, 0
+    step, curve, history, last_checkpoint = 0, [], [], resume_dir
+    batches = StepBatches(accelerator, loader, generator, cfg.grad_accum, len(encoded), cfg.batch_size)
+    if saved:  # last thing before the loop: it restores the RNG states
+        epoch_state = load_training_state(accelerator, model, optimizer, scheduler, resume_dir)
+        batches = StepBatches(accelerator, loader, generator, cfg.grad_accum, len(encoded), cfg.batch_size,
+                              DataPosition(saved["epoch"], saved["batches"]), epoch_state)
+        step, curve, history = saved["step"], saved["curve"], saved["history"]
+        log(f"resumed from {resume_dir} at step {step}")
+    seen_start = window_seen = batches.samples_seen()
     t_start = t_window = time.perf_counter()
-    window_seen = 0
-    bar = tqdm(total=total_steps, desc="training", disable=not cfg.progress)
+    bar = tqdm(total=total_steps, initial=step, desc="training",
+               disable=not (cfg.progress and accelerator.is_main_process))
     model.train()
+    steps = iter(batches)
     while step < total_steps:
-        for batch in loader:
-            with accelerator.accumulate(model):
-                loss = model(**batch, answer_logits_only=True).loss
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss {loss.item()} at step {step + 1}; "
-                                             "lower the learning rate or use bf16 instead of fp16")
-                accelerator.backward(loss)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            n = batch["input_ids"].shape[0]
-            seen, window_seen = seen + n, window_seen + n
-            window_loss, window_batches = window_loss + loss.item(), window_batches + 1
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            now = time.perf_counter()
-            row = {"step": step, "epoch": seen / len(encoded), "loss": window_loss / window_batches,
-                   "lr": scheduler.get_last_lr()[0], "samples_per_s": window_seen / max(now - t_window, 1e-9)}
-            curve.append(row)
-            window_loss, window_batches, window_seen, t_window = 0.0, 0, 0, now
-            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", sps=f"{row['samples_per_s']:.1f}")
-            bar.update(1)
-            if cfg.eval_every and eval_samples and step % cfg.eval_every == 0 and step < total_steps:
-                metrics = score(task, eval_samples, predict_split(memvp, tokenizer, visual, eval_samples, cfg))
-                history.append({"step": step, **metrics})
-                model.train()
-            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                memvp.save_pretrained(out / f"checkpoint-{step}")
+        loss = _optimizer_step(accelerator, model, optimizer, scheduler, next(steps), encoder_decoder)
+        if not math.isfinite(loss):
+            kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written"
+            raise FloatingPointError(f"non-finite loss {loss} at step {step + 1}; the weights were not updated and "
+                                     f"{kept}. Lower the learning rate, or use bf16 instead of fp16")
+        step += 1
+        now, seen = time.perf_counter(), batches.samples_seen()
+        row = {"step": step, "epoch": batches.epoch_float(), "loss": loss, "lr": scheduler.get_last_lr()[0],
+               "samples_per_s": (seen - window_seen) / max(now - t_window, 1e-9)}
+        curve.append(row)
+        window_seen, t_window = seen, now
+        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", sps=f"{row['samples_per_s']:.1f}")
+        bar.update(1)
+        if cfg.eval_every and eval_samples and step % cfg.eval_every == 0 and step < total_steps:
+            predictions = _evaluate(accelerator, model, tokenizer, visual, eval_samples, cfg)
+            history.append({"step": step, **score(task, eval_samples, predictions)})
+            model.train()
+        # After the evaluation: sampled decoding draws random numbers, and a resumed run continues
+        # from the states saved here.
+        if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+            last_checkpoint = save_checkpoint(
+                accelerator, model, optimizer, scheduler, out / f"checkpoint-{step}",
+                _trainer_state(cfg, step, batches, curve, history, accelerator.num_processes),
+                batches.epoch_state, keep=cfg.save_total_limit)
+            if accelerator.is_main_process:
                 _write_curve(out / "loss_curve.csv", curve)
-            if step >= total_steps:
-                break
     bar.close()
     train_seconds = time.perf_counter() - t_start
 
-    memvp.save_pretrained(out / "adapter")
-    _write_curve(out / "loss_curve.csv", curve)
-    trainable, total = memvp.get_nb_trainable_parameters()
+    memvp = accelerator.unwrap_model(model)
+    with full_parameters(accelerator, model):
+        if accelerator.is_main_process:
+            memvp.save_pretrained(out / "adapter")
+            _write_curve(out / "loss_curve.csv", curve)
+    seen = batches.samples_seen()
     result: dict[str, Any] = {
         "steps": step, "train_samples": len(encoded), "samples_seen": seen, "train_seconds": train_seconds,
-        "train_samples_per_s": seen / train_seconds, "final_loss": curve[-1]["loss"] if curve else None,
+        "train_samples_per_s": (seen - seen_start) / train_seconds, "final_loss": curve[-1]["loss"] if curve else None,
         "trainable_parameters": trainable, "total_parameters": total, "truncated_prompts": n_truncated,
-        "use_images": cfg.use_images, "history": history,
+        "method": cfg.method, "use_images": cfg.use_images, "history": history, "num_processes": accelerator.num_processes,
     }
     if eval_samples:
-        predictions = predict_split(memvp, tokenizer, visual, eval_samples, cfg)
+        predictions = _evaluate(accelerator, model, tokenizer, visual, eval_samples, cfg)
         result["eval"] = score(task, eval_samples, predictions)
-        _write_json(out / "predictions_eval.json", predictions)
-    _write_json(out / "metrics.json", result)
+        if accelerator.is_main_process:
+            _write_json(out / "predictions_eval.json", predictions)
+    if accelerator.is_main_process:
+        _write_json(out / "metrics.json", result)
+    accelerator.wait_for_everyone()
     return result
 
 

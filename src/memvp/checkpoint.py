@@ -1,0 +1,283 @@
+"""Training checkpoints: trainable weights only, written atomically, enough state to resume exactly.
+
+A checkpoint ``<output_dir>/checkpoint-<step>/`` holds
+
+* ``memvp_config.json`` + ``memvp_model.safetensors`` (``model.save_pretrained``): the adapter, so that
+  ``memvp eval --adapter <output_dir>/checkpoint-<step>`` works as before;
+* ``trainable.safetensors``: ``model.trainable_state_dict()``, what a resume loads back through
+  ``model.load_trainable_state`` (so resuming works for any model class ``train.build`` returns);
+* ``optimizer.bin``, ``scheduler.bin`` (and ``scaler.bin`` for fp16 loss scaling);
+* ``rng_state.bin``: python / numpy / torch (and CUDA) RNG states of every process, and the state the
+  data sampler's generator had at the start of the current epoch;
+* ``trainer_state.json``: step, data position (epoch, batches of it consumed), loss curve and eval
+  history so far, the training config. Written last.
+
+The frozen language model is never written: Accelerate's ``save_state`` would write the whole model
+(all 135M parameters of SmolLM2, billions for a 7B LM) into every checkpoint, so this module saves
+the trainable weights and the optimizer / scheduler / RNG states itself.
+
+Atomicity: the main process writes everything into ``.checkpoint-<step>.tmp``, fsyncs the files and
+the directory, then renames it to ``checkpoint-<step>`` (and fsyncs the parent). A run killed while
+writing leaves at most a ``.tmp`` directory, which is never taken for a checkpoint and is removed by
+the next save. Shared storage is assumed for resuming on several nodes (every process reads the
+checkpoint); only the main process writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+PREFIX = "checkpoint-"
+TRAINER_STATE = "trainer_state.json"
+TRAINABLE = "trainable.safetensors"
+OPTIMIZER = "optimizer.bin"
+SCHEDULER = "scheduler.bin"
+SCALER = "scaler.bin"
+RNG = "rng_state.bin"
+_NAME = re.compile(rf"^{PREFIX}(\d+)$")
+
+
+@dataclass
+class DataPosition:
+    """Where training is in the data: ``batches`` global batches of epoch ``epoch`` consumed."""
+
+    epoch: int = 0
+    batches: int = 0
+
+
+# ------------------------------------------------------------------------------ finding checkpoints
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    match = _NAME.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints in ``output_dir``, oldest first (temporary / partial directories left out)."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if checkpoint_step(p) is not None and (p / TRAINER_STATE).is_file()]
+    return sorted(found, key=checkpoint_step)
+
+
+def resolve_resume(resume: str, output_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint ``resume`` names: ``"latest"`` (None when output_dir has none yet) or a path."""
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / TRAINER_STATE).is_file():
+        raise FileNotFoundError(f"resume={resume!r} is not a training checkpoint (no {TRAINER_STATE} in it); "
+                                f"give resume=latest or a {PREFIX}<step> directory of a run")
+    return path
+
+
+# ------------------------------------------------------------------------------ atomic directories
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete a directory by renaming it away first: no half-deleted directory under its name."""
+    doomed = path.with_name(f".{path.name}.deleting")
+    if doomed.exists():
+        shutil.rmtree(doomed)
+    os.rename(path, doomed)
+    shutil.rmtree(doomed)
+
+
+def write_directory_atomically(final: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_dir)``, fsync what it wrote, then rename ``tmp_dir`` to ``final``.
+
+    Readers see the old ``final`` (or none) or the complete new one, never a partial one; on an
+    exception the temporary directory is removed, on a kill it stays behind under a dot-name.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp")
+    if tmp.exists():  # left by a run killed while writing this step
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        for path in sorted(tmp.rglob("*"), reverse=True):
+            _fsync(path)
+        _fsync(tmp)
+        if final.exists():  # the same step saved again (a resumed run re-reaching it)
+            _remove_tree(final)
+        os.rename(tmp, final)
+        _fsync(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> None:
+    """Keep the ``keep`` newest checkpoints (all when keep <= 0); remove what killed runs left behind."""
+    root = Path(output_dir)
+    for leftover in [*root.glob(f".{PREFIX}*.tmp"), *root.glob(f".{PREFIX}*.deleting")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+    if keep > 0:
+        for old in list_checkpoints(root)[:-keep]:
+            _remove_tree(old)
+
+
+# ------------------------------------------------------------------------------ RNG states
+def rng_state() -> dict[str, Any]:
+    """This process's global RNG states (dropout, sampling, anything that draws from them)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             # as plain lists, so that torch.load(weights_only=True) can read them back
+             "numpy": [kind, keys.tolist(), pos, has_gauss, gauss]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ------------------------------------------------------------------------------ FSDP specifics
+def is_fsdp(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def _offload(accelerator) -> bool:
+    # Gather into CPU memory rather than GPU memory. Not on a CPU device: there FSDP's "offload"
+    # frees the gathered storage (seen with torch 2.13 + gloo: zero-byte parameters, garbage
+    # optimizer moments), and the data is in CPU memory anyway.
+    return accelerator.device.type != "cpu"
+
+
+@contextlib.contextmanager
+def full_parameters(accelerator, model):
+    """Under FSDP the trainable parameters are shards: gather them (onto rank 0's CPU) to read them.
+
+    A no-op otherwise. Must be entered by every process (it is a collective). It gathers the frozen
+    weights too (FSDP has no way to gather only some), so rank 0 needs the model's size in CPU RAM."""
+    if not is_fsdp(accelerator):
+        yield
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    with FSDP.summon_full_params(model, writeback=False, rank0_only=True, offload_to_cpu=_offload(accelerator)):
+        yield
+
+
+# ------------------------------------------------------------------------------ save / load
+def _optimizer_state(accelerator, model, optimizer) -> dict | None:
+    """The full optimizer state on the main process (None on the others)."""
+    if not is_fsdp(accelerator):
+        return optimizer.state_dict()  # DDP: every process holds the same, complete state
+    from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    # FSDP shards the optimizer state with the parameters: gather it onto rank 0 (a collective).
+    offload = _offload(accelerator)
+    with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT,
+                              FullStateDictConfig(offload_to_cpu=offload, rank0_only=True),
+                              FullOptimStateDictConfig(offload_to_cpu=offload, rank0_only=True)):
+        state = FSDP.optim_state_dict(model, optimizer)
+    return state if accelerator.is_main_process else None
+
+
+def _load_optimizer_state(accelerator, model, optimizer, state: dict) -> None:
+    if not is_fsdp(accelerator):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(),
+                              FullOptimStateDictConfig(rank0_only=False)):
+        optimizer.load_state_dict(FSDP.optim_state_dict_to_load(model, optimizer, state))
+
+
+def save_checkpoint(accelerator, model, optimizer, scheduler, directory: str | os.PathLike,
+                    trainer_state: dict, sampler_state: torch.Tensor, keep: int = 0) -> Path:
+    """Write ``directory`` atomically (main process), then keep the ``keep`` newest checkpoints.
+
+    Every process must call this (gathering RNG states, and under FSDP the weights and optimizer
+    state, are collectives). ``model`` / ``optimizer`` / ``scheduler`` are the prepared objects.
+    """
+    from accelerate.utils import gather_object
+
+    directory = Path(directory)
+    rng = {"processes": gather_object([rng_state()]), "sampler": sampler_state}
+    optimizer_state = _optimizer_state(accelerator, model, optimizer)
+    memvp = accelerator.unwrap_model(model)
+
+    def write(tmp: Path) -> None:
+        memvp.save_pretrained(tmp)
+        save_file({n: t.detach().to("cpu").contiguous() for n, t in memvp.trainable_state_dict().items()},
+                  str(tmp / TRAINABLE))
+        torch.save(optimizer_state, tmp / OPTIMIZER)
+        torch.save(scheduler.state_dict(), tmp / SCHEDULER)
+        if accelerator.scaler is not None:
+            torch.save(accelerator.scaler.state_dict(), tmp / SCALER)
+        torch.save(rng, tmp / RNG)
+        # Last: a directory with trainer_state.json has everything else.
+        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1, sort_keys=True), encoding="utf-8")
+
+    with full_parameters(accelerator, model):
+        if accelerator.is_main_process:
+            write_directory_atomically(directory, write)
+            prune_checkpoints(directory.parent, keep)
+    accelerator.wait_for_everyone()
+    return directory
+
+
+def load_trainable_weights(model, directory: str | os.PathLike) -> None:
+    """Put the checkpoint's trainable weights into the (unprepared) model: before FSDP shards it."""
+    model.load_trainable_state(load_file(str(Path(directory) / TRAINABLE)))
+
+
+def read_trainer_state(directory: str | os.PathLike) -> dict:
+    return json.loads((Path(directory) / TRAINER_STATE).read_text(encoding="utf-8"))
+
+
+def load_training_state(accelerator, model, optimizer, scheduler, directory: str | os.PathLike) -> torch.Tensor:
+    """Restore optimizer, scheduler, loss scaler and this process's RNG states from a checkpoint.
+
+    Returns the sampler generator state of the checkpoint's epoch start. RNG states are per
+    process: resuming with another number of processes is allowed but not bit-exact.
+    """
+    directory = Path(directory)
+    _load_optimizer_state(accelerator, model, optimizer,
+                          torch.load(directory / OPTIMIZER, map_location="cpu", weights_only=True))
+    scheduler.load_state_dict(torch.load(directory / SCHEDULER, weights_only=True))
+    if accelerator.scaler is not None and (directory / SCALER).is_file():
+        accelerator.scaler.load_state_dict(torch.load(directory / SCALER, weights_only=True))
+    rng = torch.load(directory / RNG, weights_only=True)
+    states = rng["processes"]
+    set_rng_state(states[accelerator.process_index % len(states)])
+    return rng["sampler"]
+
+
+__all__ = ["DataPosition", "list_checkpoints", "resolve_resume", "write_directory_atomically",
+           "prune_checkpoints", "save_checkpoint", "load_trainable_weights", "load_training_state",
+           "read_trainer_state", "checkpoint_step", "full_parameters", "is_fsdp"]
