@@ -30,7 +30,6 @@ from .model import (
     TrainableStateMixin,
     answer_only_loss,
     can_skip_lm_head,
-    check_same_base,
     enable_gradient_checkpointing,
     get_memvp_model,
     init_projector,
@@ -209,12 +208,7 @@ class InputSpaceModel(TrainableStateMixin, nn.Module):
         meta, state = read_adapter(path, BASELINE_CONFIG_NAME, BASELINE_WEIGHTS_NAME,
                                    "a baseline adapter directory (save one with InputSpaceModel.save_pretrained)")
         model = cls(language_model, BaselineConfig.from_dict(meta["config"]))
-        check_same_base(meta["base_model"], model.base_model_fingerprint(), path, "layers")
-        model.load_trainable_state(state, source=str(Path(path) / BASELINE_WEIGHTS_NAME))
-        if not is_trainable:
-            model.requires_grad_(False)
-            model.eval()
-        return model
+        return model.finish_loading(meta, state, Path(path) / BASELINE_WEIGHTS_NAME, "layers", is_trainable)
 
 
 def build_model(method: str, language_model: nn.Module, visual_dim: int, memvp: dict | None = None,

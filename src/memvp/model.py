@@ -208,6 +208,16 @@ class TrainableStateMixin:
         print(f"trainable params: {trainable:,d} || all params: {total:,d} "
               f"|| trainable%: {100 * trainable / max(total, 1):.4f}")
 
+    def finish_loading(self, meta: dict, state: dict[str, torch.Tensor], weights_file: Path, layers_name: str,
+                       is_trainable: bool):
+        """from_pretrained's common end: refuse another base model, load the weights, freeze for inference."""
+        check_same_base(meta["base_model"], self.base_model_fingerprint(), weights_file.parent, layers_name)
+        self.load_trainable_state(state, source=str(weights_file))
+        if not is_trainable:
+            self.requires_grad_(False)
+            self.eval()
+        return self
+
     def load_trainable_state(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
         expected = self.trainable_state_dict()
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
@@ -428,12 +438,7 @@ class MemVPModel(TrainableStateMixin, nn.Module):
         meta, state = read_adapter(path, CONFIG_NAME, WEIGHTS_NAME, "a MemVP adapter directory (save one "
                                    "with MemVPModel.save_pretrained)")
         model = cls(language_model, MemVPConfig.from_dict(meta["config"]), vision_encoder)
-        check_same_base(meta["base_model"], model.base_model_fingerprint(), path, "MemVP layers")
-        model.load_trainable_state(state, source=str(Path(path) / WEIGHTS_NAME))
-        if not is_trainable:
-            model.requires_grad_(False)
-            model.eval()
-        return model
+        return model.finish_loading(meta, state, Path(path) / WEIGHTS_NAME, "MemVP layers", is_trainable)
 
 
 def write_adapter(directory: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict,
