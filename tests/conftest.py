@@ -67,6 +67,17 @@ def lm_inputs(model, batch: int = 2, length: int = 6, seed: int = 1) -> dict:
     return inputs
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, request):
+    """``test_pipeline.make_tiny_run`` (tiny Llama, CLIP, VQA set, train.yaml) in a fresh folder,
+    once per test module that asks for it."""
+    from test_pipeline import make_tiny_run
+
+    root = tmp_path_factory.mktemp(request.module.__name__)
+    make_tiny_run(root)
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(1234)

@@ -19,7 +19,6 @@ import torch
 from safetensors.torch import load_file
 
 from memvp.cli import main
-from test_pipeline import make_tiny_run
 
 # eval_every/save_every exercise evaluation and checkpoints mid-run; 11 eval samples split unevenly.
 COMMON = ["max_eval_samples=11", "eval_every=4", "save_every=4"]
@@ -77,13 +76,6 @@ def assert_same_training(run: Path, reference: Path) -> None:
     predictions = json.loads((run / "predictions_eval.json").read_text())
     assert predictions == json.loads((reference / "predictions_eval.json").read_text())
     assert len(predictions) == 11
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distributed")
-    make_tiny_run(root)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ def _word_tokenizer():
 def make_tiny_run(root) -> dict:
     """A tiny random-init Llama + word tokenizer, a CLIP tower and a Sort-of-CLEVR VQA set under
     ``root``; returns a training config for them (also written to root/train.yaml). Seeded: the
-    same files every time. Shared with test_distributed.py and test_resume.py."""
+    same files every time. The `tiny` fixture (conftest.py) gives each test module its own copy."""
     torch.manual_seed(0)
     tok = _word_tokenizer()
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48,
@@ -59,15 +59,8 @@ def make_tiny_run(root) -> dict:
     return config
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    make_tiny_run(root)
-    return root
-
-
-def test_train_save_load_predict_eval(setup, capsys):
-    root = setup
+def test_train_save_load_predict_eval(tiny, capsys):
+    root = tiny
     assert main(["train", str(root / "train.yaml")]) == 0
     run = root / "run"
     metrics = json.loads((run / "metrics.json").read_text())
@@ -94,8 +87,8 @@ def test_train_save_load_predict_eval(setup, capsys):
 
 
 @pytest.mark.parametrize("method", ["input_space", "text_only"])
-def test_baselines_train_and_evaluate_through_the_same_commands(setup, capsys, method):
-    root = setup
+def test_baselines_train_and_evaluate_through_the_same_commands(tiny, capsys, method):
+    root = tiny
     run = root / f"run-{method}"
     assert main(["train", str(root / "train.yaml"), f"method={method}", f"output_dir={run}",
                  "baseline.lora_r=4"]) == 0
@@ -112,8 +105,8 @@ def test_baselines_train_and_evaluate_through_the_same_commands(setup, capsys, m
     assert "method must be one of" in capsys.readouterr().err
 
 
-def test_bad_input_is_a_clear_error_with_nonzero_exit(setup, capsys, tmp_path):
-    root = setup
+def test_bad_input_is_a_clear_error_with_nonzero_exit(tiny, capsys, tmp_path):
+    root = tiny
     cfg = str(root / "train.yaml")
     assert main(["train", cfg, "learning_rate=0.1"]) == 2
     assert "unknown config key(s) ['learning_rate']" in capsys.readouterr().err

@@ -23,7 +23,6 @@ import memvp.checkpoint as checkpoint
 import memvp.train as train_module
 from memvp.checkpoint import list_checkpoints, write_directory_atomically
 from memvp.cli import main
-from test_pipeline import make_tiny_run
 
 ARGS = ["memvp.dropout=0.1", "batch_size=6", "grad_accum=2", "save_every=2", "save_total_limit=2",
         "eval_every=3", "max_eval_samples=6"]
@@ -66,13 +65,6 @@ def assert_identical(run: Path, reference: Path) -> None:
     a, b = (json.loads((r / "metrics.json").read_text()) for r in (run, reference))
     assert a["history"] == b["history"] and a["eval"] == b["eval"] and a["samples_seen"] == b["samples_seen"]
     assert (run / "predictions_eval.json").read_text() == (reference / "predictions_eval.json").read_text()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
-    make_tiny_run(root)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from .model import (
     TrainableStateMixin,
     answer_only_loss,
     can_skip_lm_head,
+    check_visual_features,
     enable_gradient_checkpointing,
     get_memvp_model,
     init_projector,
@@ -131,10 +132,7 @@ class InputSpaceModel(TrainableStateMixin, nn.Module):
     # ----------------------------------------------------------------------------- inputs
     def visual_tokens(self, visual_features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         cfg = self.baseline_config
-        if visual_features.dim() != 3 or visual_features.shape[-1] != cfg.visual_dim:
-            raise ValueError(f"visual_features must have shape [batch, n_visual, visual_dim={cfg.visual_dim}], "
-                             f"got {tuple(visual_features.shape)}. Check that visual_dim matches your "
-                             "vision encoder's feature size.")
+        check_visual_features(visual_features, cfg.visual_dim, "BaselineConfig")
         weight = next(self.projector.parameters())
         z = visual_features.to(weight.device, weight.dtype)
         if cfg.normalize_features:
@@ -232,13 +230,17 @@ def load_adapter(language_model: nn.Module, path: str | os.PathLike, is_trainabl
                             f"{BASELINE_CONFIG_NAME} (input_space / text_only) in it")
 
 
-def visual_dim_of(model: nn.Module) -> int | None:
-    """The visual feature size a model expects (None for text_only)."""
+def check_adapter_features(model: nn.Module, adapter: str | os.PathLike, feature_dim: int, encoder: str) -> None:
+    """Refuse a vision encoder whose features do not have the size the loaded adapter was trained on."""
     if isinstance(model, MemVPModel):
-        return model.memvp_config.visual_dim
-    cfg = model.baseline_config
-    return cfg.visual_dim if cfg.method == "input_space" else None
+        expected = model.memvp_config.visual_dim
+    else:
+        cfg = model.baseline_config
+        expected = cfg.visual_dim if cfg.method == "input_space" else None  # text_only reads no image
+    if expected is not None and expected != feature_dim:
+        raise ValueError(f"the adapter {adapter} expects {expected}-d visual features but the vision encoder "
+                         f"{encoder!r} gives {feature_dim}-d ones: use the vision encoder it was trained with")
 
 
 __all__ = ["METHODS", "BaselineConfig", "InputSpaceModel", "build_model", "load_adapter", "insert_visual_tokens",
-           "visual_dim_of"]
+           "check_adapter_features"]

@@ -27,7 +27,7 @@ import re
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -62,7 +62,6 @@ class BenchConfig:
     sweep_repeats: int = 3
     seed: int = 0
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- models

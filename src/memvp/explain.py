@@ -463,6 +463,7 @@ def summarize_localization(records: list[dict], k: int) -> dict[str, Any]:
 def load_explainer(adapter: str | Path, language_model: str = "smollm2",
                    vision_encoder: str = DEFAULT_VISION_ENCODER):
     """(MemVPModel in eval mode, tokenizer, vision encoder) for an adapter; clear errors on mismatch."""
+    from .baselines import check_adapter_features
     from .model import CONFIG_NAME, WEIGHTS_NAME, MemVPModel
     from .pretrained import load_language_model, load_vision_encoder
 
@@ -473,10 +474,7 @@ def load_explainer(adapter: str | Path, language_model: str = "smollm2",
     encoder = load_vision_encoder(vision_encoder)
     lm, tokenizer = load_language_model(language_model)
     model = MemVPModel.from_pretrained(lm, adapter)
-    if model.memvp_config.visual_dim != encoder.feature_dim:
-        raise ValueError(f"the adapter {adapter} expects {model.memvp_config.visual_dim}-d visual features but the "
-                         f"vision encoder {vision_encoder!r} gives {encoder.feature_dim}-d ones: pass the "
-                         "--vision-encoder it was trained with")
+    check_adapter_features(model, adapter, encoder.feature_dim, vision_encoder)
     return model.eval(), tokenizer, encoder.eval()
 
 

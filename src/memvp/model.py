@@ -86,6 +86,15 @@ def enable_gradient_checkpointing(language_model: nn.Module) -> None:
         language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def check_visual_features(visual_features: torch.Tensor, visual_dim: int, config_name: str) -> None:
+    if visual_features.dim() != 3 or visual_features.shape[-1] != visual_dim:
+        raise ValueError(
+            f"visual_features must have shape [batch, n_visual, visual_dim={visual_dim}], "
+            f"got {tuple(visual_features.shape)}. Check that {config_name}.visual_dim matches "
+            "your vision encoder's feature size."
+        )
+
+
 class VisualMemory(nn.Module):
     """Projector f and position embeddings p^k, p^v: the only new parameters of MemVP."""
 
@@ -120,12 +129,7 @@ class VisualMemory(nn.Module):
         if visual_features is None:
             return None
         cfg = self.config
-        if visual_features.dim() != 3 or visual_features.shape[-1] != cfg.visual_dim:
-            raise ValueError(
-                f"visual_features must have shape [batch, n_visual, visual_dim={cfg.visual_dim}], "
-                f"got {tuple(visual_features.shape)}. Check that MemVPConfig.visual_dim matches "
-                "your vision encoder's feature size."
-            )
+        check_visual_features(visual_features, cfg.visual_dim, "MemVPConfig")
         n_visual = visual_features.shape[1]
         if n_visual > cfg.num_entries:
             raise ValueError(
@@ -481,4 +485,4 @@ def get_memvp_model(language_model: nn.Module, config: MemVPConfig,
 
 
 __all__ = ["MemVPModel", "VisualMemory", "get_memvp_model", "retrieve", "make_projector", "init_projector",
-           "answer_only_loss", "enable_gradient_checkpointing", "check_same_base", "CONFIG_NAME", "WEIGHTS_NAME"]
+           "answer_only_loss", "enable_gradient_checkpointing", "check_same_base", "check_visual_features", "CONFIG_NAME", "WEIGHTS_NAME"]

@@ -39,7 +39,7 @@ from .config import MemVPConfig
 from .data import DEFAULT_PROMPT_TEMPLATE, VisualInputs, collate_training, describe_truncation, encode_sample
 from .datasets import Sample, load_samples
 from .evaluate import score
-from .baselines import METHODS, BaselineConfig, build_model, load_adapter, visual_dim_of
+from .baselines import METHODS, BaselineConfig, build_model, check_adapter_features, load_adapter
 from .predict import predict
 from .pretrained import cache_dir, load_language_model, load_vision_encoder
 
@@ -192,10 +192,7 @@ def build(cfg: TrainConfig):
     visual = VisualInputs(encoder, cfg.feature_cache or str(cache_dir() / "features"))
     if cfg.adapter:
         model = load_adapter(lm, cfg.adapter, is_trainable=True)
-        expected = visual_dim_of(model)
-        if expected is not None and expected != encoder.feature_dim:
-            raise ValueError(f"adapter {cfg.adapter} expects {expected}-d visual "
-                             f"features but {cfg.vision_encoder} gives {encoder.feature_dim}-d ones")
+        check_adapter_features(model, cfg.adapter, encoder.feature_dim, cfg.vision_encoder)
     else:
         model = build_model(cfg.method, lm, encoder.feature_dim, memvp=cfg.memvp, baseline=cfg.baseline)
     return model, tokenizer, visual
@@ -564,13 +561,14 @@ def train(cfg: TrainConfig) -> dict:
     task = task_of(cfg.eval_data) if cfg.eval_data else None
 
     step, curve, history, last_checkpoint = 0, [], [], resume_dir
-    batches = StepBatches(accelerator, loader, generator, cfg.grad_accum, len(encoded), cfg.batch_size)
+    position, epoch_state = None, None  # a fresh run: the data's start, the shuffle's seed state
     if saved:  # last thing before the loop: it restores the RNG states
         epoch_state = load_training_state(accelerator, model, optimizer, scheduler, resume_dir)
-        batches = StepBatches(accelerator, loader, generator, cfg.grad_accum, len(encoded), cfg.batch_size,
-                              DataPosition(saved["epoch"], saved["batches"]), epoch_state)
+        position = DataPosition(saved["epoch"], saved["batches"])
         step, curve, history = saved["step"], saved["curve"], saved["history"]
         log(f"resumed from {resume_dir} at step {step}")
+    batches = StepBatches(accelerator, loader, generator, cfg.grad_accum, len(encoded), cfg.batch_size,
+                          position, epoch_state)
     seen_start = window_seen = batches.samples_seen()
     t_start = t_window = time.perf_counter()
     bar = tqdm(total=total_steps, initial=step, desc="training",
