@@ -49,6 +49,17 @@ def _scenes(root: Path, params: dict, seed: int) -> dict:
     return summary
 
 
+def demo_train_config(data_dir: str | Path, quick: bool = False, seed: int = 0, **overrides) -> TrainConfig:
+    """The TrainConfig every arm of the demo starts from (``overrides`` replace its fields)."""
+    data_dir = Path(data_dir)
+    setting = QUICK if quick else FULL
+    base = TrainConfig(
+        train_data=_data_spec(data_dir, "train"), eval_data=_data_spec(data_dir, "test"),
+        vision_encoder=VISION, memvp={"num_entries": 49}, max_length=48, max_new_tokens=3,
+        eval_batch_size=50, seed=seed, warmup_ratio=0.05, **setting["train"])
+    return dataclasses.replace(base, **overrides)
+
+
 # Arm -> (column title, TrainConfig overrides).
 ARMS = {
     "no_visual_prompts": ("w/o visual prompts", {"method": "memvp", "use_images": False}),
@@ -60,14 +71,10 @@ ARMS = {
 
 def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False, seed: int = 0,
              compare: bool = False) -> dict:
-    setting = QUICK if quick else FULL
     out = Path(output_dir)
     t0 = time.perf_counter()
-    summary = _scenes(out / "data", setting["scenes"], seed)
-    base = TrainConfig(
-        train_data=_data_spec(out / "data", "train"), eval_data=_data_spec(out / "data", "test"),
-        vision_encoder=VISION, memvp={"num_entries": 49}, max_length=48, max_new_tokens=3,
-        eval_batch_size=50, seed=seed, warmup_ratio=0.05, **setting["train"])
+    summary = _scenes(out / "data", (QUICK if quick else FULL)["scenes"], seed)
+    base = demo_train_config(out / "data", quick, seed)
     columns = [a for a in ARMS if compare or a in ("no_visual_prompts", "memvp")]
     runs = {}
     for name in columns:

@@ -85,7 +85,15 @@ class TrainConfig:
     """Micro-batches per optimizer step (smaller forward passes, same step). The gradient is the
     mean over every answer token of the step, as for one big batch."""
     lr: float = 3e-3
+    projector_lr: float | None = None
+    """Learning rate of the visual projector f (LLaVA's ``mm_projector_lr``); None uses ``lr``.
+    Position embeddings and LoRA weights keep ``lr``. The projector's first layer sees raw encoder
+    features (norm ~220 per token on the demo's EfficientNet grid), so an Adam step of ``lr`` on
+    each weight can move a pre-activation by up to lr * |z|_1."""
     weight_decay: float = 0.02
+    max_grad_norm: float = 0.0
+    """Clip the gradient's global norm to this before each optimizer step (transformers' Trainer
+    uses 1.0); 0, the default, does not clip, as the official MemVP code."""
     warmup_ratio: float = 0.1
     precision: str = "no"
     """'no', 'bf16' or 'fp16' autocast (fp32 master weights for the trainable parameters). fp16
@@ -118,7 +126,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # YAML 1.1 reads 1e-4 (no dot) as a string
             value = getattr(self, f.name)
-            if f.type == "float" and isinstance(value, str):
+            if f.type in ("float", "float | None") and isinstance(value, str):
                 try:
                     setattr(self, f.name, float(value))
                 except ValueError:
@@ -182,6 +190,19 @@ def read_split(spec: dict | None, what: str, limit: int = 0) -> list[Sample]:
 
 def task_of(spec: dict) -> str:
     return spec["format"]
+
+
+def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Trainable parameters, the projector's in a group of their own when ``projector_lr`` is set."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.projector_lr is None:
+        return [{"params": [p for _, p in named]}]
+    projector = [p for n, p in named if ".projector." in f".{n}"]
+    if not projector:
+        raise ValueError(f"projector_lr is set but the {cfg.method!r} model has no trainable projector")
+    ids = {id(p) for p in projector}
+    rest = [p for _, p in named if id(p) not in ids]
+    return [g for g in ({"params": rest}, {"params": projector, "lr": cfg.projector_lr}) if g["params"]]
 
 
 def build(cfg: TrainConfig):
@@ -380,7 +401,7 @@ def _answer_tokens(batch: dict, encoder_decoder: bool) -> int:
 
 
 def _optimizer_step(accelerator, model, optimizer, scheduler, micro_batches: list[dict],
-                    encoder_decoder: bool) -> float:
+                    encoder_decoder: bool, max_grad_norm: float = 0.0) -> float:
     """One optimizer step over the micro-batches of one global batch; returns its mean loss.
 
     Each micro-batch's mean loss is weighted by its share of all the answer tokens of the step (on
@@ -404,6 +425,8 @@ def _optimizer_step(accelerator, model, optimizer, scheduler, micro_batches: lis
     mean_loss = float(accelerator.reduce(loss_sum, reduction="sum").item() / total)
     if not math.isfinite(mean_loss):
         return mean_loss
+    if max_grad_norm > 0:
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad()
@@ -553,8 +576,7 @@ def train(cfg: TrainConfig) -> dict:
         load_trainable_weights(model, resume_dir)  # before FSDP shards the parameters
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     _check_fsdp_names(accelerator, model)
@@ -576,7 +598,8 @@ def train(cfg: TrainConfig) -> dict:
     model.train()
     steps = iter(batches)
     while step < total_steps:
-        loss = _optimizer_step(accelerator, model, optimizer, scheduler, next(steps), encoder_decoder)
+        loss = _optimizer_step(accelerator, model, optimizer, scheduler, next(steps), encoder_decoder,
+                               cfg.max_grad_norm)
         if not math.isfinite(loss):
             kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written"
             raise FloatingPointError(f"non-finite loss {loss} at step {step + 1}; the weights were not updated and "
