@@ -194,14 +194,14 @@ def task_of(spec: dict) -> str:
 
 def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     """Trainable parameters, the projector's in a group of their own when ``projector_lr`` is set."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if cfg.projector_lr is None:
-        return [{"params": [p for _, p in named]}]
-    projector = [p for n, p in named if ".projector." in f".{n}"]
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    projector, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (projector if ".projector." in f".{name}" else rest).append(p)
     if not projector:
         raise ValueError(f"projector_lr is set but the {cfg.method!r} model has no trainable projector")
-    ids = {id(p) for p in projector}
-    rest = [p for _, p in named if id(p) not in ids]
     return [g for g in ({"params": rest}, {"params": projector, "lr": cfg.projector_lr}) if g["params"]]
 
 
