@@ -106,7 +106,7 @@ def test_text_only_ignores_images_and_trains_lora_only():
 def test_every_method_learns_a_few_steps(method, arch):
     torch.manual_seed(0)
     model = build_model(method, tiny_model(arch), visual_dim=VIS_DIM,
-                        memvp={"num_entries": N_VIS, "dropout": 0.0, "visual_scale": 1.0, "output_scale": 1.0},
+                        memvp={"num_entries": N_VIS, "dropout": 0.0, "memory_scale": "paper", "visual_scale": 1.0, "output_scale": 1.0},
                         baseline={"lora_dropout": 0.0, "lora_r": 4})
     ids = torch.randint(3, VOCAB, (4, 6))
     feats = torch.randn(4, N_VIS, VIS_DIM)
@@ -189,7 +189,7 @@ def test_global_features_give_one_visual_prompt_of_the_mean():
 
 
 def test_blocked_entries_are_removed_from_the_memory():
-    cfg = MemVPConfig(visual_dim=VIS_DIM, num_entries=4, visual_scale=1.0, output_scale=1.0, dropout=0.0)
+    cfg = MemVPConfig(visual_dim=VIS_DIM, num_entries=4, memory_scale="paper", visual_scale=1.0, output_scale=1.0, dropout=0.0)
     model = get_memvp_model(tiny_model("llama").double(), cfg).double().eval()
     with torch.no_grad():
         model.visual_memory.value_position.normal_(0, 0.5)

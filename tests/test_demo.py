@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from memvp.cli import main
-from memvp.scenes import QUESTION_TYPES
+from memvp.demo import SINGLE_OBJECT
 
 
 def test_quick_demo_trains_every_arm_and_writes_the_table(tmp_path, capsys):
@@ -14,7 +14,7 @@ def test_quick_demo_trains_every_arm_and_writes_the_table(tmp_path, capsys):
     assert ("| question type | answer prior | w/o visual prompts | text-only LoRA | input-space LoRA | MemVP |"
             in printed)
     result = json.loads((tmp_path / "results.json").read_text())
-    assert [r[0] for r in result["rows"]] == [*QUESTION_TYPES, "overall"]
+    assert [r[0] for r in result["rows"]] == [*SINGLE_OBJECT["question_types"], "overall"]
     runs = result["runs"]
     overall = result["rows"][-1]
     arms = ["no_visual_prompts", "text_only", "input_space", "memvp"]
@@ -24,6 +24,14 @@ def test_quick_demo_trains_every_arm_and_writes_the_table(tmp_path, capsys):
     assert [runs[a]["use_images"] for a in arms] == [False, False, True, True]
     assert all(runs[a]["eval"]["count"] == 60 for a in arms)
     assert (tmp_path / "memvp" / "adapter" / "memvp_model.safetensors").is_file()
+    # --compare: every arm evaluated along the way; accuracy against training seconds drawn.
+    assert set(result["curves"]) == {"input-space LoRA", "MemVP"}
+    for points in result["curves"].values():
+        seconds = [p[0] for p in points]
+        assert len(points) == 2 and seconds == sorted(seconds) and seconds[0] > 0
+    assert result["curves"]["MemVP"][-1][1] == runs["memvp"]["eval"]["overall"]
+    assert (tmp_path / "accuracy_vs_seconds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "MemVP's residual norm / the frozen LM's" in printed
     assert (tmp_path / "input_space" / "adapter" / "baseline_model.safetensors").is_file()
     # A second run (the default arms) reuses the generated data set instead of drawing it again.
     stamp = (tmp_path / "data" / "questions_train.json").stat().st_mtime_ns

@@ -73,7 +73,7 @@ def _add_gated_reference(ffn: nn.Module, keys: torch.Tensor, values: torch.Tenso
 
 
 def _memvp(base, shared: bool, projector: str = "mlp"):
-    cfg = MemVPConfig(visual_dim=VIS_DIM, num_entries=N_ENTRIES, visual_scale=0.7, output_scale=0.9,
+    cfg = MemVPConfig(visual_dim=VIS_DIM, num_entries=N_ENTRIES, memory_scale="paper", visual_scale=0.7, output_scale=0.9,
                       projector=projector, projector_hidden=8, share_position_embeddings=shared, dropout=0.0)
     mem = get_memvp_model(copy.deepcopy(base), cfg).double().eval()
     with torch.no_grad():  # random p^v too, so every part of K and V matters

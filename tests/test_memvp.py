@@ -16,7 +16,7 @@ VIS_DIM = 12
 
 
 def _mem(arch="llama", **overrides):
-    cfg = dict(visual_dim=VIS_DIM, num_entries=6, visual_scale=1.0, output_scale=1.0, dropout=0.0)
+    cfg = dict(visual_dim=VIS_DIM, num_entries=6, memory_scale="paper", visual_scale=1.0, output_scale=1.0, dropout=0.0)
     cfg.update(overrides)
     mem = get_memvp_model(tiny_model(arch), MemVPConfig(**cfg)).eval()
     with torch.no_grad():

@@ -51,7 +51,7 @@ def make_tiny_run(root) -> dict:
         "eval_data": {**data, "questions_file": "data/questions_test.json",
                       "annotations_file": "data/annotations_test.json"},
         "output_dir": str(root / "run"), "language_model": str(root / "lm"), "vision_encoder": str(root / "vit"),
-        "feature_cache": str(root / "cache"), "memvp": {"num_entries": 16, "dropout": 0.0},
+        "feature_cache": str(root / "cache"), "memvp": {"num_entries": 16, "dropout": 0.0, "memory_scale": "paper"},
         "max_steps": 8, "batch_size": 12, "lr": 1e-2, "warmup_ratio": 0.0, "max_new_tokens": 2,
         "max_length": 32, "progress": False,
     }
@@ -66,9 +66,17 @@ def test_train_save_load_predict_eval(tiny, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 8 and metrics["train_samples"] == 36
     curve = (run / "loss_curve.csv").read_text().splitlines()
-    assert curve[0] == "step,epoch,loss,lr,samples_per_s" and len(curve) == 9
+    assert curve[0] == ("step,epoch,loss,lr,samples_per_s,residual_ratio_max,memory_to_ffn_max,"
+                        "memory_to_ffn_mean,positive_scores_mean,top_share_mean") and len(curve) == 9
     losses = [float(line.split(",")[2]) for line in curve[1:]]
     assert losses[-1] < losses[0]
+    # The instruments ran at the first and the last step (diagnose_every=50 > 8 steps) and nowhere else.
+    measured = [line.split(",")[0] for line in curve[1:] if line.split(",")[5]]
+    assert measured == ["1", "8"]
+    assert [h["step"] for h in metrics["scale_history"]] == [1, 8]
+    scale = metrics["scale"]
+    assert len(scale["residual_ratio"]) == 2 and 0.5 < scale["max_residual_ratio"] < 2.0
+    assert set(scale["memory_to_ffn"]) == {"decoder.0", "decoder.1"} and scale["max_memory_to_ffn"] > 0
     assert set(metrics["eval"]) >= {"overall", "count", "per_type"} and metrics["eval"]["count"] == 12
     train_predictions = json.loads((run / "predictions_eval.json").read_text())
     assert len(train_predictions) == 12

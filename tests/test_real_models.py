@@ -50,8 +50,16 @@ def test_memvp_on_smollm2_forward_backward(vision, smollm2):
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     assert with_grad == {n for n, p in model.named_parameters() if p.requires_grad}
     assert with_grad and all(n.startswith("visual_memory.") for n in with_grad)
+    # memory_scale='ffn' starts with every gate at 0 (the frozen LM): only the gates get a gradient
+    # at first; one step later every part of the memory does.
+    grads = {n: p.grad.abs().sum() for n, p in model.visual_memory.named_parameters()}
+    assert grads.pop("output_gate") > 0 and all(g == 0 for g in grads.values())
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    opt.step()
+    opt.zero_grad()
+    model(**batch, visual_features=feats, labels=labels).loss.backward()
     assert all(p.grad.abs().sum() > 0 for p in model.visual_memory.parameters())
-    torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3).step()
+    opt.step()
     assert all(torch.equal(v, lm.state_dict()[k]) for k, v in lm_before.items())
     model.remove_hooks()
 

@@ -102,7 +102,7 @@ def _llama_with_clip(hidden, intermediate, layers, heads, n):
         vit = CLIPVisionModel(CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
                                                num_attention_heads=16, patch_size=14, image_size=224))
     enc = HFVisionEncoder(vit, adapter_hidden=12)
-    return get_memvp_model(lm, MemVPConfig(visual_dim=1024, num_entries=n, projector_hidden=128), enc)
+    return get_memvp_model(lm, MemVPConfig(visual_dim=1024, num_entries=n, projector_hidden=128, memory_scale="paper"), enc)
 
 
 # Hand counts: shared p^k, p^v (2 n d) + projector 1024 -> 128 -> d with biases
@@ -128,7 +128,7 @@ def test_t5_and_bart_base_parameter_counts_match_table_1():
         bart = BartForConditionalGeneration(BartConfig(
             vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
             decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072))
-    cfg = MemVPConfig(visual_dim=2048, num_entries=240, projector="linear")
+    cfg = MemVPConfig(visual_dim=2048, num_entries=240, projector="linear", memory_scale="paper")
     projector = 2048 * 768 + 768
     t5_count = _count(get_memvp_model(t5, cfg))
     assert t5_count == 12 * 2 * 240 * 768 + projector == 5_997_312  # paper: 6.00M

@@ -23,6 +23,7 @@ import torch
 
 from .data import DEFAULT_PROMPT_TEMPLATE, encode_sample
 from .datasets import Sample
+from .instruments import measure_scale
 
 DEFAULT_VISION_ENCODER = "efficientnet-lite0:block6,head"  # what ``memvp demo`` trains with
 _WORD = re.compile(r"\w+(?:['’-]\w+)*")
@@ -122,7 +123,7 @@ def _prompt_sites(model) -> list[int]:
 @torch.no_grad()
 def token_similarities(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                        visual_features: torch.Tensor) -> torch.Tensor:
-    """phi(<x, lambda f(z_i)>) for every MemVP layer, prompt token and visual entry: [layers, B, L, n_visual].
+    """phi(<x, g lambda f(z_i)>) (g: the layer's key gain) for every MemVP layer, prompt token and visual entry: [layers, B, L, n_visual].
 
     x is caught by forward pre-hooks on each layer's FFN input during one forward pass of the
     prompt with the visual memory in place (so later layers see what the earlier ones retrieved).
@@ -160,7 +161,8 @@ def token_similarities(model, input_ids: torch.Tensor, attention_mask: torch.Ten
     maps = []
     for i in indices:
         x = captured[i].float().reshape(prompts.shape[0], -1, prompts.shape[-1])  # OPT flattens tokens
-        maps.append(model.sites[i].activation(x @ prompts.to(x.device).transpose(1, 2)))
+        key_gain = model.site_gains(i)[0]  # 1 with memory_scale='paper', the layer's learned gain with 'ffn'
+        maps.append(model.sites[i].activation(x @ prompts.to(x.device).transpose(1, 2) * key_gain))
     return torch.stack(maps)
 
 
@@ -287,6 +289,8 @@ class Explanation:
     answer: str
     blocked: list[int] = field(default_factory=list)
     answer_blocked: str | None = None
+    scale: dict[str, Any] | None = None
+    """The instruments on this prompt (memvp.instruments.measure_scale): is the memory in the LM's scale?"""
 
     def summary(self) -> dict[str, Any]:
         cells = hottest_cells(self.maps.word_maps)
@@ -297,7 +301,7 @@ class Explanation:
             "words": [{"word": w.text, "hottest_cell": [int(r), int(c)], "max": float(m.max()),
                        "min": float(m.min())} for w, (r, c), m in zip(self.maps.words, cells, self.maps.word_maps)],
             "blocked_entries": [[e // side, e % side] for e in self.blocked],
-            "answer_blocked": self.answer_blocked,
+            "answer_blocked": self.answer_blocked, "scale": self.scale,
         }
 
 
@@ -315,11 +319,18 @@ def explain(model, tokenizer, visual_features: torch.Tensor, question: str, word
     maps = similarity_maps(model, tokenizer, visual_features, question, words, template, room, absolute)
     ids = maps.encoded.input_ids
     answer = generate_answer(model, tokenizer, ids, visual_features, None, max_new_tokens)
+    feats = visual_features if visual_features.dim() == 3 else visual_features.unsqueeze(0)
+    device = next(model.parameters()).device
+    batch = {"input_ids": torch.tensor([list(ids)], device=device), "visual_features": feats}
+    if model.config.is_encoder_decoder:  # the decoder's first step, as generation starts
+        start = model.config.decoder_start_token_id
+        batch["decoder_input_ids"] = torch.tensor([[0 if start is None else start]], device=device)
+    scale = measure_scale(model, batch)
     if not block_top:
-        return Explanation(maps, answer)
+        return Explanation(maps, answer, scale=scale)
     blocked = top_entries(maps.mean_map, block_top)
     return Explanation(maps, answer, blocked,
-                       generate_answer(model, tokenizer, ids, visual_features, blocked, max_new_tokens))
+                       generate_answer(model, tokenizer, ids, visual_features, blocked, max_new_tokens), scale)
 
 
 # ----------------------------------------------------------------------------- where is the grid

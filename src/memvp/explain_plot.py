@@ -105,6 +105,7 @@ def add_explain_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_explain_command(args: argparse.Namespace) -> int:
     """Run ``memvp explain``; bad input raises ValueError / FileNotFoundError (the CLI exits 2)."""
+    from .instruments import format_report
     from .vision import load_image
 
     if args.block_top < 0:
@@ -131,6 +132,7 @@ def run_explain_command(args: argparse.Namespace) -> int:
               f"{[tuple(c) for c in summary['blocked_entries']]}: {result.answer_blocked!r}")
     cells = ", ".join(f"{w['word']} {tuple(w['hottest_cell'])}" for w in summary["words"])
     print(f"hottest cell (row, col) of the {side}x{side} grid per word: {cells}")
+    print(format_report(result.scale))
     print(f"wrote {output}")
     return 0
 

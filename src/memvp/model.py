@@ -3,7 +3,9 @@
 The whole mechanism lives here and knows nothing of datasets or command lines:
 
 * ``VisualMemory`` turns visual features z into new FFN key/value entries (eq. 7):
-  K = lambda * f(z) + p^k,  V = lambda * f(z) + p^v.
+  K = lambda * f(z) + p^k,  V = lambda * f(z) + p^v  (``memory_scale='paper'``), or, by default,
+  the same sum in the FFN's own scale: K = a_k (u + p^k), V = a_v (u + p^v) with u = f(LN(z))
+  RMS-normalised and a_k, a_v the FFN's key-row and value-column lengths / sqrt(d) (config.py says why).
 * Every target FFN's output gains  s * phi(x K^T) V  where x is the FFN input (eq. 6/8). For gated
   FFNs the gate key is dropped (eq. 12). phi is the FFN's own activation.
 * ``MemVPModel`` freezes the language model, hooks its FFNs (see ``architectures.py`` for where they
@@ -26,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .architectures import FFNLayout, get_path, layout_for
+from .architectures import FFNLayout, find_path, get_path, layout_for
 from .atomic import atomic_write, atomic_write_text
 from .config import MemVPConfig
 
@@ -109,15 +111,33 @@ class VisualMemory(nn.Module):
         n_tables = 1 if shared else num_sites
         self.key_position = nn.Parameter(torch.empty(n_tables, config.num_entries, hidden_size, **kw))
         self.value_position = nn.Parameter(torch.empty(n_tables, config.num_entries, hidden_size, **kw))
+        # memory_scale='ffn': one zero-initialised gate per MemVP layer (ReZero / LLaMA-Adapter style),
+        # so the wrapped LM starts as the frozen LM, with or without an image, and each layer learns
+        # how loud its memory is (the instruments show it: memory / FFN output).
+        ffn = config.memory_scale == "ffn"
+        self.output_gate = nn.Parameter(torch.empty(num_sites, **kw)) if ffn else None
+        # ... and a learned log key gain per layer: FFN-sized keys give FFN-like scores (spread ~0.5 over
+        # entries, measured on the demo), too flat to pick one object's cell; the gain lets each layer
+        # sharpen its retrieval without touching the values' (gated) size.
+        self.key_log_gain = nn.Parameter(torch.empty(num_sites, **kw)) if ffn else None
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         # As the official code: xavier projector with zero bias, p^k ~ N(0, 0.02), p^v = 0, so
-        # that the untrained memory adds nothing to the FFN output.
+        # that the untrained memory adds nothing to the FFN output without an image.
         init_projector(self.projector)
-        nn.init.normal_(self.key_position, std=0.02)
-        nn.init.zeros_(self.value_position)
+        if self.output_gate is None:
+            nn.init.normal_(self.key_position, std=0.02)
+            nn.init.zeros_(self.value_position)
+            return
+        # memory_scale='ffn': tables in units of the RMS-normalised prompts, and the zero gate (not
+        # p^v = 0) keeps the untrained memory silent. p^v must not be 0 as well: gate and values would
+        # then get no gradient from each other and a memory without images (the ablation) never learns.
+        nn.init.normal_(self.key_position, std=1.0)
+        nn.init.normal_(self.value_position, std=1.0)
+        nn.init.zeros_(self.output_gate)
+        nn.init.zeros_(self.key_log_gain)
 
     @property
     def num_tables(self) -> int:
@@ -140,9 +160,14 @@ class VisualMemory(nn.Module):
         z = visual_features.to(weight.device, weight.dtype)
         if cfg.visual_tokens == "global":
             z, n_visual = z.mean(dim=1, keepdim=True), 1
-        if cfg.normalize_features:
-            z = F.layer_norm(z, z.shape[-1:])
-        prompts = cfg.visual_scale * self.projector(z)
+        if cfg.memory_scale == "ffn":
+            # Unit RMS whatever the encoder's feature scale and however large f's weights grow: the
+            # entries' lengths are set by the FFN (key_gain / value_gain), only directions are learned.
+            prompts = _rms_normalize(self.projector(F.layer_norm(z, z.shape[-1:])))
+        else:
+            if cfg.normalize_features:
+                z = F.layer_norm(z, z.shape[-1:])
+            prompts = cfg.visual_scale * self.projector(z)
         if has_image is not None:
             has_image = torch.as_tensor(has_image, device=prompts.device)
             if has_image.shape != (prompts.shape[0],):
@@ -170,10 +195,15 @@ class VisualMemory(nn.Module):
                 torch.cat([value_vis, pos_v.expand(batch, -1, -1)], dim=1))
 
 
+def _rms_normalize(u: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return u * torch.rsqrt(u.pow(2).mean(dim=-1, keepdim=True) + eps)
+
+
 def retrieve(x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, activation: nn.Module,
              scale: float, dropout: float = 0.0, training: bool = False,
-             blocked: torch.Tensor | None = None) -> torch.Tensor:
-    """s * phi(x K^T) V for x [B, L, d] and K, V [B or 1, n, d]: the visual part of eq. 6 / eq. 12.
+             blocked: torch.Tensor | None = None, key_gain: float = 1.0) -> torch.Tensor:
+    """s * phi(x (g K)^T) V for x [B, L, d] and K, V [B or 1, n, d]: the visual part of eq. 6 / eq. 12
+    (``key_gain`` g scales the keys; fold a value gain into ``scale``).
 
     ``blocked`` ([B or 1, n] bool) sets phi(x K_i^T) = 0 for those entries (the knowledge
     distortion of the paper's Fig. 6).
@@ -189,11 +219,16 @@ def retrieve(x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, activati
                          "cannot be split into that many samples")
     keys = keys.to(device=x.device, dtype=x.dtype)
     values = values.to(device=x.device, dtype=x.dtype)
-    weights = activation(torch.matmul(x.reshape(samples, rows // samples, d), keys.transpose(-1, -2)))
+    weights = activation(retrieval_scores(x.reshape(samples, rows // samples, d), keys, key_gain))
     weights = F.dropout(weights, dropout, training)
     if blocked is not None:
         weights = weights.masked_fill(blocked.to(weights.device).unsqueeze(1), 0.0)
     return (scale * torch.matmul(weights, values)).reshape(x.shape)
+
+
+def retrieval_scores(x: torch.Tensor, keys: torch.Tensor, key_gain: float = 1.0) -> torch.Tensor:
+    """<x, g K_i>: [samples, rows, n]."""
+    return torch.matmul(x, keys.transpose(-1, -2)) * key_gain
 
 
 class TrainableStateMixin:
@@ -249,6 +284,8 @@ class FFNSite:
     ffn_output: nn.Module
     activation: nn.Module
     table: int
+    key_gain: float = 1.0
+    value_gain: float = 1.0
     query: torch.Tensor | None = None
 
 
@@ -278,8 +315,9 @@ class MemVPModel(TrainableStateMixin, nn.Module):
             config.target_layers = "encoder" if encdec else "decoder"
 
         language_model.requires_grad_(False)
-        self.sites = self._find_sites(config.target_layers, config.share_position_embeddings)
         self._hidden_size = int(lm_config.hidden_size)
+        self.sites = self._find_sites(config.target_layers, config.share_position_embeddings)
+        self._size_entries(config)
         device = next(iter(language_model.parameters())).device
         self.visual_memory = VisualMemory(config, self._hidden_size, len(self.sites),
                                           config.share_position_embeddings, device=device)
@@ -289,6 +327,8 @@ class MemVPModel(TrainableStateMixin, nn.Module):
                     module.requires_grad_(True)
         self._entries: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._blocked: torch.Tensor | None = None
+        self._bypass = False  # instruments: run the frozen LM through the same modules
+        self._probe: dict | None = None  # instruments: per-site statistics of the next forward
         self._hooks = []
         # Hooks are partials of bound methods, not closures, so that copy.deepcopy(model) gives
         # a copy whose hooks talk to the copy.
@@ -334,6 +374,32 @@ class MemVPModel(TrainableStateMixin, nn.Module):
             ))
         return sites
 
+    def _size_entries(self, config: MemVPConfig) -> None:
+        """memory_scale='ffn': per-site key/value gains from the FFN's own weights (read once, then
+        kept in the config so that a saved adapter reloads with the same gains)."""
+        if config.memory_scale != "ffn":
+            return
+        if config.key_norms is None or config.value_norms is None:
+            base = self.language_model.base_model
+            keys, values = [], []
+            for site in self.sites:
+                stack, i = site.name.split(".")
+                layer = get_path(base, self.layout.stacks[stack])[int(i)]
+                keys.append(_median_neuron_length(find_path(layer, self.layout.keys), self._hidden_size, "in"))
+                values.append(_median_neuron_length(find_path(layer, self.layout.values), self._hidden_size, "out"))
+            if any(v is None for v in keys + values):  # meta-device weights or an unknown layout
+                keys = values = [float(self._hidden_size) ** 0.5] * len(self.sites)  # unit-RMS rows
+            else:
+                config.key_norms, config.value_norms = keys, values
+        else:
+            keys, values = config.key_norms, config.value_norms
+            if len(keys) != len(self.sites) or len(values) != len(self.sites):
+                raise ValueError(f"MemVPConfig.key_norms/value_norms have {len(keys)}/{len(values)} entries "
+                                 f"but the model has {len(self.sites)} MemVP layers")
+        root_d = float(self._hidden_size) ** 0.5
+        for site, k, v in zip(self.sites, keys, values):
+            site.key_gain, site.value_gain = float(k) / root_d, float(v) / root_d
+
     def _capture(self, index: int, module, args, kwargs) -> None:
         self.sites[index].query = args[0] if args else next(iter(kwargs.values()))
 
@@ -342,10 +408,25 @@ class MemVPModel(TrainableStateMixin, nn.Module):
         x, site.query = site.query, None
         if x is None:
             raise RuntimeError(f"MemVP: the FFN input of {site.name} was not captured")
+        if self._bypass:
+            return output
         keys, values = self._site_entries(site)
-        delta = retrieve(x, keys, values, site.activation, self.memvp_config.output_scale,
-                         self.memvp_config.dropout, self.training, self._blocked)
+        key_gain, scale = self.site_gains(index)
+        delta = retrieve(x, keys, values, site.activation, scale,
+                         self.memvp_config.dropout, self.training, self._blocked, key_gain)
+        if self._probe is not None:
+            self._probe.setdefault("sites", []).append(_site_stats(x, keys, site.name, site.activation,
+                                                                   key_gain, delta, output))
         return output + delta.to(output.dtype)
+
+    def site_gains(self, index: int) -> tuple[Any, Any]:
+        """(key gain, output scale) of MemVP layer ``index``: 1 and s with memory_scale='paper'; with
+        'ffn' a_k * exp(learned log gain) and s * a_v * learned gate (tensors, so gradients reach them)."""
+        site, memory = self.sites[index], self.visual_memory
+        scale = self.memvp_config.output_scale * site.value_gain
+        if memory.output_gate is None:
+            return site.key_gain, scale
+        return site.key_gain * memory.key_log_gain[index].exp(), scale * memory.output_gate[index]
 
     def _site_entries(self, site: FFNSite) -> tuple[torch.Tensor, torch.Tensor]:
         if self._entries is None:  # language model called directly: no image, position entries only
@@ -443,6 +524,37 @@ class MemVPModel(TrainableStateMixin, nn.Module):
                                    "with MemVPModel.save_pretrained)")
         model = cls(language_model, MemVPConfig.from_dict(meta["config"]), vision_encoder)
         return model.finish_loading(meta, state, Path(path) / WEIGHTS_NAME, "MemVP layers", is_trainable)
+
+
+def _median_neuron_length(linear: nn.Module | None, hidden_size: int, side: str) -> float | None:
+    """Median length of an FFN's key rows (side='in', the d -> d_ff layer) or value columns
+    (side='out', d_ff -> d): the d-dimensional vector of each hidden unit."""
+    weight = getattr(linear, "weight", None)
+    if weight is None or weight.is_meta or weight.dim() != 2:
+        return None
+    w = weight.detach().float()
+    if type(linear).__name__ == "Conv1D":  # GPT-2 stores [in, out]
+        w = w.t()
+    # nn.Linear weight is [out, in]: key rows are [d_ff, d], value columns are w[:, j] of [d, d_ff].
+    vectors = w if side == "in" else w.t()
+    if vectors.shape[-1] != hidden_size:
+        return None
+    return float(vectors.norm(dim=-1).median())
+
+
+@torch.no_grad()
+def _site_stats(x: torch.Tensor, keys: torch.Tensor, name: str, activation: nn.Module, key_gain,
+                delta: torch.Tensor, ffn_output: torch.Tensor) -> dict:
+    """Per-token lengths of the memory's output and the FFN's own output, and the retrieval scores'
+    sign and spread, for the instruments (memvp.instruments)."""
+    samples, d = keys.shape[0], x.shape[-1]
+    scores = retrieval_scores(x.reshape(samples, -1, d).float(), keys.float().to(x.device), key_gain)
+    weights = activation(scores)
+    share = weights.abs().amax(-1) / weights.abs().sum(-1).clamp_min(1e-12)
+    return {"name": name, "memory_norm": delta.float().norm(dim=-1).reshape(-1),
+            "ffn_norm": ffn_output.float().norm(dim=-1).reshape(-1),
+            "positive_scores": (scores > 0).float().mean(-1).reshape(-1),
+            "score_std": scores.std(-1).reshape(-1), "top_share": share.reshape(-1)}
 
 
 def write_adapter(directory: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict,

@@ -154,13 +154,14 @@ def answer_question(scene: Scene, question_type: str, color: str) -> str:
     raise ValueError(f"unknown question type {question_type!r}")
 
 
-def questions_for_scene(scene: Scene, rng: np.random.Generator, per_scene: int = 6) -> list[tuple[str, str, str]]:
+def questions_for_scene(scene: Scene, rng: np.random.Generator, per_scene: int = 6,
+                        question_types: tuple[str, ...] = QUESTION_TYPES) -> list[tuple[str, str, str]]:
     """``per_scene`` (question, answer, question_type) triples, types cycling through a random order.
 
     Each question is about a random colour for which it is unambiguous, no (type, colour) pair twice;
     a question with no such colour left is skipped (rare: nearest/farthest near-ties only).
     """
-    order = [QUESTION_TYPES[int(i)] for i in rng.permutation(len(QUESTION_TYPES))]
+    order = [question_types[int(i)] for i in rng.permutation(len(question_types))]
     used: set[tuple[str, str]] = set()
     out = []
     for k in range(per_scene):
@@ -216,27 +217,35 @@ def load_scenes(path: str | os.PathLike) -> dict[int, Scene]:
 
 def generate_dataset(out_dir: str | os.PathLike, n_train: int = 2400, n_val: int = 300, n_test: int = 300,
                      questions_per_scene: int = 6, seed: int = 0, num_objects: int = 6,
-                     progress: bool = True) -> dict:
+                     question_types: tuple[str, ...] | list[str] = QUESTION_TYPES, progress: bool = True) -> dict:
     """Write a Sort-of-CLEVR-style VQA set in the VQAv2 layout under ``out_dir``.
 
     Per split: ``questions_{split}.json``, ``annotations_{split}.json``, ``scenes_{split}.json`` and
     ``images/COCO_{split}_{image_id:012d}.png``.  Image ids run 1.. across all splits, question ids are
     ``image_id * 1000 + k``.  Scene ``image_id`` is drawn from ``np.random.default_rng([seed, image_id])``, so
-    the output is byte-identical for a given seed and arguments.  Returns a summary dict.
+    the output is byte-identical for a given seed and arguments.  ``question_types`` picks the kinds of
+    question asked (relations need two objects or more).  Returns a summary dict.
     """
+    question_types = tuple(question_types)
+    unknown = sorted(set(question_types) - set(QUESTION_TYPES))
+    if unknown or not question_types:
+        raise ValueError(f"question_types must be a non-empty subset of {list(QUESTION_TYPES)}, got {list(question_types)}")
+    relational = sorted(set(question_types) & {"nearest", "farthest"})
+    if relational and num_objects < 2:
+        raise ValueError(f"question types {relational} need num_objects >= 2, got {num_objects}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     sizes = {"train": n_train, "val": n_val, "test": n_test}
     info = {"description": "Sort-of-CLEVR-style synthetic VQA (memvp.scenes)", "version": "1.0", "seed": seed,
             "num_objects": num_objects, "object_size": OBJECT_SIZE, "width": WIDTH, "height": HEIGHT,
-            "question_types": list(QUESTION_TYPES)}
+            "question_types": list(question_types)}
     bar = tqdm(total=sum(sizes.values()), desc="scenes", unit="scene", disable=not progress)
     summary: dict = {"out_dir": str(out), "image_pattern": IMAGE_PATTERN, "splits": {}}
     answers: dict[str, dict[str, list[str]]] = {}
     image_id = 0
     for split in SPLITS:
         questions, annotations, scenes = [], [], {}
-        by_type = {t: [] for t in QUESTION_TYPES}
+        by_type = {t: [] for t in question_types}
         for _ in range(sizes[split]):
             image_id += 1
             rng = np.random.default_rng([seed, image_id])
@@ -244,7 +253,7 @@ def generate_dataset(out_dir: str | os.PathLike, n_train: int = 2400, n_val: int
             _write_png(out / "images" / IMAGE_PATTERN.format(data_subtype=split, image_id=image_id),
                        draw_scene(scene))
             scenes[str(image_id)] = [asdict(o) for o in scene.objects]
-            for k, (question, answer, qtype) in enumerate(questions_for_scene(scene, rng, questions_per_scene)):
+            for k, (question, answer, qtype) in enumerate(questions_for_scene(scene, rng, questions_per_scene, question_types)):
                 qid = image_id * 1000 + k
                 questions.append({"image_id": image_id, "question": question, "question_id": qid})
                 annotations.append({

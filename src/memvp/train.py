@@ -38,7 +38,9 @@ from .checkpoint import (DataPosition, full_parameters, is_fsdp, load_trainable_
 from .config import MemVPConfig
 from .data import DEFAULT_PROMPT_TEMPLATE, VisualInputs, collate_training, describe_truncation, encode_sample
 from .datasets import Sample, load_samples
+from . import instruments
 from .evaluate import score
+from .instruments import measure_scale
 from .baselines import METHODS, BaselineConfig, build_model, check_adapter_features, load_adapter
 from .predict import predict
 from .pretrained import cache_dir, load_language_model, load_vision_encoder
@@ -122,6 +124,11 @@ class TrainConfig:
     adapter: str | None = None
     """An adapter directory to start from (``memvp predict`` / ``eval`` evaluate it)."""
     progress: bool = True
+    diagnose_every: int = 50
+    """Every this many optimizer steps (and at the first and last), measure on the batch at hand
+    whether the visual memory stays in the LM's scale (``memvp.instruments``: memory / FFN output,
+    residual norm / frozen LM's), log it to loss_curve.csv and metrics.json, and warn when the memory
+    dominates. 0 turns it off. MemVP only; two extra forward passes each time."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # YAML 1.1 reads 1e-4 (no dot) as a string
@@ -219,6 +226,14 @@ def build(cfg: TrainConfig):
     return model, tokenizer, visual
 
 
+def _diagnose_now(cfg: TrainConfig, accelerator, step: int, total_steps: int) -> bool:
+    """MemVP runs measure their scale (instruments) now? Not under FSDP, whose sharded modules can
+    not be run outside the wrapped forward."""
+    if cfg.diagnose_every <= 0 or cfg.method != "memvp" or is_fsdp(accelerator):
+        return False
+    return step == 1 or step == total_steps or step % cfg.diagnose_every == 0
+
+
 def _prepare(visual: VisualInputs, samples: list[Sample], skip_bad: bool, what: str,
              log: Callable[[str], None] = print) -> list[Sample]:
     kept, bad = visual.prepare(samples, skip_bad=skip_bad)
@@ -241,9 +256,17 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
+_SCALE_COLUMNS = ("residual_ratio_max", "memory_to_ffn_max", "memory_to_ffn_mean", "positive_scores_mean",
+                  "top_share_mean")
+
+
 def _write_curve(path: Path, rows: list[dict]) -> None:
-    lines = ["step,epoch,loss,lr,samples_per_s"]
-    lines += [f"{r['step']},{r['epoch']:.4f},{r['loss']:.6f},{r['lr']:.6g},{r['samples_per_s']:.2f}" for r in rows]
+    """The loss curve; the instruments' columns are filled on the steps they were measured."""
+    lines = [",".join(("step", "epoch", "loss", "lr", "samples_per_s") + _SCALE_COLUMNS)]
+    for r in rows:
+        scale = [f"{r[c]:.4f}" if c in r else "" for c in _SCALE_COLUMNS]
+        lines.append(",".join([str(r["step"]), f"{r['epoch']:.4f}", f"{r['loss']:.6f}", f"{r['lr']:.6g}",
+                               f"{r['samples_per_s']:.2f}", *scale]))
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -593,12 +616,15 @@ def train(cfg: TrainConfig) -> dict:
                           position, epoch_state)
     seen_start = window_seen = batches.samples_seen()
     t_start = t_window = time.perf_counter()
+    eval_seconds = 0.0
     bar = tqdm(total=total_steps, initial=step, desc="training",
                disable=not (cfg.progress and accelerator.is_main_process))
     model.train()
     steps = iter(batches)
+    scale_reports: list[dict] = []
     while step < total_steps:
-        loss = _optimizer_step(accelerator, model, optimizer, scheduler, next(steps), encoder_decoder,
+        micro_batches = next(steps)
+        loss = _optimizer_step(accelerator, model, optimizer, scheduler, micro_batches, encoder_decoder,
                                cfg.max_grad_norm)
         if not math.isfinite(loss):
             kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written"
@@ -608,13 +634,26 @@ def train(cfg: TrainConfig) -> dict:
         now, seen = time.perf_counter(), batches.samples_seen()
         row = {"step": step, "epoch": batches.epoch_float(), "loss": loss, "lr": scheduler.get_last_lr()[0],
                "samples_per_s": (seen - window_seen) / max(now - t_window, 1e-9)}
+        if _diagnose_now(cfg, accelerator, step, total_steps):
+            with accelerator.autocast():  # as the training forward (bf16 weights, fp32 norms)
+                report = measure_scale(accelerator.unwrap_model(model), micro_batches[0])
+            row.update(instruments.summary(report))
+            scale_reports.append({"step": step, **report})
+            message = instruments.warning(report, f"at step {step}")
+            if message and accelerator.is_main_process:
+                bar.write(message)
         curve.append(row)
         window_seen, t_window = seen, now
         bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", sps=f"{row['samples_per_s']:.1f}")
         bar.update(1)
         if cfg.eval_every and eval_samples and step % cfg.eval_every == 0 and step < total_steps:
+            t_eval = time.perf_counter()
             predictions = _evaluate(accelerator, model, tokenizer, visual, eval_samples, cfg)
-            history.append({"step": step, **score(task, eval_samples, predictions)})
+            # "train_seconds": training time so far, evaluations left out (accuracy against seconds).
+            history.append({"step": step, "train_seconds": t_eval - t_start - eval_seconds,
+                            **score(task, eval_samples, predictions)})
+            eval_seconds += time.perf_counter() - t_eval
+            t_window += time.perf_counter() - t_eval
             model.train()
         # After the evaluation: sampled decoding draws random numbers, and a resumed run continues
         # from the states saved here.
@@ -626,7 +665,7 @@ def train(cfg: TrainConfig) -> dict:
             if accelerator.is_main_process:
                 _write_curve(out / "loss_curve.csv", curve)
     bar.close()
-    train_seconds = time.perf_counter() - t_start
+    train_seconds = time.perf_counter() - t_start - eval_seconds
 
     memvp = accelerator.unwrap_model(model)
     with full_parameters(accelerator, model):
@@ -640,6 +679,9 @@ def train(cfg: TrainConfig) -> dict:
         "trainable_parameters": trainable, "total_parameters": total, "truncated_prompts": n_truncated,
         "method": cfg.method, "use_images": cfg.use_images, "history": history, "num_processes": accelerator.num_processes,
     }
+    if scale_reports:  # the last measurement in full, the earlier ones as their summaries
+        result["scale"] = scale_reports[-1]
+        result["scale_history"] = [{"step": r["step"], **instruments.summary(r)} for r in scale_reports]
     if eval_samples:
         predictions = _evaluate(accelerator, model, tokenizer, visual, eval_samples, cfg)
         result["eval"] = score(task, eval_samples, predictions)

@@ -1,0 +1,147 @@
+"""Instruments: is the visual memory in the language model's own scale?
+
+Two numbers say whether MemVP reads the image without drowning the text (issue 7's lesson: tune
+nothing blind):
+
+* ``memory_to_ffn`` per MemVP layer: the length of what the memory adds to the FFN output, over the
+  length of the FFN's own output (token average). Well under 1 is a whisper; far over 1 means the
+  visual entries outweigh the FFN's 1,000s of neurons.
+* ``residual_ratio`` per layer: the hidden-state length of the adapted model over the frozen LM's on
+  the same tokens. Over ``RESIDUAL_WARNING`` (2x) the memory swamps the residual stream and the LM
+  loses the text (it then answers "bottom" and stops, whatever the question).
+
+and, per layer, how retrieval looks: the share of positive scores <x, K_i> (SiLU reads an entry in
+proportion to a positive score; with 99% negative scores the memory is read by its least-negative
+entries), the spread of the scores over entries, and the largest entry's share of the weights.
+
+``measure_scale(model, batch)`` costs two forward passes (with and without the memory) of the batch;
+training calls it every ``diagnose_every`` steps, ``memvp explain`` on its one sample.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+RESIDUAL_WARNING = 2.0
+"""Residual-norm ratio (adapted / frozen) above which the memory is said to dominate."""
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _hidden_states(output) -> list[torch.Tensor]:
+    """Every layer's output hidden states (the embeddings excluded), encoder then decoder."""
+    if getattr(output, "hidden_states", None) is not None:
+        return list(output.hidden_states[1:])
+    states = []
+    for name in ("encoder_hidden_states", "decoder_hidden_states"):
+        if getattr(output, name, None) is not None:
+            states += list(getattr(output, name)[1:])
+    return states
+
+
+def _mean_norms(states: list[torch.Tensor], mask: torch.Tensor | None) -> list[float]:
+    out = []
+    for h in states:
+        norms = h.float().norm(dim=-1)
+        if mask is not None and mask.shape == norms.shape:
+            weights = mask.to(norms.device, norms.dtype)
+            out.append(float((norms * weights).sum() / weights.sum().clamp_min(1)))
+        else:
+            out.append(float(norms.mean()))
+    return out
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> float:
+    if mask is not None and mask.numel() == values.numel():
+        weights = mask.reshape(-1).to(values.device, values.dtype)
+        return float((values * weights).sum() / weights.sum().clamp_min(1))
+    return float(values.mean())
+
+
+@torch.no_grad()
+def measure_scale(model, batch: dict[str, Any]) -> dict[str, Any]:
+    """Scale report of a MemVPModel on one batch (the keys that ``model(**batch)`` takes).
+
+    Returns ``{"residual_ratio": [per layer], "memory_to_ffn": {site: ratio}, "positive_scores":
+    {site: share}, "score_std": {site: ...}, "top_share": {site: ...}, "max_residual_ratio",
+    "max_memory_to_ffn", "dominates"}``; padding tokens are left out of every average.
+    """
+    lm_keys = {k: v for k, v in batch.items() if k not in ("visual_features", "has_image", "pixel_values")}
+    lm_keys.pop("answer_logits_only", None)
+    mask = lm_keys.get("attention_mask")
+    with _eval_mode(model):
+        model.set_visual_memory(model._visual_features(batch.get("visual_features"), batch.get("pixel_values")),
+                                batch.get("has_image"))
+        model._probe = {}
+        try:
+            adapted = model.language_model(**lm_keys, output_hidden_states=True)
+            probe = model._probe
+        finally:
+            model._probe = None
+        model._bypass = True
+        try:
+            frozen = model.language_model(**lm_keys, output_hidden_states=True)
+        finally:
+            model._bypass = False
+    adapted_norms = _mean_norms(_hidden_states(adapted), mask)
+    frozen_norms = _mean_norms(_hidden_states(frozen), mask)
+    residual = [a / max(f, 1e-12) for a, f in zip(adapted_norms, frozen_norms)]
+    report: dict[str, Any] = {"residual_ratio": residual, "memory_to_ffn": {}, "positive_scores": {},
+                              "score_std": {}, "top_share": {}}
+    for site in probe.get("sites", []):
+        name = site["name"]
+        ffn = _masked_mean(site["ffn_norm"], mask)
+        report["memory_to_ffn"][name] = _masked_mean(site["memory_norm"], mask) / max(ffn, 1e-12)
+        for key in ("positive_scores", "score_std", "top_share"):
+            report[key][name] = _masked_mean(site[key], mask)
+    report["max_residual_ratio"] = max(residual) if residual else 1.0
+    report["max_memory_to_ffn"] = max(report["memory_to_ffn"].values(), default=0.0)
+    report["dominates"] = report["max_residual_ratio"] > RESIDUAL_WARNING
+    return report
+
+
+def summary(report: dict[str, Any]) -> dict[str, float]:
+    """The few numbers a loss log keeps per step."""
+    sites = report["memory_to_ffn"]
+    mean = lambda d: sum(d.values()) / max(len(d), 1)  # noqa: E731
+    return {"residual_ratio_max": report["max_residual_ratio"], "memory_to_ffn_max": report["max_memory_to_ffn"],
+            "memory_to_ffn_mean": mean(sites), "positive_scores_mean": mean(report["positive_scores"]),
+            "top_share_mean": mean(report["top_share"])}
+
+
+def warning(report: dict[str, Any], where: str = "") -> str | None:
+    """A plain-words warning when the memory dominates the residual stream, else None."""
+    if not report["dominates"]:
+        return None
+    layer = max(range(len(report["residual_ratio"])), key=report["residual_ratio"].__getitem__)
+    return (f"warning{' ' + where if where else ''}: the visual memory dominates the residual stream: hidden "
+            f"states are {report['max_residual_ratio']:.1f}x the frozen LM's at layer {layer} (memory output up to "
+            f"{report['max_memory_to_ffn']:.2f}x the FFN's own). The LM will lose the text; lower lr or "
+            "memvp.output_scale, or use memvp.memory_scale=ffn")
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A few lines for a terminal."""
+    res = report["residual_ratio"]
+    sites = list(report["memory_to_ffn"])
+    lines = [f"residual norm / frozen LM, per layer: {' '.join(f'{r:.2f}' for r in res)} (max "
+             f"{report['max_residual_ratio']:.2f}; warning above {RESIDUAL_WARNING:g})",
+             "memory / FFN output, per MemVP layer: " + " ".join(f"{report['memory_to_ffn'][s]:.3f}" for s in sites),
+             "positive retrieval scores, per MemVP layer: " + " ".join(f"{report['positive_scores'][s]:.2f}" for s in sites),
+             "largest entry's share of the retrieval weights: " + " ".join(f"{report['top_share'][s]:.2f}" for s in sites)]
+    message = warning(report)
+    return "\n".join(lines + ([message] if message else []))
+
+
+__all__ = ["measure_scale", "summary", "warning", "format_report", "RESIDUAL_WARNING"]

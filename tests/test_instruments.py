@@ -1,0 +1,183 @@
+"""memory_scale='ffn' (the visual memory in the LM's own scale) and the instruments that check it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from memvp import MemVPConfig, get_memvp_model
+from memvp.instruments import RESIDUAL_WARNING, format_report, measure_scale, summary, warning
+from conftest import lm_inputs, tiny_model
+
+VIS_DIM, N_VIS = 12, 4
+
+
+def _ffn_model(arch="llama", **cfg):
+    return get_memvp_model(tiny_model(arch), MemVPConfig(visual_dim=VIS_DIM, num_entries=N_VIS, dropout=0.0, **cfg))
+
+
+@pytest.mark.parametrize("arch,key,value", [("llama", "mlp.up_proj", "mlp.down_proj"), ("gpt2", None, None),
+                                            ("bart", "fc1", "fc2")])
+def test_ffn_scale_reads_key_rows_and_value_columns_of_each_layer(arch, key, value):
+    mem = _ffn_model(arch)
+    cfg = mem.memvp_config
+    assert len(cfg.key_norms) == len(cfg.value_norms) == len(mem.sites)
+    if arch == "gpt2":  # Conv1D weights are [in, out]: key rows are columns of c_fc
+        layer = mem.language_model.transformer.h[0]
+        k, v = layer.mlp.c_fc.weight.t(), layer.mlp.c_proj.weight
+    else:
+        layers = (mem.language_model.model.layers if arch == "llama" else mem.language_model.model.encoder.layers)
+        k = layers[0].get_submodule(key).weight
+        v = layers[0].get_submodule(value).weight.t()
+    assert cfg.key_norms[0] == pytest.approx(float(k.norm(dim=1).median()))
+    assert cfg.value_norms[0] == pytest.approx(float(v.norm(dim=1).median()))
+    d = mem.language_model.config.hidden_size
+    assert mem.sites[0].key_gain == pytest.approx(cfg.key_norms[0] / d ** 0.5)
+
+
+def test_ffn_scale_equals_its_equation_and_starts_as_the_frozen_lm():
+    """FFN + s g a_v sum_i phi(a_k e^t <x, u_i + p^k_i>) (u_i + p^v_i), u = RMS-normalised f(LN(z))."""
+    base = tiny_model("llama", dtype=torch.float64)
+    mem = get_memvp_model(copy.deepcopy(base), MemVPConfig(visual_dim=VIS_DIM, num_entries=N_VIS + 1,
+                                                           dropout=0.0)).double().eval()
+    inputs = lm_inputs(base, batch=1)
+    feats = torch.randn(1, N_VIS, VIS_DIM, dtype=torch.float64) * 30
+    with torch.no_grad():
+        torch.testing.assert_close(mem(**inputs, visual_features=feats).logits, base(**inputs).logits)  # gate 0
+        vm = mem.visual_memory
+        vm.output_gate.normal_(0, 1.0)
+        vm.key_log_gain.normal_(0, 0.5)
+        vm.value_position.normal_(0, 1.0)
+        got = mem(**inputs, visual_features=feats).logits
+        u = vm.projector(F.layer_norm(feats[0], (VIS_DIM,)))
+        u = u / u.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
+        u = torch.cat([u, u.new_zeros(1, u.shape[1])])  # zero-padded to num_entries
+        s, d = mem.memvp_config.output_scale, base.config.hidden_size
+        assert s == pytest.approx(1 / (N_VIS + 1) ** 0.5)
+        ref = copy.deepcopy(base)
+        for i, layer in enumerate(ref.model.layers):
+            ak, av = mem.memvp_config.key_norms[i] / d ** 0.5, mem.memvp_config.value_norms[i] / d ** 0.5
+            keys = ak * vm.key_log_gain[i].exp() * (u + vm.key_position[0])
+            values = av * (u + vm.value_position[0])
+            original, act = layer.mlp.forward, layer.mlp.act_fn
+
+            def forward(x, original=original, act=act, keys=keys, values=values, g=vm.output_gate[i]):
+                return original(x) + s * g * act(x @ keys.T) @ values
+
+            layer.mlp.forward = forward
+        torch.testing.assert_close(got, ref(**inputs).logits, rtol=1e-9, atol=1e-9)
+
+
+def test_ffn_scale_survives_save_and_load_and_a_meta_device_build(tmp_path):
+    mem = _ffn_model()
+    with torch.no_grad():
+        mem.visual_memory.output_gate.fill_(0.7)
+    mem.save_pretrained(tmp_path)
+    other = tiny_model("llama", seed=5)  # other weights: the saved gains must win over re-reading
+    loaded = type(mem).from_pretrained(other, tmp_path)
+    assert loaded.memvp_config.key_norms == mem.memvp_config.key_norms
+    assert [s.key_gain for s in loaded.sites] == [s.key_gain for s in mem.sites]
+    assert torch.equal(loaded.visual_memory.output_gate, mem.visual_memory.output_gate)
+    with torch.device("meta"):
+        meta_lm = tiny_model("llama")
+    meta = get_memvp_model(meta_lm, MemVPConfig(visual_dim=VIS_DIM, num_entries=N_VIS))
+    assert meta.visual_memory.output_gate.is_meta and meta.memvp_config.key_norms is None
+    with pytest.raises(ValueError, match="key_norms must be a list of positive numbers"):
+        MemVPConfig(visual_dim=VIS_DIM, key_norms=[1.0, -2.0])
+
+
+def test_ffn_prompts_do_not_depend_on_the_feature_scale():
+    mem = _ffn_model()
+    feats = torch.randn(2, N_VIS, VIS_DIM)
+    prompts = mem.visual_memory.prompts(feats)
+    torch.testing.assert_close(mem.visual_memory.prompts(feats * 200 + 5), prompts, rtol=1e-4, atol=1e-4)
+    rms = prompts.pow(2).mean(-1).sqrt()
+    torch.testing.assert_close(rms, torch.ones_like(rms), rtol=1e-4, atol=1e-4)
+
+
+def test_measure_scale_sees_a_silent_memory_and_a_dominating_one():
+    mem = _ffn_model()
+    inputs = lm_inputs(mem.language_model, batch=2)
+    batch = {**inputs, "visual_features": torch.randn(2, N_VIS, VIS_DIM)}
+    quiet = measure_scale(mem, batch)
+    assert quiet["residual_ratio"] == pytest.approx([1.0] * len(mem.sites))
+    assert quiet["max_memory_to_ffn"] == 0.0 and not quiet["dominates"] and warning(quiet) is None
+    with torch.no_grad():
+        mem.visual_memory.output_gate.fill_(500.0)
+    mem.train()
+    loud = measure_scale(mem, batch)
+    assert mem.training  # measured in eval mode, mode restored
+    assert loud["max_residual_ratio"] > RESIDUAL_WARNING and loud["dominates"]
+    assert loud["max_memory_to_ffn"] > 1.0
+    assert "dominates the residual stream" in warning(loud, "at step 3")
+    assert "warning above 2" in format_report(loud)
+    assert set(summary(loud)) == {"residual_ratio_max", "memory_to_ffn_max", "memory_to_ffn_mean",
+                                  "positive_scores_mean", "top_share_mean"}
+    # The memory was not left behind: the next plain forward has the memory and no probe.
+    assert mem._probe is None and not mem._bypass
+
+
+def _two_token_task(n: int, vocab: int, seed: int):
+    """Prompt: 5 random tokens; the image's class c (its features) picks the answer's first token
+    10 + c, whose fixed follower 20 + c is the second token: a text-only LM can learn token 2, not 1."""
+    centres = torch.randn(3, VIS_DIM, generator=torch.Generator().manual_seed(123)) * 3  # same in every split
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.randint(0, 3, (n,), generator=g)
+    feats = centres[classes].unsqueeze(1).repeat(1, N_VIS, 1) + 0.1 * torch.randn(n, N_VIS, VIS_DIM, generator=g)
+    prompt = torch.randint(30, vocab, (n, 5), generator=g)
+    ids = torch.cat([prompt, (10 + classes)[:, None], (20 + classes)[:, None]], 1)
+    labels = torch.full_like(ids, -100)
+    labels[:, 5:] = ids[:, 5:]
+    return ids, labels, feats
+
+
+def _train(mem, ids, labels, feats, use_images: bool, steps: int, lr: float):
+    opt = torch.optim.AdamW([p for p in mem.parameters() if p.requires_grad], lr=lr)
+    worst = 1.0
+    for step in range(steps):
+        idx = torch.arange(step * 16, step * 16 + 16) % ids.shape[0]
+        batch = {"input_ids": ids[idx], "labels": labels[idx]}
+        if use_images:
+            batch["visual_features"] = feats[idx]
+        mem(**batch, answer_logits_only=True).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if use_images and step % 10 == 9:
+            worst = max(worst, measure_scale(mem, batch)["max_residual_ratio"])
+    return worst
+
+
+def _token_accuracy(mem, ids, labels, feats, position: int, use_images: bool) -> float:
+    with torch.no_grad():
+        logits = mem(input_ids=ids, visual_features=feats if use_images else None).logits
+    return float((logits[:, position - 1].argmax(-1) == ids[:, position]).float().mean())
+
+
+def test_high_lr_keeps_the_residual_in_scale_and_the_second_answer_token():
+    torch.manual_seed(0)
+    vocab = tiny_model("llama").config.vocab_size
+    ids, labels, feats = _two_token_task(320, vocab, seed=0)
+    test = _two_token_task(96, vocab, seed=1)
+    runs = {}
+    for use_images in (True, False):
+        torch.manual_seed(0)
+        mem = _ffn_model()
+        worst = _train(mem, ids, labels, feats, use_images, steps=60, lr=0.02)  # 18x the paper's lr
+        mem.eval()
+        runs[use_images] = (worst, _token_accuracy(mem, *test, 6, use_images))
+    (worst, second), (_, second_ablation) = runs[True], runs[False]
+    assert worst < RESIDUAL_WARNING
+    assert second >= second_ablation - 0.02 and second_ablation > 0.5  # the follower token is not lost
+
+
+def test_paper_scale_at_a_high_lr_is_caught_by_the_instruments():
+    """The same task with eq. 7 as written, lambda = s = 1: the memory swamps the residual stream."""
+    vocab = tiny_model("llama").config.vocab_size
+    ids, labels, feats = _two_token_task(320, vocab, seed=0)
+    torch.manual_seed(0)
+    mem = _ffn_model(memory_scale="paper", visual_scale=1.0, output_scale=1.0)
+    worst = _train(mem, ids, labels, feats, True, steps=60, lr=0.02)
+    assert worst > RESIDUAL_WARNING
