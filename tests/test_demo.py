@@ -48,3 +48,6 @@ def test_cli_rejects_unknown_command_and_stray_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "extra"])
     assert "unrecognized arguments: extra" in capsys.readouterr().err
+    assert main(["demo", "--arms", "input_space,bogus"]) == 2  # before any data is drawn
+    assert main(["demo", "--arms", "input_space"]) == 2  # MemVP is the point of the demo
+    assert "--arms must be a comma-separated subset" in capsys.readouterr().err

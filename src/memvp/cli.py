@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--quick", action="store_true", help="a tiny run (seconds) to check the wiring")
     demo.add_argument("--compare", action="store_true",
                       help="also train input-space LoRA (LLaVA-LoRA) and text-only LoRA with the same budget")
+    demo.add_argument("--arms", help="comma-separated arms to train (no_visual_prompts, text_only, input_space, "
+                                     "memvp; memvp required); default: all with --compare, else the ablation and MemVP")
 
     for name, help_text in (("train", "fine-tune MemVP from a YAML config"),
                             ("predict", "write predictions of an adapter on eval_data"),
@@ -126,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import run_demo
 
-            run_demo(args.output_dir, quick=args.quick, compare=args.compare)
+            run_demo(args.output_dir, quick=args.quick, compare=args.compare,
+                     arms=args.arms.split(",") if args.arms else None)
         elif args.command == "train":
             from .train import train
 

@@ -84,8 +84,9 @@ class MemVPConfig(DictConfig):
     """'mlp' (Linear, SiLU, Linear, as in the official LLaMA code) or 'linear' (as on BART/T5)."""
     projector_hidden: int = 128
     normalize_features: bool = False
-    """Layer-normalise each visual feature z_i (no parameters) before the projector. Not in the
-    paper; helps encoders whose features vary widely in scale (e.g. CNN grids)."""
+    """memory_scale='paper' only: layer-normalise each visual feature z_i (no parameters) before the
+    projector. Not in the paper; helps encoders whose features vary widely in scale (e.g. CNN grids).
+    memory_scale='ffn' always does it."""
     share_position_embeddings: bool | None = None
     """None picks the paper's default: shared for decoder-only LMs, per layer for encoder-decoders."""
     target_layers: str | list[int] | None = None

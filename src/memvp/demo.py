@@ -84,7 +84,11 @@ ARMS = {
 
 
 def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False, seed: int = 0,
-             compare: bool = False) -> dict:
+             compare: bool = False, arms: list[str] | None = None) -> dict:
+    """``arms`` picks some of ARMS (default: all four with ``compare``, else the ablation and MemVP)."""
+    unknown = sorted(set(arms or []) - set(ARMS))
+    if unknown or (arms is not None and "memvp" not in arms):
+        raise ValueError(f"--arms must be a comma-separated subset of {list(ARMS)} that includes memvp, got {arms}")
     out = Path(output_dir)
     t0 = time.perf_counter()
     scene_params = (QUICK if quick else FULL)["scenes"]
@@ -92,7 +96,7 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False, seed: in
     base = demo_train_config(out / "data", quick, seed)
     if compare:
         base = dataclasses.replace(base, eval_every=EVAL_EVERY["quick" if quick else "full"])
-    columns = [a for a in ARMS if compare or a in ("no_visual_prompts", "memvp")]
+    columns = [a for a in ARMS if (a in arms if arms else compare or a in ("no_visual_prompts", "memvp"))]
     runs = {}
     for name in columns:
         print(f"\n== training {name} ==")
