@@ -78,3 +78,36 @@ def test_bad_images_raise_or_are_skipped_and_reported(tmp_path):
     bad = cache.add(["a", "b", "c", "d"], paths + [missing], skip_bad=True, progress=False)
     assert set(bad) == {"b", "d"} and "img1.png" in bad["b"] and "gone.png" in bad["d"]
     assert "a" in cache and "c" in cache and "b" not in cache
+
+
+def test_cache_key_is_exact_and_independent_of_the_thread_count(tmp_path):
+    """Issue 12.6: the key was a float sum of the weights, which changed with torch's thread count."""
+    from memvp.feature_cache import encoder_fingerprint
+
+    encoder = _encoder()
+    threads = torch.get_num_threads()
+    try:
+        keys = set()
+        for n in (1, 2, 4):
+            torch.set_num_threads(n)
+            keys.add(encoder_fingerprint(encoder))
+            keys.add(FeatureCache(tmp_path, encoder).dir.name)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(keys) == 2  # one fingerprint, one folder name, whatever the threads
+    with torch.no_grad():  # the smallest change of one weight gives another key
+        p = next(encoder.parameters())
+        p.view(-1)[0] = torch.nextafter(p.view(-1)[0], torch.tensor(float("inf")))
+    assert encoder_fingerprint(encoder) not in keys
+
+
+def test_sixteen_bit_grayscale_png_is_scaled_not_clipped(tmp_path):
+    """Issue 12.10: convert('RGB') clipped 16-bit values at 255, so the image came out white."""
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024)  # 0 .. 64512
+    path = tmp_path / "gray16.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")
+    rgb = np.asarray(load_image(path))
+    assert rgb.shape == (8, 8, 3) and (rgb[..., 0] == rgb[..., 2]).all()
+    np.testing.assert_allclose(rgb[..., 0], np.rint(ramp / 65535 * 255), atol=1)
+    assert rgb.min() == 0 and 200 < rgb.max() < 255

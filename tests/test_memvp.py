@@ -293,3 +293,37 @@ def test_normalize_features_layer_normalises_z_before_the_projector():
     expected = 0.5 * mem.visual_memory.projector(torch.nn.functional.layer_norm(feats, (VIS_DIM,)))
     torch.testing.assert_close(prompts[:, :4], expected)
     torch.testing.assert_close(mem.visual_memory.prompts(feats * 7), prompts)  # scale-free
+
+
+def test_text_and_image_batches_must_match():
+    """Issue 12.2: two prompts with one image's features used to broadcast silently."""
+    mem = _mem()
+    inputs = lm_inputs(mem.language_model, batch=2)
+    with pytest.raises(ValueError, match="visual features for 1 sample"):
+        mem(**inputs, visual_features=torch.randn(1, 4, VIS_DIM))
+    with pytest.raises(ValueError, match="one row of features per prompt"):
+        mem.generate(**inputs, visual_features=torch.randn(3, 4, VIS_DIM), max_new_tokens=1)
+    # Beam search expands the prompts inside generate(): one row per prompt is still right.
+    out = mem.generate(**inputs, visual_features=torch.randn(2, 4, VIS_DIM), max_new_tokens=2, num_beams=2,
+                       do_sample=False, pad_token_id=0)
+    assert out.shape[0] == 2
+
+
+def test_memory_of_a_call_does_not_outlive_it():
+    """Issue 12.1: the wrapped LM called directly after model(...) used that call's images."""
+    mem = _mem()
+    inputs = lm_inputs(mem.language_model)
+    feats = torch.randn(2, 4, VIS_DIM) * 3
+    with torch.no_grad():
+        before = mem.language_model(**inputs).logits  # no memory set yet: position entries only
+        with_image = mem(**inputs, visual_features=feats).logits
+        after = mem.language_model(**inputs).logits
+        mem.generate(**inputs, visual_features=feats, max_new_tokens=1, pad_token_id=0)
+        after_generate = mem.language_model(**inputs).logits
+    assert (with_image - before).abs().max() > 1e-3
+    torch.testing.assert_close(after, before)
+    torch.testing.assert_close(after_generate, before)
+    # An explicitly set memory stays in place for direct calls (memvp.explain and the instruments use it).
+    with torch.no_grad():
+        mem.set_visual_memory(feats)
+        torch.testing.assert_close(mem.language_model(**inputs).logits, with_image)

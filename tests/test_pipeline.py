@@ -172,3 +172,47 @@ def test_numbers_in_overrides_are_numbers():
     assert TrainConfig.from_yaml(None, ["lr=1e-4", "weight_decay=0"]).lr == 1e-4
     with pytest.raises(ValueError, match="lr must be a number"):
         TrainConfig.from_yaml(None, ["lr=fast"])
+
+
+@pytest.mark.parametrize("bad", [{"max_steps": 0, "epochs": 0}, {"epochs": -1}, {"max_steps": -5},
+                                 {"diagnose_every": -1}])
+def test_a_budget_that_trains_nothing_is_rejected_before_any_work(bad):
+    """Issue 12.4: these used to train 1 step / a full epoch and overwrite the previous run."""
+    from memvp.train import TrainConfig
+
+    with pytest.raises(ValueError, match="must be"):
+        TrainConfig(**bad)
+
+
+def test_unwritable_output_and_bad_data_fail_before_the_models_load(tiny, capsys, tmp_path, monkeypatch):
+    """Issue 12.3 and 12.13: these used to fail after loading (or after training)."""
+    import memvp.train
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the language model was loaded before the bad input was found")
+
+    monkeypatch.setattr(memvp.train, "load_language_model", no_model)
+    cfg = str(tiny / "train.yaml")
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a directory")
+    assert main(["train", cfg, f"output_dir={a_file}"]) == 2
+    assert f"output_dir {a_file} is a file" in capsys.readouterr().err
+    assert main(["eval", cfg, "--adapter", str(tmp_path), f"output_dir={a_file}"]) == 2
+    assert "is a file" in capsys.readouterr().err
+    missing = str(tmp_path / "nope.json")
+    assert main(["train", cfg, f"output_dir={tmp_path / 'run'}", f"train_data.questions_file={missing}"]) == 2
+    assert "nope.json" in capsys.readouterr().err
+    assert a_file.read_text() == "not a directory"
+
+
+def test_evaluation_reports_truncated_prompts(tiny, capsys, tmp_path):
+    """Issue 12.8: eval and predict cut long prompts without a word; training reported it."""
+    cfg = str(tiny / "train.yaml")
+    assert main(["train", cfg, f"output_dir={tmp_path / 'run'}", "max_steps=1", "max_length=8"]) == 0
+    printed = capsys.readouterr().out
+    assert "(evaluation)" in printed
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["eval"]["truncated_prompts"] == metrics["eval"]["count"] == 12
+    assert main(["eval", cfg, "--adapter", str(tmp_path / "run" / "adapter"), "max_length=8",
+                 f"output_dir={tmp_path / 'eval'}"]) == 0
+    assert json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())["truncated_prompts"] == 12

@@ -24,11 +24,14 @@ from .vision import VisionEncoder
 
 
 def encoder_fingerprint(encoder: VisionEncoder) -> str:
+    """sha256 of the encoder's name and the exact bytes of its weights (a float sum, as before, changed
+    with the number of threads and silently re-encoded every image into a new folder)."""
     digest = hashlib.sha256(encoder.name.encode())
     with torch.no_grad():
         for name, tensor in sorted(encoder.state_dict().items()):
-            t = tensor.detach().float().cpu()
-            digest.update(f"{name}:{tuple(t.shape)}:{t.sum().item():.8e}:{t.abs().sum().item():.8e}".encode())
+            t = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{name}:{tuple(tensor.shape)}:{t.dtype}:".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

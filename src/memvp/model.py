@@ -327,6 +327,7 @@ class MemVPModel(TrainableStateMixin, nn.Module):
                     module.requires_grad_(True)
         self._entries: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._blocked: torch.Tensor | None = None
+        self._stale = False  # forward/generate returned: its images are no longer in use (see _site_entries)
         self._bypass = False  # instruments: run the frozen LM through the same modules
         self._probe: dict | None = None  # instruments: per-site statistics of the next forward
         self._hooks = []
@@ -429,7 +430,10 @@ class MemVPModel(TrainableStateMixin, nn.Module):
         return site.key_gain * memory.key_log_gain[index].exp(), scale * memory.output_gate[index]
 
     def _site_entries(self, site: FFNSite) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._entries is None:  # language model called directly: no image, position entries only
+        # The language model called directly (no memory set, or the memory of a forward/generate that
+        # has returned): no image, position entries only. Gradient checkpointing recomputes the layers
+        # during backward, after forward returned: that recomputation must see the forward's images.
+        if self._entries is None or (self._stale and not _in_backward()):
             return self.visual_memory.entries(None, site.table)
         return self._entries[site.table]
 
@@ -445,6 +449,7 @@ class MemVPModel(TrainableStateMixin, nn.Module):
         every layer (Fig. 6 distortion).
         """
         prompts = self.visual_memory.prompts(visual_features, has_image)
+        self._stale = False
         self._entries = [self.visual_memory.entries(prompts, t)
                          for t in range(self.visual_memory.num_tables)]
         n_entries = self._entries[0][0].shape[1]
@@ -459,11 +464,16 @@ class MemVPModel(TrainableStateMixin, nn.Module):
                              "pass visual_features, or build it with get_memvp_model(..., vision_encoder=...)")
         return self.vision_encoder(pixel_values)
 
-    def _visual_features(self, visual_features, pixel_values):
+    def _visual_features(self, visual_features, pixel_values, input_ids=None):
         if pixel_values is not None:
             if visual_features is not None:
                 raise ValueError("give either visual_features or pixel_values, not both")
-            return self.encode_images(pixel_values)
+            visual_features = self.encode_images(pixel_values)
+        if (visual_features is not None and input_ids is not None
+                and visual_features.shape[0] != input_ids.shape[0]):
+            # One image's features for several prompts would silently broadcast.
+            raise ValueError(f"visual features for {visual_features.shape[0]} sample(s) but {input_ids.shape[0]} "
+                             "prompt(s): give one row of features per prompt")
         return visual_features
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
@@ -475,11 +485,15 @@ class MemVPModel(TrainableStateMixin, nn.Module):
         ``answer_logits_only=True`` (with ``labels``, decoder-only LMs) evaluates the LM head only at
         the labelled positions: the returned ``logits`` are [n_labelled, vocab], the loss is the same.
         """
-        self.set_visual_memory(self._visual_features(visual_features, pixel_values), has_image, blocked_entries)
+        self.set_visual_memory(self._visual_features(visual_features, pixel_values, input_ids), has_image,
+                               blocked_entries)
         lm = self.language_model
-        if answer_logits_only and kwargs.get("labels") is not None and can_skip_lm_head(lm):
-            return answer_only_loss(lm, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        return lm(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        try:
+            if answer_logits_only and kwargs.get("labels") is not None and can_skip_lm_head(lm):
+                return answer_only_loss(lm, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            return lm(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        finally:
+            self._stale = _CAN_SEE_BACKWARD
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
@@ -487,8 +501,12 @@ class MemVPModel(TrainableStateMixin, nn.Module):
                  pixel_values: torch.Tensor | None = None, blocked_entries: torch.Tensor | None = None,
                  **kwargs: Any):
         """transformers' ``generate`` with the visual memory computed once for all decoding steps."""
-        self.set_visual_memory(self._visual_features(visual_features, pixel_values), has_image, blocked_entries)
-        return self.language_model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        self.set_visual_memory(self._visual_features(visual_features, pixel_values, input_ids), has_image,
+                               blocked_entries)
+        try:
+            return self.language_model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        finally:
+            self._stale = _CAN_SEE_BACKWARD
 
     def gradient_checkpointing_enable(self) -> None:
         enable_gradient_checkpointing(self.language_model)
@@ -524,6 +542,15 @@ class MemVPModel(TrainableStateMixin, nn.Module):
                                    "with MemVPModel.save_pretrained)")
         model = cls(language_model, MemVPConfig.from_dict(meta["config"]), vision_encoder)
         return model.finish_loading(meta, state, Path(path) / WEIGHTS_NAME, "MemVP layers", is_trainable)
+
+
+_CAN_SEE_BACKWARD = hasattr(torch._C, "_current_graph_task_id")
+"""Whether torch tells if autograd's backward is running; without it a returned forward's memory stays
+in place (the older behaviour), since checkpoint recomputation needs it."""
+
+
+def _in_backward() -> bool:
+    return _CAN_SEE_BACKWARD and torch._C._current_graph_task_id() != -1
 
 
 def _median_neuron_length(linear: nn.Module | None, hidden_size: int, side: str) -> float | None:

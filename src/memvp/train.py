@@ -23,6 +23,7 @@ import dataclasses
 import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +146,12 @@ class TrainConfig:
         for key in ("batch_size", "grad_accum"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
+        if not isinstance(self.max_steps, int) or self.max_steps < 0:
+            raise ValueError(f"max_steps must be a whole number >= 0 (0: train for `epochs`), got {self.max_steps!r}")
+        if self.max_steps == 0 and not float(self.epochs) > 0:
+            raise ValueError(f"epochs must be > 0 when max_steps is 0 (nothing would be trained), got {self.epochs!r}")
+        if not isinstance(self.diagnose_every, int) or self.diagnose_every < 0:
+            raise ValueError(f"diagnose_every must be a whole number >= 0 (0: off), got {self.diagnose_every!r}")
         if self.save_total_limit < 0:
             raise ValueError(f"save_total_limit must be >= 0 (0 keeps all), got {self.save_total_limit}")
         if self.resume is not None and not isinstance(self.resume, str):
@@ -224,6 +231,30 @@ def build(cfg: TrainConfig):
     else:
         model = build_model(cfg.method, lm, encoder.feature_dim, memvp=cfg.memvp, baseline=cfg.baseline)
     return model, tokenizer, visual
+
+
+def check_output_dir(out: Path) -> None:
+    """Fail before any work when ``output_dir`` can not be written (a file, read-only, ...): the
+    trained weights would otherwise be lost at the end of training."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output_dir {out} is a file; give a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".memvp-write-check-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"output_dir {out} is not writable ({e.strerror}); give a directory you can write to") from None
+
+
+def _report_eval_truncation(tokenizer, samples: list[Sample], cfg: TrainConfig, log: Callable[[str], None]) -> int:
+    """Prompts that generation will cut from the left (predict leaves max_new_tokens for the answer),
+    reported as training reports its own; the count goes into the metrics."""
+    room = cfg.max_length - cfg.max_new_tokens
+    count = sum(encode_sample(tokenizer, s, room, cfg.prompt_template, with_answer=False).truncated > 0
+                for s in samples)
+    if count:
+        log(describe_truncation(count, len(samples), room) + " (evaluation)")
+    return count
 
 
 def _diagnose_now(cfg: TrainConfig, accelerator, step: int, total_steps: int) -> bool:
@@ -567,13 +598,16 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.resume and resume_dir is None:
         log(f"resume={cfg.resume}: no checkpoint in {out} yet, starting from step 0")
 
+    if state.is_main_process:
+        check_output_dir(out)
+    # Data files are read and checked before the models load (seconds instead of minutes to an error).
+    train_split = read_split(cfg.train_data, "train_data", cfg.max_train_samples)
+    eval_split = read_split(cfg.eval_data, "eval_data", cfg.max_eval_samples) if cfg.eval_data else []
     set_seed(cfg.seed)
     with _one_writer_at_a_time(state):
         model, tokenizer, visual = build(cfg)
-        train_samples = _prepare(visual, read_split(cfg.train_data, "train_data", cfg.max_train_samples),
-                                 cfg.skip_bad, "train", log)
-        eval_samples = (_prepare(visual, read_split(cfg.eval_data, "eval_data", cfg.max_eval_samples),
-                                 cfg.skip_bad, "eval", log) if cfg.eval_data else [])
+        train_samples = _prepare(visual, train_split, cfg.skip_bad, "train", log)
+        eval_samples = _prepare(visual, eval_split, cfg.skip_bad, "eval", log) if eval_split else []
     _fp32_trainable(model, cfg)
     encoder_decoder = bool(model.config.is_encoder_decoder)
     encoded = [encode_sample(tokenizer, s, cfg.max_length, cfg.prompt_template) for s in train_samples]
@@ -685,6 +719,7 @@ def train(cfg: TrainConfig) -> dict:
     if eval_samples:
         predictions = _evaluate(accelerator, model, tokenizer, visual, eval_samples, cfg)
         result["eval"] = score(task, eval_samples, predictions)
+        result["eval"]["truncated_prompts"] = _report_eval_truncation(tokenizer, eval_samples, cfg, log)
         if accelerator.is_main_process:
             _write_json(out / "predictions_eval.json", predictions)
     if accelerator.is_main_process:
@@ -697,13 +732,16 @@ def run_eval(cfg: TrainConfig, with_metrics: bool = True) -> dict:
     """``memvp predict`` / ``memvp eval``: the adapter of ``cfg.adapter`` on ``cfg.eval_data``."""
     if not cfg.adapter:
         raise ValueError("give the adapter to evaluate: adapter=DIR")
-    model, tokenizer, visual = build(cfg)
-    samples = _prepare(visual, read_split(cfg.eval_data, "eval_data", cfg.max_eval_samples), cfg.skip_bad, "eval")
     out = Path(cfg.output_dir)
+    check_output_dir(out)
+    split = read_split(cfg.eval_data, "eval_data", cfg.max_eval_samples)  # before the models load
+    model, tokenizer, visual = build(cfg)
+    samples = _prepare(visual, split, cfg.skip_bad, "eval")
+    truncated = _report_eval_truncation(tokenizer, samples, cfg, print)
     predictions = predict_split(model, tokenizer, visual, samples, cfg)
     _write_json(out / "predictions.json", predictions)
     if not with_metrics:
         return {"predictions": len(predictions), "path": str(out / "predictions.json")}
-    metrics = score(task_of(cfg.eval_data), samples, predictions)
+    metrics = {**score(task_of(cfg.eval_data), samples, predictions), "truncated_prompts": truncated}
     _write_json(out / "eval_metrics.json", metrics)
     return metrics

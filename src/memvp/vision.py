@@ -27,16 +27,28 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB, with 16-bit grayscale (PIL modes I;16*, and I holding 16-bit data) scaled to 8 bits:
+    PIL's convert('RGB') clips those values at 255, which turns almost every pixel white."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        import numpy as np
+
+        pixels = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or pixels.max(initial=0) <= 65535 else float(pixels.max())
+        img = Image.fromarray(np.clip(np.rint(pixels / top * 255.0), 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")
+
+
 def load_image(source: Any) -> Image.Image:
     """Open an image as RGB, with an error naming the file when it is missing or unreadable."""
     if isinstance(source, Image.Image):
-        return source.convert("RGB")
+        return _to_rgb(source)
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return _to_rgb(img)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"cannot read image {path}: {e}. Replace or remove the file.") from e
 
