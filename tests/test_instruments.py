@@ -77,7 +77,7 @@ def test_ffn_scale_survives_save_and_load_and_a_meta_device_build(tmp_path):
         mem.visual_memory.output_gate.fill_(0.7)
     mem.save_pretrained(tmp_path)
     other = tiny_model("llama", seed=5)  # other weights: the saved gains must win over re-reading
-    loaded = type(mem).from_pretrained(other, tmp_path)
+    loaded = type(mem).from_pretrained(other, tmp_path, allow_base_mismatch=True)
     assert loaded.memvp_config.key_norms == mem.memvp_config.key_norms
     assert [s.key_gain for s in loaded.sites] == [s.key_gain for s in mem.sites]
     assert torch.equal(loaded.visual_memory.output_gate, mem.visual_memory.output_gate)

@@ -97,3 +97,12 @@ def test_failed_save_leaves_previous_adapter_intact(tmp_path, monkeypatch):
     assert {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == before  # no temp files left
     loaded = MemVPModel.from_pretrained(tiny_model("llama"), tmp_path)
     assert torch.equal(loaded.visual_memory.key_position, first.visual_memory.key_position)
+
+
+def test_same_shape_other_weights_is_refused_unless_allowed(tmp_path):
+    """Issue 12.7: an adapter of one model loaded onto a random model of the same shape answered garbage."""
+    _trained("llama", seed=0).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="other weights"):
+        MemVPModel.from_pretrained(tiny_model("llama", seed=1), tmp_path)
+    MemVPModel.from_pretrained(tiny_model("llama", seed=1), tmp_path, allow_base_mismatch=True)
+    MemVPModel.from_pretrained(tiny_model("llama", seed=0).to(torch.bfloat16), tmp_path)  # same weights, bf16

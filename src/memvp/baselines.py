@@ -28,6 +28,7 @@ from .model import (
     CONFIG_NAME,
     MemVPModel,
     TrainableStateMixin,
+    base_weight_sample,
     answer_only_loss,
     can_skip_lm_head,
     check_visual_features,
@@ -194,7 +195,8 @@ class InputSpaceModel(TrainableStateMixin, nn.Module):
         base = self.language_model.base_model
         return {"model_type": cfg.model_type, "hidden_size": self._hidden_size,
                 "sites": [f"{name}.{i}" for name, path in stacks.items() for i in range(len(get_path(base, path)))],
-                "name_or_path": getattr(cfg, "_name_or_path", "")}
+                "name_or_path": getattr(cfg, "_name_or_path", ""),
+                "weight_sample": base_weight_sample(self.language_model)}
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         meta = {"config": self.baseline_config.to_dict(), "base_model": self.base_model_fingerprint()}
@@ -202,11 +204,12 @@ class InputSpaceModel(TrainableStateMixin, nn.Module):
 
     @classmethod
     def from_pretrained(cls, language_model: nn.Module, path: str | os.PathLike,
-                        is_trainable: bool = False) -> "InputSpaceModel":
+                        is_trainable: bool = False, allow_base_mismatch: bool = False) -> "InputSpaceModel":
         meta, state = read_adapter(path, BASELINE_CONFIG_NAME, BASELINE_WEIGHTS_NAME,
                                    "a baseline adapter directory (save one with InputSpaceModel.save_pretrained)")
         model = cls(language_model, BaselineConfig.from_dict(meta["config"]))
-        return model.finish_loading(meta, state, Path(path) / BASELINE_WEIGHTS_NAME, "layers", is_trainable)
+        return model.finish_loading(meta, state, Path(path) / BASELINE_WEIGHTS_NAME, "layers", is_trainable,
+                                    allow_base_mismatch)
 
 
 def build_model(method: str, language_model: nn.Module, visual_dim: int, memvp: dict | None = None,
@@ -219,13 +222,15 @@ def build_model(method: str, language_model: nn.Module, visual_dim: int, memvp: 
     return InputSpaceModel(language_model, BaselineConfig(method=method, visual_dim=visual_dim, **(baseline or {})))
 
 
-def load_adapter(language_model: nn.Module, path: str | os.PathLike, is_trainable: bool = False) -> nn.Module:
+def load_adapter(language_model: nn.Module, path: str | os.PathLike, is_trainable: bool = False,
+                 allow_base_mismatch: bool = False) -> nn.Module:
     """Load whatever adapter ``path`` holds (MemVP or a baseline) onto ``language_model``."""
     path = Path(path)
+    kw = {"is_trainable": is_trainable, "allow_base_mismatch": allow_base_mismatch}
     if (path / BASELINE_CONFIG_NAME).is_file():
-        return InputSpaceModel.from_pretrained(language_model, path, is_trainable=is_trainable)
+        return InputSpaceModel.from_pretrained(language_model, path, **kw)
     if (path / CONFIG_NAME).is_file():
-        return MemVPModel.from_pretrained(language_model, path, is_trainable=is_trainable)
+        return MemVPModel.from_pretrained(language_model, path, **kw)
     raise FileNotFoundError(f"{path} holds no adapter: expected {CONFIG_NAME} (MemVP) or "
                             f"{BASELINE_CONFIG_NAME} (input_space / text_only) in it")
 

@@ -30,8 +30,8 @@ def encode_sample(tokenizer, sample: Sample, max_length: int, template: str = DE
     """Prompt tokens, then (for training) " answer" + EOS.
 
     A sequence longer than ``max_length`` loses tokens from the *start of the prompt* (the end of
-    the prompt, next to the answer, holds the question's cue); the answer is never cut: a too-long
-    answer is an error.
+    the prompt, next to the answer, holds the question's cue), after any leading special tokens
+    (BOS); the answer is never cut: a too-long answer is an error.
     """
     prompt_ids = tokenizer(template.format(prompt=sample.prompt))["input_ids"]
     answer_ids: list[int] = []
@@ -45,7 +45,12 @@ def encode_sample(tokenizer, sample: Sample, max_length: int, template: str = DE
         raise ValueError(f"sample {sample.id}: the answer alone is {len(answer_ids)} tokens, over "
                          f"max_length={max_length}; raise max_length (answers are never truncated)")
     truncated = max(0, len(prompt_ids) - room)
-    return Encoded(prompt_ids[truncated:], answer_ids, truncated)
+    head = 0  # the special tokens the tokenizer puts first (BOS on Llama tokenizers) survive the cut
+    if truncated:
+        special = set(getattr(tokenizer, "all_special_ids", None) or [])
+        while head < room - 1 and prompt_ids[head] in special:
+            head += 1
+    return Encoded(prompt_ids[:head] + prompt_ids[head + truncated:], answer_ids, truncated)
 
 
 def collate_training(tokenizer, encoded: Sequence[Encoded], encoder_decoder: bool = False) -> dict:

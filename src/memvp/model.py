@@ -248,9 +248,10 @@ class TrainableStateMixin:
               f"|| trainable%: {100 * trainable / max(total, 1):.4f}")
 
     def finish_loading(self, meta: dict, state: dict[str, torch.Tensor], weights_file: Path, layers_name: str,
-                       is_trainable: bool):
+                       is_trainable: bool, allow_base_mismatch: bool = False):
         """from_pretrained's common end: refuse another base model, load the weights, freeze for inference."""
-        check_same_base(meta["base_model"], self.base_model_fingerprint(), weights_file.parent, layers_name)
+        check_same_base(meta["base_model"], self.base_model_fingerprint(), weights_file.parent, layers_name,
+                        allow_base_mismatch)
         self.load_trainable_state(state, source=str(weights_file))
         if not is_trainable:
             self.requires_grad_(False)
@@ -525,6 +526,7 @@ class MemVPModel(TrainableStateMixin, nn.Module):
             "hidden_size": self._hidden_size,
             "sites": [s.name for s in self.sites],
             "name_or_path": getattr(cfg, "_name_or_path", ""),
+            "weight_sample": base_weight_sample(self.language_model),
         }
 
     # ----------------------------------------------------------------------------- save / load
@@ -537,11 +539,13 @@ class MemVPModel(TrainableStateMixin, nn.Module):
 
     @classmethod
     def from_pretrained(cls, language_model: nn.Module, path: str | os.PathLike,
-                        vision_encoder: nn.Module | None = None, is_trainable: bool = False) -> "MemVPModel":
+                        vision_encoder: nn.Module | None = None, is_trainable: bool = False,
+                        allow_base_mismatch: bool = False) -> "MemVPModel":
         meta, state = read_adapter(path, CONFIG_NAME, WEIGHTS_NAME, "a MemVP adapter directory (save one "
                                    "with MemVPModel.save_pretrained)")
         model = cls(language_model, MemVPConfig.from_dict(meta["config"]), vision_encoder)
-        return model.finish_loading(meta, state, Path(path) / WEIGHTS_NAME, "MemVP layers", is_trainable)
+        return model.finish_loading(meta, state, Path(path) / WEIGHTS_NAME, "MemVP layers", is_trainable,
+                                    allow_base_mismatch)
 
 
 _CAN_SEE_BACKWARD = hasattr(torch._C, "_current_graph_task_id")
@@ -603,8 +607,21 @@ def read_adapter(path: str | os.PathLike, config_name: str, weights_name: str,
     return json.loads((path / config_name).read_text(encoding="utf-8")), load_file(str(path / weights_name))
 
 
-def check_same_base(saved: dict, ours: dict, path: str | os.PathLike, layers_name: str) -> None:
-    """Refuse an adapter saved for another base model (fingerprints: model_type, hidden_size, sites)."""
+def base_weight_sample(language_model: nn.Module, count: int = 16) -> list[float] | None:
+    """``count`` evenly spaced values of the input embeddings: a cheap fingerprint of the weights (a
+    random-init model of the same shape differs everywhere; bf16 and fp32 copies agree to 1%)."""
+    weight = language_model.get_input_embeddings().weight
+    if weight.is_meta:
+        return None
+    flat = weight.detach().reshape(-1)
+    index = torch.linspace(0, flat.numel() - 1, count, device=flat.device).long()
+    return [float(v) for v in flat[index].float().cpu()]
+
+
+def check_same_base(saved: dict, ours: dict, path: str | os.PathLike, layers_name: str,
+                    allow_base_mismatch: bool = False) -> None:
+    """Refuse an adapter saved for another base model (fingerprints: model_type, hidden_size, sites,
+    and a sample of the embedding weights unless ``allow_base_mismatch``)."""
     for key in ("model_type", "hidden_size", "sites"):
         if saved[key] != ours[key]:
             raise ValueError(
@@ -615,6 +632,14 @@ def check_same_base(saved: dict, ours: dict, path: str | os.PathLike, layers_nam
                 f"{len(ours['sites'])} {layers_name} ({key} differs). Load it onto the base "
                 "model it was trained on."
             )
+    a, b = saved.get("weight_sample"), ours.get("weight_sample")
+    if a is not None and b is not None and not allow_base_mismatch and not torch.allclose(
+            torch.tensor(a), torch.tensor(b), rtol=1e-2, atol=1e-3):
+        raise ValueError(
+            f"The adapter in {path} was saved for a {saved['model_type']} model with other weights (from "
+            f"{saved.get('name_or_path') or 'an unnamed model'}): the shapes match this one but a sample of the "
+            "input embeddings does not. Load it onto the model it was trained on, or pass allow_base_mismatch=True "
+            "(allow_base_mismatch=true in a config) to load it anyway.")
 
 
 def get_memvp_model(language_model: nn.Module, config: MemVPConfig,

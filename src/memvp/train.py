@@ -124,6 +124,9 @@ class TrainConfig:
     skip_bad: bool = False
     adapter: str | None = None
     """An adapter directory to start from (``memvp predict`` / ``eval`` evaluate it)."""
+    allow_base_mismatch: bool = False
+    """Load ``adapter`` even when the base model's weights differ from the ones it was trained on
+    (same architecture and size, other weights: a sample of the input embeddings is compared)."""
     progress: bool = True
     diagnose_every: int = 50
     """Every this many optimizer steps (and at the first and last), measure on the batch at hand
@@ -226,7 +229,7 @@ def build(cfg: TrainConfig):
     encoder = load_vision_encoder(cfg.vision_encoder)
     visual = VisualInputs(encoder, cfg.feature_cache or str(cache_dir() / "features"))
     if cfg.adapter:
-        model = load_adapter(lm, cfg.adapter, is_trainable=True)
+        model = load_adapter(lm, cfg.adapter, is_trainable=True, allow_base_mismatch=cfg.allow_base_mismatch)
         check_adapter_features(model, cfg.adapter, encoder.feature_dim, cfg.vision_encoder)
     else:
         model = build_model(cfg.method, lm, encoder.feature_dim, memvp=cfg.memvp, baseline=cfg.baseline)
