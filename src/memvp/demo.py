@@ -2,8 +2,8 @@
 
 1. ``scenes.generate_dataset`` draws scenes of one coloured square or circle at a random place and
    asks its shape, left/right and top/bottom, written in the VQAv2 layout. (Six objects per scene,
-   where the named colour must first be found among the others, are not learned by any method in a
-   CPU budget: see docs and the issue-11 note. ``scenes=`` takes other settings.)
+   where the named colour must first be found among the others, were not learned by any method in
+   a CPU budget: docs/memory_scale.md. ``generate_dataset(num_objects=6)`` still makes that set.)
 2. The frozen EfficientNet-Lite0 encodes each image once (7 x 7 grid -> 49 visual tokens of its
    block-6 and head features, cached).
 3. MemVP is fine-tuned on the frozen SmolLM2-135M-Instruct, and so is the "w/o visual prompts"

@@ -1,7 +1,7 @@
 """Instruments: is the visual memory in the language model's own scale?
 
-Two numbers say whether MemVP reads the image without drowning the text (issue 7's lesson: tune
-nothing blind):
+Two numbers say whether MemVP reads the image without drowning the text (issue 11's lesson:
+tune nothing blind):
 
 * ``memory_to_ffn`` per MemVP layer: the length of what the memory adds to the FFN output, over the
   length of the FFN's own output (token average). Well under 1 is a whisper; far over 1 means the
@@ -94,6 +94,7 @@ def measure_scale(model, batch: dict[str, Any]) -> dict[str, Any]:
             frozen = model.language_model(**lm_keys, output_hidden_states=True)
         finally:
             model._bypass = False
+            model._stale = True  # like a returned forward: later direct LM calls do not see this batch
     adapted_norms = _mean_norms(_hidden_states(adapted), mask)
     frozen_norms = _mean_norms(_hidden_states(frozen), mask)
     residual = [a / max(f, 1e-12) for a, f in zip(adapted_norms, frozen_norms)]

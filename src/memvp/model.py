@@ -614,7 +614,7 @@ def base_weight_sample(language_model: nn.Module, count: int = 16) -> list[float
     if weight.is_meta:
         return None
     flat = weight.detach().reshape(-1)
-    index = torch.linspace(0, flat.numel() - 1, count, device=flat.device).long()
+    index = torch.arange(count, device=flat.device) * (flat.numel() - 1) // (count - 1)  # exact, not float
     return [float(v) for v in flat[index].float().cpu()]
 
 
