@@ -51,21 +51,16 @@ def _hidden_states(output) -> list[torch.Tensor]:
 
 
 def _mean_norms(states: list[torch.Tensor], mask: torch.Tensor | None) -> list[float]:
-    out = []
-    for h in states:
-        norms = h.float().norm(dim=-1)
-        if mask is not None and mask.shape == norms.shape:
-            weights = mask.to(norms.device, norms.dtype)
-            out.append(float((norms * weights).sum() / weights.sum().clamp_min(1)))
-        else:
-            out.append(float(norms.mean()))
-    return out
+    """Token-averaged hidden-state length per layer; the mask only where it is this stack's (the
+    decoder states of an encoder-decoder LM have their own length)."""
+    return [_masked_mean(h.float().norm(dim=-1), mask if mask is not None and mask.shape == h.shape[:-1] else None)
+            for h in states]
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> float:
     if mask is not None and mask.numel() == values.numel():
         weights = mask.reshape(-1).to(values.device, values.dtype)
-        return float((values * weights).sum() / weights.sum().clamp_min(1))
+        return float((values.reshape(-1) * weights).sum() / weights.sum().clamp_min(1))
     return float(values.mean())
 
 
