@@ -88,10 +88,19 @@ def test_train_save_load_predict_eval(tiny, capsys):
     assert main(["predict", str(root / "train.yaml"), "--adapter", str(run / "adapter"),
                  f"output_dir={root / 'pred'}"]) == 0
     assert json.loads((root / "pred" / "predictions.json").read_text()) == train_predictions
-    assert main(["predict", str(root / "train.yaml"), "--adapter", str(run / "adapter"),
-                 f"output_dir={root / 'sampled'}", "do_sample=true", "top_p=0.5", "temperature=2.0"]) == 0
-    sampled = json.loads((root / "sampled" / "predictions.json").read_text())
-    assert sampled.keys() == train_predictions.keys()
+    # Sampling options reach generate: a nucleus of one token (top_p -> 0) is greedy decoding whatever
+    # the temperature; a very hot, full nucleus (seeded) draws nearly uniform words instead.
+    def sampled(name, *options):
+        torch.manual_seed(0)
+        assert main(["predict", str(root / "train.yaml"), "--adapter", str(run / "adapter"),
+                     f"output_dir={root / name}", "do_sample=true", *options]) == 0
+        return json.loads((root / name / "predictions.json").read_text())
+
+    assert sampled("nucleus1", "top_p=1e-9", "temperature=2.0") == train_predictions
+    hot = sampled("hot", "top_p=1.0", "temperature=1000.0")
+    assert hot.keys() == train_predictions.keys() and hot != train_predictions
+    vocab = set(_word_tokenizer().get_vocab())
+    assert all(set(answer.split()) <= vocab for answer in hot.values())  # decoded words, cut as greedy ones
 
 
 @pytest.mark.parametrize("method", ["input_space", "text_only"])
@@ -132,7 +141,7 @@ def test_bad_input_is_a_clear_error_with_nonzero_exit(tiny, capsys, tmp_path):
         assert "COCO_train_000000000003.png" in capsys.readouterr().err
         assert not (tmp_path / "run" / "metrics.json").exists()
         assert main(["train", cfg, out, "max_steps=1", "--skip-bad", "feature_cache=" + str(tmp_path / "c2")]) == 0
-        assert "skipped 1 train sample image(s)" in capsys.readouterr().out
+        assert "skipped 3 train sample(s) of 36: 1 image" in capsys.readouterr().out
         assert json.loads((tmp_path / "run" / "metrics.json").read_text())["train_samples"] == 33
     finally:
         (tmp_path / "moved.png").rename(image)
@@ -156,13 +165,40 @@ def test_bad_input_is_a_clear_error_with_nonzero_exit(tiny, capsys, tmp_path):
 
 
 def test_example_configs_are_valid():
+    """Each shipped config parses to exactly its YAML over TrainConfig's defaults, its memvp section is
+    a MemVPConfig with those values, and its data specs name the files their format reads, under the
+    repository's data/ folder, and load them (the fixtures' copies standing in for the real files)."""
+    import dataclasses
     from pathlib import Path
 
-    from memvp.train import TrainConfig
+    from memvp import MemVPConfig
+    from memvp.train import TrainConfig, read_split
 
-    for path in sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")):
-        cfg = TrainConfig.from_yaml(path)
-        assert cfg.train_data["format"] in ("scienceqa", "vqav2") and cfg.memvp["num_entries"] > 0
+    repo = Path(__file__).parent.parent
+    configs, fixtures = repo / "configs", Path(__file__).parent / "fixtures" / "datasets"
+    stand_ins = {  # format -> the path keys of its spec, and the fixture files for them
+        "scienceqa": {"root": fixtures / "scienceqa"},
+        "vqav2": {"questions_file": fixtures / "vqav2" / "questions.json",
+                  "annotations_file": fixtures / "vqav2" / "annotations.json", "image_dir": fixtures / "vqav2"},
+    }
+    paths = sorted(configs.glob("*.yaml"))
+    assert {p.name for p in paths} >= {"scienceqa_llama.yaml", "vqav2_t5.yaml"}
+    defaults = dataclasses.asdict(TrainConfig())
+    for path in paths:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        parsed = dataclasses.asdict(TrainConfig.from_yaml(path))
+        specs = {key: raw.pop(key) for key in ("train_data", "eval_data")}
+        for key, spec in specs.items():
+            assert parsed.pop(key) == {"_base_dir": str(configs.resolve()), **spec}, (path.name, key)
+            files = stand_ins[spec["format"]]
+            assert set(spec) - {"format", "split", "image_pattern"} == set(files), (path.name, key)
+            for k in files:
+                assert (configs / spec[k]).resolve().is_relative_to(repo / "data"), (path.name, key, k)
+            samples = read_split({**spec, **{k: str(v) for k, v in files.items()}}, key)
+            assert samples and all(s.answers and s.target for s in samples), (path.name, key)
+        assert parsed == {**{k: v for k, v in defaults.items() if k not in specs}, **raw}, path.name
+        memvp = MemVPConfig.from_dict({"visual_dim": 1024, **raw["memvp"]})
+        assert {k: getattr(memvp, k) for k in raw["memvp"]} == raw["memvp"], path.name
 
 
 def test_numbers_in_overrides_are_numbers():

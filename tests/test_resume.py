@@ -145,7 +145,7 @@ def test_failed_write_leaves_the_previous_checkpoint(tmp_path):
     (tmp_path / ".checkpoint-8.tmp").mkdir()
     (tmp_path / "checkpoint-9").mkdir()  # no trainer_state.json
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
-    assert checkpoint.resolve_resume("latest", tmp_path) == tmp_path / "checkpoint-4"
+    assert checkpoint.resolve_resume("latest", tmp_path) == (tmp_path / "checkpoint-4", [])
     checkpoint.prune_checkpoints(tmp_path, keep=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "checkpoint-9"]
 
@@ -153,8 +153,8 @@ def test_failed_write_leaves_the_previous_checkpoint(tmp_path):
 def test_non_finite_loss_stops_keeping_the_last_good_checkpoint(tiny, monkeypatch, capsys):
     real_build = train_module.build
 
-    def build_nan_from_step_5(cfg):  # batch 12, no accumulation: one forward pass per step
-        model, tokenizer, visual = real_build(cfg)
+    def build_nan_from_step_5(cfg, samples=()):  # batch 12, no accumulation: one forward pass per step
+        model, tokenizer, visual = real_build(cfg, samples)
         forward, calls = model.forward, [0]
 
         def nan_forward(*args, **kwargs):

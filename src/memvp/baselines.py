@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .architectures import get_path, layout_for
-from .config import DictConfig, MemVPConfig, _check_choice
+from .config import DictConfig, MemVPConfig, check_choice, check_field_types
 from .model import (
     CONFIG_NAME,
+    WEIGHTS_NAME,
     MemVPModel,
     TrainableStateMixin,
     base_weight_sample,
@@ -64,8 +65,9 @@ class BaselineConfig(DictConfig):
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_choice("method", self.method, ("input_space", "text_only"), "BaselineConfig")
-        _check_choice("projector", self.projector, ("linear", "mlp"), "BaselineConfig")
+        check_field_types(self, "BaselineConfig")
+        check_choice("method", self.method, ("input_space", "text_only"), "BaselineConfig")
+        check_choice("projector", self.projector, ("linear", "mlp"), "BaselineConfig")
         if self.method == "input_space" and int(self.visual_dim) <= 0:
             raise ValueError("BaselineConfig.visual_dim must be positive for method='input_space' "
                              f"(the vision encoder's feature size), got {self.visual_dim}")
@@ -205,9 +207,9 @@ class InputSpaceModel(TrainableStateMixin, nn.Module):
     @classmethod
     def from_pretrained(cls, language_model: nn.Module, path: str | os.PathLike,
                         is_trainable: bool = False, allow_base_mismatch: bool = False) -> "InputSpaceModel":
-        meta, state = read_adapter(path, BASELINE_CONFIG_NAME, BASELINE_WEIGHTS_NAME,
-                                   "a baseline adapter directory (save one with InputSpaceModel.save_pretrained)")
-        model = cls(language_model, BaselineConfig.from_dict(meta["config"]))
+        meta, config, state = read_adapter(path, BASELINE_CONFIG_NAME, BASELINE_WEIGHTS_NAME, "a baseline adapter "
+                                           "directory (save one with InputSpaceModel.save_pretrained)", BaselineConfig)
+        model = cls(language_model, config)
         return model.finish_loading(meta, state, Path(path) / BASELINE_WEIGHTS_NAME, "layers", is_trainable,
                                     allow_base_mismatch)
 
@@ -216,23 +218,37 @@ def build_model(method: str, language_model: nn.Module, visual_dim: int, memvp: 
                 baseline: dict | None = None) -> nn.Module:
     """One entry point for every method: ``memvp`` (MemVPConfig keys in ``memvp``), ``input_space``
     or ``text_only`` (BaselineConfig keys in ``baseline``)."""
-    _check_choice("method", method, METHODS, "the config")
+    check_choice("method", method, METHODS, "the config")
     if method == "memvp":
         return get_memvp_model(language_model, MemVPConfig(visual_dim=visual_dim, **(memvp or {})))
     return InputSpaceModel(language_model, BaselineConfig(method=method, visual_dim=visual_dim, **(baseline or {})))
+
+
+def _adapter_class(path: Path) -> type:
+    if (path / BASELINE_CONFIG_NAME).is_file():
+        return InputSpaceModel
+    if (path / CONFIG_NAME).is_file():
+        return MemVPModel
+    raise FileNotFoundError(f"{path} holds no adapter: expected {CONFIG_NAME} (MemVP) or "
+                            f"{BASELINE_CONFIG_NAME} (input_space / text_only) in it")
+
+
+def check_adapter(path: str | os.PathLike) -> None:
+    """Read an adapter directory's files without any model (seconds before a model load, not after):
+    a missing, damaged or truncated file raises naming it."""
+    path = Path(path)
+    if _adapter_class(path) is InputSpaceModel:
+        read_adapter(path, BASELINE_CONFIG_NAME, BASELINE_WEIGHTS_NAME, "a baseline adapter directory", BaselineConfig)
+    else:
+        read_adapter(path, CONFIG_NAME, WEIGHTS_NAME, "a MemVP adapter directory", MemVPConfig)
 
 
 def load_adapter(language_model: nn.Module, path: str | os.PathLike, is_trainable: bool = False,
                  allow_base_mismatch: bool = False) -> nn.Module:
     """Load whatever adapter ``path`` holds (MemVP or a baseline) onto ``language_model``."""
     path = Path(path)
-    kw = {"is_trainable": is_trainable, "allow_base_mismatch": allow_base_mismatch}
-    if (path / BASELINE_CONFIG_NAME).is_file():
-        return InputSpaceModel.from_pretrained(language_model, path, **kw)
-    if (path / CONFIG_NAME).is_file():
-        return MemVPModel.from_pretrained(language_model, path, **kw)
-    raise FileNotFoundError(f"{path} holds no adapter: expected {CONFIG_NAME} (MemVP) or "
-                            f"{BASELINE_CONFIG_NAME} (input_space / text_only) in it")
+    return _adapter_class(path).from_pretrained(language_model, path, is_trainable=is_trainable,
+                                                allow_base_mismatch=allow_base_mismatch)
 
 
 def check_adapter_features(model: nn.Module, adapter: str | os.PathLike, feature_dim: int, encoder: str) -> None:
@@ -248,4 +264,4 @@ def check_adapter_features(model: nn.Module, adapter: str | os.PathLike, feature
 
 
 __all__ = ["METHODS", "BaselineConfig", "InputSpaceModel", "build_model", "load_adapter", "insert_visual_tokens",
-           "check_adapter_features"]
+           "check_adapter_features", "check_adapter"]

@@ -72,16 +72,53 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
-def resolve_resume(resume: str, output_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint ``resume`` names: ``"latest"`` (None when output_dir has none yet) or a path."""
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with a checkpoint directory (None when it is intact): its trainer state must
+    parse, and every file it lists must have the size it was written with (a truncated copy or a
+    disk that filled up shows here, before anything is loaded)."""
+    path = Path(path)
+    try:
+        state = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"no {TRAINER_STATE} in it"
+    except (OSError, ValueError) as e:
+        return f"{TRAINER_STATE} is damaged ({e})"
+    for name, size in (state.get("files") or {}).items():  # checkpoints before the manifest list none
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != size:
+            return f"{name} is truncated ({f.stat().st_size} of {size} bytes)"
+    return None
+
+
+def resolve_resume(resume: str, output_dir: str | os.PathLike) -> tuple[Path | None, list[str]]:
+    """(the checkpoint ``resume`` names, notes on damaged ones passed over).
+
+    ``"latest"``: the newest intact checkpoint of output_dir (None when there is none yet); damaged
+    newer ones are passed over and named in the notes. A path: that checkpoint, or a ValueError that
+    says what is wrong with it and which intact checkpoint precedes it.
+    """
     if resume == "latest":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
+        notes = []
+        for candidate in reversed(list_checkpoints(output_dir)):
+            problem = checkpoint_problem(candidate)
+            if problem is None:
+                return candidate, notes
+            notes.append(f"{candidate} is damaged: {problem}; passed over")
+        return None, notes
     path = Path(resume)
     if not (path / TRAINER_STATE).is_file():
         raise FileNotFoundError(f"resume={resume!r} is not a training checkpoint (no {TRAINER_STATE} in it); "
                                 f"give resume=latest or a {PREFIX}<step> directory of a run")
-    return path
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        step = checkpoint_step(path)
+        earlier = [c for c in list_checkpoints(path.parent) if step is not None and checkpoint_step(c) < step
+                   and checkpoint_problem(c) is None]
+        hint = f"resume from {earlier[-1]} instead" if earlier else "no earlier intact checkpoint: start afresh"
+        raise ValueError(f"cannot resume from {path}: {problem}; {hint}")
+    return path, []
 
 
 # ------------------------------------------------------------------------------ atomic directories
@@ -240,8 +277,10 @@ def save_checkpoint(accelerator, model, optimizer, scheduler, directory: str | o
         if accelerator.scaler is not None:
             torch.save(accelerator.scaler.state_dict(), tmp / SCALER)
         torch.save(rng, tmp / RNG)
-        # Last: a directory with trainer_state.json has everything else.
-        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1, sort_keys=True), encoding="utf-8")
+        # Last: a directory with trainer_state.json has everything else, and lists it with its sizes.
+        files = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
+        (tmp / TRAINER_STATE).write_text(json.dumps({**trainer_state, "files": files}, indent=1, sort_keys=True),
+                                         encoding="utf-8")
 
     with full_parameters(accelerator, model):
         if accelerator.is_main_process:
@@ -278,6 +317,6 @@ def load_training_state(accelerator, model, optimizer, scheduler, directory: str
     return rng["sampler"]
 
 
-__all__ = ["DataPosition", "list_checkpoints", "resolve_resume", "write_directory_atomically",
+__all__ = ["DataPosition", "list_checkpoints", "resolve_resume", "checkpoint_problem", "write_directory_atomically",
            "prune_checkpoints", "save_checkpoint", "load_trainable_weights", "load_training_state",
            "read_trainer_state", "checkpoint_step", "full_parameters", "is_fsdp"]

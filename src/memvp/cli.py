@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 
 
@@ -156,7 +157,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, KeyError, FloatingPointError) as e:
         print(f"memvp {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM: one line, the shell's code for SIGINT
+        print(f"memvp {args.command}: {_interrupted(args, e)}", file=sys.stderr)
+        return 130
     return 0
+
+
+def _interrupted(args, e: KeyboardInterrupt) -> str:
+    from .train import TrainingInterrupted
+
+    if not isinstance(e, TrainingInterrupted):
+        return "interrupted; files written so far are complete (every write is atomic)"
+    command = ["memvp", "train", args.config, *args.overrides, *(["--skip-bad"] if args.skip_bad else []), "--resume"]
+    return (f"stopped by {e.signal_name} after step {e.step} of {e.total_steps}, saved {e.checkpoint}; "
+            f"resume with: {shlex.join(command)}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,38 @@ _VISUAL_TOKENS = ("local", "global")
 _MEMORY_SCALES = ("ffn", "paper")
 
 
+_SIMPLE_TYPES = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string",
+                 "dict": "a mapping (key: value pairs)"}
+
+
+def check_field_types(instance: Any, owner: str = "") -> None:
+    """Check (and where YAML needs it, convert) the dataclass fields typed with simple types: int,
+    float, bool, str, dict, each optionally ``| None``. Other annotations are left to the owner's
+    own checks. A wrong type is a ValueError naming the key, not a TypeError deep in training."""
+    for f in dataclasses.fields(instance):
+        parts = [p.strip() for p in str(f.type).split("|")]
+        optional = "None" in parts
+        kinds = [p for p in parts if p != "None"]
+        if len(kinds) != 1 or kinds[0] not in _SIMPLE_TYPES:
+            continue
+        kind, value = kinds[0], getattr(instance, f.name)
+        if value is None and optional:
+            continue
+        if kind == "float" and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+                setattr(instance, f.name, value)
+            except ValueError:
+                pass
+        ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+              "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+              "bool": isinstance(value, bool), "str": isinstance(value, str),
+              "dict": isinstance(value, dict)}[kind]
+        if not ok:
+            hint = " or null" if optional else ""
+            raise ValueError(f"{owner + '.' if owner else ''}{f.name} must be {_SIMPLE_TYPES[kind]}{hint}, got {value!r}")
+
+
 class DictConfig:
     """JSON round trip for the config dataclasses; unknown keys are an error, not ignored."""
 
@@ -76,10 +108,11 @@ class MemVPConfig(DictConfig):
     """'paper' only: lambda in eq. 7: K = lambda * f(z) + p^k, V = lambda * f(z) + p^v."""
     output_scale: float | None = None
     """s: the retrieved visual knowledge is multiplied by s before it joins the FFN output.
-    None: 0.1 with memory_scale='paper' (the paper); 1 / num_entries with 'ffn', where a learned
-    per-layer gate (zero at the start) multiplies it: the memory is then the gated *mean* of its
-    entries, whose many near-identical background cells would otherwise add up coherently (measured
-    on the demo at s = 1: the memory's output 20-34x the FFN's own before any training)."""
+    None: 0.1 with memory_scale='paper' (the paper); 1 / sqrt(num_entries) with 'ffn', where a
+    learned per-layer gate (zero at the start) multiplies it too: a sum of n entries then stays
+    about one entry's size, where the many near-identical background cells would otherwise add up
+    coherently (measured on the demo at s = 1: the memory's output 20-34x the FFN's own before any
+    training)."""
     projector: str = "mlp"
     """'mlp' (Linear, SiLU, Linear, as in the official LLaMA code) or 'linear' (as on BART/T5)."""
     projector_hidden: int = 128
@@ -107,15 +140,16 @@ class MemVPConfig(DictConfig):
     """Free-form metadata kept with a saved adapter (never read by the mechanism)."""
 
     def __post_init__(self) -> None:
+        check_field_types(self, "MemVPConfig")
         if int(self.visual_dim) <= 0:
             raise ValueError(f"MemVPConfig.visual_dim must be positive, got {self.visual_dim}")
         if int(self.num_entries) <= 0:
             raise ValueError(f"MemVPConfig.num_entries must be positive, got {self.num_entries}")
-        _check_choice("projector", self.projector, _PROJECTORS)
-        _check_choice("insert_into", self.insert_into, _INSERT_INTO)
-        _check_choice("position_mode", self.position_mode, _POSITION_MODES)
-        _check_choice("visual_tokens", self.visual_tokens, _VISUAL_TOKENS)
-        _check_choice("memory_scale", self.memory_scale, _MEMORY_SCALES)
+        check_choice("projector", self.projector, _PROJECTORS)
+        check_choice("insert_into", self.insert_into, _INSERT_INTO)
+        check_choice("position_mode", self.position_mode, _POSITION_MODES)
+        check_choice("visual_tokens", self.visual_tokens, _VISUAL_TOKENS)
+        check_choice("memory_scale", self.memory_scale, _MEMORY_SCALES)
         if self.output_scale is None:
             self.output_scale = 0.1 if self.memory_scale == "paper" else 1.0 / int(self.num_entries) ** 0.5
         for name in ("key_norms", "value_norms"):
@@ -130,7 +164,7 @@ class MemVPConfig(DictConfig):
             raise ValueError(f"MemVPConfig.dropout must be in [0, 1), got {self.dropout}")
         t = self.target_layers
         if isinstance(t, str):
-            _check_choice("target_layers", t, _LAYER_GROUPS)
+            check_choice("target_layers", t, _LAYER_GROUPS)
         elif t is not None:
             if not isinstance(t, (list, tuple)) or not t or not all(isinstance(i, int) for i in t):
                 raise ValueError(
@@ -140,6 +174,6 @@ class MemVPConfig(DictConfig):
             self.target_layers = list(t)
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...], owner: str = "MemVPConfig") -> None:
+def check_choice(name: str, value: Any, choices: tuple[str, ...], owner: str = "MemVPConfig") -> None:
     if value not in choices:
         raise ValueError(f"{owner}.{name} must be one of {list(choices)}, got {value!r}")

@@ -38,6 +38,8 @@ __all__ = [
     "read_coco_captions",
     "read_llava",
     "load_samples",
+    "IMAGE_PATHS",
+    "DEFAULT_FEATURES_PATTERN",
 ]
 
 COCO_CAPTION_PROMPT = "Provide a one-sentence caption for the provided image."
@@ -88,6 +90,8 @@ def _load_json(path: str | os.PathLike, what: str) -> Any:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {path} is not UTF-8 text (byte {e.start}); save it as UTF-8 (JSON files are)") from None
 
 
 def _expect(obj: Any, kind: type, path: str, desc: str) -> Any:
@@ -361,7 +365,33 @@ FORMATS: dict[str, Callable[..., list[Sample]]] = {
 }
 
 _PATH_KEYS = {"root", "questions_file", "annotations_file", "image_dir", "karpathy_file",
-              "image_root", "json_file"}
+              "image_root", "json_file", "features_dir"}
+
+IMAGE_PATHS = {
+    "scienceqa": "root/images/<split>/<pid>/<image>",
+    "vqav2": "image_dir/image_pattern, image_pattern defaulting to 'COCO_{data_subtype}_{image_id:012d}.jpg' "
+             "(set image_pattern in the data spec, e.g. '{image_id}.png', if your files are named otherwise)",
+    "gqa": "image_dir/<imageId>.jpg",
+    "coco_captions": "image_root/<filepath>/<filename> of the Karpathy file",
+    "llava": "image_dir/<image> of each conversation",
+}
+"""How each format finds a sample's image (what an "image not found" error should point at)."""
+
+DEFAULT_FEATURES_PATTERN = "{image_id}.safetensors"
+
+
+def _use_feature_files(samples: list[Sample], features_dir: str, pattern: str) -> list[Sample]:
+    """Point every sample with an image at its pre-extracted feature file instead
+    (``features_dir/pattern``, the pattern formatted with ``image_id`` and the sample ``id``)."""
+    for s in samples:
+        if s.image is None:
+            continue
+        try:
+            name = pattern.format(image_id=s.image_id, id=s.id)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"features_pattern {pattern!r}: {e!r}; it may use {{image_id}} and {{id}}") from None
+        s.features, s.image = os.path.join(_abs(features_dir), name), None
+    return samples
 
 
 def load_samples(spec: dict, base_dir: str | os.PathLike | None = None) -> list[Sample]:
@@ -370,10 +400,16 @@ def load_samples(spec: dict, base_dir: str | os.PathLike | None = None) -> list[
     e.g. ``{"format": "scienceqa", "root": "data/sqa", "split": "test"}``.
     With ``base_dir`` (say, a config file's folder) relative paths in the spec
     resolve against it instead of the current directory.
+
+    Every format also takes ``features_dir`` (and ``features_pattern``, default
+    ``"{image_id}.safetensors"``; ``{id}`` is the sample id): the samples then read
+    pre-extracted features (.safetensors, .npy or .pt, [n_visual, dim]) from there
+    instead of encoding their images.
     """
     if "format" not in spec:
         raise ValueError(f"dataset spec has no 'format' key; formats: {sorted(FORMATS)}")
     kwargs = {k: v for k, v in spec.items() if k != "format"}
+    features_pattern = kwargs.pop("features_pattern", DEFAULT_FEATURES_PATTERN)
     fmt = spec["format"]
     if fmt not in FORMATS:
         raise ValueError(f"unknown dataset format {fmt!r}; formats: {sorted(FORMATS)}")
@@ -381,9 +417,15 @@ def load_samples(spec: dict, base_dir: str | os.PathLike | None = None) -> list[
         for k in _PATH_KEYS & kwargs.keys():
             if kwargs[k] is not None:
                 kwargs[k] = os.path.join(base_dir, kwargs[k])  # absolute values stay as they are
+    features_dir = kwargs.pop("features_dir", None)
+    if not isinstance(features_pattern, str) or (features_dir is not None and not isinstance(features_dir, str)):
+        raise ValueError("features_dir and features_pattern must be strings (a folder, a file name pattern)")
+    if features_dir is not None and not os.path.isdir(features_dir):
+        raise FileNotFoundError(f"features_dir not found: {_abs(features_dir)}")
     reader = FORMATS[fmt]
     try:
         inspect.signature(reader).bind(**kwargs)
     except TypeError as e:
         raise ValueError(f"bad arguments for dataset format {fmt!r}: {e}") from None
-    return reader(**kwargs)
+    samples = reader(**kwargs)
+    return _use_feature_files(samples, features_dir, features_pattern) if features_dir is not None else samples

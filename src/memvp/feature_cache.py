@@ -73,20 +73,19 @@ class FeatureCache:
         todo = list(dict.fromkeys(i for i in image_ids if i not in self.index))  # de-duplicated
         source_of = dict(zip(image_ids, sources))
         bad: dict[str, str] = {}
-        bar = tqdm(total=len(todo), desc=f"encoding images ({self.encoder.name})",
-                   disable=not progress or not todo)
-        for start in range(0, len(todo), self.batch_size):
-            batch = todo[start : start + self.batch_size]
-            try:
-                feats = self._encode([source_of[i] for i in batch])
-            except (OSError, ValueError):
-                if not skip_bad:
-                    raise
-                batch, feats = self._encode_one_by_one(batch, source_of, bad)
-            if batch:
-                self._write_shard(dict(zip(batch, feats)))
-            bar.update(len(batch))
-        bar.close()
+        with tqdm(total=len(todo), desc=f"encoding images ({self.encoder.name})",
+                  disable=not progress or not todo) as bar:  # closed on an error too: the message starts a line
+            for start in range(0, len(todo), self.batch_size):
+                batch = todo[start : start + self.batch_size]
+                try:
+                    feats = self._encode([source_of[i] for i in batch])
+                except (OSError, ValueError):
+                    if not skip_bad:
+                        raise
+                    batch, feats = self._encode_one_by_one(batch, source_of, bad)
+                if batch:
+                    self._write_shard(dict(zip(batch, feats)))
+                bar.update(len(batch))
         return bad
 
     def _encode(self, sources: Sequence[Any]) -> torch.Tensor:

@@ -541,9 +541,9 @@ class MemVPModel(TrainableStateMixin, nn.Module):
     def from_pretrained(cls, language_model: nn.Module, path: str | os.PathLike,
                         vision_encoder: nn.Module | None = None, is_trainable: bool = False,
                         allow_base_mismatch: bool = False) -> "MemVPModel":
-        meta, state = read_adapter(path, CONFIG_NAME, WEIGHTS_NAME, "a MemVP adapter directory (save one "
-                                   "with MemVPModel.save_pretrained)")
-        model = cls(language_model, MemVPConfig.from_dict(meta["config"]), vision_encoder)
+        meta, config, state = read_adapter(path, CONFIG_NAME, WEIGHTS_NAME, "a MemVP adapter directory (save "
+                                           "one with MemVPModel.save_pretrained)", MemVPConfig)
+        model = cls(language_model, config, vision_encoder)
         return model.finish_loading(meta, state, Path(path) / WEIGHTS_NAME, "MemVP layers", is_trainable,
                                     allow_base_mismatch)
 
@@ -598,13 +598,36 @@ def write_adapter(directory: str | os.PathLike, state: dict[str, torch.Tensor], 
     atomic_write_text(directory / config_name, json.dumps(meta, indent=2, sort_keys=True))
 
 
-def read_adapter(path: str | os.PathLike, config_name: str, weights_name: str,
-                 what: str) -> tuple[dict, dict[str, torch.Tensor]]:
+def read_adapter(path: str | os.PathLike, config_name: str, weights_name: str, what: str,
+                 config_cls: type) -> tuple[dict, Any, dict[str, torch.Tensor]]:
+    """(metadata, parsed config, weights) of an adapter directory; a missing, damaged or foreign file
+    is a ValueError / FileNotFoundError naming it (never a raw JSON or safetensors traceback)."""
+    from safetensors import SafetensorError
+
     path = Path(path)
-    for f in (path / config_name, path / weights_name):
+    config_file, weights_file = path / config_name, path / weights_name
+    for f in (config_file, weights_file):
         if not f.is_file():
             raise FileNotFoundError(f"{f} not found: {path} is not {what}")
-    return json.loads((path / config_name).read_text(encoding="utf-8")), load_file(str(path / weights_name))
+    damaged = f"save the adapter again, or use an earlier copy of {path}"
+    try:
+        meta = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{config_file} is damaged (not valid JSON: {e}); {damaged}") from None
+    base = meta.get("base_model") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or not isinstance(base, dict) or not {
+            "model_type", "hidden_size", "sites"} <= base.keys():
+        raise ValueError(f"{config_file} is damaged (it lacks the 'config' or 'base_model' entries an adapter "
+                         f"saved by memvp has); {damaged}")
+    try:
+        config = config_cls.from_dict(meta["config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{config_file}: bad adapter config ({e})") from None
+    try:
+        state = load_file(str(weights_file))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{weights_file} is damaged (truncated or not safetensors: {e}); {damaged}") from None
+    return meta, config, state
 
 
 def base_weight_sample(language_model: nn.Module, count: int = 16) -> list[float] | None:

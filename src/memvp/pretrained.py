@@ -87,10 +87,19 @@ def load_language_model(name_or_path: str, dtype: torch.dtype = torch.float32):
     return model, tokenizer
 
 
-def load_vision_encoder(name_or_path: str, feature_layer: int = -2):
+def load_vision_encoder(name_or_path: str, feature_layer: int = -2, example_features: str | None = None):
     """``"efficientnet-lite0"`` (``"efficientnet-lite0:block6,head"`` picks the layers, see
-    ``EfficientNetLite0Encoder``) or a local CLIP / SigLIP model directory (tower + image processor)."""
-    from .vision import EfficientNetLite0Encoder, HFVisionEncoder
+    ``EfficientNetLite0Encoder``), a local CLIP / SigLIP model directory (tower + image processor), or
+    ``"precomputed"``: the samples bring feature files (a data spec's ``features_dir``), whose size
+    ``example_features`` (one of them) tells."""
+    from .vision import EfficientNetLite0Encoder, HFVisionEncoder, PrecomputedFeatures, load_features
+
+    if name_or_path == "precomputed":
+        if example_features is None:
+            raise ValueError("vision_encoder=precomputed needs feature files: set features_dir in the data spec "
+                             "(or name a vision encoder to encode the images)")
+        n_visual, dim = load_features(example_features).shape
+        return PrecomputedFeatures(dim, n_visual)
 
     if name_or_path.split(":")[0] == "efficientnet-lite0":  # "efficientnet-lite0[:block6,head]"
         layers = name_or_path.partition(":")[2]

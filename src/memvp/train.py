@@ -34,15 +34,15 @@ import yaml
 from tqdm.auto import tqdm
 
 from .atomic import atomic_write_text
-from .checkpoint import (DataPosition, full_parameters, is_fsdp, load_trainable_weights, load_training_state,
+from .checkpoint import (DataPosition, checkpoint_step, full_parameters, is_fsdp, load_trainable_weights, load_training_state,
                          read_trainer_state, resolve_resume, save_checkpoint)
-from .config import MemVPConfig
+from .config import MemVPConfig, check_field_types
 from .data import DEFAULT_PROMPT_TEMPLATE, VisualInputs, collate_training, describe_truncation, encode_sample
-from .datasets import Sample, load_samples
+from .datasets import IMAGE_PATHS, Sample, load_samples
 from . import instruments
 from .evaluate import score
 from .instruments import measure_scale
-from .baselines import METHODS, BaselineConfig, build_model, check_adapter_features, load_adapter
+from .baselines import METHODS, BaselineConfig, build_model, check_adapter, check_adapter_features, load_adapter
 from .predict import predict
 from .pretrained import cache_dir, load_language_model, load_vision_encoder
 
@@ -122,6 +122,11 @@ class TrainConfig:
     top_p: float = 0.9
     temperature: float = 1.0
     skip_bad: bool = False
+    """Skip samples whose image (or feature file) is missing or unreadable instead of stopping;
+    they are counted and listed under 'skipped' in metrics.json / eval_metrics.json."""
+    score_skipped: str = "wrong"
+    """How evaluation scores questions skipped by ``skip_bad``: 'wrong' (an empty answer, the
+    default) or 'drop' (left out of the metrics)."""
     adapter: str | None = None
     """An adapter directory to start from (``memvp predict`` / ``eval`` evaluate it)."""
     allow_base_mismatch: bool = False
@@ -135,13 +140,9 @@ class TrainConfig:
     dominates. 0 turns it off. MemVP only; two extra forward passes each time."""
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # YAML 1.1 reads 1e-4 (no dot) as a string
-            value = getattr(self, f.name)
-            if f.type in ("float", "float | None") and isinstance(value, str):
-                try:
-                    setattr(self, f.name, float(value))
-                except ValueError:
-                    raise ValueError(f"{f.name} must be a number, got {value!r}") from None
+        check_field_types(self)  # wrong types name their key here, not as a TypeError mid-run
+        if self.score_skipped not in ("wrong", "drop"):
+            raise ValueError(f"score_skipped must be 'wrong' or 'drop', got {self.score_skipped!r}")
         if self.precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"precision must be 'no', 'bf16' or 'fp16', got {self.precision!r}")
         if self.model_dtype not in _DTYPES:
@@ -174,7 +175,15 @@ class TrainConfig:
             path = Path(path)
             if not path.is_file():
                 raise FileNotFoundError(f"config file not found: {path}")
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError as e:
+                mark = getattr(e, "problem_mark", None)
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                problem = getattr(e, "problem", None) or type(e).__name__
+                raise ValueError(f"{path} is not valid YAML{where}: {problem}; fix the file") from None
+            except UnicodeDecodeError:
+                raise ValueError(f"{path} is not UTF-8 text; save it as UTF-8") from None
             if not isinstance(data, dict):
                 raise ValueError(f"{path}: expected a mapping of config keys")
             for key in ("train_data", "eval_data"):  # data paths are relative to the config file
@@ -186,9 +195,16 @@ class TrainConfig:
                 raise ValueError(f"override {item!r} must look like key=value (dotted keys for nested ones)")
             *parents, leaf = key.split(".")
             node = data
-            for p in parents:
+            for depth, p in enumerate(parents):
                 node = node.setdefault(p, {})
-            node[leaf] = yaml.safe_load(value)
+                if not isinstance(node, dict):
+                    section = ".".join(parents[: depth + 1])
+                    raise ValueError(f"override {item!r}: {section} is not a section of keys (it is {node!r}); "
+                                     f"write {section}=VALUE, or dotted keys only below sections like memvp")
+            try:
+                node[leaf] = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise ValueError(f"override {item!r}: the value is not valid YAML; quote it") from None
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -222,11 +238,13 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     return [g for g in ({"params": rest}, {"params": projector, "lr": cfg.projector_lr}) if g["params"]]
 
 
-def build(cfg: TrainConfig):
+def build(cfg: TrainConfig, samples: list[Sample] = ()):
     """(model, tokenizer, VisualInputs) as the config says (adapter loaded if given). The model is
-    a MemVPModel or, for the baselines, an InputSpaceModel with the same interface."""
+    a MemVPModel or, for the baselines, an InputSpaceModel with the same interface. ``samples``
+    size a ``precomputed`` vision encoder (their feature files)."""
     lm, tokenizer = load_language_model(cfg.language_model, dtype=_DTYPES[cfg.model_dtype])
-    encoder = load_vision_encoder(cfg.vision_encoder)
+    example = next((s.features for s in samples if s.features is not None), None)
+    encoder = load_vision_encoder(cfg.vision_encoder, example_features=example)
     visual = VisualInputs(encoder, cfg.feature_cache or str(cache_dir() / "features"))
     if cfg.adapter:
         model = load_adapter(lm, cfg.adapter, is_trainable=True, allow_base_mismatch=cfg.allow_base_mismatch)
@@ -249,6 +267,18 @@ def check_output_dir(out: Path) -> None:
         raise ValueError(f"output_dir {out} is not writable ({e.strerror}); give a directory you can write to") from None
 
 
+def _save_adapter_somewhere(model, directory: Path) -> None:
+    """Save the trained adapter; when output_dir fails at the end (disk full, removed, ...), save it
+    in a fresh temporary directory instead and say where: training time is never thrown away."""
+    try:
+        model.save_pretrained(directory)
+    except OSError as e:
+        rescue = Path(tempfile.mkdtemp(prefix="memvp-adapter-"))
+        model.save_pretrained(rescue)
+        raise ValueError(f"could not write the adapter to {directory} ({e.strerror or e}); the trained weights "
+                         f"are saved in {rescue} instead: move them where you want them") from None
+
+
 def _report_eval_truncation(tokenizer, samples: list[Sample], cfg: TrainConfig, log: Callable[[str], None]) -> int:
     """Prompts that generation will cut from the left (predict leaves max_new_tokens for the answer),
     reported as training reports its own; the count goes into the metrics."""
@@ -268,14 +298,38 @@ def _diagnose_now(cfg: TrainConfig, accelerator, step: int, total_steps: int) ->
     return step == 1 or step == total_steps or step % cfg.diagnose_every == 0
 
 
-def _prepare(visual: VisualInputs, samples: list[Sample], skip_bad: bool, what: str,
-             log: Callable[[str], None] = print) -> list[Sample]:
-    kept, bad = visual.prepare(samples, skip_bad=skip_bad)
+def _prepare(visual: VisualInputs, samples: list[Sample], skip_bad: bool, what: str, data_format: str,
+             log: Callable[[str], None] = print) -> tuple[list[Sample], dict]:
+    """(the samples whose images or feature files could be read, a report of the skipped ones:
+    count, ids, and each unreadable file's error, for metrics.json)."""
+    try:
+        kept, bad = visual.prepare(samples, skip_bad=skip_bad)
+    except FileNotFoundError as e:
+        if "image not found" not in str(e):
+            raise
+        raise FileNotFoundError(f"{e} ({data_format} finds images at {IMAGE_PATHS[data_format]}; "
+                                "--skip-bad skips missing ones)") from None
+    kept_ids = {s.id for s in kept}
+    skipped = {"count": len(samples) - len(kept), "ids": [s.id for s in samples if s.id not in kept_ids],
+               "files": bad}
     if bad:
-        log(f"skipped {len(bad)} {what} sample image(s) that could not be read, e.g. {next(iter(bad.values()))}")
+        log(f"skipped {skipped['count']} {what} sample(s) of {len(samples)}: {len(bad)} image or feature file(s) "
+            f"could not be read, e.g. {next(iter(bad.values()))} (all listed under 'skipped' in the metrics)")
     if not kept:
         raise ValueError(f"the {what} split is empty (after skipping unreadable images)")
-    return kept
+    return kept, skipped
+
+
+def _score(task: str, split: list[Sample], predictions: dict[str, str], skipped: dict, cfg: TrainConfig) -> dict:
+    """Metrics of ``predictions`` on ``split``. Questions skipped for an unreadable image count as
+    answered wrong (an empty answer) unless ``score_skipped='drop'``: a run with broken images does
+    not look better than one without."""
+    if skipped["count"] and cfg.score_skipped == "wrong":
+        predictions = {**{i: "" for i in skipped["ids"]}, **predictions}
+    metrics = score(task, split, predictions)
+    if skipped["count"]:
+        metrics["skipped"] = {**skipped, "scored_as": cfg.score_skipped}
+    return metrics
 
 
 def predict_split(model, tokenizer, visual, samples, cfg: TrainConfig, progress: bool | None = None) -> dict[str, str]:
@@ -537,7 +591,11 @@ def _resume_dir(cfg: TrainConfig, out: Path, state) -> Path | None:
 
     if not cfg.resume:
         return None
-    found = [resolve_resume(cfg.resume, out) if state.is_main_process else None]
+    found = [None]
+    if state.is_main_process:
+        found[0], notes = resolve_resume(cfg.resume, out)
+        for note in notes:
+            print(note)
     if state.num_processes > 1:
         broadcast_object_list(found)
     return found[0]
@@ -562,6 +620,49 @@ def _trainer_state(cfg: TrainConfig, step: int, batches: StepBatches, curve: lis
     return {"step": step, "epoch": batches.position.epoch, "batches": batches.position.batches,
             "curve": curve, "history": history, "train_samples": batches.n_samples,
             "num_processes": num_processes, "config": dataclasses.asdict(cfg)}
+
+
+# ---------------------------------------------------------------------------------- interruption
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised by ``train`` on SIGINT / SIGTERM once the checkpoint of the step just finished is written
+    (a KeyboardInterrupt, so code that stops on Ctrl-C still does)."""
+
+    def __init__(self, signal_name: str, step: int, total_steps: int, checkpoint: Path):
+        self.signal_name, self.step, self.total_steps, self.checkpoint = signal_name, step, total_steps, checkpoint
+        super().__init__(f"{signal_name} after step {step} of {total_steps}; saved {checkpoint}")
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """SIGINT / SIGTERM set a flag that the loop reads between steps (a step is never cut in half); a
+    second signal stops at once, as Ctrl-C normally does. Yields the list of signals received."""
+    import signal
+    import threading
+
+    received: list[str] = []
+    if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread
+        yield received
+        return
+
+    def handler(signum, frame):
+        if received:
+            raise KeyboardInterrupt
+        received.append(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _stop_requested(received: list[str], accelerator) -> str | None:
+    """The signal any process received (all processes must stop at the same step to checkpoint)."""
+    if accelerator.num_processes == 1:
+        return received[0] if received else None
+    flags = accelerator.gather(torch.tensor([1 if received else 0], device=accelerator.device))
+    return (received[0] if received else "SIGTERM") if bool(flags.any()) else None
 
 
 # ---------------------------------------------------------------------------------- train
@@ -606,11 +707,14 @@ def train(cfg: TrainConfig) -> dict:
     # Data files are read and checked before the models load (seconds instead of minutes to an error).
     train_split = read_split(cfg.train_data, "train_data", cfg.max_train_samples)
     eval_split = read_split(cfg.eval_data, "eval_data", cfg.max_eval_samples) if cfg.eval_data else []
+    if cfg.adapter:
+        check_adapter(cfg.adapter)
     set_seed(cfg.seed)
     with _one_writer_at_a_time(state):
-        model, tokenizer, visual = build(cfg)
-        train_samples = _prepare(visual, train_split, cfg.skip_bad, "train", log)
-        eval_samples = _prepare(visual, eval_split, cfg.skip_bad, "eval", log) if eval_split else []
+        model, tokenizer, visual = build(cfg, train_split)
+        train_samples, train_skipped = _prepare(visual, train_split, cfg.skip_bad, "train", task_of(cfg.train_data), log)
+        eval_samples, eval_skipped = (_prepare(visual, eval_split, cfg.skip_bad, "eval", task_of(cfg.eval_data), log)
+                                      if eval_split else ([], {}))
     _fp32_trainable(model, cfg)
     encoder_decoder = bool(model.config.is_encoder_decoder)
     encoded = [encode_sample(tokenizer, s, cfg.max_length, cfg.prompt_template) for s in train_samples]
@@ -659,55 +763,66 @@ def train(cfg: TrainConfig) -> dict:
     model.train()
     steps = iter(batches)
     scale_reports: list[dict] = []
-    while step < total_steps:
-        micro_batches = next(steps)
-        loss = _optimizer_step(accelerator, model, optimizer, scheduler, micro_batches, encoder_decoder,
-                               cfg.max_grad_norm)
-        if not math.isfinite(loss):
-            kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written"
-            raise FloatingPointError(f"non-finite loss {loss} at step {step + 1}; the weights were not updated and "
-                                     f"{kept}. Lower the learning rate, or use bf16 instead of fp16")
-        step += 1
-        now, seen = time.perf_counter(), batches.samples_seen()
-        row = {"step": step, "epoch": batches.epoch_float(), "loss": loss, "lr": scheduler.get_last_lr()[0],
-               "samples_per_s": (seen - window_seen) / max(now - t_window, 1e-9)}
-        if _diagnose_now(cfg, accelerator, step, total_steps):
-            with accelerator.autocast():  # as the training forward (bf16 weights, fp32 norms)
-                report = measure_scale(accelerator.unwrap_model(model), micro_batches[0])
-            row.update(instruments.summary(report))
-            scale_reports.append({"step": step, **report})
-            message = instruments.warning(report, f"at step {step}")
-            if message and accelerator.is_main_process:
-                bar.write(message)
-        curve.append(row)
-        window_seen, t_window = seen, now
-        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", sps=f"{row['samples_per_s']:.1f}")
-        bar.update(1)
-        if cfg.eval_every and eval_samples and step % cfg.eval_every == 0 and step < total_steps:
-            t_eval = time.perf_counter()
-            predictions = _evaluate(accelerator, model, tokenizer, visual, eval_samples, cfg)
-            # "train_seconds": training time so far, evaluations left out (accuracy against seconds).
-            history.append({"step": step, "train_seconds": t_eval - t_start - eval_seconds,
-                            **score(task, eval_samples, predictions)})
-            eval_seconds += time.perf_counter() - t_eval
-            t_window += time.perf_counter() - t_eval
-            model.train()
-        # After the evaluation: sampled decoding draws random numbers, and a resumed run continues
-        # from the states saved here.
-        if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-            last_checkpoint = save_checkpoint(
-                accelerator, model, optimizer, scheduler, out / f"checkpoint-{step}",
-                _trainer_state(cfg, step, batches, curve, history, accelerator.num_processes),
-                batches.epoch_state, keep=cfg.save_total_limit)
-            if accelerator.is_main_process:
-                _write_curve(out / "loss_curve.csv", curve)
+
+    def checkpoint_now() -> Path:
+        path = save_checkpoint(accelerator, model, optimizer, scheduler, out / f"checkpoint-{step}",
+                               _trainer_state(cfg, step, batches, curve, history, accelerator.num_processes),
+                               batches.epoch_state, keep=cfg.save_total_limit)
+        if accelerator.is_main_process:
+            _write_curve(out / "loss_curve.csv", curve)
+        return path
+
+    with _stop_signals() as received:
+        while step < total_steps:
+            micro_batches = next(steps)
+            loss = _optimizer_step(accelerator, model, optimizer, scheduler, micro_batches, encoder_decoder,
+                                   cfg.max_grad_norm)
+            if not math.isfinite(loss):
+                kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written"
+                raise FloatingPointError(f"non-finite loss {loss} at step {step + 1}; the weights were not updated and "
+                                         f"{kept}. Lower the learning rate, or use bf16 instead of fp16")
+            step += 1
+            now, seen = time.perf_counter(), batches.samples_seen()
+            row = {"step": step, "epoch": batches.epoch_float(), "loss": loss, "lr": scheduler.get_last_lr()[0],
+                   "samples_per_s": (seen - window_seen) / max(now - t_window, 1e-9)}
+            if _diagnose_now(cfg, accelerator, step, total_steps):
+                with accelerator.autocast():  # as the training forward (bf16 weights, fp32 norms)
+                    report = measure_scale(accelerator.unwrap_model(model), micro_batches[0])
+                row.update(instruments.summary(report))
+                scale_reports.append({"step": step, **report})
+                message = instruments.warning(report, f"at step {step}")
+                if message and accelerator.is_main_process:
+                    bar.write(message)
+            curve.append(row)
+            window_seen, t_window = seen, now
+            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", sps=f"{row['samples_per_s']:.1f}")
+            bar.update(1)
+            if cfg.eval_every and eval_samples and step % cfg.eval_every == 0 and step < total_steps:
+                t_eval = time.perf_counter()
+                predictions = _evaluate(accelerator, model, tokenizer, visual, eval_samples, cfg)
+                # "train_seconds": training time so far, evaluations left out (accuracy against seconds).
+                history.append({"step": step, "train_seconds": t_eval - t_start - eval_seconds,
+                                **_score(task, eval_split, predictions, eval_skipped, cfg)})
+                eval_seconds += time.perf_counter() - t_eval
+                t_window += time.perf_counter() - t_eval
+                model.train()
+            # After the evaluation: sampled decoding draws random numbers, and a resumed run continues
+            # from the states saved here.
+            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+                last_checkpoint = checkpoint_now()
+            stop = _stop_requested(received, accelerator) if step < total_steps else None
+            if stop:  # Ctrl-C / SIGTERM: keep this step's state, then stop
+                if last_checkpoint is None or checkpoint_step(last_checkpoint) != step:
+                    last_checkpoint = checkpoint_now()
+                bar.close()
+                raise TrainingInterrupted(stop, step, total_steps, last_checkpoint)
     bar.close()
     train_seconds = time.perf_counter() - t_start - eval_seconds
 
     memvp = accelerator.unwrap_model(model)
     with full_parameters(accelerator, model):
         if accelerator.is_main_process:
-            memvp.save_pretrained(out / "adapter")
+            _save_adapter_somewhere(memvp, out / "adapter")
             _write_curve(out / "loss_curve.csv", curve)
     seen = batches.samples_seen()
     result: dict[str, Any] = {
@@ -716,12 +831,14 @@ def train(cfg: TrainConfig) -> dict:
         "trainable_parameters": trainable, "total_parameters": total, "truncated_prompts": n_truncated,
         "method": cfg.method, "use_images": cfg.use_images, "history": history, "num_processes": accelerator.num_processes,
     }
+    if train_skipped["count"]:
+        result["skipped"] = train_skipped
     if scale_reports:  # the last measurement in full, the earlier ones as their summaries
         result["scale"] = scale_reports[-1]
         result["scale_history"] = [{"step": r["step"], **instruments.summary(r)} for r in scale_reports]
     if eval_samples:
         predictions = _evaluate(accelerator, model, tokenizer, visual, eval_samples, cfg)
-        result["eval"] = score(task, eval_samples, predictions)
+        result["eval"] = _score(task, eval_split, predictions, eval_skipped, cfg)
         result["eval"]["truncated_prompts"] = _report_eval_truncation(tokenizer, eval_samples, cfg, log)
         if accelerator.is_main_process:
             _write_json(out / "predictions_eval.json", predictions)
@@ -738,13 +855,14 @@ def run_eval(cfg: TrainConfig, with_metrics: bool = True) -> dict:
     out = Path(cfg.output_dir)
     check_output_dir(out)
     split = read_split(cfg.eval_data, "eval_data", cfg.max_eval_samples)  # before the models load
-    model, tokenizer, visual = build(cfg)
-    samples = _prepare(visual, split, cfg.skip_bad, "eval")
+    check_adapter(cfg.adapter)
+    model, tokenizer, visual = build(cfg, split)
+    samples, skipped = _prepare(visual, split, cfg.skip_bad, "eval", task_of(cfg.eval_data))
     truncated = _report_eval_truncation(tokenizer, samples, cfg, print)
     predictions = predict_split(model, tokenizer, visual, samples, cfg)
     _write_json(out / "predictions.json", predictions)
     if not with_metrics:
         return {"predictions": len(predictions), "path": str(out / "predictions.json")}
-    metrics = {**score(task_of(cfg.eval_data), samples, predictions), "truncated_prompts": truncated}
+    metrics = {**_score(task_of(cfg.eval_data), split, predictions, skipped, cfg), "truncated_prompts": truncated}
     _write_json(out / "eval_metrics.json", metrics)
     return metrics

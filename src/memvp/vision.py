@@ -49,6 +49,9 @@ def load_image(source: Any) -> Image.Image:
     try:
         with Image.open(path) as img:
             return _to_rgb(img)
+    except Image.DecompressionBombError as e:  # not an OSError: PIL refuses > 2x MAX_IMAGE_PIXELS
+        raise ValueError(f"image {path} is too large to decode safely ({e}); downscale it, or raise "
+                         "PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"cannot read image {path}: {e}. Replace or remove the file.") from e
 
@@ -247,6 +250,15 @@ def load_features(path: str | os.PathLike, feature_dim: int | None = None) -> to
             feats = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file: name it
         raise ValueError(f"cannot read features from {path}: {e}") from e
+    if isinstance(feats, dict):  # a saved dict: its "features" entry, or its only tensor
+        tensors = {k: v for k, v in feats.items() if isinstance(v, torch.Tensor)}
+        if "features" in tensors or len(tensors) == 1:
+            feats = tensors.get("features", next(iter(tensors.values()), None))
+        else:
+            raise ValueError(f"{path} holds a dict with keys {sorted(map(str, feats))[:8]}: save the features "
+                             "tensor itself, or put it under the key 'features'")
+    if not isinstance(feats, (torch.Tensor, np.ndarray)):
+        raise ValueError(f"{path} holds a {type(feats).__name__}, not a tensor of features [n_visual, dim]")
     feats = torch.as_tensor(feats).float()
     if feats.dim() == 3 and feats.shape[0] == 1:
         feats = feats[0]
