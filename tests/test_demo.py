@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from memvp.cli import main
 from memvp.demo import SINGLE_OBJECT
 
 
+@pytest.mark.slow  # the real SmolLM2 and EfficientNet-Lite0
 def test_quick_demo_trains_every_arm_and_writes_the_table(tmp_path, capsys):
     assert main(["demo", "--quick", "--compare", "--output-dir", str(tmp_path)]) == 0
     printed = capsys.readouterr().out

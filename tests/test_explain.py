@@ -19,6 +19,7 @@ from conftest import tiny_model
 from memvp import MemVPConfig, get_memvp_model
 from memvp.data import DEFAULT_PROMPT_TEMPLATE, encode_sample
 from memvp.datasets import Sample, read_vqav2
+from memvp.metrics import normalize_vqa_answer
 from memvp.explain import (
     blocked_mask,
     encode_prompt,
@@ -99,6 +100,7 @@ def test_encode_prompt_is_the_training_prompt():
         encode_prompt(tok, QUESTION, template="Answer:")
 
 
+@pytest.mark.slow
 def test_words_with_the_real_smollm2_tokenizer():
     from transformers import AutoTokenizer
 
@@ -178,16 +180,61 @@ def test_similarity_is_phi_of_ffn_input_and_visual_prompt_without_position():
     np.testing.assert_allclose(permuted.per_layer[0].reshape(-1, 9), flat[:, perm.numpy()], rtol=1e-5, atol=1e-6)
 
 
+# The FFN input modules (by hand, not via memvp's registry) and the FFN activation phi of each architecture.
+_FFN_INPUTS = {
+    "gpt2": lambda lm: [layer.mlp for layer in lm.transformer.h],
+    "opt": lambda lm: [layer.fc1 for layer in lm.model.decoder.layers],  # input flattened to [B * L, d]
+    "bart": lambda lm: [layer.fc1 for layer in lm.model.encoder.layers],
+    "t5-gated": lambda lm: [block.layer[1].DenseReluDense for block in lm.encoder.block],
+}
+_PHI = {"gpt2": lambda x: F.gelu(x, approximate="tanh"), "opt": F.relu, "bart": F.gelu,
+        "t5-gated": lambda x: F.gelu(x, approximate="tanh")}
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "opt", "bart", "t5-gated"])
 def test_other_architectures(arch):
     """OPT flattens the FFN input; on encoder-decoders the prompt is read by the encoder's layers."""
-    model = memvp_model(lm=tiny_model(arch))
-    result = explain(model, char_tokenizer(), features(), QUESTION, block_top=1, max_new_tokens=2)
-    maps = result.maps
-    assert maps.per_layer.shape == (2, len(maps.encoded.input_ids), 3, 3) and np.isfinite(maps.per_layer).all()
-    expected = "encoder" if model.config.is_encoder_decoder else "decoder"
-    assert all(name.startswith(expected) for name in maps.site_names)
-    assert isinstance(result.answer, str) and isinstance(result.answer_blocked, str)
+    model, tok, feats = memvp_model(lm=tiny_model(arch)), char_tokenizer(), features()
+    result = explain(model, tok, feats, QUESTION, block_top=1, max_new_tokens=2)
+    maps, ids = result.maps, result.maps.encoded.input_ids
+    assert maps.per_layer.shape == (2, len(ids), 3, 3)
+    stack = "encoder" if model.config.is_encoder_decoder else "decoder"
+    assert maps.site_names == [f"{stack}.0", f"{stack}.1"]
+
+    # Each layer's map is phi(<x, lambda f(z_i)>) (lambda = 1) of that layer's FFN input x during an
+    # ordinary forward with the memory in place, for the 9 visual tokens (not the 3 padding entries).
+    batch = {"input_ids": torch.tensor([ids]), "visual_features": feats}
+    if model.config.is_encoder_decoder:
+        batch["decoder_input_ids"] = torch.tensor([[model.config.decoder_start_token_id]])
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+             for m in _FFN_INPUTS[arch](model.language_model)]
+    try:
+        with torch.no_grad():
+            full = model(**batch).logits
+    finally:
+        for h in hooks:
+            h.remove()
+    with torch.no_grad():
+        prompt = model.visual_memory.projector(feats)[0]
+    assert len(seen) == 2
+    for layer, x in enumerate(seen):
+        expected = _PHI[arch](x.reshape(-1, x.shape[-1]) @ prompt.T).reshape(-1, 3, 3).numpy()
+        np.testing.assert_allclose(maps.per_layer[layer], expected, rtol=1e-4, atol=1e-6)
+
+    # The blocked entry is the hottest cell of the mean map; the blocked answer is that of a model
+    # whose blocked entry reads nothing (V_i = lambda f(z_i) + p^v_i = 0 in every layer's table).
+    assert result.blocked == [int(maps.mean_map.argmax())]
+    assert result.answer == generate_answer(model, tok, ids, feats, max_new_tokens=2)
+    removed = copy.deepcopy(model)
+    entry = result.blocked[0]
+    with torch.no_grad():
+        removed.visual_memory.value_position[:, entry] = -removed.visual_memory.prompts(feats)[0, entry]
+        blocked = model(**batch, blocked_entries=blocked_mask(model, result.blocked)).logits
+        reference = removed(**batch).logits
+    torch.testing.assert_close(blocked, reference, rtol=1e-4, atol=1e-5)
+    assert (blocked - full).abs().max() > 1e-4  # blocking does change the output
+    assert result.answer_blocked == generate_answer(removed, tok, ids, feats, max_new_tokens=2)
 
 
 def test_non_square_visual_tokens_are_a_clear_error():
@@ -302,18 +349,60 @@ def test_evaluate_localization(tmp_path):
     chance = np.mean([object_cells(scenes[int(s.image_id)], scenes[int(s.image_id)].find(
         named_color(s.prompt, list(COLORS))), 3).mean() for s in samples])
     assert overall["chance_rate"] == pytest.approx(chance)
-    for mode in ("phi", "abs"):
-        for key in ("color_word_hit_rate", "mean_map_hit_rate", "top2_cells_on_object", "changed_by_top2_rate"):
-            assert 0.0 <= overall[mode][key] <= 1.0
-    by_type = result["per_type"]
-    assert sum(t["questions"] for t in by_type.values()) == 9
+    # Each record, recomputed: the object's cells, the answer, the hits of the colour word's map and
+    # of the mean map (phi, and |phi|), the top-2 entries of the mean map and how many lie on the object.
+    rng = np.random.default_rng(0)  # one draw per question, in order
     for r, s in zip(records, samples):
-        assert len(set(r["random_blocked"])) == 2 and all(0 <= e < 9 for e in r["random_blocked"])
+        scene, color = scenes[int(s.image_id)], named_color(s.prompt, list(COLORS))
+        on = object_cells(scene, scene.find(color), 3)
+        ids = encode_prompt(tok, s.prompt, max_length=77).input_ids
+        feats = encoder.encode([s.image])
+        answer = generate_answer(model, tok, ids, feats, max_new_tokens=3)
+        assert (r["id"], r["target"], r["answer"]) == (s.id, s.target, answer)
+        assert r["correct"] == (normalize_vqa_answer(answer) == normalize_vqa_answer(s.target))
+        assert (r["object_cells"], r["chance"]) == (int(on.sum()), pytest.approx(on.mean()))
+        assert r["random_blocked"] == rng.choice(9, size=2, replace=False).tolist()
+        phi = similarity_maps(model, tok, feats, s.prompt, max_length=77)
+        color_tokens = list(next(w for w in phi.words if w.text.lower() == color).tokens)
+        for mode, maps in (("phi", phi), ("abs", phi.magnitude())):
+            per_layer = phi.per_layer if mode == "phi" else np.abs(phi.per_layer)
+            color_map = per_layer.mean(axis=0)[color_tokens].mean(axis=0)  # layers, then the word's tokens
+            assert r[f"{mode}_color_hit"] == bool(on.flat[color_map.argmax()])
+            assert r[f"{mode}_mean_hit"] == bool(on.flat[maps.mean_map.argmax()])
+            flat = maps.mean_map.reshape(-1)  # largest first; equal cells (equal image cells) by index
+            top = sorted(range(9), key=lambda i: (-flat[i], i))[:2]
+            assert r[f"{mode}_top_blocked"] == top
+            assert r[f"{mode}_top_on_object"] == int(on.flat[top].sum())
         if r["correct"]:  # the recorded answers are those of blocked generation
-            ids = encode_prompt(tok, s.prompt, max_length=77).input_ids
-            feats = encoder.encode([s.image])
             assert r["phi_answer_top_blocked"] == generate_answer(model, tok, ids, feats, r["phi_top_blocked"], 3)
+            assert r["abs_answer_top_blocked"] == generate_answer(model, tok, ids, feats, r["abs_top_blocked"], 3)
             assert r["answer_random_blocked"] == generate_answer(model, tok, ids, feats, r["random_blocked"], 3)
+        else:
+            assert "answer_random_blocked" not in r and "phi_answer_top_blocked" not in r
+
+    # The summary: every rate is its count over the records (overall and per question type).
+    def expected_rates(rs):
+        correct = [r for r in rs if r["correct"]]
+        out = {"questions": len(rs), "accuracy": len(correct) / len(rs), "correct_answers": len(correct),
+               "chance_rate": pytest.approx(np.mean([r["chance"] for r in rs])),
+               "changed_by_random2": sum(r["answer_random_blocked"] != r["answer"] for r in correct)}
+        out["changed_by_random2_rate"] = (out["changed_by_random2"] / len(correct) if correct else pytest.approx(
+            float("nan"), nan_ok=True))
+        for mode in ("phi", "abs"):
+            changed = sum(r[f"{mode}_answer_top_blocked"] != r["answer"] for r in correct)
+            out[mode] = {"color_word_hit_rate": np.mean([r[f"{mode}_color_hit"] for r in rs]),
+                         "mean_map_hit_rate": np.mean([r[f"{mode}_mean_hit"] for r in rs]),
+                         "top2_cells_on_object": sum(r[f"{mode}_top_on_object"] for r in rs) / (2 * len(rs)),
+                         "changed_by_top2": changed,
+                         "changed_by_top2_rate": (changed / len(correct) if correct else pytest.approx(
+                             float("nan"), nan_ok=True))}
+        return out
+
+    assert result["k"] == 2 and overall == expected_rates(records)
+    by_type = result["per_type"]
+    assert sorted(by_type) == sorted({s.metadata["question_type"] for s in samples})
+    for t, rates in by_type.items():
+        assert rates == expected_rates([r for r in records if r["type"] == t])
     again = evaluate_localization(model, tok, encoder.encode, samples, scenes, k=2, seed=0, max_length=80,
                                   progress=False)
     assert again["records"] == records  # seeded, deterministic

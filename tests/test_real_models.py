@@ -10,6 +10,8 @@ from skimage import data
 from memvp import EfficientNetLite0Encoder, MemVPConfig, get_memvp_model
 from memvp.pretrained import load_smollm2
 
+pytestmark = pytest.mark.slow  # every test here loads the real weights
+
 
 @pytest.fixture(scope="module")
 def vision():

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from memvp.two_photo_demo import DEFAULT_PAIRS, run_demo
 
 
+@pytest.mark.slow  # the real SmolLM2 and EfficientNet-Lite0
 def test_demo_learns_to_read_each_image(tmp_path):
     result = run_demo(tmp_path / "adapter", steps=30)
     targets = [answer.rstrip(".") for _, answer in DEFAULT_PAIRS]
