@@ -9,8 +9,8 @@ import dataclasses
 import json
 import sys
 
-from memvp.demo import demo_train_config
-from memvp.train import train
+from memvp.recipes.demo import demo_train_config
+from memvp.training import train
 
 name, overrides = sys.argv[1], json.loads(sys.argv[2] if len(sys.argv) > 2 else "{}")
 data_dir = overrides.pop("data_dir", "runs/demo/data")

@@ -10,7 +10,7 @@ import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from memvp import HFVisionEncoder, MemVPConfig, MemVPModel, get_memvp_model
-from memvp.model import CONFIG_NAME, WEIGHTS_NAME
+from memvp.methods.memvp.model import CONFIG_NAME, WEIGHTS_NAME
 from conftest import lm_inputs, tiny_model
 
 CFG = MemVPConfig(visual_dim=12, num_entries=6, dropout=0.0, train_layernorms=True)
@@ -89,11 +89,11 @@ def test_failed_save_leaves_previous_adapter_intact(tmp_path, monkeypatch):
             f.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr("memvp.model.save_file", crash)
+    monkeypatch.setattr("memvp.save_load.save_file", crash)
     second = _trained(seed=1)
     with pytest.raises(OSError, match="disk full"):
         second.save_pretrained(tmp_path)
-    monkeypatch.setattr("memvp.model.save_file", safetensors.torch.save_file)
+    monkeypatch.setattr("memvp.save_load.save_file", safetensors.torch.save_file)
     assert {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == before  # no temp files left
     loaded = MemVPModel.from_pretrained(tiny_model("llama"), tmp_path)
     assert torch.equal(loaded.visual_memory.key_position, first.visual_memory.key_position)

@@ -1,8 +1,9 @@
 """memvp: memory-space visual prompting (MemVP, ICML 2024) for Hugging Face transformers models."""
 
 from .architectures import ARCHITECTURES, FFNLayout, register_architecture
-from .config import MemVPConfig
-from .model import MemVPModel, VisualMemory, get_memvp_model, retrieve
+from .methods import METHODS, build_model, load_adapter, register_method
+from .methods.input_space import BaselineConfig, InputSpaceModel
+from .methods.memvp import MemVPConfig, MemVPModel, VisualMemory, get_memvp_model, retrieve
 from .vision import (
     EfficientNetLite0Encoder,
     HFVisionEncoder,
@@ -15,6 +16,7 @@ from .vision import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "METHODS", "build_model", "load_adapter", "register_method", "BaselineConfig", "InputSpaceModel",
     "ARCHITECTURES", "FFNLayout", "register_architecture", "MemVPConfig", "MemVPModel",
     "VisualMemory", "get_memvp_model", "retrieve", "EfficientNetLite0Encoder", "HFVisionEncoder",
     "PrecomputedFeatures", "VisionEncoder", "load_features", "load_image", "__version__",

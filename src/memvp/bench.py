@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .baselines import build_model
+from .methods import build_model
 from .flops import METHOD_ORDER, analytic_layer_flops
 
 ANSWER_TOKENS = 4

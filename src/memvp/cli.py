@@ -8,9 +8,13 @@ import os
 import shlex
 import sys
 
+from pathlib import Path
+
+from .recipes import DEMO_VISION_ENCODER as DEMO_VISION
+
 
 def _config(args):
-    from .train import TrainConfig
+    from .training import TrainConfig
 
     overrides = list(args.overrides)
     if getattr(args, "adapter", None):
@@ -61,6 +65,61 @@ def _bench(args) -> None:
         print(f"wrote {args.plot}")
 
 
+def _add_explain_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("explain", help="which image regions each question word retrieves (paper Fig. 5/6)")
+    p.add_argument("--adapter", required=True, help="adapter directory (MemVPModel.save_pretrained)")
+    p.add_argument("--image", required=True, help="the image")
+    p.add_argument("--question", required=True, help="the question, as it would appear in a data set")
+    p.add_argument("--tokens", nargs="+", metavar="WORD", help="words of the question to map (default: all)")
+    p.add_argument("--block-top", type=int, default=0, metavar="K",
+                   help="also answer with the K most responsive visual entries blocked in every layer")
+    p.add_argument("--output", help="PNG to write (default: explain_<image name>.png)")
+    p.add_argument("--language-model", default="smollm2", help="the adapter's base model (default smollm2)")
+    p.add_argument("--vision-encoder", default=DEMO_VISION,
+                   help=f"the encoder the adapter was trained with (default {DEMO_VISION}, as the demo)")
+    p.add_argument("--absolute", action="store_true",
+                   help="map |phi| (how much of each entry is read, whatever the sign) instead of phi")
+    p.add_argument("--max-new-tokens", type=int, default=10)
+    p.add_argument("--max-length", type=int, default=128, help="prompt + answer tokens, as in training")
+    return p
+
+
+def _explain(args: argparse.Namespace) -> int:
+    """Run ``memvp explain``; bad input raises ValueError / FileNotFoundError (the CLI exits 2)."""
+    import torch
+
+    from .explain import explain, grid_region, load_explainer
+    from .explain_plot import plot_explanation
+    from .instruments import format_report
+    from .vision import load_image
+
+    if args.block_top < 0:
+        raise ValueError(f"--block-top must be >= 0, got {args.block_top}")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    image = load_image(args.image)  # a missing / corrupt image fails before the models load
+    if not args.question.strip():
+        raise ValueError("--question is empty")
+    output = Path(args.output or f"explain_{Path(args.image).stem}.png")
+    model, tokenizer, encoder = load_explainer(args.adapter, args.vision_encoder, args.language_model)
+    with torch.no_grad():
+        features = encoder.encode([image])
+    result = explain(model, tokenizer, features, args.question, args.tokens, args.block_top,
+                     args.max_new_tokens, max_length=args.max_length, absolute=args.absolute)
+    plot_explanation(image, result, output, region=grid_region(encoder, *image.size))
+    summary = result.summary()
+    side = result.maps.grid_side
+    print(f"answer: {result.answer!r}")
+    if result.blocked:
+        print(f"answer with the top {len(result.blocked)} entries blocked "
+              f"{[tuple(c) for c in summary['blocked_entries']]}: {result.answer_blocked!r}")
+    cells = ", ".join(f"{w['word']} {tuple(w['hottest_cell'])}" for w in summary["words"])
+    print(f"hottest cell (row, col) of the {side}x{side} grid per word: {cells}")
+    print(format_report(result.scale))
+    print(f"wrote {output}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="memvp", description="Memory-space visual prompting (MemVP)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                             ("predict", "write predictions of an adapter on eval_data"),
                             ("eval", "predictions + metrics of an adapter on eval_data")):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("config", help="YAML file (keys of memvp.train.TrainConfig)")
+        p.add_argument("config", help="YAML file (keys of memvp.training.TrainConfig)")
         p.add_argument("overrides", nargs="*", help="key=value, dotted for nested keys (memvp.num_entries=64)")
         p.add_argument("--skip-bad", action="store_true",
                        help="skip samples whose image is missing or unreadable (counted and reported)")
@@ -111,9 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--plot", nargs="?", const="runs/bench.png", default=None,
                        help="also draw the sweep (PNG, like the paper's Fig. 2)")
 
-    from .explain_plot import add_explain_parser, run_explain_command
-
-    add_explain_parser(sub)
+    _add_explain_parser(sub)
     photos = sub.add_parser("two-photos", help="one minute on the real models: two photos, two answers")
     photos.add_argument("--output-dir", default="runs/two-photos")
     photos.add_argument("--steps", type=int, default=30)
@@ -127,12 +184,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "demo":
-            from .demo import run_demo
+            from .recipes.demo import run_demo
 
             run_demo(args.output_dir, quick=args.quick, compare=args.compare,
                      arms=args.arms.split(",") if args.arms else None)
         elif args.command == "train":
-            from .train import train
+            from .training import train
 
             from accelerate import PartialState
 
@@ -140,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             if PartialState().is_main_process:  # under accelerate launch / torchrun: print once
                 print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
         elif args.command in ("predict", "eval"):
-            from .train import run_eval
+            from .training import run_eval
 
             print(json.dumps(run_eval(_config(args), with_metrics=args.command == "eval"), indent=2))
         elif args.command == "flops":
@@ -148,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "bench":
             _bench(args)
         elif args.command == "explain":
-            return run_explain_command(args)
+            return _explain(args)
         elif args.command == "two-photos":
-            from .two_photo_demo import run_demo as run_two_photos
+            from .recipes.two_photos import run_demo as run_two_photos
 
             result = run_two_photos(args.output_dir, steps=args.steps)
             return 0 if result["after_reload"] == result["after"] else 1
@@ -164,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _interrupted(args, e: KeyboardInterrupt) -> str:
-    from .train import TrainingInterrupted
+    from .training import TrainingInterrupted
 
     if not isinstance(e, TrainingInterrupted):
         return "interrupted; files written so far are complete (every write is atomic)"

@@ -6,13 +6,12 @@ switch), so this works headless and leaves the caller's matplotlib state alone.
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write
-from .explain import DEFAULT_VISION_ENCODER, Explanation, explain, grid_region, load_explainer
+from .explain import Explanation
 
 
 def _shorten(text: str, width: int = 60) -> str:
@@ -82,60 +81,4 @@ def plot_explanation(image, explanation: Explanation, output: str | Path,
     return output
 
 
-# ----------------------------------------------------------------------------- command line
-def add_explain_parser(subparsers) -> argparse.ArgumentParser:
-    """``memvp explain``: add it to the CLI's subparsers."""
-    p = subparsers.add_parser("explain", help="which image regions each question word retrieves (paper Fig. 5/6)")
-    p.add_argument("--adapter", required=True, help="adapter directory (MemVPModel.save_pretrained)")
-    p.add_argument("--image", required=True, help="the image")
-    p.add_argument("--question", required=True, help="the question, as it would appear in a data set")
-    p.add_argument("--tokens", nargs="+", metavar="WORD", help="words of the question to map (default: all)")
-    p.add_argument("--block-top", type=int, default=0, metavar="K",
-                   help="also answer with the K most responsive visual entries blocked in every layer")
-    p.add_argument("--output", help="PNG to write (default: explain_<image name>.png)")
-    p.add_argument("--language-model", default="smollm2", help="the adapter's base model (default smollm2)")
-    p.add_argument("--vision-encoder", default=DEFAULT_VISION_ENCODER,
-                   help=f"the encoder the adapter was trained with (default {DEFAULT_VISION_ENCODER}, as the demo)")
-    p.add_argument("--absolute", action="store_true",
-                   help="map |phi| (how much of each entry is read, whatever the sign) instead of phi")
-    p.add_argument("--max-new-tokens", type=int, default=10)
-    p.add_argument("--max-length", type=int, default=128, help="prompt + answer tokens, as in training")
-    return p
-
-
-def run_explain_command(args: argparse.Namespace) -> int:
-    """Run ``memvp explain``; bad input raises ValueError / FileNotFoundError (the CLI exits 2)."""
-    from .instruments import format_report
-    from .vision import load_image
-
-    if args.block_top < 0:
-        raise ValueError(f"--block-top must be >= 0, got {args.block_top}")
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    image = load_image(args.image)  # a missing / corrupt image fails before the models load
-    if not args.question.strip():
-        raise ValueError("--question is empty")
-    output = Path(args.output or f"explain_{Path(args.image).stem}.png")
-    model, tokenizer, encoder = load_explainer(args.adapter, args.language_model, args.vision_encoder)
-    import torch
-
-    with torch.no_grad():
-        features = encoder.encode([image])
-    result = explain(model, tokenizer, features, args.question, args.tokens, args.block_top,
-                     args.max_new_tokens, max_length=args.max_length, absolute=args.absolute)
-    plot_explanation(image, result, output, region=grid_region(encoder, *image.size))
-    summary = result.summary()
-    side = result.maps.grid_side
-    print(f"answer: {result.answer!r}")
-    if result.blocked:
-        print(f"answer with the top {len(result.blocked)} entries blocked "
-              f"{[tuple(c) for c in summary['blocked_entries']]}: {result.answer_blocked!r}")
-    cells = ", ".join(f"{w['word']} {tuple(w['hottest_cell'])}" for w in summary["words"])
-    print(f"hottest cell (row, col) of the {side}x{side} grid per word: {cells}")
-    print(format_report(result.scale))
-    print(f"wrote {output}")
-    return 0
-
-
-__all__ = ["plot_explanation", "add_explain_parser", "run_explain_command"]
-
+__all__ = ["plot_explanation"]

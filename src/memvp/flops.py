@@ -96,7 +96,7 @@ def _stack_flops(counts: dict[str, dict]) -> dict[str, int]:
 def measure(method: str, language_model: nn.Module, length: int, n_visual: int, visual_dim: int,
             memvp: dict | None = None, baseline: dict | None = None) -> dict[str, int]:
     """Counted FLOPs of one sample's prefill: total, per stack, and per layer of the main stack."""
-    from .baselines import build_model
+    from .methods import build_model
 
     model = build_model(method, language_model, visual_dim,
                         memvp={"num_entries": n_visual, **(memvp or {})}, baseline=baseline)

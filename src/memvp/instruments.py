@@ -76,26 +76,21 @@ def measure_scale(model, batch: dict[str, Any]) -> dict[str, Any]:
     lm_keys.pop("answer_logits_only", None)
     mask = lm_keys.get("attention_mask")
     with _eval_mode(model):
-        model.set_visual_memory(model._visual_features(batch.get("visual_features"), batch.get("pixel_values")),
-                                batch.get("has_image"))
-        model._probe = {}
+        model.set_visual_memory(batch.get("visual_features"), batch.get("has_image"),
+                                pixel_values=batch.get("pixel_values"))
         try:
-            adapted = model.language_model(**lm_keys, output_hidden_states=True)
-            probe = model._probe
+            with model.probing() as sites:
+                adapted = model.language_model(**lm_keys, output_hidden_states=True)
+            with model.bypassed():
+                frozen = model.language_model(**lm_keys, output_hidden_states=True)
         finally:
-            model._probe = None
-        model._bypass = True
-        try:
-            frozen = model.language_model(**lm_keys, output_hidden_states=True)
-        finally:
-            model._bypass = False
-            model._stale = True  # like a returned forward: later direct LM calls do not see this batch
+            model.release_visual_memory()  # like a returned forward: later direct LM calls do not see this batch
     adapted_norms = _mean_norms(_hidden_states(adapted), mask)
     frozen_norms = _mean_norms(_hidden_states(frozen), mask)
     residual = [a / max(f, 1e-12) for a, f in zip(adapted_norms, frozen_norms)]
     report: dict[str, Any] = {"residual_ratio": residual, "memory_to_ffn": {}, "positive_scores": {},
                               "score_std": {}, "top_share": {}}
-    for site in probe.get("sites", []):
+    for site in sites:
         name = site["name"]
         ffn = _masked_mean(site["ffn_norm"], mask)
         report["memory_to_ffn"][name] = _masked_mean(site["memory_norm"], mask) / max(ffn, 1e-12)

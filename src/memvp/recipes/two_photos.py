@@ -12,10 +12,9 @@ from pathlib import Path
 
 import torch
 
-from .config import MemVPConfig
-from .model import MemVPModel, get_memvp_model
-from .pretrained import load_smollm2
-from .vision import EfficientNetLite0Encoder
+from ..methods.memvp import MemVPConfig, MemVPModel, get_memvp_model
+from ..pretrained import load_smollm2
+from ..vision import EfficientNetLite0Encoder
 
 QUESTION = "What is in the picture? Answer in a few words."
 DEFAULT_PAIRS = (("chelsea", "A ginger cat."), ("astronaut", "An astronaut in a space suit."))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from memvp.scenes import (
+from memvp.recipes.scenes import (
     COLORS,
     IMAGE_PATTERN,
     MIN_GAP,

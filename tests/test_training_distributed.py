@@ -1,6 +1,6 @@
 """Multi-process training on CPU (gloo): 2 processes reach what 1 process reaches.
 
-The tiny run of test_pipeline (36 train samples, global batch 12, 8 steps, MemVP dropout 0: dropout
+The tiny run of conftest.make_tiny_run (36 train samples, global batch 12, 8 steps, MemVP dropout 0: dropout
 masks are drawn per process and per shape, so with dropout the runs would legitimately differ).
 The two runs differ by float rounding only: the 2-process gradient is the average of two half-batch
 gradients, summed in another order; measured max |difference| of the adapter weights ~6e-7.

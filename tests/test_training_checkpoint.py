@@ -1,6 +1,6 @@
 """Checkpoints survive crashes, and resuming reaches exactly what an uninterrupted run reaches.
 
-The tiny run of test_pipeline, with MemVP's retrieval dropout on (0.1, so that the random states
+The tiny run of conftest.make_tiny_run, with MemVP's retrieval dropout on (0.1, so that the random states
 matter), gradient accumulation (2 micro-batches of 6) and checkpoints every 2 of the 8 steps
 (3 steps per epoch: checkpoint-4 is mid-epoch). On CPU a resumed run is bit-identical: same
 batches, same dropout masks, same optimizer state, same deterministic kernels.
@@ -19,9 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import memvp.checkpoint as checkpoint
-import memvp.train as train_module
-from memvp.checkpoint import list_checkpoints, write_directory_atomically
+import memvp.training.checkpoint as checkpoint
+import memvp.training.loop as loop_module
+from memvp.training.checkpoint import list_checkpoints, write_directory_atomically
 from memvp.cli import main
 
 ARGS = ["memvp.dropout=0.1", "batch_size=6", "grad_accum=2", "save_every=2", "save_total_limit=2",
@@ -151,7 +151,7 @@ def test_failed_write_leaves_the_previous_checkpoint(tmp_path):
 
 
 def test_non_finite_loss_stops_keeping_the_last_good_checkpoint(tiny, monkeypatch, capsys):
-    real_build = train_module.build
+    real_build = loop_module.build
 
     def build_nan_from_step_5(cfg, samples=()):  # batch 12, no accumulation: one forward pass per step
         model, tokenizer, visual = real_build(cfg, samples)
@@ -170,7 +170,7 @@ def test_non_finite_loss_stops_keeping_the_last_good_checkpoint(tiny, monkeypatc
     run = tiny / "nan"
     cfg = str(tiny / "train.yaml")
     with monkeypatch.context() as m:
-        m.setattr(train_module, "build", build_nan_from_step_5)
+        m.setattr(loop_module, "build", build_nan_from_step_5)
         assert main(["train", cfg, f"output_dir={run}", "save_every=2", "eval_data=null"]) == 2
     err = capsys.readouterr().err
     assert "non-finite loss nan at step 5" in err and f"last good checkpoint is {run / 'checkpoint-4'}" in err

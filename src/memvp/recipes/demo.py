@@ -26,10 +26,10 @@ import json
 import time
 from pathlib import Path
 
-from .atomic import atomic_write_text
-from .atomic import atomic_write
+from ..atomic import atomic_write, atomic_write_text
+from . import DEMO_VISION_ENCODER
 from .scenes import IMAGE_PATTERN, generate_dataset
-from .train import TrainConfig, train
+from ..training import TrainConfig, train
 
 SINGLE_OBJECT = {"num_objects": 1, "question_types": ["shape", "horizontal", "vertical"], "questions_per_scene": 3}
 FULL = {"scenes": {"n_train": 2400, "n_val": 10, "n_test": 200, **SINGLE_OBJECT},
@@ -40,8 +40,6 @@ MEMVP = {"num_entries": 49, "target_layers": list(range(-15, 0))}
 """The demo's MemVP: one entry per grid cell, in the top 15 layers (the top half of SmolLM2's 30)."""
 EVAL_EVERY = {"full": 100, "quick": 2}
 """--compare: evaluate every arm this often, for the accuracy-against-seconds picture."""
-# The head of EfficientNet-Lite0 keeps little colour information; block6 adds it (vision.py).
-VISION = "efficientnet-lite0:block6,head"
 
 
 def _data_spec(root: Path, split: str) -> dict:
@@ -69,7 +67,7 @@ def demo_train_config(data_dir: str | Path, quick: bool = False, seed: int = 0, 
     setting = QUICK if quick else FULL
     base = TrainConfig(
         train_data=_data_spec(data_dir, "train"), eval_data=_data_spec(data_dir, "test"),
-        vision_encoder=VISION, memvp=dict(MEMVP), max_length=48, max_new_tokens=3,
+        vision_encoder=DEMO_VISION_ENCODER, memvp=dict(MEMVP), max_length=48, max_new_tokens=3,
         eval_batch_size=50, seed=seed, warmup_ratio=0.05, **setting["train"])
     return dataclasses.replace(base, **overrides)
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from memvp.cli import main
-from memvp.demo import SINGLE_OBJECT
+from memvp.recipes.demo import SINGLE_OBJECT
 
 
 @pytest.mark.slow  # the real SmolLM2 and EfficientNet-Lite0

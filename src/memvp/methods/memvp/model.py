@@ -14,8 +14,8 @@ The whole mechanism lives here and knows nothing of datasets or command lines:
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -24,77 +24,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .architectures import FFNLayout, find_path, get_path, layout_for
-from .atomic import atomic_write, atomic_write_text
+from ...architectures import FFNLayout, find_path, get_path, layout_for
+from ...save_load import base_model_fingerprint, finish_loading, read_adapter, write_adapter
+from ..common import (TrainableStateMixin, answer_only_loss, can_skip_lm_head, check_visual_features,
+                      enable_gradient_checkpointing, init_projector, make_projector)
 from .config import MemVPConfig
 
 CONFIG_NAME = "memvp_config.json"
+
+
 WEIGHTS_NAME = "memvp_model.safetensors"
-
-
-def make_projector(kind: str, visual_dim: int, hidden_size: int, hidden: int = 128,
-                   device: torch.device | str | None = None) -> nn.Module:
-    """f: 'linear' (BART/T5 in the paper) or 'mlp' = Linear-SiLU-Linear (official LLaMA code).
-
-    Kept in fp32 whatever the LM's dtype: these are the trained (master) weights. Initialise it
-    with ``init_projector``."""
-    kw = {"device": device, "dtype": torch.float32}
-    if kind == "linear":
-        projector = nn.Linear(visual_dim, hidden_size, **kw)
-    else:
-        projector = nn.Sequential(nn.Linear(visual_dim, hidden, **kw), nn.SiLU(), nn.Linear(hidden, hidden_size, **kw))
-    return projector
-
-
-@torch.no_grad()
-def init_projector(projector: nn.Module) -> None:
-    """As the official code: xavier weights, zero bias."""
-    for m in projector.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
-def answer_only_loss(language_model: nn.Module, labels: torch.Tensor, **inputs: Any) -> CausalLMOutputWithPast:
-    """Causal-LM loss with the LM head evaluated only at positions that predict a label.
-
-    Projecting every prompt token onto a 50k-word vocabulary costs as much as a few layers; only
-    the positions that predict a label token are needed for the loss. The returned ``logits`` are
-    [n_labelled, vocab]."""
-    hidden = language_model.base_model(**inputs).last_hidden_state
-    targets = labels[:, 1:].to(hidden.device)
-    keep = targets != -100
-    logits = language_model.get_output_embeddings()(hidden[:, :-1][keep])
-    loss = F.cross_entropy(logits.float(), targets[keep])
-    return CausalLMOutputWithPast(loss=loss, logits=logits)
-
-
-def can_skip_lm_head(language_model: nn.Module) -> bool:
-    cfg = language_model.config
-    return not cfg.is_encoder_decoder and not getattr(cfg, "final_logit_softcapping", None)
-
-
-def enable_gradient_checkpointing(language_model: nn.Module) -> None:
-    """Checkpoint the LM's layers, non-reentrant so that gradients reach trainable tensors computed
-    outside the checkpointed layers (the visual memory, a projector's visual tokens)."""
-    kwargs = {"use_reentrant": False}
-    if hasattr(language_model, "activation_checkpointing_enable"):  # transformers >= 5
-        language_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
-def check_visual_features(visual_features: torch.Tensor, visual_dim: int, config_name: str) -> None:
-    if visual_features.dim() != 3 or visual_features.shape[-1] != visual_dim:
-        raise ValueError(
-            f"visual_features must have shape [batch, n_visual, visual_dim={visual_dim}], "
-            f"got {tuple(visual_features.shape)}. Check that {config_name}.visual_dim matches "
-            "your vision encoder's feature size."
-        )
 
 
 class VisualMemory(nn.Module):
@@ -231,56 +172,12 @@ def retrieval_scores(x: torch.Tensor, keys: torch.Tensor, key_gain: float = 1.0)
     return torch.matmul(x, keys.transpose(-1, -2)) * key_gain
 
 
-class TrainableStateMixin:
-    """peft-like parameter accounting and the trainable-weights state of an adapter model."""
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p for n, p in self.named_parameters() if p.requires_grad}
-
-    def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.parameters())
-        return trainable, total
-
-    def print_trainable_parameters(self) -> None:
-        trainable, total = self.get_nb_trainable_parameters()
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} "
-              f"|| trainable%: {100 * trainable / max(total, 1):.4f}")
-
-    def finish_loading(self, meta: dict, state: dict[str, torch.Tensor], weights_file: Path, layers_name: str,
-                       is_trainable: bool, allow_base_mismatch: bool = False):
-        """from_pretrained's common end: refuse another base model, load the weights, freeze for inference."""
-        check_same_base(meta["base_model"], self.base_model_fingerprint(), weights_file.parent, layers_name,
-                        allow_base_mismatch)
-        self.load_trainable_state(state, source=str(weights_file))
-        if not is_trainable:
-            self.requires_grad_(False)
-            self.eval()
-        return self
-
-    def load_trainable_state(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
-        expected = self.trainable_state_dict()
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or unexpected:
-            hint = ""
-            if any(k.startswith("vision_encoder.") for k in missing + unexpected):
-                hint = " (vision-encoder adapters differ: pass the same vision_encoder it was saved with)"
-            raise ValueError(f"{source} does not match this {type(self).__name__}{hint}: "
-                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-        for name, tensor in state.items():
-            if tensor.shape != expected[name].shape:
-                raise ValueError(f"{source}: {name} has shape {tuple(tensor.shape)}, this model "
-                                 f"expects {tuple(expected[name].shape)}")
-        with torch.no_grad():
-            for name, tensor in state.items():
-                expected[name].copy_(tensor)
-
-
 @dataclass
 class FFNSite:
     """One hooked FFN: where its input and output are, and which position table it reads."""
 
     name: str
+    layer: nn.Module
     ffn_input: nn.Module
     ffn_output: nn.Module
     activation: nn.Module
@@ -300,6 +197,8 @@ class MemVPModel(TrainableStateMixin, nn.Module):
     returns the language model's output. ``visual_features=None`` means no sample has an image;
     ``has_image`` ([B] bool) marks image-less samples inside a batch.
     """
+
+    config_class, config_name, weights_name = MemVPConfig, CONFIG_NAME, WEIGHTS_NAME
 
     def __init__(self, language_model: nn.Module, config: MemVPConfig,
                  vision_encoder: nn.Module | None = None):
@@ -344,6 +243,11 @@ class MemVPModel(TrainableStateMixin, nn.Module):
         """The language model's config, as on a peft model (MemVP's own is ``memvp_config``)."""
         return self.language_model.config
 
+    @property
+    def visual_dim(self) -> int:
+        """The feature size of the visual features it reads."""
+        return self.memvp_config.visual_dim
+
     # ----------------------------------------------------------------------------- structure
     def _find_sites(self, target: str | list[int], shared: bool) -> list[FFNSite]:
         base = self.language_model.base_model
@@ -369,6 +273,7 @@ class MemVPModel(TrainableStateMixin, nn.Module):
             layer = get_path(base, stacks[stack])[i]
             sites.append(FFNSite(
                 name=f"{stack}.{i}",
+                layer=layer,
                 ffn_input=get_path(layer, self.layout.ffn_input),
                 ffn_output=get_path(layer, self.layout.ffn_output),
                 activation=get_path(layer, self.layout.activation),
@@ -382,13 +287,11 @@ class MemVPModel(TrainableStateMixin, nn.Module):
         if config.memory_scale != "ffn":
             return
         if config.key_norms is None or config.value_norms is None:
-            base = self.language_model.base_model
             keys, values = [], []
             for site in self.sites:
-                stack, i = site.name.split(".")
-                layer = get_path(base, self.layout.stacks[stack])[int(i)]
-                keys.append(_median_neuron_length(find_path(layer, self.layout.keys), self._hidden_size, "in"))
-                values.append(_median_neuron_length(find_path(layer, self.layout.values), self._hidden_size, "out"))
+                keys.append(_median_neuron_length(find_path(site.layer, self.layout.keys), self._hidden_size, "in"))
+                values.append(_median_neuron_length(find_path(site.layer, self.layout.values), self._hidden_size,
+                                                    "out"))
             if any(v is None for v in keys + values):  # meta-device weights or an unknown layout
                 keys = values = [float(self._hidden_size) ** 0.5] * len(self.sites)  # unit-RMS rows
             else:
@@ -417,7 +320,7 @@ class MemVPModel(TrainableStateMixin, nn.Module):
         delta = retrieve(x, keys, values, site.activation, scale,
                          self.memvp_config.dropout, self.training, self._blocked, key_gain)
         if self._probe is not None:
-            self._probe.setdefault("sites", []).append(_site_stats(x, keys, site.name, site.activation,
+            self._probe["sites"].append(_site_stats(x, keys, site.name, site.activation,
                                                                    key_gain, delta, output))
         return output + delta.to(output.dtype)
 
@@ -441,7 +344,8 @@ class MemVPModel(TrainableStateMixin, nn.Module):
     # ----------------------------------------------------------------------------- running
     def set_visual_memory(self, visual_features: torch.Tensor | None = None,
                           has_image: torch.Tensor | None = None,
-                          blocked_entries: torch.Tensor | None = None) -> None:
+                          blocked_entries: torch.Tensor | None = None,
+                          pixel_values: torch.Tensor | None = None) -> None:
         """Compute the visual memory once for the next language-model calls.
 
         It stays in place until the next call (so gradient-checkpoint recomputation during
@@ -449,7 +353,7 @@ class MemVPModel(TrainableStateMixin, nn.Module):
         ``blocked_entries`` ([B, entries] bool) zeroes the retrieval weight of those entries in
         every layer (Fig. 6 distortion).
         """
-        prompts = self.visual_memory.prompts(visual_features, has_image)
+        prompts = self.visual_memory.prompts(self._visual_features(visual_features, pixel_values), has_image)
         self._stale = False
         self._entries = [self.visual_memory.entries(prompts, t)
                          for t in range(self.visual_memory.num_tables)]
@@ -458,6 +362,33 @@ class MemVPModel(TrainableStateMixin, nn.Module):
             raise ValueError(f"blocked_entries must have {n_entries} entries per sample (the visual "
                              f"memory's size), got shape {tuple(blocked_entries.shape)}")
         self._blocked = None if blocked_entries is None else blocked_entries.bool()
+
+    # ----------------------------------------------------------------------------- instruments
+    @contextlib.contextmanager
+    def probing(self):
+        """Per-layer statistics of the language-model calls made inside (the memory's and the FFN's
+        output lengths per token, the retrieval scores' sign and spread): yields the list each MemVP
+        layer appends its dict to, in call order. ``memvp.instruments`` reads it."""
+        self._probe = {"sites": []}
+        try:
+            yield self._probe["sites"]
+        finally:
+            self._probe = None
+
+    @contextlib.contextmanager
+    def bypassed(self):
+        """Language-model calls made inside skip the visual memory: the frozen LM through the very
+        same modules (and the same dtype and device), for a side-by-side measurement."""
+        self._bypass = True
+        try:
+            yield
+        finally:
+            self._bypass = False
+
+    def release_visual_memory(self) -> None:
+        """Later direct calls of the language model no longer see the memory set last (as after a
+        returned ``forward``); gradient-checkpoint recomputation during backward still does."""
+        self._stale = _CAN_SEE_BACKWARD
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self.vision_encoder is None:
@@ -494,7 +425,7 @@ class MemVPModel(TrainableStateMixin, nn.Module):
                 return answer_only_loss(lm, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             return lm(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         finally:
-            self._stale = _CAN_SEE_BACKWARD
+            self.release_visual_memory()
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
@@ -507,7 +438,7 @@ class MemVPModel(TrainableStateMixin, nn.Module):
         try:
             return self.language_model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         finally:
-            self._stale = _CAN_SEE_BACKWARD
+            self.release_visual_memory()
 
     def gradient_checkpointing_enable(self) -> None:
         enable_gradient_checkpointing(self.language_model)
@@ -520,14 +451,7 @@ class MemVPModel(TrainableStateMixin, nn.Module):
         return self.language_model
 
     def base_model_fingerprint(self) -> dict[str, Any]:
-        cfg = self.language_model.config
-        return {
-            "model_type": cfg.model_type,
-            "hidden_size": self._hidden_size,
-            "sites": [s.name for s in self.sites],
-            "name_or_path": getattr(cfg, "_name_or_path", ""),
-            "weight_sample": base_weight_sample(self.language_model),
-        }
+        return base_model_fingerprint(self.language_model, [s.name for s in self.sites])
 
     # ----------------------------------------------------------------------------- save / load
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
@@ -544,8 +468,8 @@ class MemVPModel(TrainableStateMixin, nn.Module):
         meta, config, state = read_adapter(path, CONFIG_NAME, WEIGHTS_NAME, "a MemVP adapter directory (save "
                                            "one with MemVPModel.save_pretrained)", MemVPConfig)
         model = cls(language_model, config, vision_encoder)
-        return model.finish_loading(meta, state, Path(path) / WEIGHTS_NAME, "MemVP layers", is_trainable,
-                                    allow_base_mismatch)
+        return finish_loading(model, meta, state, Path(path) / WEIGHTS_NAME, "MemVP layers", is_trainable,
+                              allow_base_mismatch)
 
 
 _CAN_SEE_BACKWARD = hasattr(torch._C, "_current_graph_task_id")
@@ -588,88 +512,10 @@ def _site_stats(x: torch.Tensor, keys: torch.Tensor, name: str, activation: nn.M
             "score_std": scores.std(-1).reshape(-1), "top_share": share.reshape(-1)}
 
 
-def write_adapter(directory: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict,
-                  config_name: str, weights_name: str) -> None:
-    """Trainable weights (safetensors) then the config JSON, each file atomically: a directory with
-    a config always has matching weights, and a failed save leaves the previous adapter intact."""
-    directory = Path(directory)
-    state = {n: t.detach().to("cpu").contiguous() for n, t in state.items()}
-    atomic_write(directory / weights_name, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    atomic_write_text(directory / config_name, json.dumps(meta, indent=2, sort_keys=True))
-
-
-def read_adapter(path: str | os.PathLike, config_name: str, weights_name: str, what: str,
-                 config_cls: type) -> tuple[dict, Any, dict[str, torch.Tensor]]:
-    """(metadata, parsed config, weights) of an adapter directory; a missing, damaged or foreign file
-    is a ValueError / FileNotFoundError naming it (never a raw JSON or safetensors traceback)."""
-    from safetensors import SafetensorError
-
-    path = Path(path)
-    config_file, weights_file = path / config_name, path / weights_name
-    for f in (config_file, weights_file):
-        if not f.is_file():
-            raise FileNotFoundError(f"{f} not found: {path} is not {what}")
-    damaged = f"save the adapter again, or use an earlier copy of {path}"
-    try:
-        meta = json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{config_file} is damaged (not valid JSON: {e}); {damaged}") from None
-    base = meta.get("base_model") if isinstance(meta, dict) else None
-    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or not isinstance(base, dict) or not {
-            "model_type", "hidden_size", "sites"} <= base.keys():
-        raise ValueError(f"{config_file} is damaged (it lacks the 'config' or 'base_model' entries an adapter "
-                         f"saved by memvp has); {damaged}")
-    try:
-        config = config_cls.from_dict(meta["config"])
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{config_file}: bad adapter config ({e})") from None
-    try:
-        state = load_file(str(weights_file))
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{weights_file} is damaged (truncated or not safetensors: {e}); {damaged}") from None
-    return meta, config, state
-
-
-def base_weight_sample(language_model: nn.Module, count: int = 16) -> list[float] | None:
-    """``count`` evenly spaced values of the input embeddings: a cheap fingerprint of the weights (a
-    random-init model of the same shape differs everywhere; bf16 and fp32 copies agree to 1%)."""
-    weight = language_model.get_input_embeddings().weight
-    if weight.is_meta:
-        return None
-    flat = weight.detach().reshape(-1)
-    index = torch.arange(count, device=flat.device) * (flat.numel() - 1) // (count - 1)  # exact, not float
-    return [float(v) for v in flat[index].float().cpu()]
-
-
-def check_same_base(saved: dict, ours: dict, path: str | os.PathLike, layers_name: str,
-                    allow_base_mismatch: bool = False) -> None:
-    """Refuse an adapter saved for another base model (fingerprints: model_type, hidden_size, sites,
-    and a sample of the embedding weights unless ``allow_base_mismatch``)."""
-    for key in ("model_type", "hidden_size", "sites"):
-        if saved[key] != ours[key]:
-            raise ValueError(
-                f"The adapter in {path} was saved for a {saved['model_type']} model "
-                f"(hidden_size={saved['hidden_size']}, {len(saved['sites'])} {layers_name}, "
-                f"from {saved.get('name_or_path') or 'an unnamed model'}), but this "
-                f"{ours['model_type']} model has hidden_size={ours['hidden_size']} and "
-                f"{len(ours['sites'])} {layers_name} ({key} differs). Load it onto the base "
-                "model it was trained on."
-            )
-    a, b = saved.get("weight_sample"), ours.get("weight_sample")
-    if a is not None and b is not None and not allow_base_mismatch and not torch.allclose(
-            torch.tensor(a), torch.tensor(b), rtol=1e-2, atol=1e-3):
-        raise ValueError(
-            f"The adapter in {path} was saved for a {saved['model_type']} model with other weights (from "
-            f"{saved.get('name_or_path') or 'an unnamed model'}): the shapes match this one but a sample of the "
-            "input embeddings does not. Load it onto the model it was trained on, or pass allow_base_mismatch=True "
-            "(allow_base_mismatch=true in a config) to load it anyway.")
-
-
 def get_memvp_model(language_model: nn.Module, config: MemVPConfig,
                     vision_encoder: nn.Module | None = None) -> MemVPModel:
     """Wrap a transformers LM (frozen) with MemVP, like ``peft.get_peft_model``."""
     return MemVPModel(language_model, config, vision_encoder)
 
 
-__all__ = ["MemVPModel", "VisualMemory", "get_memvp_model", "retrieve", "make_projector", "init_projector",
-           "answer_only_loss", "enable_gradient_checkpointing", "check_same_base", "check_visual_features", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = ["MemVPModel", "VisualMemory", "get_memvp_model", "retrieve", "retrieval_scores", "CONFIG_NAME", "WEIGHTS_NAME"]

@@ -7,13 +7,8 @@ import pytest
 import torch
 
 from memvp import MemVPConfig, get_memvp_model
-from memvp.baselines import (
-    BaselineConfig,
-    InputSpaceModel,
-    build_model,
-    insert_visual_tokens,
-    load_adapter,
-)
+from memvp.methods import build_model, load_adapter
+from memvp.methods.input_space import BaselineConfig, InputSpaceModel, insert_visual_tokens
 from conftest import VOCAB, tiny_model
 
 VIS_DIM, N_VIS = 12, 4
@@ -172,44 +167,3 @@ def test_bad_baseline_configs_and_features():
         BaselineConfig.from_dict({"method": "text_only", "rank": 4})
     with pytest.raises(ValueError, match="visual_dim=12"):
         _input_space()(input_ids=torch.randint(3, VOCAB, (1, 4)), visual_features=torch.randn(1, 3, 7))
-
-
-# ------------------------------------------------------------------ MemVP ablation switches
-def test_global_features_give_one_visual_prompt_of_the_mean():
-    cfg = dict(visual_dim=VIS_DIM, num_entries=6, dropout=0.0)
-    local = get_memvp_model(tiny_model("llama"), MemVPConfig(**cfg))
-    glob = get_memvp_model(tiny_model("llama"), MemVPConfig(**cfg, visual_tokens="global"))
-    glob.visual_memory.load_state_dict(local.visual_memory.state_dict())
-    feats = torch.randn(2, 4, VIS_DIM)
-    p_local, p_global = local.visual_memory.prompts(feats), glob.visual_memory.prompts(feats)
-    assert torch.all(p_global[:, 1:] == 0) and p_global[:, 0].abs().sum() > 0
-    torch.testing.assert_close(p_global[:, 0], glob.visual_memory.prompts(feats.mean(1, keepdim=True))[:, 0])
-    assert not torch.allclose(p_local[:, :4], p_global[:, :1].expand(-1, 4, -1))
-    assert local.get_nb_trainable_parameters() == glob.get_nb_trainable_parameters()
-
-
-def test_blocked_entries_are_removed_from_the_memory():
-    cfg = MemVPConfig(visual_dim=VIS_DIM, num_entries=4, memory_scale="paper", visual_scale=1.0, output_scale=1.0, dropout=0.0)
-    model = get_memvp_model(tiny_model("llama").double(), cfg).double().eval()
-    with torch.no_grad():
-        model.visual_memory.value_position.normal_(0, 0.5)
-    ids = torch.randint(3, VOCAB, (2, 5))
-    feats = torch.randn(2, 4, VIS_DIM, dtype=torch.double)
-    blocked = torch.tensor([[True, False, True, False], [False, False, False, True]])
-    with torch.no_grad():
-        got = model(input_ids=ids, visual_features=feats, blocked_entries=blocked).logits
-        plain = model(input_ids=ids, visual_features=feats).logits
-        # The same as a memory without those entries: zero their keys *and* values.
-        vm = model.visual_memory
-        for b in range(2):
-            keep = ~blocked[b]
-            small = get_memvp_model(tiny_model("llama").double(), MemVPConfig(**{**cfg.to_dict(), "num_entries": int(keep.sum())}))
-            small = small.double().eval()
-            small.visual_memory.projector.load_state_dict(vm.projector.state_dict())
-            small.visual_memory.key_position.copy_(vm.key_position[:, keep])
-            small.visual_memory.value_position.copy_(vm.value_position[:, keep])
-            want = small(input_ids=ids[b : b + 1], visual_features=feats[b : b + 1, keep]).logits
-            torch.testing.assert_close(got[b : b + 1], want)
-    assert not torch.allclose(got, plain)
-    with pytest.raises(ValueError, match="blocked_entries must have 4 entries"):
-        model(input_ids=ids, visual_features=feats, blocked_entries=blocked[:, :3])

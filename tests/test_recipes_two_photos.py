@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from memvp.two_photo_demo import DEFAULT_PAIRS, run_demo
+from memvp.recipes.two_photos import DEFAULT_PAIRS, run_demo
 
 
 @pytest.mark.slow  # the real SmolLM2 and EfficientNet-Lite0

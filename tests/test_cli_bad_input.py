@@ -14,8 +14,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-import memvp.train as train_module
-from memvp import checkpoint, load_features, load_image
+import memvp.training.build as build_module
+import memvp.training.loop as loop_module
+from memvp import load_features, load_image
+from memvp.training import checkpoint
 from memvp.cli import main
 from memvp.datasets import load_samples
 
@@ -36,7 +38,7 @@ def no_model_load(monkeypatch):
     """Fail the test if a language model gets loaded: the error must come before it."""
     def refuse(*args, **kwargs):
         raise AssertionError("the language model was loaded before the bad input was reported")
-    monkeypatch.setattr(train_module, "load_language_model", refuse)
+    monkeypatch.setattr(build_module, "load_language_model", refuse)
 
 
 # ------------------------------------------------------------------------------------- config
@@ -191,7 +193,7 @@ def test_signal_saves_a_checkpoint_and_resume_finishes_the_same(tiny, tmp_path, 
     common = ["max_steps=6", "save_every=0", f"feature_cache={tiny / 'cache'}"]
     assert main(["train", cfg, *common, f"output_dir={tmp_path / 'straight'}"]) == 0
 
-    real_step, calls = train_module._optimizer_step, [0]
+    real_step, calls = loop_module._optimizer_step, [0]
 
     def step_then_signal(*args, **kwargs):
         loss = real_step(*args, **kwargs)
@@ -202,7 +204,7 @@ def test_signal_saves_a_checkpoint_and_resume_finishes_the_same(tiny, tmp_path, 
 
     out = tmp_path / "interrupted"
     with monkeypatch.context() as m:
-        m.setattr(train_module, "_optimizer_step", step_then_signal)
+        m.setattr(loop_module, "_optimizer_step", step_then_signal)
         assert main(["train", cfg, *common, f"output_dir={out}"]) == 130
     err = _one_error_line(capsys, f"stopped by {sig.name} after step 3 of 6", "resume with: memvp train", "--resume")
     assert str(out / "checkpoint-3") in err and calls[0] == 3

@@ -8,8 +8,9 @@ from accelerate import Accelerator
 from conftest import tiny_model
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from memvp.baselines import build_model
-from memvp.train import TrainConfig, _optimizer_step, param_groups
+from memvp.methods import build_model
+from memvp.training import TrainConfig
+from memvp.training.loop import _optimizer_step, param_groups
 
 
 @pytest.mark.parametrize("method", ["memvp", "input_space"])

@@ -14,7 +14,6 @@ parameter counts), so training, prediction and benchmarks treat all methods alik
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,57 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .architectures import get_path, layout_for
-from .config import DictConfig, MemVPConfig, check_choice, check_field_types
-from .model import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    MemVPModel,
-    TrainableStateMixin,
-    base_weight_sample,
-    answer_only_loss,
-    can_skip_lm_head,
-    check_visual_features,
-    enable_gradient_checkpointing,
-    get_memvp_model,
-    init_projector,
-    make_projector,
-    read_adapter,
-    write_adapter,
-)
+from ...architectures import get_path, layout_for
+from ...save_load import base_model_fingerprint, finish_loading, read_adapter, write_adapter
+from ..common import (TrainableStateMixin, answer_only_loss, can_skip_lm_head, check_visual_features,
+                      enable_gradient_checkpointing, init_projector, make_projector)
+from .config import BaselineConfig
 
-METHODS = ("memvp", "input_space", "text_only")
 BASELINE_CONFIG_NAME = "baseline_config.json"
+
+
 BASELINE_WEIGHTS_NAME = "baseline_model.safetensors"
-
-
-@dataclass
-class BaselineConfig(DictConfig):
-    """An input-space (LLaVA-LoRA) or text-only baseline."""
-
-    method: str = "input_space"
-    visual_dim: int = 0
-    """Feature size of the vision encoder (input_space only)."""
-    projector: str = "mlp"
-    """Same choices as MemVPConfig.projector: the two methods get the same projector shape."""
-    projector_hidden: int = 128
-    normalize_features: bool = False
-    lora_r: int = 6
-    lora_alpha: float = 12.0
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] | None = None
-    """None: peft's default for the model type (q_proj / v_proj on LLaMA, as LLaVA-LoRA)."""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        check_field_types(self, "BaselineConfig")
-        check_choice("method", self.method, ("input_space", "text_only"), "BaselineConfig")
-        check_choice("projector", self.projector, ("linear", "mlp"), "BaselineConfig")
-        if self.method == "input_space" and int(self.visual_dim) <= 0:
-            raise ValueError("BaselineConfig.visual_dim must be positive for method='input_space' "
-                             f"(the vision encoder's feature size), got {self.visual_dim}")
-        if int(self.lora_r) <= 0:
-            raise ValueError(f"BaselineConfig.lora_r must be positive, got {self.lora_r}")
 
 
 def insert_visual_tokens(embeds: torch.Tensor, mask: torch.Tensor, visual: torch.Tensor,
@@ -104,6 +62,8 @@ class InputSpaceModel(TrainableStateMixin, nn.Module):
     """A frozen LM tuned with LoRA (peft); with ``method='input_space'`` projected visual tokens
     are prepended to its input (LLaVA), with ``'text_only'`` the visual input is ignored."""
 
+    config_class, config_name, weights_name = BaselineConfig, BASELINE_CONFIG_NAME, BASELINE_WEIGHTS_NAME
+
     def __init__(self, language_model: nn.Module, config: BaselineConfig):
         super().__init__()
         from peft import LoraConfig, TaskType, get_peft_model
@@ -131,6 +91,12 @@ class InputSpaceModel(TrainableStateMixin, nn.Module):
     @property
     def config(self):
         return self.language_model.config
+
+    @property
+    def visual_dim(self) -> int | None:
+        """The feature size of the visual features it reads; None for text_only, which reads none."""
+        cfg = self.baseline_config
+        return cfg.visual_dim if cfg.method == "input_space" else None
 
     # ----------------------------------------------------------------------------- inputs
     def visual_tokens(self, visual_features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -192,13 +158,10 @@ class InputSpaceModel(TrainableStateMixin, nn.Module):
 
     # ----------------------------------------------------------------------------- save / load
     def base_model_fingerprint(self) -> dict[str, Any]:
-        cfg = self.language_model.config
         stacks = layout_for(self.language_model).stacks
         base = self.language_model.base_model
-        return {"model_type": cfg.model_type, "hidden_size": self._hidden_size,
-                "sites": [f"{name}.{i}" for name, path in stacks.items() for i in range(len(get_path(base, path)))],
-                "name_or_path": getattr(cfg, "_name_or_path", ""),
-                "weight_sample": base_weight_sample(self.language_model)}
+        return base_model_fingerprint(self.language_model, [f"{name}.{i}" for name, path in stacks.items()
+                                                            for i in range(len(get_path(base, path)))])
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         meta = {"config": self.baseline_config.to_dict(), "base_model": self.base_model_fingerprint()}
@@ -210,58 +173,8 @@ class InputSpaceModel(TrainableStateMixin, nn.Module):
         meta, config, state = read_adapter(path, BASELINE_CONFIG_NAME, BASELINE_WEIGHTS_NAME, "a baseline adapter "
                                            "directory (save one with InputSpaceModel.save_pretrained)", BaselineConfig)
         model = cls(language_model, config)
-        return model.finish_loading(meta, state, Path(path) / BASELINE_WEIGHTS_NAME, "layers", is_trainable,
-                                    allow_base_mismatch)
+        return finish_loading(model, meta, state, Path(path) / BASELINE_WEIGHTS_NAME, "layers", is_trainable,
+                              allow_base_mismatch)
 
 
-def build_model(method: str, language_model: nn.Module, visual_dim: int, memvp: dict | None = None,
-                baseline: dict | None = None) -> nn.Module:
-    """One entry point for every method: ``memvp`` (MemVPConfig keys in ``memvp``), ``input_space``
-    or ``text_only`` (BaselineConfig keys in ``baseline``)."""
-    check_choice("method", method, METHODS, "the config")
-    if method == "memvp":
-        return get_memvp_model(language_model, MemVPConfig(visual_dim=visual_dim, **(memvp or {})))
-    return InputSpaceModel(language_model, BaselineConfig(method=method, visual_dim=visual_dim, **(baseline or {})))
-
-
-def _adapter_class(path: Path) -> type:
-    if (path / BASELINE_CONFIG_NAME).is_file():
-        return InputSpaceModel
-    if (path / CONFIG_NAME).is_file():
-        return MemVPModel
-    raise FileNotFoundError(f"{path} holds no adapter: expected {CONFIG_NAME} (MemVP) or "
-                            f"{BASELINE_CONFIG_NAME} (input_space / text_only) in it")
-
-
-def check_adapter(path: str | os.PathLike) -> None:
-    """Read an adapter directory's files without any model (seconds before a model load, not after):
-    a missing, damaged or truncated file raises naming it."""
-    path = Path(path)
-    if _adapter_class(path) is InputSpaceModel:
-        read_adapter(path, BASELINE_CONFIG_NAME, BASELINE_WEIGHTS_NAME, "a baseline adapter directory", BaselineConfig)
-    else:
-        read_adapter(path, CONFIG_NAME, WEIGHTS_NAME, "a MemVP adapter directory", MemVPConfig)
-
-
-def load_adapter(language_model: nn.Module, path: str | os.PathLike, is_trainable: bool = False,
-                 allow_base_mismatch: bool = False) -> nn.Module:
-    """Load whatever adapter ``path`` holds (MemVP or a baseline) onto ``language_model``."""
-    path = Path(path)
-    return _adapter_class(path).from_pretrained(language_model, path, is_trainable=is_trainable,
-                                                allow_base_mismatch=allow_base_mismatch)
-
-
-def check_adapter_features(model: nn.Module, adapter: str | os.PathLike, feature_dim: int, encoder: str) -> None:
-    """Refuse a vision encoder whose features do not have the size the loaded adapter was trained on."""
-    if isinstance(model, MemVPModel):
-        expected = model.memvp_config.visual_dim
-    else:
-        cfg = model.baseline_config
-        expected = cfg.visual_dim if cfg.method == "input_space" else None  # text_only reads no image
-    if expected is not None and expected != feature_dim:
-        raise ValueError(f"the adapter {adapter} expects {expected}-d visual features but the vision encoder "
-                         f"{encoder!r} gives {feature_dim}-d ones: use the vision encoder it was trained with")
-
-
-__all__ = ["METHODS", "BaselineConfig", "InputSpaceModel", "build_model", "load_adapter", "insert_visual_tokens",
-           "check_adapter_features", "check_adapter"]
+__all__ = ["InputSpaceModel", "insert_visual_tokens", "BASELINE_CONFIG_NAME", "BASELINE_WEIGHTS_NAME"]

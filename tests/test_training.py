@@ -8,55 +8,10 @@ import os
 import pytest
 import torch
 import yaml
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
-from transformers import PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
+from conftest import word_tokenizer
 from memvp.cli import main
-from memvp.scenes import COLORS, TEMPLATES, generate_dataset
-
-
-def _word_tokenizer():
-    words = {w.strip("?").lower() for t in TEMPLATES.values() for w in t.format("x").split()}
-    words |= set(COLORS) | {"square", "circle", "left", "right", "top", "bottom", "answer:"}
-    words |= {str(i) for i in range(10)}
-    vocab = {w: i for i, w in enumerate(["<unk>", "<pad>", "<s>", "</s>", *sorted(words)])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
-                                   bos_token="<s>", eos_token="</s>")
-
-
-def make_tiny_run(root) -> dict:
-    """A tiny random-init Llama + word tokenizer, a CLIP tower and a Sort-of-CLEVR VQA set under
-    ``root``; returns a training config for them (also written to root/train.yaml). Seeded: the
-    same files every time. The `tiny` fixture (conftest.py) gives each test module its own copy."""
-    torch.manual_seed(0)
-    tok = _word_tokenizer()
-    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48,
-                                      num_hidden_layers=2, num_attention_heads=4,
-                                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                      pad_token_id=tok.pad_token_id))
-    lm.save_pretrained(root / "lm")
-    tok.save_pretrained(root / "lm")
-    vit = CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=2,
-                                           num_attention_heads=2, image_size=16, patch_size=4))
-    vit.save_pretrained(root / "vit")
-    CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(root / "vit")
-    generate_dataset(root / "data", n_train=12, n_val=2, n_test=4, questions_per_scene=3, progress=False)
-    data = {"format": "vqav2", "image_dir": "data/images", "image_pattern": "COCO_{data_subtype}_{image_id:012d}.png"}
-    config = {
-        "train_data": {**data, "questions_file": "data/questions_train.json",
-                       "annotations_file": "data/annotations_train.json"},
-        "eval_data": {**data, "questions_file": "data/questions_test.json",
-                      "annotations_file": "data/annotations_test.json"},
-        "output_dir": str(root / "run"), "language_model": str(root / "lm"), "vision_encoder": str(root / "vit"),
-        "feature_cache": str(root / "cache"), "memvp": {"num_entries": 16, "dropout": 0.0, "memory_scale": "paper"},
-        "max_steps": 8, "batch_size": 12, "lr": 1e-2, "warmup_ratio": 0.0, "max_new_tokens": 2,
-        "max_length": 32, "progress": False,
-    }
-    (root / "train.yaml").write_text(yaml.safe_dump(config))
-    return config
 
 
 def test_train_save_load_predict_eval(tiny, capsys):
@@ -99,7 +54,7 @@ def test_train_save_load_predict_eval(tiny, capsys):
     assert sampled("nucleus1", "top_p=1e-9", "temperature=2.0") == train_predictions
     hot = sampled("hot", "top_p=1.0", "temperature=1000.0")
     assert hot.keys() == train_predictions.keys() and hot != train_predictions
-    vocab = set(_word_tokenizer().get_vocab())
+    vocab = set(word_tokenizer().get_vocab())
     assert all(set(answer.split()) <= vocab for answer in hot.values())  # decoded words, cut as greedy ones
 
 
@@ -172,7 +127,8 @@ def test_example_configs_are_valid():
     from pathlib import Path
 
     from memvp import MemVPConfig
-    from memvp.train import TrainConfig, read_split
+    from memvp.training import TrainConfig
+    from memvp.training.build import read_split
 
     repo = Path(__file__).parent.parent
     configs, fixtures = repo / "configs", Path(__file__).parent / "fixtures" / "datasets"
@@ -202,7 +158,7 @@ def test_example_configs_are_valid():
 
 
 def test_numbers_in_overrides_are_numbers():
-    from memvp.train import TrainConfig
+    from memvp.training import TrainConfig
 
     # YAML 1.1 reads 1e-4 (no dot) as a string; torch would fail much later on it.
     assert TrainConfig.from_yaml(None, ["lr=1e-4", "weight_decay=0"]).lr == 1e-4
@@ -214,7 +170,7 @@ def test_numbers_in_overrides_are_numbers():
                                  {"diagnose_every": -1}])
 def test_a_budget_that_trains_nothing_is_rejected_before_any_work(bad):
     """Issue 12.4: these used to train 1 step / a full epoch and overwrite the previous run."""
-    from memvp.train import TrainConfig
+    from memvp.training import TrainConfig
 
     with pytest.raises(ValueError, match="must be"):
         TrainConfig(**bad)
@@ -222,12 +178,12 @@ def test_a_budget_that_trains_nothing_is_rejected_before_any_work(bad):
 
 def test_unwritable_output_and_bad_data_fail_before_the_models_load(tiny, capsys, tmp_path, monkeypatch):
     """Issue 12.3 and 12.13: these used to fail after loading (or after training)."""
-    import memvp.train
+    import memvp.training.build
 
     def no_model(*args, **kwargs):
         raise AssertionError("the language model was loaded before the bad input was found")
 
-    monkeypatch.setattr(memvp.train, "load_language_model", no_model)
+    monkeypatch.setattr(memvp.training.build, "load_language_model", no_model)
     cfg = str(tiny / "train.yaml")
     a_file = tmp_path / "taken"
     a_file.write_text("not a directory")

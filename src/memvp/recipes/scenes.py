@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write, atomic_write_text
+from ..atomic import atomic_write, atomic_write_text
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -236,7 +236,7 @@ def generate_dataset(out_dir: str | os.PathLike, n_train: int = 2400, n_val: int
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     sizes = {"train": n_train, "val": n_val, "test": n_test}
-    info = {"description": "Sort-of-CLEVR-style synthetic VQA (memvp.scenes)", "version": "1.0", "seed": seed,
+    info = {"description": "Sort-of-CLEVR-style synthetic VQA (memvp.recipes.scenes)", "version": "1.0", "seed": seed,
             "num_objects": num_objects, "object_size": OBJECT_SIZE, "width": WIDTH, "height": HEIGHT,
             "question_types": list(question_types)}
     bar = tqdm(total=sum(sizes.values()), desc="scenes", unit="scene", disable=not progress)

@@ -1,0 +1,109 @@
+"""What every method's model shares: the visual projector, the answer-only loss, gradient
+checkpointing, feature checks and peft-like parameter accounting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+def make_projector(kind: str, visual_dim: int, hidden_size: int, hidden: int = 128,
+                   device: torch.device | str | None = None) -> nn.Module:
+    """f: 'linear' (BART/T5 in the paper) or 'mlp' = Linear-SiLU-Linear (official LLaMA code).
+
+    Kept in fp32 whatever the LM's dtype: these are the trained (master) weights. Initialise it
+    with ``init_projector``."""
+    kw = {"device": device, "dtype": torch.float32}
+    if kind == "linear":
+        projector = nn.Linear(visual_dim, hidden_size, **kw)
+    else:
+        projector = nn.Sequential(nn.Linear(visual_dim, hidden, **kw), nn.SiLU(), nn.Linear(hidden, hidden_size, **kw))
+    return projector
+
+
+@torch.no_grad()
+def init_projector(projector: nn.Module) -> None:
+    """As the official code: xavier weights, zero bias."""
+    for m in projector.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def answer_only_loss(language_model: nn.Module, labels: torch.Tensor, **inputs: Any) -> CausalLMOutputWithPast:
+    """Causal-LM loss with the LM head evaluated only at positions that predict a label.
+
+    Projecting every prompt token onto a 50k-word vocabulary costs as much as a few layers; only
+    the positions that predict a label token are needed for the loss. The returned ``logits`` are
+    [n_labelled, vocab]."""
+    hidden = language_model.base_model(**inputs).last_hidden_state
+    targets = labels[:, 1:].to(hidden.device)
+    keep = targets != -100
+    logits = language_model.get_output_embeddings()(hidden[:, :-1][keep])
+    loss = F.cross_entropy(logits.float(), targets[keep])
+    return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+
+def can_skip_lm_head(language_model: nn.Module) -> bool:
+    cfg = language_model.config
+    return not cfg.is_encoder_decoder and not getattr(cfg, "final_logit_softcapping", None)
+
+
+def enable_gradient_checkpointing(language_model: nn.Module) -> None:
+    """Checkpoint the LM's layers, non-reentrant so that gradients reach trainable tensors computed
+    outside the checkpointed layers (the visual memory, a projector's visual tokens)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(language_model, "activation_checkpointing_enable"):  # transformers >= 5
+        language_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def check_visual_features(visual_features: torch.Tensor, visual_dim: int, config_name: str) -> None:
+    if visual_features.dim() != 3 or visual_features.shape[-1] != visual_dim:
+        raise ValueError(
+            f"visual_features must have shape [batch, n_visual, visual_dim={visual_dim}], "
+            f"got {tuple(visual_features.shape)}. Check that {config_name}.visual_dim matches "
+            "your vision encoder's feature size."
+        )
+
+
+class TrainableStateMixin:
+    """peft-like parameter accounting and the trainable-weights state of an adapter model."""
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} "
+              f"|| trainable%: {100 * trainable / max(total, 1):.4f}")
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        expected = self.trainable_state_dict()
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or unexpected:
+            hint = ""
+            if any(k.startswith("vision_encoder.") for k in missing + unexpected):
+                hint = " (vision-encoder adapters differ: pass the same vision_encoder it was saved with)"
+            raise ValueError(f"{source} does not match this {type(self).__name__}{hint}: "
+                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        for name, tensor in state.items():
+            if tensor.shape != expected[name].shape:
+                raise ValueError(f"{source}: {name} has shape {tuple(tensor.shape)}, this model "
+                                 f"expects {tuple(expected[name].shape)}")
+        with torch.no_grad():
+            for name, tensor in state.items():
+                expected[name].copy_(tensor)
+
+
+__all__ = ["make_projector", "init_projector", "answer_only_loss", "can_skip_lm_head", "enable_gradient_checkpointing",
+           "check_visual_features", "TrainableStateMixin"]

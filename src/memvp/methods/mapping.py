@@ -1,0 +1,104 @@
+"""The one registry from a method name to its config and model classes (as peft's ``mapping.py``).
+
+Training, prediction, benchmarks and the CLI build, save and load every method through here and
+know nothing of a method's internals. A new method registers a ``Method``: its config class (a
+``DictConfig`` taking ``visual_dim``), its model class (``save_pretrained`` / ``from_pretrained``,
+the ``config_name`` / ``weights_name`` of its adapter files, ``visual_dim``: the feature size it
+reads, None when it reads no image) and the section of a training config holding its options.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from ..save_load import read_adapter
+from .input_space.config import BaselineConfig
+from .input_space.model import InputSpaceModel
+from .memvp.config import MemVPConfig
+from .memvp.model import MemVPModel
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config_class: type
+    model_class: type
+    section: str
+    """The training-config key (and ``build_model`` keyword) that holds this method's options."""
+    fixed: dict = field(default_factory=dict)
+    """Config fields the method's name sets (two baselines share one config class)."""
+    reads_images: bool = True
+    """False for a method that never sees the image (text_only): training then loads no features."""
+
+    def make_config(self, visual_dim: int, options: dict | None = None):
+        return self.config_class.from_dict({**(options or {}), **self.fixed, "visual_dim": visual_dim})
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> None:
+    METHODS[method.name] = method
+
+
+register_method(Method("memvp", MemVPConfig, MemVPModel, section="memvp"))
+register_method(Method("input_space", BaselineConfig, InputSpaceModel, section="baseline",
+                       fixed={"method": "input_space"}))
+register_method(Method("text_only", BaselineConfig, InputSpaceModel, section="baseline", fixed={"method": "text_only"},
+                       reads_images=False))
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {name!r}")
+    return METHODS[name]
+
+
+def build_model(method: str, language_model: nn.Module, visual_dim: int, **options: dict | None) -> nn.Module:
+    """A new (untrained) model of ``method`` around ``language_model``; its options come in the keyword
+    named after its section: ``memvp={...}`` (MemVPConfig keys) for memvp, ``baseline={...}``
+    (BaselineConfig keys) for input_space / text_only. Other sections are ignored, so one call can
+    carry every method's options (as a training config does)."""
+    entry = get_method(method)
+    return entry.model_class(language_model, entry.make_config(visual_dim, options.get(entry.section)))
+
+
+def _adapter_model_class(path: Path) -> type:
+    classes = list(dict.fromkeys(m.model_class for m in METHODS.values()))
+    for cls in classes:
+        if (path / cls.config_name).is_file():
+            return cls
+    names = " or ".join(f"{cls.config_name} ({cls.__name__})" for cls in classes)
+    raise FileNotFoundError(f"{path} holds no adapter: expected {names} in it")
+
+
+def check_adapter(path: str | os.PathLike) -> None:
+    """Read an adapter directory's files without any model (seconds before a model load, not after):
+    a missing, damaged or truncated file raises naming it."""
+    path = Path(path)
+    cls = _adapter_model_class(path)
+    read_adapter(path, cls.config_name, cls.weights_name, f"a {cls.__name__} adapter directory", cls.config_class)
+
+
+def load_adapter(language_model: nn.Module, path: str | os.PathLike, is_trainable: bool = False,
+                 allow_base_mismatch: bool = False) -> nn.Module:
+    """Load whatever adapter ``path`` holds (MemVP or a baseline) onto ``language_model``."""
+    path = Path(path)
+    return _adapter_model_class(path).from_pretrained(language_model, path, is_trainable=is_trainable,
+                                                      allow_base_mismatch=allow_base_mismatch)
+
+
+def check_adapter_features(model: nn.Module, adapter: str | os.PathLike, feature_dim: int, encoder: str) -> None:
+    """Refuse a vision encoder whose features do not have the size the loaded adapter was trained on."""
+    expected = model.visual_dim
+    if expected is not None and expected != feature_dim:
+        raise ValueError(f"the adapter {adapter} expects {expected}-d visual features but the vision encoder "
+                         f"{encoder!r} gives {feature_dim}-d ones: use the vision encoder it was trained with")
+
+
+__all__ = ["Method", "METHODS", "register_method", "get_method", "build_model", "load_adapter", "check_adapter",
+           "check_adapter_features"]

@@ -1,0 +1,117 @@
+"""Adapter files, apart from the models: the trainable weights (safetensors) and a JSON of the
+method's config plus a fingerprint of the base model, so that an adapter is never loaded onto
+another model by mistake. Every method's ``save_pretrained`` / ``from_pretrained`` go through here."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .atomic import atomic_write, atomic_write_text
+
+def write_adapter(directory: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict,
+                  config_name: str, weights_name: str) -> None:
+    """Trainable weights (safetensors) then the config JSON, each file atomically: a directory with
+    a config always has matching weights, and a failed save leaves the previous adapter intact."""
+    directory = Path(directory)
+    state = {n: t.detach().to("cpu").contiguous() for n, t in state.items()}
+    atomic_write(directory / weights_name, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write_text(directory / config_name, json.dumps(meta, indent=2, sort_keys=True))
+
+
+def read_adapter(path: str | os.PathLike, config_name: str, weights_name: str, what: str,
+                 config_cls: type) -> tuple[dict, Any, dict[str, torch.Tensor]]:
+    """(metadata, parsed config, weights) of an adapter directory; a missing, damaged or foreign file
+    is a ValueError / FileNotFoundError naming it (never a raw JSON or safetensors traceback)."""
+    from safetensors import SafetensorError
+
+    path = Path(path)
+    config_file, weights_file = path / config_name, path / weights_name
+    for f in (config_file, weights_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} not found: {path} is not {what}")
+    damaged = f"save the adapter again, or use an earlier copy of {path}"
+    try:
+        meta = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{config_file} is damaged (not valid JSON: {e}); {damaged}") from None
+    base = meta.get("base_model") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or not isinstance(base, dict) or not {
+            "model_type", "hidden_size", "sites"} <= base.keys():
+        raise ValueError(f"{config_file} is damaged (it lacks the 'config' or 'base_model' entries an adapter "
+                         f"saved by memvp has); {damaged}")
+    try:
+        config = config_cls.from_dict(meta["config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{config_file}: bad adapter config ({e})") from None
+    try:
+        state = load_file(str(weights_file))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{weights_file} is damaged (truncated or not safetensors: {e}); {damaged}") from None
+    return meta, config, state
+
+
+def base_weight_sample(language_model: nn.Module, count: int = 16) -> list[float] | None:
+    """``count`` evenly spaced values of the input embeddings: a cheap fingerprint of the weights (a
+    random-init model of the same shape differs everywhere; bf16 and fp32 copies agree to 1%)."""
+    weight = language_model.get_input_embeddings().weight
+    if weight.is_meta:
+        return None
+    flat = weight.detach().reshape(-1)
+    index = torch.arange(count, device=flat.device) * (flat.numel() - 1) // (count - 1)  # exact, not float
+    return [float(v) for v in flat[index].float().cpu()]
+
+
+def check_same_base(saved: dict, ours: dict, path: str | os.PathLike, layers_name: str,
+                    allow_base_mismatch: bool = False) -> None:
+    """Refuse an adapter saved for another base model (fingerprints: model_type, hidden_size, sites,
+    and a sample of the embedding weights unless ``allow_base_mismatch``)."""
+    for key in ("model_type", "hidden_size", "sites"):
+        if saved[key] != ours[key]:
+            raise ValueError(
+                f"The adapter in {path} was saved for a {saved['model_type']} model "
+                f"(hidden_size={saved['hidden_size']}, {len(saved['sites'])} {layers_name}, "
+                f"from {saved.get('name_or_path') or 'an unnamed model'}), but this "
+                f"{ours['model_type']} model has hidden_size={ours['hidden_size']} and "
+                f"{len(ours['sites'])} {layers_name} ({key} differs). Load it onto the base "
+                "model it was trained on."
+            )
+    a, b = saved.get("weight_sample"), ours.get("weight_sample")
+    if a is not None and b is not None and not allow_base_mismatch and not torch.allclose(
+            torch.tensor(a), torch.tensor(b), rtol=1e-2, atol=1e-3):
+        raise ValueError(
+            f"The adapter in {path} was saved for a {saved['model_type']} model with other weights (from "
+            f"{saved.get('name_or_path') or 'an unnamed model'}): the shapes match this one but a sample of the "
+            "input embeddings does not. Load it onto the model it was trained on, or pass allow_base_mismatch=True "
+            "(allow_base_mismatch=true in a config) to load it anyway.")
+
+
+def base_model_fingerprint(language_model: nn.Module, sites: list[str]) -> dict[str, Any]:
+    """What an adapter remembers of its base model: type, width, the layers it touches (``sites``)
+    and a sample of the input embeddings (``base_weight_sample``)."""
+    cfg = language_model.config
+    return {"model_type": cfg.model_type, "hidden_size": int(cfg.hidden_size), "sites": list(sites),
+            "name_or_path": getattr(cfg, "_name_or_path", ""),
+            "weight_sample": base_weight_sample(language_model)}
+
+
+def finish_loading(model: nn.Module, meta: dict, state: dict[str, torch.Tensor], weights_file: Path,
+                   layers_name: str, is_trainable: bool, allow_base_mismatch: bool = False):
+    """``from_pretrained``'s common end: refuse another base model, load the weights into ``model``
+    (a ``TrainableStateMixin``), freeze it for inference unless ``is_trainable``."""
+    check_same_base(meta["base_model"], model.base_model_fingerprint(), weights_file.parent, layers_name,
+                    allow_base_mismatch)
+    model.load_trainable_state(state, source=str(weights_file))
+    if not is_trainable:
+        model.requires_grad_(False)
+        model.eval()
+    return model
+
+
+__all__ = ["write_adapter", "read_adapter", "base_weight_sample", "check_same_base", "base_model_fingerprint", "finish_loading"]

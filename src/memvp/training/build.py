@@ -1,0 +1,80 @@
+"""From a TrainConfig to what a run needs: the data read and checked (before any model loads), the
+output directory checked, the models built or loaded, the samples' images encoded."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from ..data import VisualInputs
+from ..datasets import IMAGE_PATHS, Sample, load_samples
+from ..methods import build_model, check_adapter_features, load_adapter
+from ..pretrained import cache_dir, load_language_model, load_vision_encoder
+from .config import DTYPES, TrainConfig
+
+def read_split(spec: dict | None, what: str, limit: int = 0) -> list[Sample]:
+    if not spec:
+        raise ValueError(f"no {what} given in the config")
+    spec = dict(spec)
+    base_dir = spec.pop("_base_dir", None)
+    samples = load_samples(spec, base_dir=base_dir)
+    return samples[:limit] if limit > 0 else samples
+
+
+def task_of(spec: dict) -> str:
+    return spec["format"]
+
+
+def build(cfg: TrainConfig, samples: list[Sample] = ()):
+    """(model, tokenizer, VisualInputs) as the config says (adapter loaded if given). The model is
+    a MemVPModel or, for the baselines, an InputSpaceModel with the same interface. ``samples``
+    size a ``precomputed`` vision encoder (their feature files)."""
+    lm, tokenizer = load_language_model(cfg.language_model, dtype=DTYPES[cfg.model_dtype])
+    example = next((s.features for s in samples if s.features is not None), None)
+    encoder = load_vision_encoder(cfg.vision_encoder, example_features=example)
+    visual = VisualInputs(encoder, cfg.feature_cache or str(cache_dir() / "features"))
+    if cfg.adapter:
+        model = load_adapter(lm, cfg.adapter, is_trainable=True, allow_base_mismatch=cfg.allow_base_mismatch)
+        check_adapter_features(model, cfg.adapter, encoder.feature_dim, cfg.vision_encoder)
+    else:
+        model = build_model(cfg.method, lm, encoder.feature_dim, memvp=cfg.memvp, baseline=cfg.baseline)
+    return model, tokenizer, visual
+
+
+def check_output_dir(out: Path) -> None:
+    """Fail before any work when ``output_dir`` can not be written (a file, read-only, ...): the
+    trained weights would otherwise be lost at the end of training."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output_dir {out} is a file; give a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".memvp-write-check-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"output_dir {out} is not writable ({e.strerror}); give a directory you can write to") from None
+
+
+def prepare_samples(visual: VisualInputs, samples: list[Sample], skip_bad: bool, what: str, data_format: str,
+             log: Callable[[str], None] = print) -> tuple[list[Sample], dict]:
+    """(the samples whose images or feature files could be read, a report of the skipped ones:
+    count, ids, and each unreadable file's error, for metrics.json)."""
+    try:
+        kept, bad = visual.prepare(samples, skip_bad=skip_bad)
+    except FileNotFoundError as e:
+        if "image not found" not in str(e):
+            raise
+        raise FileNotFoundError(f"{e} ({data_format} finds images at {IMAGE_PATHS[data_format]}; "
+                                "--skip-bad skips missing ones)") from None
+    kept_ids = {s.id for s in kept}
+    skipped = {"count": len(samples) - len(kept), "ids": [s.id for s in samples if s.id not in kept_ids],
+               "files": bad}
+    if bad:
+        log(f"skipped {skipped['count']} {what} sample(s) of {len(samples)}: {len(bad)} image or feature file(s) "
+            f"could not be read, e.g. {next(iter(bad.values()))} (all listed under 'skipped' in the metrics)")
+    if not kept:
+        raise ValueError(f"the {what} split is empty (after skipping unreadable images)")
+    return kept, skipped
+
+
+__all__ = ["read_split", "task_of", "build", "check_output_dir", "prepare_samples"]

@@ -1,0 +1,183 @@
+"""TrainConfig: every key of a training run (``memvp train CONFIG.yaml key=value ...``), with the
+YAML reading and command-line overrides, checked before anything expensive starts."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ..config import check_field_types
+from ..data import DEFAULT_PROMPT_TEMPLATE
+from ..methods import METHODS, get_method
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TrainConfig:
+    train_data: dict | None = None
+    """Dataset spec for ``datasets.load_samples``, e.g. {format: vqav2, questions_file: ..., ...}."""
+    eval_data: dict | None = None
+    output_dir: str = "runs/memvp"
+    language_model: str = "smollm2"
+    model_dtype: str = "float32"
+    """dtype the frozen language model is stored in: 'float32', 'bfloat16' (half the weight memory)
+    or 'float16'. Trainable parameters stay float32 whatever it is. Pair it with precision=bf16 /
+    fp16. FSDP needs float32 (its bf16 mixed precision casts the shards for compute)."""
+    vision_encoder: str = "efficientnet-lite0"
+    feature_cache: str | None = None
+    """Where image features are cached; default ``<memvp cache>/features``."""
+    method: str = "memvp"
+    """'memvp', or a baseline of the paper in the same harness: 'input_space' (LLaVA-style visual
+    tokens in front of the text + LoRA) or 'text_only' (LoRA, no image)."""
+    memvp: dict = field(default_factory=dict)
+    """MemVPConfig fields; ``visual_dim`` comes from the vision encoder."""
+    baseline: dict = field(default_factory=dict)
+    """BaselineConfig fields for 'input_space' / 'text_only' (lora_r, lora_alpha, projector, ...)."""
+    use_images: bool = True
+    """False trains the 'w/o visual prompts' ablation (Table 4): position embeddings only."""
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    max_length: int = 128
+    epochs: float = 1.0
+    max_steps: int = 0
+    """Optimizer steps; > 0 overrides ``epochs``."""
+    batch_size: int = 16
+    """The *global* batch of one forward pass, summed over all processes: with N processes (GPUs)
+    each one gets batch_size / N samples (N must divide it). An optimizer step uses
+    batch_size * grad_accum samples whatever N, so ``lr`` and the schedule stay as they are when
+    scaling out, and N processes reach the same weights as one (up to float rounding; exactly the
+    same batches when the train set size is a multiple of batch_size, else Accelerate fills the
+    last batch of each epoch with samples from the epoch's start when N > 1)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step (smaller forward passes, same step). The gradient is the
+    mean over every answer token of the step, as for one big batch."""
+    lr: float = 3e-3
+    projector_lr: float | None = None
+    """Learning rate of the visual projector f (LLaVA's ``mm_projector_lr``); None uses ``lr``.
+    Position embeddings and LoRA weights keep ``lr``. The projector's first layer sees raw encoder
+    features (norm ~220 per token on the demo's EfficientNet grid), so an Adam step of ``lr`` on
+    each weight can move a pre-activation by up to lr * |z|_1."""
+    weight_decay: float = 0.02
+    max_grad_norm: float = 0.0
+    """Clip the gradient's global norm to this before each optimizer step (transformers' Trainer
+    uses 1.0); 0, the default, does not clip, as the official MemVP code."""
+    warmup_ratio: float = 0.1
+    precision: str = "no"
+    """'no', 'bf16' or 'fp16' autocast (fp32 master weights for the trainable parameters). fp16
+    adds dynamic loss scaling and needs a GPU; on CPU use bf16."""
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    eval_every: int = 0
+    save_every: int = 0
+    """Write a checkpoint (adapter, optimizer, scheduler, RNG states, data position) every this many
+    optimizer steps, to ``output_dir/checkpoint-<step>``."""
+    save_total_limit: int = 0
+    """Keep only the newest this many checkpoints (0 keeps all)."""
+    resume: str | None = None
+    """Continue an interrupted run: 'latest' (the newest checkpoint in output_dir; a fresh start when
+    there is none yet) or a checkpoint directory. The result is the same as without interruption."""
+    max_train_samples: int = 0
+    max_eval_samples: int = 0
+    eval_batch_size: int = 32
+    """Generation batch per process (evaluation splits the samples between processes)."""
+    max_new_tokens: int = 10
+    do_sample: bool = False
+    """Greedy decoding by default; True samples with nucleus (top-p) sampling."""
+    top_p: float = 0.9
+    temperature: float = 1.0
+    skip_bad: bool = False
+    """Skip samples whose image (or feature file) is missing or unreadable instead of stopping;
+    they are counted and listed under 'skipped' in metrics.json / eval_metrics.json."""
+    score_skipped: str = "wrong"
+    """How evaluation scores questions skipped by ``skip_bad``: 'wrong' (an empty answer, the
+    default) or 'drop' (left out of the metrics)."""
+    adapter: str | None = None
+    """An adapter directory to start from (``memvp predict`` / ``eval`` evaluate it)."""
+    allow_base_mismatch: bool = False
+    """Load ``adapter`` even when the base model's weights differ from the ones it was trained on
+    (same architecture and size, other weights: a sample of the input embeddings is compared)."""
+    progress: bool = True
+    diagnose_every: int = 50
+    """Every this many optimizer steps (and at the first and last), measure on the batch at hand
+    whether the visual memory stays in the LM's scale (``memvp.instruments``: memory / FFN output,
+    residual norm / frozen LM's), log it to loss_curve.csv and metrics.json, and warn when the memory
+    dominates. 0 turns it off. MemVP only; two extra forward passes each time."""
+
+    def __post_init__(self) -> None:
+        check_field_types(self)  # wrong types name their key here, not as a TypeError mid-run
+        if self.score_skipped not in ("wrong", "drop"):
+            raise ValueError(f"score_skipped must be 'wrong' or 'drop', got {self.score_skipped!r}")
+        if self.precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"precision must be 'no', 'bf16' or 'fp16', got {self.precision!r}")
+        if self.model_dtype not in DTYPES:
+            raise ValueError(f"model_dtype must be one of {list(DTYPES)}, got {self.model_dtype!r}")
+        for key in ("batch_size", "grad_accum"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
+        if not isinstance(self.max_steps, int) or self.max_steps < 0:
+            raise ValueError(f"max_steps must be a whole number >= 0 (0: train for `epochs`), got {self.max_steps!r}")
+        if self.max_steps == 0 and not float(self.epochs) > 0:
+            raise ValueError(f"epochs must be > 0 when max_steps is 0 (nothing would be trained), got {self.epochs!r}")
+        if not isinstance(self.diagnose_every, int) or self.diagnose_every < 0:
+            raise ValueError(f"diagnose_every must be a whole number >= 0 (0: off), got {self.diagnose_every!r}")
+        if self.save_total_limit < 0:
+            raise ValueError(f"save_total_limit must be >= 0 (0 keeps all), got {self.save_total_limit}")
+        if self.resume is not None and not isinstance(self.resume, str):
+            raise ValueError(f"resume must be 'latest' or a checkpoint directory, got {self.resume!r}")
+        # Unknown / invalid method options fail now, not after the models are loaded.
+        method = get_method(self.method)
+        for section in {m.section: m for m in METHODS.values()}.values():  # every method's options section
+            section.make_config(1, getattr(self, section.section))
+        if not method.reads_images:
+            self.use_images = False
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None, overrides: list[str] = ()) -> "TrainConfig":
+        data: dict[str, Any] = {}
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise FileNotFoundError(f"config file not found: {path}")
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError as e:
+                mark = getattr(e, "problem_mark", None)
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                problem = getattr(e, "problem", None) or type(e).__name__
+                raise ValueError(f"{path} is not valid YAML{where}: {problem}; fix the file") from None
+            except UnicodeDecodeError:
+                raise ValueError(f"{path} is not UTF-8 text; save it as UTF-8") from None
+            if not isinstance(data, dict):
+                raise ValueError(f"{path}: expected a mapping of config keys")
+            for key in ("train_data", "eval_data"):  # data paths are relative to the config file
+                if isinstance(data.get(key), dict):
+                    data[key] = {"_base_dir": str(path.parent.resolve()), **data[key]}
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"override {item!r} must look like key=value (dotted keys for nested ones)")
+            *parents, leaf = key.split(".")
+            node = data
+            for depth, p in enumerate(parents):
+                node = node.setdefault(p, {})
+                if not isinstance(node, dict):
+                    section = ".".join(parents[: depth + 1])
+                    raise ValueError(f"override {item!r}: {section} is not a section of keys (it is {node!r}); "
+                                     f"write {section}=VALUE, or dotted keys only below sections like memvp")
+            try:
+                node[leaf] = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise ValueError(f"override {item!r}: the value is not valid YAML; quote it") from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; valid keys: {sorted(known)}")
+        return cls(**data)
+
+
+__all__ = ["TrainConfig", "DTYPES"]
