@@ -56,12 +56,16 @@ def test_cache_bytes_counts_legacy_tuples():
 
 def test_flops_command_writes_the_paper_table(tmp_path, capsys):
     assert main(["flops", "--output", str(tmp_path / "f.json")]) == 0
-    rows = json.loads((tmp_path / "f.json").read_text())
+    written = json.loads((tmp_path / "f.json").read_text())
+    rows = written["paper_table"]
     assert [r["model"] for r in rows] == ["LLaMA-7B", "LLaMA-13B", "T5-base", "BART-base"]
     for r in rows:
         for m in r["methods"].values():  # counted within 1% of eq. 13-15 (gated FFN, LoRA)
             assert abs(m["counted_layers"] / m["analytic_layers"] - 1) < 0.01
-    assert "LLaMA-7B (ScienceQA)" in capsys.readouterr().out
+    pair = written["instruction_tuning"]  # Table 9: 576 visual tokens + LoRA r=128 against MemVP + the same LoRA
+    assert pair["n_visual"] == 576 and 9 < pair["input_space_over_memvp_lora"] < 11
+    printed = capsys.readouterr().out
+    assert "LLaMA-7B (ScienceQA)" in printed and "Table 9 pair" in printed
 
 
 def test_bench_plot_needs_a_sweep(capsys):

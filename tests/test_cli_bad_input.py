@@ -149,16 +149,16 @@ def test_a_failing_final_write_keeps_the_weights_elsewhere(tiny, tmp_path, monke
 
     real_save, out = MemVPModel.save_pretrained, tmp_path / "run"
 
-    def disk_full_in_output_dir(self, directory):
+    def disk_full_in_output_dir(self, directory, card_info=None):
         if str(directory).startswith(str(out)):
             raise OSError(28, "No space left on device")
-        real_save(self, directory)
+        real_save(self, directory, card_info)
 
     monkeypatch.setattr(MemVPModel, "save_pretrained", disk_full_in_output_dir)
     assert main(["train", str(tiny / "train.yaml"), "max_steps=1", f"output_dir={out}"]) == 2
     err = _one_error_line(capsys, "No space left on device", "the trained weights are saved in")
     rescue = err.rsplit("saved in ", 1)[1].split(" instead")[0]
-    assert sorted(os.listdir(rescue)) == ["memvp_config.json", "memvp_model.safetensors"]
+    assert sorted(os.listdir(rescue)) == ["README.md", "memvp_config.json", "memvp_model.safetensors"]
     shutil.rmtree(rescue)
 
 
@@ -267,3 +267,17 @@ def test_pre_extracted_features_from_the_cli(tiny, tmp_path):
     assert config["config"]["visual_dim"] == 12
     with pytest.raises(FileNotFoundError, match="features_dir not found"):
         load_samples({**spec, "features_dir": str(tmp_path / "missing")})
+
+
+def test_a_recipe_stopped_by_a_signal_says_where_its_checkpoint_is(monkeypatch, capsys, tmp_path):
+    """`memvp demo` / `instruct-demo` train through the same loop: its TrainingInterrupted is one line too."""
+    from memvp.recipes import demo
+    from memvp.training import TrainingInterrupted
+
+    def interrupted(*args, **kwargs):
+        raise TrainingInterrupted("SIGTERM", 7, 400, tmp_path / "checkpoint-7")
+
+    monkeypatch.setattr(demo, "run_demo", interrupted)
+    assert main(["demo", "--output-dir", str(tmp_path)]) == 130
+    line = _one_error_line(capsys, "memvp demo: stopped by SIGTERM after step 7 of 400", "checkpoint-7")
+    assert "resume with" not in line

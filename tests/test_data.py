@@ -25,3 +25,72 @@ def test_left_truncation_keeps_the_bos_token():
     assert enc.prompt_ids == [1, 25, 26, 27, 28, 29] and enc.truncated == 15
     short = encode_sample(BosTokenizer(), Sample(id="t", prompt="10 11", answers=["7"]), 8, "{prompt}")
     assert short.prompt_ids == [1, 10, 11] and short.truncated == 0
+
+
+def _byte_tokenizer(chat_template: str | None):
+    """Byte-level BPE without merges: one token per byte, exact round trip, <s> / </s> specials."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_chars = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", *sorted(byte_chars)])}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    fast.chat_template = chat_template
+    return fast
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CONVERSATION = Sample(id="c", prompt="And the size?", answers=["Small."],
+                      metadata={"history": [["What shape is it?", "A square."], ["Which colour?", "Red."]]})
+
+
+def _labelled_text(tok, enc) -> list[str]:
+    """The decoded runs of labelled tokens (prompt labels, then the answer)."""
+    labels = (enc.prompt_labels or [-100] * len(enc.prompt_ids)) + enc.answer_ids
+    runs, current = [], []
+    for t in labels + [-100]:
+        if t == -100 and current:
+            runs.append(tok.decode(current))
+            current = []
+        elif t != -100:
+            current.append(t)
+    return runs
+
+
+def test_chat_template_labels_every_assistant_turn():
+    from memvp.data import CHAT, collate_training
+
+    tok = _byte_tokenizer(CHATML)
+    enc = encode_sample(tok, CONVERSATION, max_length=512, template=CHAT)
+    full = tok.decode(enc.prompt_ids + enc.answer_ids)
+    assert full == tok.apply_chat_template(
+        [{"role": r, "content": c} for u, a in [*CONVERSATION.metadata["history"], ["And the size?", "Small."]]
+         for r, c in (("user", u), ("assistant", a))], tokenize=False)
+    assert _labelled_text(tok, enc) == ["A square.<|im_end|>\n", "Red.<|im_end|>\n", "Small.<|im_end|>\n"]
+    # The generation prompt is the training sequence up to the last answer.
+    prompt = encode_sample(tok, CONVERSATION, max_length=512, template=CHAT, with_answer=False)
+    assert prompt.prompt_ids == enc.prompt_ids and prompt.answer_ids == [] and prompt.prompt_labels is not None
+    assert tok.decode(prompt.prompt_ids).endswith("And the size?<|im_end|>\n<|im_start|>assistant\n")
+    batch = collate_training(tok, [enc, encode_sample(tok, Sample(id="s", prompt="Hi", answers=["Yo"]), 64, CHAT)])
+    row = batch["labels"][0]
+    assert row[row != -100].tolist() == [t for t in (enc.prompt_labels + enc.answer_ids) if t != -100]
+    assert tok.decode(batch["labels"][1][batch["labels"][1] != -100]) == "Yo<|im_end|>\n"
+    # Left truncation cuts the oldest turns, and their labels with them.
+    cut = encode_sample(tok, CONVERSATION, max_length=len(enc.prompt_ids) + len(enc.answer_ids) - 40, template=CHAT)
+    assert cut.truncated == 40 and _labelled_text(tok, cut)[-2:] == ["Red.<|im_end|>\n", "Small.<|im_end|>\n"]
+
+
+def test_vicuna_v1_without_a_chat_template():
+    from memvp.data import CHAT, VICUNA_SYSTEM
+
+    tok = _byte_tokenizer(None)
+    enc = encode_sample(tok, CONVERSATION, max_length=512, template=CHAT)
+    assert tok.decode(enc.prompt_ids + enc.answer_ids) == (  # BOS only where the tokenizer adds one (not here)
+        f"{VICUNA_SYSTEM} USER: What shape is it? ASSISTANT: A square.</s> USER: Which colour? ASSISTANT: Red.</s>"
+        " USER: And the size? ASSISTANT: Small.</s>")
+    assert _labelled_text(tok, enc) == [" A square.</s>", " Red.</s>", " Small.</s>"]

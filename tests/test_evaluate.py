@@ -7,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from memvp.datasets import read_gqa, read_scienceqa, read_vqav2
-from memvp.evaluate import score
+from memvp.datasets import (
+    Sample,
+    read_gqa,
+    read_mmbench,
+    read_mme,
+    read_pope,
+    read_scienceqa,
+    read_vqav2,
+)
+from memvp.evaluate import TASKS, score
 
 FIX = Path(__file__).parent / "fixtures" / "datasets"
 
@@ -54,3 +62,58 @@ def test_vqa_and_gqa_scores_and_unknown_task():
     assert score("gqa", gqa, {gqa[0].id: "off-white", gqa[1].id: "no way"})["overall"] == 0.0
     with pytest.raises(ValueError, match="no metric for task"):
         score("imagenet", gqa, {})
+
+
+def test_pope_score_per_split():
+    samples = read_pope(FIX / "pope", "/coco")
+    labels = {s.id: s.answers[0] for s in samples}
+    # perfect answers in the model's own words
+    right = {i: "Yes, there is." if label == "yes" else "No, there is not." for i, label in labels.items()}
+    result = score("pope", samples, right)
+    assert set(result["per_split"]) == {"adversarial", "popular", "random"}
+    assert result["accuracy"] == result["f1"] == 100.0 and result["yes_ratio"] == 50.0 and result["count"] == 8
+    # all-yes predictions: each split is half yes -> accuracy 50, precision 50, recall 100, F1 200/3
+    result = score("pope", samples, {i: "Yes" for i in labels})
+    for split in result["per_split"].values():
+        assert (split["accuracy"], split["precision"], split["recall"], split["yes_ratio"]) == (50.0, 50.0, 100.0,
+                                                                                                100.0)
+        assert split["f1"] == pytest.approx(200 / 3)
+    # only predicted samples are scored: random alone
+    result = score("pope", samples, {"random_1": "yes", "random_2": "no"})
+    assert list(result["per_split"]) == ["random"] and result["count"] == 2 and result["accuracy"] == 100.0
+
+
+def test_mme_score_perception_and_cognition():
+    samples = read_mme(FIX / "mme")
+    right = {s.id: s.answers[0] for s in samples}
+    result = score("mme", samples, right)
+    # artwork + existence (perception) 200 each, code_reasoning (cognition) 200
+    assert result["perception"] == 400.0 and result["cognition"] == 200.0 and result["count"] == 8
+    # one wrong answer on one existence image: acc 3/4 -> 75, acc+ 1/2 -> 50
+    wrong = {**right, "existence/000000018150.jpg/1": "Yes"}
+    result = score("mme", samples, wrong)
+    assert result["per_subtask"]["existence"]["score"] == 125.0 and result["perception"] == 325.0
+
+
+def test_mmbench_score_circular(tmp_path):
+    samples = read_mmbench(FIX / "mmbench" / "originals.tsv", tmp_path)
+    right = {s.id: s.answers[0] for s in samples}
+    result = score("mmbench", samples, right)
+    assert result["overall"] == 100.0 and result["count"] == 3 and result["rotations"] == 9
+    # a failed rotation of question 1 (2 options) makes the whole question wrong
+    result = score("mmbench", samples, {**right, "1000001": "A"})
+    assert result["overall"] == pytest.approx(200 / 3) and result["vanilla"] == 100.0
+    assert result["per_category"] == {"attribute_recognition": 100.0, "physical_property_reasoning": 0.0}
+    assert result["per_l2_category"] == {"attribute_reasoning": 0.0, "finegrained_perception (instance-level)": 100.0}
+    unanswered = [Sample(id="9", prompt="q", answers=[], metadata={"circular_group": "9", "rotation": 0})]
+    with pytest.raises(ValueError, match=r"1 MMBench question\(s\) have no answer"):
+        score("mmbench", unanswered, {"9": "A"})
+
+
+def test_parquet_formats_use_the_metric_they_are_named_after():
+    gqa = read_gqa(FIX / "gqa" / "testdev_balanced_questions.json", FIX / "gqa")
+    assert score("gqa_parquet", gqa, {s.id: s.answers[0] for s in gqa}) == score("gqa", gqa, {s.id: s.answers[0]
+                                                                                               for s in gqa})
+    sqa = read_scienceqa(FIX / "scienceqa", "train")
+    assert score("scienceqa_parquet", sqa, {s.id: s.answers[0] for s in sqa})["Average"] == 100.0
+    assert {"pope", "mme", "mmbench", "vqav2_parquet", "coco_captions_parquet"} <= set(TASKS)

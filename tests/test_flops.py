@@ -52,3 +52,21 @@ def test_paper_table_orders_the_methods_as_the_paper():
     assert m["input_space"]["counted_total"] > m["memvp"]["counted_total"] > m["text_only"]["counted_total"]
     assert row["measured_length"] == 8 and row["input_space_over_memvp"] > 1
     assert "tiny-llama" in format_table([row])
+
+
+def test_instruction_pair_counts_the_same_lora_on_both_sides():
+    """Table 9's pair: MemVP + LoRA against input space + the same LoRA. On a tiny Llama, each side
+    minus its LoRA-free counterpart is exactly the LoRA cost: 2 FLOPs x r x (d_in + d_out) per token
+    per adapted linear layer (q, k, v, o: d -> d; gate, up: d -> ff; down: ff -> d)."""
+    from memvp.flops import instruction_table
+
+    cfg = dict(hidden_size=32, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=4, vocab_size=64)
+    lora = {"lora_r": 4, "lora_alpha": 8.0, "lora_target_modules": "all-linear", "projector": "mlp2x_gelu"}
+    length, n, d, ff, r, layers = 6, 9, 32, 80, 4, 2
+    pair = instruction_table(length, n, 12, config=cfg, lora=lora)
+    adapted = 4 * (d + d) + 2 * (d + ff) + (ff + d)  # sum of d_in + d_out over the adapted linears of a layer
+    lora_flops = layers * length * 2 * r * adapted  # per linear and token: 2 r d_in (A) + 2 r d_out (B)
+    memvp = measure("memvp", meta_model("llama", cfg), length, n, 12, memvp={"projector": "mlp2x_gelu"})["total"]
+    assert pair["counted_total"]["memvp_lora"] - memvp == lora_flops
+    assert pair["input_space_over_memvp_lora"] > 1

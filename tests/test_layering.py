@@ -20,7 +20,7 @@ LAYERS = [
     {"data", "evaluate"},
     {"predict"},
     {"training"},
-    {"flops", "bench", "explain", "explain_plot"},
+    {"flops", "bench", "explain", "explain_plot", "serve"},
     {"recipes"},
     {"cli"},
 ]

@@ -23,7 +23,7 @@ def test_every_method_builds_from_its_own_section():
         assert model.baseline_config.lora_r == 2
         assert model.visual_dim == (8 if name == "input_space" else None)
     assert not get_method("text_only").reads_images and get_method("memvp").reads_images
-    with pytest.raises(ValueError, match="method must be one of \\['memvp', 'input_space', 'text_only'"):
+    with pytest.raises(ValueError, match="method must be one of \\['memvp', 'memvp_lora', 'input_space', 'text_only'"):
         get_method("llava")
 
 
@@ -64,5 +64,6 @@ def test_an_adapter_directory_is_recognised_by_its_files(tmp_path):
     assert isinstance(load_adapter(tiny_model("llama"), tmp_path / "t"), InputSpaceModel)
     assert isinstance(load_adapter(tiny_model("llama"), tmp_path / "m"), MemVPModel)
     with pytest.raises(FileNotFoundError, match="holds no adapter: expected memvp_config.json \\(MemVPModel\\) or "
+                                                "memvp_lora_config.json \\(MemVPLoraModel\\) or "
                                                 "baseline_config.json \\(InputSpaceModel\\)"):
         check_adapter(tmp_path)

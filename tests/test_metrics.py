@@ -5,10 +5,17 @@ import math
 import pytest
 
 from memvp.metrics import (
+    MME_COGNITION,
+    MME_PERCEPTION,
     cider_d,
     extract_choice_letter,
     gqa_accuracy,
+    mmbench_accuracy,
+    mme_answer,
+    mme_scores,
     normalize_vqa_answer,
+    pope_answer,
+    pope_metrics,
     ptb_tokenize,
     scienceqa_accuracy,
     vqa_accuracy,
@@ -195,3 +202,150 @@ def test_cider_d_ordering():
     assert cider_d(identical, refs) == pytest.approx(10.0)
     assert 0.0 < cider_d(partial, refs) < 10.0
     assert cider_d(unrelated, refs) == 0.0  # no shared n-gram
+
+
+# ------------------------------------------------------------------------------- POPE
+@pytest.mark.parametrize(
+    "prediction, expected",
+    [
+        ("Yes", "yes"),
+        ("No", "no"),
+        (" no\n", "no"),  # stripped, as LLaVA strips the output
+        ("No, there is not.", "no"),  # comma dropped -> "No" is a word
+        ("There is no car.", "no"),
+        ("It is not a car", "no"),
+        ("Yes, there is a car.", "yes"),
+        ("Yes. No.", "yes"),  # only the first sentence counts
+        ("I don't know", "yes"),  # neither word: "yes" (official)
+        ("", "yes"),
+        ("NO", "yes"),  # official quirk: only "No", "no", "not" are words for no
+        ("No!", "yes"),  # official quirk: "No!" is not the word "No"
+        ("Nothing", "yes"),
+    ],
+)
+def test_pope_answer(prediction, expected):
+    assert pope_answer(prediction) == expected
+
+
+def _pope(prediction, label, split):
+    return {"prediction": prediction, "label": label, "split": split}
+
+
+def test_pope_metrics_hand_values():
+    records = [
+        # random: TP, TN, FN, FP -> every score 50
+        _pope("Yes, there is a snowboard.", "yes", "random"),
+        _pope("No.", "no", "random"),
+        _pope("There is no person.", "yes", "random"),
+        _pope("I think so", "no", "random"),
+        # popular: all-yes predictions -> TP 1, FP 3
+        _pope("Yes", "yes", "popular"),
+        _pope("Yes", "no", "popular"),
+        _pope("yes", "no", "popular"),
+        _pope("Yes.", "no", "popular"),
+    ]
+    got = pope_metrics(records)
+    assert got["per_split"]["random"] == {"accuracy": 50.0, "precision": 50.0, "recall": 50.0, "f1": 50.0,
+                                          "yes_ratio": 50.0, "TP": 1, "FP": 1, "TN": 1, "FN": 1, "count": 4}
+    popular = got["per_split"]["popular"]
+    # accuracy 1/4; precision 1/(1+3); recall 1/1; F1 = 2 * 25 * 100 / 125 = 40; yes-ratio 4/4
+    assert popular == {"accuracy": 25.0, "precision": 25.0, "recall": 100.0, "f1": pytest.approx(40.0),
+                       "yes_ratio": 100.0, "TP": 1, "FP": 3, "TN": 0, "FN": 0, "count": 4}
+    assert list(got["per_split"]) == ["popular", "random"]
+    # the top level is the mean over the splits
+    assert got["accuracy"] == 37.5 and got["precision"] == 37.5 and got["recall"] == 75.0
+    assert got["f1"] == pytest.approx(45.0) and got["yes_ratio"] == 75.0 and got["count"] == 8
+
+
+def test_pope_metrics_undefined_ratios_are_nan():
+    # all-no predictions on all-no labels: no "yes" predicted (precision 0/0), no "yes" label (recall 0/0)
+    got = pope_metrics([_pope("No", "no", "adversarial"), _pope("not sure", "no", "adversarial")])
+    split = got["per_split"]["adversarial"]
+    assert split["accuracy"] == 100.0 and split["yes_ratio"] == 0.0 and split["TN"] == 2
+    assert math.isnan(split["precision"]) and math.isnan(split["recall"]) and math.isnan(split["f1"])
+    assert math.isnan(got["f1"])
+    # no true positive but defined ratios: precision = recall = 0 -> F1 0
+    got = pope_metrics([_pope("Yes", "no", "random"), _pope("No", "yes", "random")])["per_split"]["random"]
+    assert (got["precision"], got["recall"], got["f1"], got["accuracy"]) == (0.0, 0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="POPE label must be 'yes' or 'no', got 'maybe'"):
+        pope_metrics([_pope("Yes", "maybe", "random")])
+
+
+# ------------------------------------------------------------------------------- MME
+@pytest.mark.parametrize(
+    "prediction, expected",
+    [
+        ("Yes", "yes"),
+        ("no", "no"),
+        (" NO ", "no"),
+        ("Yes, there is.", "yes"),
+        ("No, there is not.", "no"),
+        ("Not really", "no"),  # "not " contains "no"
+        ("nope", "no"),
+        ("I don't know", "other"),
+        ("The answer is yes", "other"),  # official: only the first 4 characters are read
+        ("", "other"),
+    ],
+)
+def test_mme_answer(prediction, expected):
+    assert mme_answer(prediction) == expected
+
+
+def _mme(prediction, answer, subtask, image):
+    return {"prediction": prediction, "answer": answer, "subtask": subtask, "image": image}
+
+
+def test_mme_scores_hand_values():
+    records = [
+        # existence: 3 of 4 questions right (75), 1 of 2 images with both right (50) -> 125
+        _mme("Yes", "Yes", "existence", "a"), _mme("No, there is not.", "No", "existence", "a"),
+        _mme("yes", "Yes", "existence", "b"), _mme("Yes", "No", "existence", "b"),
+        # artwork: "There is" reads as other (wrong) -> acc 50, acc+ 0 -> 50
+        _mme("There is", "Yes", "artwork", "c"), _mme("no", "No", "artwork", "c"),
+        # code_reasoning (cognition): both right -> 200
+        _mme("Yes", "yes", "code_reasoning", "d"), _mme("No", "no", "code_reasoning", "d"),
+        # a subtask that is neither perception nor cognition is listed, not summed
+        _mme("Yes", "Yes", "custom", "e"), _mme("Yes", "No", "custom", "e"),
+    ]
+    got = mme_scores(records)
+    assert got["per_subtask"]["existence"] == {"acc": 75.0, "acc_plus": 50.0, "score": 125.0, "count": 4,
+                                               "images": 2, "other": 0}
+    assert got["per_subtask"]["artwork"] == {"acc": 50.0, "acc_plus": 0.0, "score": 50.0, "count": 2,
+                                             "images": 1, "other": 1}
+    assert got["per_subtask"]["code_reasoning"]["score"] == 200.0
+    assert got["per_subtask"]["custom"]["score"] == 50.0
+    assert got["perception"] == 175.0 and got["cognition"] == 200.0 and got["count"] == 10
+    assert len(MME_PERCEPTION) == 10 and len(MME_COGNITION) == 4 and "OCR" in MME_PERCEPTION
+    only = mme_scores([_mme("Yes", "Yes", "OCR", "x"), _mme("No", "No", "OCR", "x")])
+    assert only["perception"] == 200.0 and math.isnan(only["cognition"])
+    with pytest.raises(ValueError, match="MME answers are yes or no, got 'Maybe'"):
+        mme_scores([_mme("Yes", "Maybe", "OCR", "x")])
+
+
+# ------------------------------------------------------------------------------- MMBench
+def _mmb(prediction, answer, group, rotation, category="cat", l2="l2", n=4):
+    return {"prediction": prediction, "answer": answer, "num_choices": n, "group": group, "rotation": rotation,
+            "category": category, "l2_category": l2}
+
+
+def test_mmbench_circular_accuracy_hand_values():
+    records = [
+        # question 0: 4 rotations, all right (letters read as ScienceQA's extract_choice_letter does)
+        _mmb("B", "B", "0", 0, "attr", "FP-S"), _mmb("A. red", "A", "0", 1, "attr", "FP-S"),
+        _mmb("The answer is D.", "D", "0", 2, "attr", "FP-S"), _mmb("(C)", "C", "0", 3, "attr", "FP-S"),
+        # question 1: right at rotation 0, a failed rotation -> wrong
+        _mmb("A", "A", "1", 0, "phys", "AR", n=2), _mmb("A", "B", "1", 1, "phys", "AR", n=2),
+        # question 2: wrong at rotation 0 only; a letter beyond the options is wrong
+        _mmb("D", "A", "2", 0, "attr", "FP-S", n=3), _mmb("C", "C", "2", 1, "attr", "FP-S", n=3),
+        _mmb("B", "B", "2", 2, "attr", "FP-S", n=3),
+    ]
+    got = mmbench_accuracy(records)
+    assert got["overall"] == pytest.approx(100 / 3) and got["count"] == 3 and got["rotations"] == 9
+    assert got["per_category"] == {"attr": 50.0, "phys": 0.0}
+    assert got["per_l2_category"] == {"AR": 0.0, "FP-S": 50.0}
+    assert got["vanilla"] == pytest.approx(200 / 3)  # rotation 0: questions 0 and 1 right, 2 wrong
+    # all rotations right -> 100
+    assert mmbench_accuracy(records[:4])["overall"] == 100.0
+    # without l2 categories or rotations
+    got = mmbench_accuracy([{"prediction": "A", "answer": "A", "num_choices": 2, "group": 7, "category": "x"}])
+    assert got["overall"] == 100.0 and "per_l2_category" not in got and math.isnan(got["vanilla"])

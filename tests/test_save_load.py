@@ -30,7 +30,11 @@ def _trained(arch="llama", seed=0):
 def test_round_trip_gives_identical_logits(tmp_path):
     mem = _trained()
     mem.save_pretrained(tmp_path)
-    assert sorted(os.listdir(tmp_path)) == sorted([CONFIG_NAME, WEIGHTS_NAME])
+    assert sorted(os.listdir(tmp_path)) == sorted(["README.md", CONFIG_NAME, WEIGHTS_NAME])
+    card = (tmp_path / "README.md").read_text()  # a model card, ready to share
+    assert card.startswith("---\nlibrary_name: memvp\n") and "# MemVPModel adapter for a llama model" in card
+    assert f"- trainable parameters: {mem.get_nb_trainable_parameters()[0]:,d}" in card
+    assert f'"num_entries": {CFG.num_entries}' in card and "load_adapter(language_model" in card
     loaded = MemVPModel.from_pretrained(tiny_model("llama"), tmp_path)
     assert not any(p.requires_grad for p in loaded.parameters())
     inputs, feats = lm_inputs(mem.language_model), torch.randn(2, 4, 12)
@@ -53,7 +57,7 @@ def test_loading_onto_another_model_fails_clearly(tmp_path):
                                                          num_hidden_layers=2, num_attention_heads=4))
     with pytest.raises(ValueError, match="hidden_size=32.*hidden_size=48"):
         MemVPModel.from_pretrained(wider, tmp_path / "llama")
-    with pytest.raises(FileNotFoundError, match="not a MemVP adapter directory"):
+    with pytest.raises(FileNotFoundError, match="not a MemVPModel adapter directory"):
         MemVPModel.from_pretrained(tiny_model("llama"), tmp_path / "nothing")
 
 

@@ -35,6 +35,12 @@ def test_train_save_load_predict_eval(tiny, capsys):
     assert set(metrics["eval"]) >= {"overall", "count", "per_type"} and metrics["eval"]["count"] == 12
     train_predictions = json.loads((run / "predictions_eval.json").read_text())
     assert len(train_predictions) == 12
+    # The adapter folder is ready to share: a model card with base model, method, data and metrics.
+    card = (run / "adapter" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: memvp\nbase_model: " + str(root / "lm"))
+    assert "# memvp adapter for " + str(root / "lm") in card and f"- trainable parameters: {metrics['trainable_parameters']:,d}" in card
+    assert "questions_train.json" in card and "questions_test.json" in card
+    assert f'"overall": {metrics["eval"]["overall"]}' in card
 
     assert main(["eval", str(root / "train.yaml"), "--adapter", str(run / "adapter"),
                  f"output_dir={root / 'eval'}"]) == 0
@@ -126,7 +132,7 @@ def test_example_configs_are_valid():
     import dataclasses
     from pathlib import Path
 
-    from memvp import MemVPConfig
+    from memvp.methods import get_method
     from memvp.training import TrainConfig
     from memvp.training.build import read_split
 
@@ -136,24 +142,25 @@ def test_example_configs_are_valid():
         "scienceqa": {"root": fixtures / "scienceqa"},
         "vqav2": {"questions_file": fixtures / "vqav2" / "questions.json",
                   "annotations_file": fixtures / "vqav2" / "annotations.json", "image_dir": fixtures / "vqav2"},
+        "llava": {"json_file": fixtures / "llava" / "conversations.json", "image_dir": fixtures / "llava"},
     }
     paths = sorted(configs.glob("*.yaml"))
-    assert {p.name for p in paths} >= {"scienceqa_llama.yaml", "vqav2_t5.yaml"}
+    assert {p.name for p in paths} >= {"scienceqa_llama.yaml", "vqav2_t5.yaml", "llava_stage1.yaml", "llava_stage2.yaml"}
     defaults = dataclasses.asdict(TrainConfig())
     for path in paths:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         parsed = dataclasses.asdict(TrainConfig.from_yaml(path))
-        specs = {key: raw.pop(key) for key in ("train_data", "eval_data")}
+        specs = {key: raw.pop(key) for key in ("train_data", "eval_data") if key in raw}
         for key, spec in specs.items():
             assert parsed.pop(key) == {"_base_dir": str(configs.resolve()), **spec}, (path.name, key)
             files = stand_ins[spec["format"]]
-            assert set(spec) - {"format", "split", "image_pattern"} == set(files), (path.name, key)
+            assert set(spec) - {"format", "split", "image_pattern", "per_conversation"} == set(files), (path.name, key)
             for k in files:
                 assert (configs / spec[k]).resolve().is_relative_to(repo / "data"), (path.name, key, k)
             samples = read_split({**spec, **{k: str(v) for k, v in files.items()}}, key)
             assert samples and all(s.answers and s.target for s in samples), (path.name, key)
         assert parsed == {**{k: v for k, v in defaults.items() if k not in specs}, **raw}, path.name
-        memvp = MemVPConfig.from_dict({"visual_dim": 1024, **raw["memvp"]})
+        memvp = get_method(raw.get("method", "memvp")).make_config(1024, raw["memvp"])
         assert {k: getattr(memvp, k) for k in raw["memvp"]} == raw["memvp"], path.name
 
 

@@ -180,7 +180,8 @@ class MethodRunner:
     def __init__(self, method: str, language_model: nn.Module, cfg: BenchConfig):
         self.method = method
         memvp = {"num_entries": max(cfg.n_visual, *cfg.sweep_n) if cfg.sweep_n else cfg.n_visual}
-        self.model = build_model(method, language_model, cfg.visual_dim, memvp=memvp)
+        # Methods sized by the encoder's token count (adem) get n_visual; they can not take part in --sweep-n.
+        self.model = build_model(method, language_model, cfg.visual_dim, cfg.n_visual, memvp=memvp)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=1e-4)
 

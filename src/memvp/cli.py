@@ -1,4 +1,4 @@
-"""Command line: ``memvp demo | train | predict | eval | flops | bench | explain | two-photos``."""
+"""Command line: ``memvp demo | train | predict | eval | flops | bench | explain | instruct-demo | two-photos``."""
 
 from __future__ import annotations
 
@@ -36,11 +36,15 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def _flops(output: str) -> None:
     from .atomic import atomic_write_text
-    from .flops import format_table, paper_table
+    from .flops import format_table, instruction_table, paper_table
 
     rows = paper_table()
     print(format_table(rows))
-    atomic_write_text(output, json.dumps(rows, indent=2))
+    pair = instruction_table()
+    print(f"\nTable 9 pair ({pair['model']}, L={pair['text_length']}, n={pair['n_visual']}, LoRA r=128 on every "
+          f"linear layer): input space {pair['counted_total']['input_space'] / 1e9:.1f} G, MemVP + LoRA "
+          f"{pair['counted_total']['memvp_lora'] / 1e9:.1f} G: {pair['input_space_over_memvp_lora']:.2f}x")
+    atomic_write_text(output, json.dumps({"paper_table": rows, "instruction_tuning": pair}, indent=2))
     print(f"\nwrote {output}")
 
 
@@ -171,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="also draw the sweep (PNG, like the paper's Fig. 2)")
 
     _add_explain_parser(sub)
+    instruct = sub.add_parser("instruct-demo", help="visual instruction tuning in miniature: stage 1 (captions, "
+                                                   "MemVP) then stage 2 (conversations, MemVP + LoRA) on the real models")
+    instruct.add_argument("--output-dir", default="runs/instruct")
+    instruct.add_argument("--quick", action="store_true", help="a tiny run (seconds) to check the wiring")
     photos = sub.add_parser("two-photos", help="one minute on the real models: two photos, two answers")
     photos.add_argument("--output-dir", default="runs/two-photos")
     photos.add_argument("--steps", type=int, default=30)
@@ -206,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
             _bench(args)
         elif args.command == "explain":
             return _explain(args)
+        elif args.command == "instruct-demo":
+            from .recipes.instruct import run_instruct_demo
+
+            run_instruct_demo(args.output_dir, quick=args.quick)
         elif args.command == "two-photos":
             from .recipes.two_photos import run_demo as run_two_photos
 
@@ -225,9 +237,11 @@ def _interrupted(args, e: KeyboardInterrupt) -> str:
 
     if not isinstance(e, TrainingInterrupted):
         return "interrupted; files written so far are complete (every write is atomic)"
+    stopped = f"stopped by {e.signal_name} after step {e.step} of {e.total_steps}, saved {e.checkpoint}"
+    if args.command != "train":  # a recipe's run: its own command starts it again
+        return stopped
     command = ["memvp", "train", args.config, *args.overrides, *(["--skip-bad"] if args.skip_bad else []), "--resume"]
-    return (f"stopped by {e.signal_name} after step {e.step} of {e.total_steps}, saved {e.checkpoint}; "
-            f"resume with: {shlex.join(command)}")
+    return f"{stopped}; resume with: {shlex.join(command)}"
 
 
 if __name__ == "__main__":

@@ -16,6 +16,11 @@ from .feature_cache import FeatureCache
 from .vision import VisionEncoder, load_features
 
 DEFAULT_PROMPT_TEMPLATE = "{prompt}\nAnswer:"
+CHAT = "chat"
+"""``prompt_template: chat``: the conversation (``metadata["history"]`` + this turn) through the
+tokenizer's own chat template, the loss on every assistant turn; Vicuna v1 when it has none."""
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 
 
 @dataclass
@@ -23,23 +28,67 @@ class Encoded:
     prompt_ids: list[int]
     answer_ids: list[int]
     truncated: int  # prompt tokens dropped from the left
+    prompt_labels: list[int] | None = None
+    """Labels of the prompt tokens (earlier assistant turns of a conversation), -100 elsewhere;
+    None: no label in the prompt."""
+
+
+def _chat_segments(tokenizer, turns: list[tuple[str, str | None]]) -> list[tuple[list[int], bool]]:
+    """A conversation as token segments (ids, is an assistant answer), rendered by the tokenizer's
+    chat template (``apply_chat_template``) or, without one, LLaVA-1.5's Vicuna v1 template. The last
+    turn's answer may be None (a prompt for generation: ends with the assistant's header)."""
+    def ids(text: str, first: bool = False) -> list[int]:
+        return tokenizer(text, add_special_tokens=first)["input_ids"]
+
+    segments: list[tuple[list[int], bool]] = []
+    if getattr(tokenizer, "chat_template", None):
+        messages, done = [], ""
+        for user, answer in turns:
+            for role, content, generation in (("user", user, True), ("assistant", answer, False)):
+                if content is None:
+                    break
+                messages.append({"role": role, "content": content})
+                text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+                if not text.startswith(done):
+                    raise ValueError(f"the chat template of {type(tokenizer).__name__} does not render a conversation "
+                                     "as a prefix of its continuation; use prompt_template without 'chat'")
+                segments.append((ids(text[len(done):]), role == "assistant"))  # the template writes its own BOS
+                done = text
+        return segments
+    segments.append((ids(VICUNA_SYSTEM, first=True), False))
+    for user, answer in turns:
+        segments.append((ids(f" USER: {user} ASSISTANT:"), False))
+        if answer is not None:
+            segments.append((ids(f" {answer}") + [tokenizer.eos_token_id], True))
+    return segments
 
 
 def encode_sample(tokenizer, sample: Sample, max_length: int, template: str = DEFAULT_PROMPT_TEMPLATE,
                   with_answer: bool = True) -> Encoded:
-    """Prompt tokens, then (for training) " answer" + EOS.
+    """Prompt tokens, then (for training) " answer" + EOS; with ``template='chat'`` the conversation
+    in the tokenizer's chat template, the answer being the last assistant turn (earlier ones become
+    ``prompt_labels``).
 
     A sequence longer than ``max_length`` loses tokens from the *start of the prompt* (the end of
     the prompt, next to the answer, holds the question's cue), after any leading special tokens
     (BOS); the answer is never cut: a too-long answer is an error.
     """
-    prompt_ids = tokenizer(template.format(prompt=sample.prompt))["input_ids"]
-    answer_ids: list[int] = []
-    if with_answer:
-        if sample.target is None:
-            raise ValueError(f"sample {sample.id} has no answer to train on")
-        answer_ids = tokenizer(" " + sample.target, add_special_tokens=False)["input_ids"]
-        answer_ids.append(tokenizer.eos_token_id)
+    if with_answer and sample.target is None:
+        raise ValueError(f"sample {sample.id} has no answer to train on")
+    prompt_labels: list[int] | None = None
+    if template == CHAT:
+        turns = [(h[0], h[1]) for h in sample.metadata.get("history", [])]
+        segments = _chat_segments(tokenizer, turns + [(sample.prompt, sample.target if with_answer else None)])
+        answer_ids = segments.pop()[0] if with_answer else []
+        prompt_ids = [t for seg, _ in segments for t in seg]
+        if any(is_answer for _, is_answer in segments):
+            prompt_labels = [t if is_answer else -100 for seg, is_answer in segments for t in seg]
+    else:
+        prompt_ids = tokenizer(template.format(prompt=sample.prompt))["input_ids"]
+        answer_ids = []
+        if with_answer:
+            answer_ids = tokenizer(" " + sample.target, add_special_tokens=False)["input_ids"]
+            answer_ids.append(tokenizer.eos_token_id)
     room = max_length - len(answer_ids)
     if room < 1:
         raise ValueError(f"sample {sample.id}: the answer alone is {len(answer_ids)} tokens, over "
@@ -50,7 +99,10 @@ def encode_sample(tokenizer, sample: Sample, max_length: int, template: str = DE
         special = set(getattr(tokenizer, "all_special_ids", None) or [])
         while head < room - 1 and prompt_ids[head] in special:
             head += 1
-    return Encoded(prompt_ids[:head] + prompt_ids[head + truncated:], answer_ids, truncated)
+    keep = slice(head + truncated, None)
+    if prompt_labels is not None:
+        prompt_labels = prompt_labels[:head] + prompt_labels[keep]
+    return Encoded(prompt_ids[:head] + prompt_ids[keep], answer_ids, truncated, prompt_labels)
 
 
 def collate_training(tokenizer, encoded: Sequence[Encoded], encoder_decoder: bool = False) -> dict:
@@ -66,6 +118,8 @@ def collate_training(tokenizer, encoded: Sequence[Encoded], encoder_decoder: boo
     for i, e in enumerate(encoded):
         start = len(e.prompt_ids)
         labels[i, start : start + len(e.answer_ids)] = torch.tensor(e.answer_ids)
+        if e.prompt_labels is not None:  # earlier assistant turns of a conversation
+            labels[i, :start] = torch.tensor(e.prompt_labels)
     return {**batch, "labels": labels}
 
 
@@ -134,5 +188,5 @@ def describe_truncation(count: int, total: int, max_length: int) -> str:
             "from their start (the left); answers are never truncated")
 
 
-__all__ = ["encode_sample", "collate_training", "collate_prompts", "VisualInputs", "Encoded",
+__all__ = ["CHAT", "encode_sample", "collate_training", "collate_prompts", "VisualInputs", "Encoded",
            "DEFAULT_PROMPT_TEMPLATE", "describe_truncation"]

@@ -16,16 +16,39 @@ Prompts follow Table 6 of the MemVP paper:
 * ScienceQA: the ``QCM-A`` prompt of MemVP/LaVIN ``util/base_prompt.py``
   (``build_prompt`` + ``"The answer is"`` as in MemVP's ``eval.py``), see
   :func:`scienceqa_prompt`.
+
+The benchmarks of the paper's Table 9 (LLaVA-1.5 evaluation) use LLaVA-1.5's own
+prompts (its ``playground/data/eval`` question files and ``model_vqa_mmbench.py``):
+
+* POPE, MME: ``[Question]\nAnswer the question using a single word or phrase.``
+  (MME's trailing ``" Please answer yes or no."`` dropped, as in ``llava_mme.jsonl``);
+* MMBench: ``[Hint]\n[Question]\nA. ...\nB. ...\nAnswer with the option's letter from
+  the given choices directly.``
+
+Readers of data that holds the images themselves (MMBench's base64 TSV, the parquet
+files of Hugging Face datasets) write each distinct image once to ``image_dir`` as
+``<sha256 of the bytes>.<ext>`` (atomically; an existing file is left alone), so the
+samples still have an image *path* and identical images share one path (and one entry
+of the feature cache, which is keyed by path).  Those are the only readers that write
+files; they still never decode an image.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import csv
+import glob
+import hashlib
 import inspect
 import json
 import os
+import re
 import string
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
+
+from .atomic import atomic_write
 
 __all__ = [
     "Sample",
@@ -37,12 +60,23 @@ __all__ = [
     "read_gqa",
     "read_coco_captions",
     "read_llava",
+    "LLAVA_SHORT_ANSWER_PROMPT",
+    "MMBENCH_ANSWER_PROMPT",
+    "read_pope",
+    "read_mme",
+    "read_mmbench",
+    "read_scienceqa_parquet",
+    "read_vqav2_parquet",
+    "read_gqa_parquet",
+    "read_coco_captions_parquet",
     "load_samples",
     "IMAGE_PATHS",
     "DEFAULT_FEATURES_PATTERN",
 ]
 
 COCO_CAPTION_PROMPT = "Provide a one-sentence caption for the provided image."
+LLAVA_SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
+MMBENCH_ANSWER_PROMPT = "Answer with the option's letter from the given choices directly."
 
 
 @dataclass
@@ -159,27 +193,32 @@ def read_scienceqa(root: str | os.PathLike, split: str) -> list[Sample]:
         if not 0 <= answer < len(choices):
             raise ValueError(f"{problems_file}: problem {pid!r} has answer {answer} "
                              f"but {len(choices)} choices")
-        hint = p.get("hint") or ""
         image_name = p.get("image")
         image = os.path.join(root, "images", split, pid, image_name) if image_name else None
-        subject = p.get("subject", "")
-        samples.append(Sample(
-            id=pid,
-            prompt=scienceqa_prompt(_field(p, "question", problems_file, pid), hint, choices),
-            answers=[string.ascii_uppercase[answer]],
-            image=image,
-            image_id=pid if image else None,
-            question_type=subject,
-            metadata={
-                "subject": subject,
-                "grade": p.get("grade", ""),
-                "has_text_context": bool(hint.strip()),
-                "has_image_context": image is not None,
-                "num_choices": len(choices),
-                "choices": choices,
-            },
-        ))
+        samples.append(_scienceqa_sample(pid, _field(p, "question", problems_file, pid), p.get("hint") or "",
+                                         choices, answer, image, p.get("subject", ""), p.get("grade", "")))
     return _non_empty(samples, splits_file, split)
+
+
+def _scienceqa_sample(sid: str, question: str, hint: str, choices: list[str], answer: int, image: str | None,
+                      subject: str, grade: str, **extra: Any) -> Sample:
+    return Sample(
+        id=sid,
+        prompt=scienceqa_prompt(question, hint, choices),
+        answers=[string.ascii_uppercase[answer]],
+        image=image,
+        image_id=sid if image else None,
+        question_type=subject,
+        metadata={
+            "subject": subject,
+            "grade": grade,
+            "has_text_context": bool(hint.strip()),
+            "has_image_context": image is not None,
+            "num_choices": len(choices),
+            "choices": choices,
+            **extra,
+        },
+    )
 
 
 # ----------------------------------------------------------------------- VQAv2
@@ -311,7 +350,8 @@ def read_coco_captions(karpathy_file: str | os.PathLike, image_root: str | os.Pa
 
 
 # ----------------------------------------------------------------------- LLaVA
-def read_llava(json_file: str | os.PathLike, image_dir: str | os.PathLike) -> list[Sample]:
+def read_llava(json_file: str | os.PathLike, image_dir: str | os.PathLike,
+               per_conversation: bool = False) -> list[Sample]:
     """LLaVA conversation file (e.g. ``llava_v1_5_mix665k.json``).
 
     One Sample per human -> gpt turn, id ``f"{id}_{turn}"`` (turn counts from 0).
@@ -323,6 +363,13 @@ def read_llava(json_file: str | os.PathLike, image_dir: str | os.PathLike) -> li
     conversation's image (``image_dir/image``, image_id = the relative name);
     entries without ``"image"`` get ``image=None``.  metadata: ``conversation_id``,
     ``turn``, ``history``.
+
+    ``per_conversation=True`` gives one Sample per conversation instead (for
+    multi-turn training with a loss on every assistant turn): id = the
+    conversation ``id``; prompt / answers = its *last* human -> gpt turn;
+    ``metadata["history"]`` = every earlier ``[human, gpt]`` pair and
+    ``metadata["turn"]`` = the last turn's index, exactly as the per-turn Sample
+    of that last turn has them.
     """
     data = _expect(_load_json(json_file, "LLaVA conversation file"), list, json_file,
                    "a list of conversations")
@@ -343,16 +390,578 @@ def read_llava(json_file: str | os.PathLike, image_dir: str | os.PathLike) -> li
                                  f"human -> gpt (got {human.get('from')!r} -> {gpt.get('from')!r})")
             question = _field(human, "value", json_file, cid).replace("<image>", "").strip()
             answer = _field(gpt, "value", json_file, cid)
-            samples.append(Sample(
-                id=f"{cid}_{turn}",
-                prompt=question,
-                answers=[answer],
-                image=image,
-                image_id=image_name if image else None,
-                metadata={"conversation_id": cid, "turn": turn, "history": [list(h) for h in history]},
-            ))
+            last_turn = turn == len(convs) // 2 - 1
+            if not per_conversation or last_turn:
+                samples.append(Sample(
+                    id=cid if per_conversation else f"{cid}_{turn}",
+                    prompt=question,
+                    answers=[answer],
+                    image=image,
+                    image_id=image_name if image else None,
+                    metadata={"conversation_id": cid, "turn": turn, "history": [list(h) for h in history]},
+                ))
             history.append([question, answer])
     return _non_empty(samples, json_file)
+
+
+# ---------------------------------------------------------- images from bytes
+_IMAGE_MAGIC = [(b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpg"), (b"GIF87a", "gif"), (b"GIF89a", "gif"),
+                (b"BM", "bmp"), (b"II*\x00", "tif"), (b"MM\x00*", "tif")]
+_IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def _image_extension(data: bytes, name_hint: str | None) -> str:
+    """The file extension of image bytes, from their magic number (no decoding), else the hint's."""
+    for magic, ext in _IMAGE_MAGIC:
+        if data.startswith(magic):
+            return ext
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    ext = os.path.splitext(name_hint or "")[1].lower()
+    return ext[1:] if ext in _IMAGE_EXTENSIONS else "img"
+
+
+def _check_image_dir(image_dir: str | os.PathLike) -> str:
+    image_dir = _abs(image_dir)
+    if os.path.exists(image_dir) and not os.path.isdir(image_dir):
+        raise ValueError(f"image_dir {image_dir} is a file; give a folder to write the images to")
+    return image_dir
+
+
+def _store_image(data: bytes, image_dir: str, name_hint: str | None = None) -> str:
+    """``image_dir/<sha256>.<ext>``, written once (atomically) and never rewritten."""
+    path = os.path.join(image_dir, f"{hashlib.sha256(data).hexdigest()}.{_image_extension(data, name_hint)}")
+    if not os.path.exists(path):
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                f.write(data)
+
+        atomic_write(path, write)
+    return path
+
+
+def _with_answer_prompt(question: str, answer_prompt: str | None) -> str:
+    return f"{question}\n{answer_prompt}" if answer_prompt else question
+
+
+def _files(files: str | os.PathLike | Sequence[str | os.PathLike], what: str, suffix: str) -> list[str]:
+    """Absolute paths of ``files``: one path, a glob pattern, a folder (its ``*suffix`` files) or a list of those."""
+    items = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+    out: list[str] = []
+    for item in items:
+        item = os.fspath(item)
+        if any(c in item for c in "*?["):  # a glob pattern
+            matched = sorted(glob.glob(item))
+            if not matched:
+                raise FileNotFoundError(f"{what}: no file matches {_abs(item)}")
+        elif os.path.isdir(item):
+            matched = sorted(glob.glob(os.path.join(glob.escape(item), f"*{suffix}")))
+            if not matched:
+                raise FileNotFoundError(f"{what}: no *{suffix} file in {_abs(item)}")
+        elif os.path.isfile(item):
+            matched = [item]
+        else:
+            raise FileNotFoundError(f"{what} not found: {_abs(item)}")
+        out += [_abs(m) for m in matched]
+    if not out:
+        raise ValueError(f"{what}: no files given")
+    return out
+
+
+# ------------------------------------------------------------------------ POPE
+def _pope_split(path: str) -> str:
+    stem = os.path.basename(path)
+    for ext in (".jsonl", ".json"):
+        stem = stem.removesuffix(ext)
+    return stem.rsplit("_pope_", 1)[1] if "_pope_" in stem else stem
+
+
+def _json_lines(path: str, what: str) -> Iterator[tuple[int, Any]]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield n, json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{what} {path}: line {n} is not valid JSON ({e}); "
+                                         "the file should hold one JSON object per line") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {path} is not UTF-8 text (byte {e.start})") from None
+
+
+def read_pope(question_files: str | os.PathLike | Sequence[str | os.PathLike], image_dir: str | os.PathLike,
+              answer_prompt: str | None = LLAVA_SHORT_ANSWER_PROMPT) -> list[Sample]:
+    """POPE question files as released (``coco_pope_random.json``, ``coco_pope_popular.json``,
+    ``coco_pope_adversarial.json``: JSON lines ``{"question_id", "image", "text", "label"}``,
+    label ``"yes"`` / ``"no"``), one file or several.
+
+    Each file is a split named after the file (``coco_pope_random.json`` -> ``"random"``,
+    the part after ``_pope_``; the whole stem otherwise); question ids restart in every
+    file, so id = ``f"{split}_{question_id}"``.  prompt = text + ``"\\n"`` + ``answer_prompt``
+    (LLaVA-1.5's ``llava_pope_test.jsonl``; ``None`` / ``""`` for the bare question);
+    answers = ``[label]``; image ``image_dir/image`` (COCO val2014), image_id = the file
+    name; question_type = split.  metadata: ``split``, ``question_id``, ``question``.
+    """
+    paths = _files(question_files, "POPE question file", ".json")
+    image_dir = _abs(image_dir)
+    samples, seen = [], {}
+    for path in paths:
+        split = _pope_split(path)
+        if split in seen:
+            raise ValueError(f"POPE question files {seen[split]} and {path} are both split {split!r}")
+        seen[split] = path
+        for n, q in _json_lines(path, "POPE question file"):
+            rid = q.get("question_id", f"line {n}") if isinstance(q, dict) else f"line {n}"
+            qid = _field(q, "question_id", path, rid)
+            label = str(_field(q, "label", path, rid)).strip().lower()
+            if label not in ("yes", "no"):
+                raise ValueError(f"{path}: question {qid!r} has label {q['label']!r}; expected 'yes' or 'no'")
+            text = _field(q, "text", path, qid)
+            image_name = _field(q, "image", path, qid)
+            samples.append(Sample(
+                id=f"{split}_{qid}",
+                prompt=_with_answer_prompt(text, answer_prompt),
+                answers=[label],
+                image=os.path.join(image_dir, image_name),
+                image_id=image_name,
+                question_type=split,
+                metadata={"split": split, "question_id": qid, "question": text},
+            ))
+    return _non_empty(samples, paths[0] if len(paths) == 1 else os.path.dirname(paths[0]))
+
+
+# ------------------------------------------------------------------------- MME
+_MME_YES_NO = "Please answer yes or no."
+
+
+def read_mme(root: str | os.PathLike, answer_prompt: str | None = LLAVA_SHORT_ANSWER_PROMPT,
+             subtasks: Sequence[str] | None = None) -> list[Sample]:
+    """MME as released (``MME_Benchmark_release_version``): one folder per subtask, either
+    ``<subtask>/images/<image>`` + ``<subtask>/questions_answers_YN/<image stem>.txt`` or the
+    images and their ``<image stem>.txt`` side by side in ``<subtask>/`` (the layout LLaVA's
+    ``convert_answer_to_mme.py`` reads).  Each ``.txt`` line is ``question<TAB>answer``
+    (Yes / No), two questions per image; a line ``image<TAB>question<TAB>answer`` (the
+    ``eval_tool`` result-file layout, e.g. one ``<subtask>.txt`` for the whole subtask) names
+    its image itself.
+
+    ``subtasks`` limits the folders read (default: every folder of ``root``).  id =
+    ``f"{subtask}/{image}/{k}"`` (k-th question of the image); prompt = the question with its
+    trailing ``"Please answer yes or no."`` replaced by ``"\\n"`` + ``answer_prompt`` (LLaVA-1.5's
+    ``llava_mme.jsonl``; with ``answer_prompt`` ``None`` / ``""`` the question as written);
+    answers = ``[answer]`` as written; image_id = the image path relative to ``root``;
+    question_type = subtask.  An image is matched to its ``.txt`` by file stem (a missing
+    one is expected at ``<stem>.jpg``, where the loader reports it).  metadata: ``subtask``,
+    ``image_key`` (``f"{subtask}/{image}"``, the acc+ pair), ``question`` (as written).
+    """
+    root = _abs(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"MME folder not found: {root}")
+    available = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if subtasks is not None:
+        unknown = [t for t in subtasks if t not in available]
+        if unknown:
+            raise ValueError(f"MME subtask(s) {unknown} not in {root}; available: {available}")
+        available = [t for t in available if t in set(subtasks)]
+    samples = []
+    for subtask in available:
+        folder = os.path.join(root, subtask)
+        if os.path.isdir(os.path.join(folder, "images")):
+            image_folder, qa_folder = os.path.join(folder, "images"), os.path.join(folder, "questions_answers_YN")
+            if not os.path.isdir(qa_folder):
+                raise FileNotFoundError(f"MME subtask {subtask!r}: {folder} has images/ but no questions_answers_YN/")
+        else:
+            image_folder = qa_folder = folder
+        by_stem: dict[str, str] = {}
+        for name in sorted(os.listdir(image_folder)):
+            stem, ext = os.path.splitext(name)
+            if ext.lower() in _IMAGE_EXTENSIONS:
+                by_stem.setdefault(stem, name)
+        counts: dict[str, int] = {}
+        for txt in sorted(n for n in os.listdir(qa_folder) if n.endswith(".txt")):
+            path = os.path.join(qa_folder, txt)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    lines = f.read().splitlines()
+            except UnicodeDecodeError as e:
+                raise ValueError(f"MME question file {path} is not UTF-8 text (byte {e.start})") from None
+            for n, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                fields = line.strip().split("\t")
+                if len(fields) == 2:
+                    stem = txt[:-len(".txt")]
+                    image_name, (question, answer) = by_stem.get(stem, f"{stem}.jpg"), fields
+                elif len(fields) == 3:
+                    image_name, question, answer = fields
+                else:
+                    raise ValueError(f"{path}: line {n} has {len(fields)} tab-separated fields; expected "
+                                     "'question<TAB>answer' (or 'image<TAB>question<TAB>answer')")
+                if answer.strip().lower() not in ("yes", "no"):
+                    raise ValueError(f"{path}: line {n} has answer {answer!r}; MME answers are Yes or No")
+                k = counts.get(image_name, 0)
+                counts[image_name] = k + 1
+                prompt = question
+                if answer_prompt:
+                    prompt = question.strip().removesuffix(_MME_YES_NO).rstrip() + "\n" + answer_prompt
+                image = os.path.join(image_folder, image_name)
+                samples.append(Sample(
+                    id=f"{subtask}/{image_name}/{k}",
+                    prompt=prompt,
+                    answers=[answer.strip()],
+                    image=image,
+                    image_id=os.path.relpath(image, root).replace(os.sep, "/"),
+                    question_type=subtask,
+                    metadata={"subtask": subtask, "image_key": f"{subtask}/{image_name}", "question": question},
+                ))
+    return _non_empty(samples, root)
+
+
+# --------------------------------------------------------------------- MMBench
+# pandas' default NA strings (MMBench's TSVs are read with pandas.read_table by every official
+# tool, so these cells are "missing" there) plus LLaVA's is_none() ('nan' / 'none', any case).
+_NA_STRINGS = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+               "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+_CIRCULAR_STRIDE = 1_000_000
+
+
+def _is_na(value: str | None) -> bool:
+    return value is None or value in _NA_STRINGS or value.lower() in ("nan", "none")
+
+
+def read_mmbench(tsv_file: str | os.PathLike, image_dir: str | os.PathLike, circular: bool = True,
+                 answer_prompt: str | None = MMBENCH_ANSWER_PROMPT) -> list[Sample]:
+    """MMBench TSV as released (e.g. ``mmbench_dev_20230712.tsv``: ``index, question, hint, A, B,
+    C, D, answer, category, l2-category, image`` with the image as base64; ``answer`` absent
+    or empty in the test files).
+
+    Options are the A, B, C, ... columns up to the first empty one (LLaVA's ``get_options``;
+    empty = pandas' NA strings, as ``pandas.read_table`` reads the file).  Circular
+    evaluation: a question with k options is asked k times, rotation r showing options
+    ``[r:] + [:r]`` under the letters A.. (LLaVA's ``--all-rounds``; the answer letter moves
+    with its option); rotation r has id ``str(index + r * 1_000_000)``, MMBench's own
+    numbering.  A file that already holds such copies (an ``index`` >= 1e6) is taken as it
+    is, row by row.  All rotations share ``metadata["circular_group"]`` (``str(index %
+    1e6)``); ``circular=False`` keeps rotation 0 only (single-pass evaluation).
+
+    prompt = ``hint\\n`` (when given) + question + ``\\nA. option`` per option + ``\\n`` +
+    ``answer_prompt`` (LLaVA-1.5's ``model_vqa_mmbench.py --single-pred-prompt``); answers =
+    ``[letter]`` (``[]`` without an answer); question_type = category.  Each distinct image is
+    decoded from base64 once and written to ``image_dir/<sha256>.<ext>`` (atomically, kept
+    when present); image_id = that sha256.  A short ``image`` cell naming another row's
+    ``index`` (the way VLMEvalKit's TSVs share an image) uses that row's image.  metadata:
+    ``circular_group``, ``rotation``, ``index``, ``num_choices``, ``choices`` (as shown),
+    ``category``, ``l2_category``.
+    """
+    path = _abs(tsv_file)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"MMBench TSV file not found: {path}")
+    image_dir = _check_image_dir(image_dir)
+    old_limit = csv.field_size_limit(2**31 - 1)  # base64 images are far over csv's 128 KiB default
+    rows: list[dict] = []
+    image_of: dict[int, str] = {}  # index -> image path
+    decoded: dict[bytes, str] = {}  # sha1 of a base64 cell -> image path (copies repeat the cell)
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f, delimiter="\t")
+            header = next(reader, None)
+            if header is None:
+                raise ValueError(f"{path} is empty")
+            missing = [c for c in ("index", "question", "A", "image") if c not in header]
+            if missing:
+                raise ValueError(f"{path}: MMBench TSV has no column(s) {missing}; its columns: {header}")
+            for n, cells in enumerate(reader, 2):
+                if not cells:
+                    continue
+                if len(cells) != len(header):
+                    raise ValueError(f"{path}: line {n} has {len(cells)} fields, the header {len(header)}")
+                row = dict(zip(header, cells))
+                try:
+                    row["index"] = int(row["index"])
+                except ValueError:
+                    raise ValueError(f"{path}: line {n} has index {row['index']!r}, not an integer") from None
+                cell = row.pop("image")
+                if len(cell) <= 64 and not _is_na(cell) and cell.strip().isdigit():
+                    row["image_ref"] = int(cell)  # resolved below: the row may come later
+                elif _is_na(cell):
+                    raise ValueError(f"{path}: question {row['index']} has no image")
+                else:
+                    key = hashlib.sha1(cell.encode()).digest()
+                    if key not in decoded:
+                        try:
+                            data = base64.b64decode(cell)
+                        except (binascii.Error, ValueError) as e:
+                            raise ValueError(f"{path}: question {row['index']}: image is not base64 ({e})") from None
+                        decoded[key] = _store_image(data, image_dir)
+                    image_of[row["index"]] = decoded[key]
+                rows.append(row)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"MMBench TSV file {path} is not UTF-8 text (byte {e.start})") from None
+    finally:
+        csv.field_size_limit(old_limit)
+
+    has_copies = any(r["index"] >= _CIRCULAR_STRIDE for r in rows)
+    samples = []
+    for row in rows:
+        index = row["index"]
+        if "image_ref" in row:
+            if row["image_ref"] not in image_of:
+                raise ValueError(f"{path}: question {index} refers to the image of question {row['image_ref']}, "
+                                 "which is not in the file")
+            image_of[index] = image_of[row["image_ref"]]
+        if has_copies and not circular and index >= _CIRCULAR_STRIDE:
+            continue
+        options = []
+        for letter in string.ascii_uppercase:
+            if letter not in row or _is_na(row[letter]):
+                break
+            options.append(row[letter])
+        if not options:
+            raise ValueError(f"{path}: question {index} has no options (column A is empty)")
+        answer = row.get("answer")
+        answer_at = None
+        if not _is_na(answer):
+            answer = answer.strip()
+            if answer not in string.ascii_uppercase[:len(options)]:
+                raise ValueError(f"{path}: question {index} has answer {answer!r} but options "
+                                 f"{list(string.ascii_uppercase[:len(options)])}")
+            answer_at = string.ascii_uppercase.index(answer)
+        hint = row.get("hint")
+        question = row["question"] if _is_na(hint) else f"{hint}\n{row['question']}"
+        rotations = [0] if has_copies or not circular else range(len(options))
+        for r in rotations:
+            shown = options[r:] + options[:r]
+            prompt = question + "".join(f"\n{string.ascii_uppercase[i]}. {o}" for i, o in enumerate(shown))
+            image = image_of[index]
+            samples.append(Sample(
+                id=str(index + r * _CIRCULAR_STRIDE),
+                prompt=_with_answer_prompt(prompt, answer_prompt),
+                answers=[] if answer_at is None else [string.ascii_uppercase[(answer_at - r) % len(options)]],
+                image=image,
+                image_id=os.path.splitext(os.path.basename(image))[0],
+                question_type=row.get("category", ""),
+                metadata={"circular_group": str(index % _CIRCULAR_STRIDE),
+                          "rotation": index // _CIRCULAR_STRIDE if has_copies else r,
+                          "index": index, "num_choices": len(options), "choices": shown,
+                          "category": row.get("category", ""), "l2_category": row.get("l2-category", "")},
+            ))
+    return _non_empty(samples, path)
+
+
+# --------------------------------------------------------------------- parquet
+def _split_of(path: str) -> str:
+    """``train-00000-of-00001-1028f23e.parquet`` (the Hugging Face naming) -> ``train``."""
+    stem = os.path.basename(path).removesuffix(".parquet")
+    match = re.match(r"^(.*?)-\d{5}-of-\d{5}", stem)
+    return match.group(1) if match else stem
+
+
+def _parquet_rows(path: str, what: str, required: Sequence[str], optional: Sequence[str] = ()) -> Iterator[dict]:
+    """The rows of one parquet file as dicts of ``required`` + the ``optional`` columns it has, read in
+    small batches (image columns are large)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError("reading parquet files needs pyarrow: pip install pyarrow") from None
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{what} {path} is not a readable parquet file: {e}") from None
+    names = pf.schema_arrow.names
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise ValueError(f"{path}: {what} has no column(s) {missing}; its columns: {names}")
+    try:
+        for batch in pf.iter_batches(batch_size=64, columns=[*required, *(c for c in optional if c in names)]):
+            yield from batch.to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{what} {path} could not be read: {e}") from None
+
+
+def _parquet_image(cell: Any, image_dir: str, path: str, rid: Any) -> str | None:
+    """The image of a parquet cell (the ``datasets`` Image feature: a struct ``{bytes, path}``, or plain
+    bytes) written to ``image_dir``; None for an empty cell."""
+    if cell is None:
+        return None
+    name = None
+    if isinstance(cell, dict):
+        data, name = cell.get("bytes"), cell.get("path")
+        if data is None:
+            if name is None:
+                return None
+            if os.path.isabs(name):
+                return name  # an image stored by reference to a local file
+            raise ValueError(f"{path}: row {rid!r} has an image without bytes, only the relative path {name!r}; "
+                             "save the dataset with its images embedded")
+    elif isinstance(cell, (bytes, bytearray)):
+        data = bytes(cell)
+    else:
+        raise ValueError(f"{path}: row {rid!r}: the image column holds {type(cell).__name__}, expected the "
+                         "datasets Image struct {bytes, path} or bytes")
+    return _store_image(data, image_dir, name)
+
+
+def read_scienceqa_parquet(files: str | os.PathLike | Sequence[str | os.PathLike],
+                           image_dir: str | os.PathLike) -> list[Sample]:
+    """ScienceQA from the parquet files of the Hugging Face dataset ``derek-thomas/ScienceQA``
+    (``data/{train,validation,test}-*.parquet``; also ``lmms-lab/ScienceQA``'s
+    ``ScienceQA-FULL`` / ``ScienceQA-IMG``): columns ``image`` (Image feature, null without
+    an image), ``question, choices, answer`` (option index), ``hint, task, grade, subject,
+    topic, category, skill, lecture, solution``.
+
+    ``files``: a file, a glob pattern (``data/test-*.parquet``), a folder or a list.  The
+    samples are those of :func:`read_scienceqa` (same prompt, answers, question_type and
+    metadata) plus ``metadata["split"]``; these files have no problem id, so id =
+    ``f"{split}_{row}"`` (split from the file name, row counted over the split's files in
+    name order).  Images are written to ``image_dir/<sha256>.<ext>``.
+    """
+    paths = _files(files, "ScienceQA parquet file", ".parquet")
+    image_dir = _check_image_dir(image_dir)
+    samples, rows_seen = [], {}
+    for path in paths:
+        split = _split_of(path)
+        for row in _parquet_rows(path, "ScienceQA parquet file", ("image", "question", "choices", "answer"),
+                                 ("hint", "subject", "grade")):
+            n = rows_seen[split] = rows_seen.get(split, -1) + 1
+            sid = f"{split}_{n}"
+            choices = [str(c) for c in row["choices"] or []]
+            if row["answer"] is None:
+                raise ValueError(f"{path}: row {n} has no answer")
+            answer = int(row["answer"])
+            if not 0 <= answer < len(choices):
+                raise ValueError(f"{path}: row {n} has answer {answer} but {len(choices)} choices")
+            samples.append(_scienceqa_sample(sid, row["question"], row.get("hint") or "", choices, answer,
+                                             _parquet_image(row["image"], image_dir, path, n),
+                                             row.get("subject") or "", row.get("grade") or "", split=split))
+    return _non_empty(samples, paths[0])
+
+
+def read_vqav2_parquet(files: str | os.PathLike | Sequence[str | os.PathLike],
+                       image_dir: str | os.PathLike) -> list[Sample]:
+    """VQAv2 from the parquet files of the Hugging Face dataset ``lmms-lab/VQAv2``
+    (``data/{validation,testdev,test}-*.parquet``; ``HuggingFaceM4/VQAv2``'s parquet export
+    has the same columns): ``question_type, multiple_choice_answer, answers`` (list of
+    ``{answer, answer_confidence, answer_id}``; a list of strings is taken too), ``image_id,
+    answer_type, question_id, question, image``.
+
+    The samples are those of :func:`read_vqav2`: answers = the human answers (``[]`` and no
+    target where the test files have none), ``metadata["target"]`` =
+    ``multiple_choice_answer``, question_type = answer_type; image_id = the COCO image id.
+    Images are written to ``image_dir/<sha256>.<ext>``.
+    """
+    paths = _files(files, "VQAv2 parquet file", ".parquet")
+    image_dir = _check_image_dir(image_dir)
+    samples = []
+    for path in paths:
+        for row in _parquet_rows(path, "VQAv2 parquet file", ("question_id", "question", "image"),
+                                 ("answers", "multiple_choice_answer", "answer_type", "question_type", "image_id")):
+            qid = row["question_id"]
+            answers = [str(a["answer"] if isinstance(a, dict) else a) for a in row.get("answers") or []]
+            answer_type = row.get("answer_type") or ""
+            metadata = {}
+            if answers or row.get("multiple_choice_answer") is not None:
+                metadata = {"answer_type": answer_type, "question_type": row.get("question_type") or ""}
+                if row.get("multiple_choice_answer") is not None:
+                    metadata = {"target": row["multiple_choice_answer"], **metadata}
+            image = _parquet_image(row["image"], image_dir, path, qid)
+            image_id = row.get("image_id")
+            samples.append(Sample(
+                id=str(qid),
+                prompt=row["question"],
+                answers=answers,
+                image=image,
+                image_id=str(image_id) if image_id is not None else
+                (os.path.splitext(os.path.basename(image))[0] if image else None),
+                question_type=answer_type,
+                metadata=metadata,
+            ))
+    return _non_empty(samples, paths[0])
+
+
+def read_gqa_parquet(files: str | os.PathLike | Sequence[str | os.PathLike],
+                     image_files: str | os.PathLike | Sequence[str | os.PathLike],
+                     image_dir: str | os.PathLike) -> list[Sample]:
+    """GQA from the parquet files of the Hugging Face dataset ``lmms-lab/GQA``, which keeps
+    questions and images apart: ``files`` = an ``*_instructions`` config (e.g.
+    ``testdev_balanced_instructions/testdev-*.parquet``: ``id, imageId, question, answer,
+    fullAnswer, types, ...``), ``image_files`` = the matching ``*_images`` config (``id,
+    image``), joined on ``imageId`` = ``id``.
+
+    The samples are those of :func:`read_gqa` (answers ``[]`` where the file has no answer,
+    question_type = ``types.structural``); image_id = ``imageId``.  Only the images the
+    questions use are written to ``image_dir/<sha256>.<ext>``.
+    """
+    paths = _files(files, "GQA instructions parquet file", ".parquet")
+    image_paths = _files(image_files, "GQA images parquet file", ".parquet")
+    image_dir = _check_image_dir(image_dir)
+    questions = [(path, row) for path in paths
+                 for row in _parquet_rows(path, "GQA instructions parquet file", ("id", "imageId", "question"),
+                                          ("answer", "fullAnswer", "types"))]
+    wanted = {str(row["imageId"]) for _, row in questions}
+    image_of: dict[str, str] = {}
+    for path in image_paths:
+        for row in _parquet_rows(path, "GQA images parquet file", ("id", "image")):
+            iid = str(row["id"])
+            if iid in wanted and iid not in image_of:
+                image = _parquet_image(row["image"], image_dir, path, iid)
+                if image is not None:
+                    image_of[iid] = image
+    missing = sorted(wanted - image_of.keys())
+    if missing:
+        raise ValueError(f"{len(missing)} image(s) of the GQA questions are in none of the image files "
+                         f"{image_paths}, e.g. imageId {missing[:5]}")
+    samples = []
+    for path, q in questions:
+        image_id = str(q["imageId"])
+        types = q.get("types") or {}
+        samples.append(Sample(
+            id=str(q["id"]),
+            prompt=q["question"],
+            answers=[q["answer"]] if q.get("answer") is not None else [],
+            image=image_of[image_id],
+            image_id=image_id,
+            question_type=types.get("structural") or "",
+            metadata={"full_answer": q.get("fullAnswer") or "",
+                      "structural": types.get("structural") or "",
+                      "semantic": types.get("semantic") or "",
+                      "detailed": types.get("detailed") or ""},
+        ))
+    return _non_empty(samples, paths[0])
+
+
+def read_coco_captions_parquet(files: str | os.PathLike | Sequence[str | os.PathLike],
+                               image_dir: str | os.PathLike) -> list[Sample]:
+    """COCO captions from the parquet files of the Hugging Face datasets ``lmms-lab/COCO-Caption``
+    (val2014) / ``lmms-lab/COCO-Caption2017``: columns ``question_id`` (the image file name,
+    e.g. ``COCO_val2014_000000391895.jpg``), ``image``, ``question``, ``answer`` (the
+    captions), ``id``.  These are the official COCO splits, not Karpathy's.
+
+    One Sample per row, as :func:`read_coco_captions`: id = image_id = the COCO image id
+    (the number in the file name, as lmms-eval reads it); prompt =
+    :data:`COCO_CAPTION_PROMPT`; answers = the captions, stripped (``[]`` where the test
+    files have none).  metadata: ``filename``.  Images are written to
+    ``image_dir/<sha256>.<ext>``.
+    """
+    paths = _files(files, "COCO caption parquet file", ".parquet")
+    image_dir = _check_image_dir(image_dir)
+    samples = []
+    for path in paths:
+        for row in _parquet_rows(path, "COCO caption parquet file", ("question_id", "image"), ("answer",)):
+            filename = str(row["question_id"])
+            digits = filename.rsplit("_", 1)[-1].split(".")[0]
+            cid = str(int(digits)) if digits.isdigit() else filename
+            samples.append(Sample(
+                id=cid,
+                prompt=COCO_CAPTION_PROMPT,
+                answers=[str(c).strip() for c in row.get("answer") or []],
+                image=_parquet_image(row["image"], image_dir, path, filename),
+                image_id=cid,
+                metadata={"filename": filename},
+            ))
+    return _non_empty(samples, paths[0])
 
 
 # -------------------------------------------------------------------- dispatch
@@ -362,10 +971,17 @@ FORMATS: dict[str, Callable[..., list[Sample]]] = {
     "gqa": read_gqa,
     "coco_captions": read_coco_captions,
     "llava": read_llava,
+    "pope": read_pope,
+    "mme": read_mme,
+    "mmbench": read_mmbench,
+    "scienceqa_parquet": read_scienceqa_parquet,
+    "vqav2_parquet": read_vqav2_parquet,
+    "gqa_parquet": read_gqa_parquet,
+    "coco_captions_parquet": read_coco_captions_parquet,
 }
 
 _PATH_KEYS = {"root", "questions_file", "annotations_file", "image_dir", "karpathy_file",
-              "image_root", "json_file", "features_dir"}
+              "image_root", "json_file", "features_dir", "question_files", "tsv_file", "files", "image_files"}
 
 IMAGE_PATHS = {
     "scienceqa": "root/images/<split>/<pid>/<image>",
@@ -374,6 +990,13 @@ IMAGE_PATHS = {
     "gqa": "image_dir/<imageId>.jpg",
     "coco_captions": "image_root/<filepath>/<filename> of the Karpathy file",
     "llava": "image_dir/<image> of each conversation",
+    "pope": "image_dir/<image> of each question (COCO val2014)",
+    "mme": "root/<subtask>/[images/]<image>, matched to its .txt by file stem",
+    "mmbench": "image_dir/<sha256>.<ext>, decoded from the TSV's base64 by the reader",
+    "scienceqa_parquet": "image_dir/<sha256>.<ext>, written from the parquet's image bytes by the reader",
+    "vqav2_parquet": "image_dir/<sha256>.<ext>, written from the parquet's image bytes by the reader",
+    "gqa_parquet": "image_dir/<sha256>.<ext>, written from the image files' bytes by the reader",
+    "coco_captions_parquet": "image_dir/<sha256>.<ext>, written from the parquet's image bytes by the reader",
 }
 """How each format finds a sample's image (what an "image not found" error should point at)."""
 
@@ -415,7 +1038,9 @@ def load_samples(spec: dict, base_dir: str | os.PathLike | None = None) -> list[
         raise ValueError(f"unknown dataset format {fmt!r}; formats: {sorted(FORMATS)}")
     if base_dir is not None:
         for k in _PATH_KEYS & kwargs.keys():
-            if kwargs[k] is not None:
+            if isinstance(kwargs[k], (list, tuple)):  # several files (POPE splits, parquet shards)
+                kwargs[k] = [os.path.join(base_dir, v) for v in kwargs[k]]
+            elif kwargs[k] is not None:
                 kwargs[k] = os.path.join(base_dir, kwargs[k])  # absolute values stay as they are
     features_dir = kwargs.pop("features_dir", None)
     if not isinstance(features_pattern, str) or (features_dir is not None and not isinstance(features_dir, str)):

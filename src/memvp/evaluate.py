@@ -5,11 +5,32 @@ from __future__ import annotations
 from typing import Sequence
 
 from .datasets import Sample
-from .metrics import cider_d, gqa_accuracy, scienceqa_accuracy, vqa_accuracy
+from .metrics import (
+    cider_d,
+    gqa_accuracy,
+    mmbench_accuracy,
+    mme_scores,
+    pope_metrics,
+    scienceqa_accuracy,
+    vqa_accuracy,
+)
+
+# The parquet readers give the samples of the format they are named after.
+_SAME_METRIC = {"scienceqa_parquet": "scienceqa", "vqav2_parquet": "vqav2", "gqa_parquet": "gqa",
+                "coco_captions_parquet": "coco_captions"}
+TASKS = ("scienceqa", "vqav2", "gqa", "coco_captions", "llava", "pope", "mme", "mmbench", *_SAME_METRIC)
 
 
 def score(task: str, samples: Sequence[Sample], predictions: dict[str, str]) -> dict:
-    """Metrics for ``task`` (a dataset format: scienceqa, vqav2, gqa, coco_captions, llava)."""
+    """Metrics for ``task`` (a dataset format, see ``TASKS``) of the samples that have a prediction.
+
+    scienceqa: :func:`~memvp.metrics.scienceqa_accuracy`; vqav2: ``vqa_accuracy``; gqa and llava:
+    ``gqa_accuracy`` (exact match); coco_captions: CIDEr-D; pope: ``pope_metrics`` (per split and
+    mean); mme: ``mme_scores`` (perception / cognition); mmbench: ``mmbench_accuracy`` (circular:
+    a question is right when all its scored rotations are).  The ``*_parquet`` formats are scored as
+    the format they are named after.
+    """
+    task = _SAME_METRIC.get(task, task)
     samples = [s for s in samples if s.id in predictions]
     preds = {s.id: predictions[s.id] for s in samples}
     if task == "scienceqa":
@@ -18,6 +39,21 @@ def score(task: str, samples: Sequence[Sample], predictions: dict[str, str]) -> 
             "subject": s.metadata["subject"], "grade": s.metadata["grade"],
             "has_text_context": s.metadata["has_text_context"],
             "has_image_context": s.metadata["has_image_context"]} for s in samples])
+    if task == "pope":
+        return pope_metrics([{"prediction": preds[s.id], "label": s.answers[0], "split": s.metadata["split"]}
+                             for s in samples])
+    if task == "mme":
+        return mme_scores([{"prediction": preds[s.id], "answer": s.answers[0], "subtask": s.metadata["subtask"],
+                            "image": s.metadata["image_key"]} for s in samples])
+    if task == "mmbench":
+        unanswered = [s.id for s in samples if not s.answers]
+        if unanswered:
+            raise ValueError(f"{len(unanswered)} MMBench question(s) have no answer (a test file? its answers are "
+                             f"not released), e.g. {unanswered[:5]}")
+        return mmbench_accuracy([{
+            "prediction": preds[s.id], "answer": s.answers[0], "num_choices": s.metadata["num_choices"],
+            "group": s.metadata["circular_group"], "rotation": s.metadata["rotation"],
+            "category": s.metadata["category"], "l2_category": s.metadata["l2_category"]} for s in samples])
     refs = {s.id: s.answers for s in samples}
     types = {s.id: s.question_type for s in samples}
     if task == "vqav2":
@@ -26,4 +62,4 @@ def score(task: str, samples: Sequence[Sample], predictions: dict[str, str]) -> 
         return gqa_accuracy(preds, {i: r[0] for i, r in refs.items()}, types)
     if task == "coco_captions":
         return {"CIDEr-D": cider_d(preds, refs), "count": len(preds)}
-    raise ValueError(f"no metric for task {task!r}; tasks: scienceqa, vqav2, gqa, coco_captions, llava")
+    raise ValueError(f"no metric for task {task!r}; tasks: {', '.join(TASKS)}")

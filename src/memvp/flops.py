@@ -121,10 +121,7 @@ def measure(method: str, language_model: nn.Module, length: int, n_visual: int, 
 
 def _unwrap(model: nn.Module) -> None:
     """Give the shared meta LM back unchanged (hooks removed, LoRA unloaded) for the next method."""
-    if hasattr(model, "remove_hooks"):
-        model.remove_hooks()
-    elif hasattr(model, "peft_model"):
-        model.peft_model.unload()
+    model.remove_hooks()
 
 
 def paper_table(settings=PAPER_SETTINGS) -> list[dict]:
@@ -155,6 +152,23 @@ def paper_table(settings=PAPER_SETTINGS) -> list[dict]:
     return rows
 
 
+VICUNA_7B = dict(_LLAMA_7B)
+INSTRUCTION_LORA = {"lora_r": 128, "lora_alpha": 256.0, "lora_target_modules": "all-linear", "projector": "mlp2x_gelu"}
+
+
+def instruction_table(text_length: int = 64, n_visual: int = 576, visual_dim: int = 1024,
+                      config: dict | None = None, lora: dict | None = None) -> dict:
+    """The paper's Table 9 pair, counted on a meta Vicuna-7B: LLaVA-1.5-style input space (576 visual
+    tokens of CLIP-ViT-L/14@336 in front of the text, mlp2x_gelu) against MemVP + LoRA (576 FFN
+    entries), both with the same LoRA (rank 128 on every linear layer) standing in for LLaVA-1.5's
+    full fine-tuning. ``text_length`` is the prompt's length (the paper gives none for Table 9)."""
+    lm, lora = meta_model("llama", config or VICUNA_7B), lora or INSTRUCTION_LORA
+    counts = {method: measure(method, lm, text_length, n_visual, visual_dim, memvp=lora, baseline=lora)["total"]
+              for method in ("input_space", "memvp_lora")}
+    return {"model": "Vicuna-7B + CLIP-ViT-L/14@336", "text_length": text_length, "n_visual": n_visual,
+            "counted_total": counts, "input_space_over_memvp_lora": counts["input_space"] / counts["memvp_lora"]}
+
+
 def _num_main_layers(lm: nn.Module) -> int:
     from .architectures import get_path, layout_for
 
@@ -181,5 +195,5 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["analytic_layer_flops", "measure", "meta_model", "paper_table", "format_table", "PAPER_SETTINGS",
+__all__ = ["analytic_layer_flops", "measure", "meta_model", "paper_table", "format_table", "instruction_table", "PAPER_SETTINGS",
            "PaperSetting", "METHOD_ORDER"]

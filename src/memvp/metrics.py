@@ -1,4 +1,5 @@
-"""Evaluation metrics for the MemVP paper's tasks: ScienceQA, VQAv2, GQA, COCO captions.
+"""Evaluation metrics for the MemVP paper's tasks: ScienceQA, VQAv2, GQA, COCO captions, and the
+LLaVA-1.5 benchmarks of its Table 9: POPE, MME, MMBench.
 
 Pure Python; depends on nothing else in memvp.  ``cider_d`` additionally needs
 ``pycocoevalcap`` (imported lazily, only when called).
@@ -23,6 +24,13 @@ __all__ = [
     "gqa_accuracy",
     "ptb_tokenize",
     "cider_d",
+    "pope_answer",
+    "pope_metrics",
+    "MME_PERCEPTION",
+    "MME_COGNITION",
+    "mme_answer",
+    "mme_scores",
+    "mmbench_accuracy",
 ]
 
 
@@ -289,3 +297,156 @@ def cider_d(predictions: Mapping[Hashable, str], references: Mapping[Hashable, l
     res = {k: [ptb_tokenize(predictions[k])] for k in references}
     score, _ = Cider().compute_score(gts, res)
     return float(score)
+
+
+# --------------------------------------------------------------------------- POPE
+def pope_answer(prediction: str) -> str:
+    """"yes" or "no", as LLaVA's ``llava/eval/eval_pope.py`` reads a prediction: keep the text
+    before the first ".", drop commas, split on single spaces; "no" when one of the words is
+    exactly "No", "no" or "not", else "yes" (so an empty or unrelated answer counts as "yes",
+    and so do "NO" and "No!" -- quirks of the official script, kept).  The text is stripped
+    first, as LLaVA strips the model's output before writing it."""
+    text = prediction.strip()
+    if "." in text:
+        text = text.split(".")[0]
+    words = text.replace(",", "").split(" ")
+    return "no" if "No" in words or "not" in words or "no" in words else "yes"
+
+
+def _ratio(num: int, den: int) -> float:
+    return 100.0 * num / den if den else math.nan
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def pope_metrics(records: Iterable[Mapping]) -> dict:
+    """POPE scores (%) per split, as LLaVA's ``eval_pope.py`` computes them for each annotation file.
+
+    Each record: ``prediction`` (raw model text, read by :func:`pope_answer`), ``label``
+    ("yes" / "no") and ``split`` ("random", "popular", "adversarial").  "yes" is the positive
+    class.  Returns ``{"per_split": {split: {"accuracy", "precision", "recall", "f1",
+    "yes_ratio", "TP", "FP", "TN", "FN", "count"}}, "accuracy", "precision", "recall", "f1",
+    "yes_ratio", "count"}``; the top-level scores are the means over the splits (LLaVA-1.5
+    reports POPE as the mean F1).  Where the official script would divide by zero (no "yes"
+    predicted: precision; no "yes" label: recall) the value is NaN; F1 is 0 when precision
+    and recall are both 0.
+    """
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: {"TP": 0, "FP": 0, "TN": 0, "FN": 0})
+    for r in records:
+        label = r["label"].strip().lower()
+        if label not in ("yes", "no"):
+            raise ValueError(f"POPE label must be 'yes' or 'no', got {r['label']!r}")
+        yes = pope_answer(r["prediction"]) == "yes"
+        key = ("TP" if label == "yes" else "FP") if yes else ("FN" if label == "yes" else "TN")
+        counts[r["split"]][key] += 1
+    per_split = {}
+    for split, c in sorted(counts.items()):
+        n = sum(c.values())
+        precision, recall = _ratio(c["TP"], c["TP"] + c["FP"]), _ratio(c["TP"], c["TP"] + c["FN"])
+        if math.isnan(precision) or math.isnan(recall):
+            f1 = math.nan
+        else:
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_split[split] = {"accuracy": _ratio(c["TP"] + c["TN"], n), "precision": precision, "recall": recall,
+                            "f1": f1, "yes_ratio": _ratio(c["TP"] + c["FP"], n), **c, "count": n}
+    out: dict = {"per_split": per_split}
+    for key in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
+        out[key] = _mean([m[key] for m in per_split.values()])
+    out["count"] = sum(m["count"] for m in per_split.values())
+    return out
+
+
+# --------------------------------------------------------------------------- MME
+MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
+                  "artwork", "OCR")
+MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
+
+
+def mme_answer(prediction: str) -> str:
+    """"yes", "no" or "other", as MME's official ``eval_tool/calculation.py`` (``parse_pred_ans``)
+    reads a prediction: lower-cased; the whole text when it is "yes" / "no", else "yes" when the
+    first 4 characters contain "yes", else "no" when they contain "no", else "other" (counted
+    wrong).  Stripped first, as LLaVA strips the model's output."""
+    text = prediction.strip().lower()
+    if text in ("yes", "no"):
+        return text
+    head = text[:4]
+    return "yes" if "yes" in head else "no" if "no" in head else "other"
+
+
+def mme_scores(records: Iterable[Mapping]) -> dict:
+    """MME scores as the official ``eval_tool/calculation.py`` computes them.
+
+    Each record: ``prediction`` (raw text, read by :func:`mme_answer`), ``answer`` ("Yes" /
+    "No", any case), ``subtask`` (the MME folder name) and ``image`` (any key shared by the
+    questions of one image).  Per subtask: acc = % of questions right, acc_plus = % of
+    images whose questions are all right (MME has two per image), score = acc + acc_plus
+    (the official (acc + acc+) x 100 with fractions).  ``perception`` / ``cognition`` = the
+    sum of the scores of the :data:`MME_PERCEPTION` (10, max 2000) / :data:`MME_COGNITION`
+    (4, max 800) subtasks present (NaN when none is); other subtasks are only listed.
+    Returns ``{"perception", "cognition", "per_subtask": {subtask: {"acc", "acc_plus",
+    "score", "count", "images", "other"}}, "count"}`` ("other": answers that are neither
+    yes nor no).
+    """
+    questions: dict[str, list[float]] = defaultdict(list)
+    other: dict[str, int] = defaultdict(int)
+    images: dict[str, dict[Hashable, bool]] = defaultdict(dict)
+    for r in records:
+        answer = r["answer"].strip().lower()
+        if answer not in ("yes", "no"):
+            raise ValueError(f"MME answers are yes or no, got {r['answer']!r}")
+        pred = mme_answer(r["prediction"])
+        subtask, right = r["subtask"], pred == answer
+        questions[subtask].append(float(right))
+        other[subtask] += pred == "other"
+        images[subtask][r["image"]] = images[subtask].get(r["image"], True) and right
+    per_subtask = {}
+    for subtask in sorted(questions):
+        acc, acc_plus = _percent(questions[subtask]), _percent([float(v) for v in images[subtask].values()])
+        per_subtask[subtask] = {"acc": acc, "acc_plus": acc_plus, "score": acc + acc_plus,
+                                "count": len(questions[subtask]), "images": len(images[subtask]),
+                                "other": other[subtask]}
+
+    def total(names: tuple[str, ...]) -> float:
+        present = [per_subtask[n]["score"] for n in names if n in per_subtask]
+        return sum(present) if present else math.nan
+
+    return {"perception": total(MME_PERCEPTION), "cognition": total(MME_COGNITION),
+            "per_subtask": per_subtask, "count": sum(len(v) for v in questions.values())}
+
+
+# --------------------------------------------------------------------------- MMBench
+def mmbench_accuracy(records: Iterable[Mapping]) -> dict:
+    """MMBench accuracy (%) with circular evaluation.
+
+    Each record is one rotation of a question: ``prediction`` (raw text; the option letter is
+    read by :func:`extract_choice_letter`), ``answer`` (the correct letter of this rotation),
+    ``num_choices``, ``group`` (shared by the rotations of one question), ``category``, and
+    optionally ``l2_category`` and ``rotation`` (0 = options in their original order).  A
+    question counts as right only when every one of its rotations is answered right.
+    Returns ``{"overall", "count" (questions), "rotations" (records), "per_category",
+    "per_l2_category" (when given), "vanilla"}``; "vanilla" is the single-pass accuracy of
+    the rotation-0 records (NaN without any).
+    """
+    groups: dict[Hashable, list[bool]] = defaultdict(list)
+    info: dict[Hashable, Mapping] = {}
+    vanilla: list[float] = []
+    for r in records:
+        right = extract_choice_letter(r["prediction"], r["num_choices"]) == r["answer"]
+        groups[r["group"]].append(right)
+        info.setdefault(r["group"], r)
+        if r.get("rotation") == 0:
+            vanilla.append(float(right))
+    scores = {g: float(all(v)) for g, v in groups.items()}
+    out: dict = {"overall": _percent(list(scores.values())), "count": len(scores),
+                 "rotations": sum(len(v) for v in groups.values())}
+    for key, name in (("category", "per_category"), ("l2_category", "per_l2_category")):
+        if any(info[g].get(key) for g in scores):
+            by: dict[str, list[float]] = defaultdict(list)
+            for g, score in scores.items():
+                by[info[g].get(key) or ""].append(score)
+            out[name] = {k: _percent(v) for k, v in sorted(by.items())}
+    out["vanilla"] = _percent(vanilla)
+    return out

@@ -25,6 +25,32 @@ def write_adapter(directory: str | os.PathLike, state: dict[str, torch.Tensor], 
     atomic_write_text(directory / config_name, json.dumps(meta, indent=2, sort_keys=True))
 
 
+def model_card(meta: dict, model_class: str, trainable: int, info: dict | None = None) -> str:
+    """README.md of an adapter folder, ready to share (Hugging Face model-card front matter): base
+    model, method, vision encoder, trainable parameters, config, and what ``info`` adds (training
+    data, metrics)."""
+    base = meta["base_model"]
+    name = base.get("name_or_path") or f"a {base['model_type']} model"
+    method = meta["config"].get("method") or (info or {}).get("method") or model_class
+    lines = ["---", "library_name: memvp", *([f"base_model: {base['name_or_path']}"] if base.get("name_or_path") else []),
+             "tags:", "- memvp", "- vision-language", f"- {method}", "---", "",
+             f"# {method} adapter for {name}", "",
+             "Trained with [memvp](https://arxiv.org/abs/2405.05615) (memory-space visual prompting): only the "
+             "adapter's weights are here; the base model stays as it is.", "",
+             f"- method: `{method}` (`{model_class}`)",
+             f"- base model: {name} ({base['model_type']}, hidden size {base['hidden_size']}, "
+             f"{len(base['sites'])} adapted layers)",
+             f"- trainable parameters: {trainable:,d}"]
+    if meta.get("vision_encoder"):
+        lines.append(f"- vision encoder: `{json.dumps(meta['vision_encoder'], sort_keys=True)}`")
+    for key, value in (info or {}).items():
+        lines.append(f"- {key}: `{json.dumps(value, sort_keys=True, default=str)}`")
+    lines += ["", "## Config", "", "```json", json.dumps(meta["config"], indent=2, sort_keys=True), "```", "",
+              "## Use", "", "```python", "from memvp import load_adapter",
+              f"model = load_adapter(language_model, \"path/to/this/folder\")  # language_model: {name}", "```", ""]
+    return "\n".join(lines)
+
+
 def read_adapter(path: str | os.PathLike, config_name: str, weights_name: str, what: str,
                  config_cls: type) -> tuple[dict, Any, dict[str, torch.Tensor]]:
     """(metadata, parsed config, weights) of an adapter directory; a missing, damaged or foreign file
@@ -114,4 +140,4 @@ def finish_loading(model: nn.Module, meta: dict, state: dict[str, torch.Tensor],
     return model
 
 
-__all__ = ["write_adapter", "read_adapter", "base_weight_sample", "check_same_base", "base_model_fingerprint", "finish_loading"]
+__all__ = ["model_card", "write_adapter", "read_adapter", "base_weight_sample", "check_same_base", "base_model_fingerprint", "finish_loading"]

@@ -3,6 +3,8 @@ checkpointing, feature checks and peft-like parameter accounting."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,18 +12,26 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from ..atomic import atomic_write_text
+from ..save_load import finish_loading, model_card, read_adapter, write_adapter
+
+PROJECTORS = ("linear", "mlp", "mlp2x_gelu")
+
+
 def make_projector(kind: str, visual_dim: int, hidden_size: int, hidden: int = 128,
                    device: torch.device | str | None = None) -> nn.Module:
-    """f: 'linear' (BART/T5 in the paper) or 'mlp' = Linear-SiLU-Linear (official LLaMA code).
+    """f: 'linear' (BART/T5 in the paper), 'mlp' = Linear(d', hidden)-SiLU-Linear(hidden, d) (the
+    official MemVP LLaMA code) or 'mlp2x_gelu' = Linear(d', d)-GELU-Linear(d, d) (LLaVA-1.5's
+    projector, the paper's Table 9 setting; ``hidden`` unused).
 
     Kept in fp32 whatever the LM's dtype: these are the trained (master) weights. Initialise it
     with ``init_projector``."""
     kw = {"device": device, "dtype": torch.float32}
     if kind == "linear":
-        projector = nn.Linear(visual_dim, hidden_size, **kw)
-    else:
-        projector = nn.Sequential(nn.Linear(visual_dim, hidden, **kw), nn.SiLU(), nn.Linear(hidden, hidden_size, **kw))
-    return projector
+        return nn.Linear(visual_dim, hidden_size, **kw)
+    if kind == "mlp2x_gelu":
+        return nn.Sequential(nn.Linear(visual_dim, hidden_size, **kw), nn.GELU(), nn.Linear(hidden_size, hidden_size, **kw))
+    return nn.Sequential(nn.Linear(visual_dim, hidden, **kw), nn.SiLU(), nn.Linear(hidden, hidden_size, **kw))
 
 
 @torch.no_grad()
@@ -71,8 +81,66 @@ def check_visual_features(visual_features: torch.Tensor, visual_dim: int, config
         )
 
 
+CAN_SEE_BACKWARD = hasattr(torch._C, "_current_graph_task_id")
+"""Whether torch tells if autograd's backward is running; without it a returned forward's memory stays
+in place (the older behaviour), since checkpoint recomputation needs it."""
+
+
+def in_backward() -> bool:
+    return CAN_SEE_BACKWARD and torch._C._current_graph_task_id() != -1
+
+
 class TrainableStateMixin:
-    """peft-like parameter accounting and the trainable-weights state of an adapter model."""
+    """What every method's model shares: peft-like parameter accounting, the trainable-weights state,
+    the adapter files (through ``memvp.save_load``), gradient checkpointing and detaching.
+
+    A model class sets ``config_class``, ``config_name``, ``weights_name``, ``config_attr`` (the
+    attribute holding its own config) and ``layers_name`` (for error messages), keeps its hooks in
+    ``_hooks`` and may add entries to the saved metadata with ``adapter_meta``."""
+
+    config_attr = "config"
+    layers_name = "layers"
+    _hooks: list = []
+
+    def adapter_meta(self) -> dict[str, Any]:
+        return {}
+
+    def save_pretrained(self, save_directory: str | os.PathLike, card_info: dict | None = None) -> None:
+        """Write the trainable weights (safetensors), the config and a model card (README.md, with
+        ``card_info``: training data, metrics); each file atomically."""
+        write_adapter(save_directory, self.trainable_state_dict(), self._adapter_metadata(), self.config_name,
+                      self.weights_name)
+        self.write_model_card(save_directory, card_info)
+
+    def write_model_card(self, save_directory: str | os.PathLike, card_info: dict | None = None) -> None:
+        """(Re)write the adapter folder's README.md, e.g. with the metrics once they are known."""
+        atomic_write_text(Path(save_directory) / "README.md", model_card(
+            self._adapter_metadata(), type(self).__name__, self.get_nb_trainable_parameters()[0], card_info))
+
+    def _adapter_metadata(self) -> dict[str, Any]:
+        return {"config": getattr(self, self.config_attr).to_dict(), "base_model": self.base_model_fingerprint(),
+                **self.adapter_meta()}
+
+    @classmethod
+    def from_pretrained(cls, language_model: nn.Module, path: str | os.PathLike, is_trainable: bool = False,
+                        allow_base_mismatch: bool = False, **kwargs: Any):
+        """The adapter saved in ``path`` on ``language_model`` (refused when saved for another base
+        model); frozen for inference unless ``is_trainable``. ``kwargs`` go to the constructor."""
+        meta, config, state = read_adapter(path, cls.config_name, cls.weights_name, f"a {cls.__name__} adapter "
+                                           f"directory (save one with {cls.__name__}.save_pretrained)", cls.config_class)
+        model = cls(language_model, config, **kwargs)
+        return finish_loading(model, meta, state, Path(path) / cls.weights_name, cls.layers_name, is_trainable,
+                              allow_base_mismatch)
+
+    def gradient_checkpointing_enable(self) -> None:
+        enable_gradient_checkpointing(self.language_model)
+
+    def remove_hooks(self) -> nn.Module:
+        """Detach the method from the language model and return the language model as it was."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        return self.language_model
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
@@ -105,5 +173,5 @@ class TrainableStateMixin:
                 expected[name].copy_(tensor)
 
 
-__all__ = ["make_projector", "init_projector", "answer_only_loss", "can_skip_lm_head", "enable_gradient_checkpointing",
-           "check_visual_features", "TrainableStateMixin"]
+__all__ = ["CAN_SEE_BACKWARD", "in_backward", "PROJECTORS", "make_projector", "init_projector", "answer_only_loss",
+           "can_skip_lm_head", "enable_gradient_checkpointing", "check_visual_features", "TrainableStateMixin"]

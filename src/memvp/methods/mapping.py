@@ -15,11 +15,13 @@ from pathlib import Path
 
 from torch import nn
 
-from ..save_load import read_adapter
+from ..save_load import check_same_base, read_adapter
+from .adem import AdemConfig, AdemModel
 from .input_space.config import BaselineConfig
 from .input_space.model import InputSpaceModel
 from .memvp.config import MemVPConfig
 from .memvp.model import MemVPModel
+from .memvp_lora import MemVPLoraConfig, MemVPLoraModel
 
 
 @dataclass(frozen=True)
@@ -33,9 +35,13 @@ class Method:
     """Config fields the method's name sets (two baselines share one config class)."""
     reads_images: bool = True
     """False for a method that never sees the image (text_only): training then loads no features."""
+    tokens_field: str | None = None
+    """The config field that must equal the encoder's number of visual tokens (ADEM-VL's
+    ``num_patches``); filled from the encoder unless the options set it."""
 
-    def make_config(self, visual_dim: int, options: dict | None = None):
-        return self.config_class.from_dict({**(options or {}), **self.fixed, "visual_dim": visual_dim})
+    def make_config(self, visual_dim: int, options: dict | None = None, num_visual_tokens: int | None = None):
+        fill = {self.tokens_field: num_visual_tokens} if self.tokens_field and num_visual_tokens else {}
+        return self.config_class.from_dict({**fill, **(options or {}), **self.fixed, "visual_dim": visual_dim})
 
 
 METHODS: dict[str, Method] = {}
@@ -46,10 +52,12 @@ def register_method(method: Method) -> None:
 
 
 register_method(Method("memvp", MemVPConfig, MemVPModel, section="memvp"))
+register_method(Method("memvp_lora", MemVPLoraConfig, MemVPLoraModel, section="memvp"))
 register_method(Method("input_space", BaselineConfig, InputSpaceModel, section="baseline",
                        fixed={"method": "input_space"}))
 register_method(Method("text_only", BaselineConfig, InputSpaceModel, section="baseline", fixed={"method": "text_only"},
                        reads_images=False))
+register_method(Method("adem", AdemConfig, AdemModel, section="adem", tokens_field="num_patches"))
 
 
 def get_method(name: str) -> Method:
@@ -58,13 +66,15 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def build_model(method: str, language_model: nn.Module, visual_dim: int, **options: dict | None) -> nn.Module:
+def build_model(method: str, language_model: nn.Module, visual_dim: int, num_visual_tokens: int | None = None,
+                **options: dict | None) -> nn.Module:
     """A new (untrained) model of ``method`` around ``language_model``; its options come in the keyword
-    named after its section: ``memvp={...}`` (MemVPConfig keys) for memvp, ``baseline={...}``
-    (BaselineConfig keys) for input_space / text_only. Other sections are ignored, so one call can
-    carry every method's options (as a training config does)."""
+    named after its section: ``memvp={...}`` (MemVPConfig / MemVPLoraConfig keys) for memvp and
+    memvp_lora, ``baseline={...}`` (BaselineConfig keys) for input_space / text_only, ``adem={...}``
+    for adem. Other sections are ignored, so one call can carry every method's options (as a
+    training config does). ``num_visual_tokens``: the encoder's, for methods sized by it."""
     entry = get_method(method)
-    return entry.model_class(language_model, entry.make_config(visual_dim, options.get(entry.section)))
+    return entry.model_class(language_model, entry.make_config(visual_dim, options.get(entry.section), num_visual_tokens))
 
 
 def _adapter_model_class(path: Path) -> type:
@@ -92,6 +102,26 @@ def load_adapter(language_model: nn.Module, path: str | os.PathLike, is_trainabl
                                                       allow_base_mismatch=allow_base_mismatch)
 
 
+def init_from_adapter(model: nn.Module, path: str | os.PathLike, allow_base_mismatch: bool = False) -> tuple[int, int]:
+    """Start ``model`` from another adapter's weights where they match (stage 2 from stage 1): every
+    tensor the adapter holds must exist in ``model`` with the same shape; the model's other trainable
+    tensors keep their initialisation. Returns (tensors loaded, tensors left new)."""
+    path = Path(path)
+    cls = _adapter_model_class(path)
+    meta, _, state = read_adapter(path, cls.config_name, cls.weights_name, f"a {cls.__name__} adapter directory",
+                                  cls.config_class)
+    check_same_base(meta["base_model"], model.base_model_fingerprint(), path, "layers", allow_base_mismatch)
+    own = model.trainable_state_dict()
+    foreign = [n for n in state if n not in own or own[n].shape != state[n].shape]
+    if foreign:
+        n = foreign[0]
+        got = f"shape {tuple(own[n].shape)} here" if n in own else "no such tensor here"
+        raise ValueError(f"init_from {path}: {len(foreign)} of its tensors do not fit this {type(model).__name__}, "
+                         f"e.g. {n} {tuple(state[n].shape)} ({got}); use the same entries, projector and layers")
+    model.load_trainable_state({**{n: t.detach() for n, t in own.items()}, **state}, source=str(path))
+    return len(state), len(own) - len(state)
+
+
 def check_adapter_features(model: nn.Module, adapter: str | os.PathLike, feature_dim: int, encoder: str) -> None:
     """Refuse a vision encoder whose features do not have the size the loaded adapter was trained on."""
     expected = model.visual_dim
@@ -101,4 +131,4 @@ def check_adapter_features(model: nn.Module, adapter: str | os.PathLike, feature
 
 
 __all__ = ["Method", "METHODS", "register_method", "get_method", "build_model", "load_adapter", "check_adapter",
-           "check_adapter_features"]
+           "check_adapter_features", "init_from_adapter"]

@@ -80,6 +80,7 @@ ARMS = {
     # 2e-3 is what stop 9 used for it. One value, not a sweep.
     "input_space": ("input-space LoRA", {"method": "input_space", "lr": 2e-3}),
     "memvp": ("MemVP", {"method": "memvp"}),
+    "adem": ("ADEM-VL-style", {"method": "adem"}),  # not in the default arms: --arms adem,memvp
 }
 
 
@@ -96,7 +97,8 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False, seed: in
     base = demo_train_config(out / "data", quick, seed)
     if compare:
         base = dataclasses.replace(base, eval_every=EVAL_EVERY["quick" if quick else "full"])
-    columns = [a for a in ARMS if (a in arms if arms else compare or a in ("no_visual_prompts", "memvp"))]
+    default = ("no_visual_prompts", "text_only", "input_space", "memvp") if compare else ("no_visual_prompts", "memvp")
+    columns = [a for a in ARMS if a in (arms or default)]
     runs = {}
     for name in columns:
         print(f"\n== training {name} ==")

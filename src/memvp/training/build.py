@@ -9,7 +9,7 @@ from typing import Callable
 
 from ..data import VisualInputs
 from ..datasets import IMAGE_PATHS, Sample, load_samples
-from ..methods import build_model, check_adapter_features, load_adapter
+from ..methods import build_model, check_adapter_features, init_from_adapter, load_adapter
 from ..pretrained import cache_dir, load_language_model, load_vision_encoder
 from .config import DTYPES, TrainConfig
 
@@ -38,7 +38,11 @@ def build(cfg: TrainConfig, samples: list[Sample] = ()):
         model = load_adapter(lm, cfg.adapter, is_trainable=True, allow_base_mismatch=cfg.allow_base_mismatch)
         check_adapter_features(model, cfg.adapter, encoder.feature_dim, cfg.vision_encoder)
     else:
-        model = build_model(cfg.method, lm, encoder.feature_dim, memvp=cfg.memvp, baseline=cfg.baseline)
+        model = build_model(cfg.method, lm, encoder.feature_dim, encoder.num_tokens, memvp=cfg.memvp,
+                            baseline=cfg.baseline, adem=cfg.adem)
+        if cfg.init_from:
+            loaded, new = init_from_adapter(model, cfg.init_from, cfg.allow_base_mismatch)
+            print(f"init_from {cfg.init_from}: {loaded} tensors loaded, {new} new (trained from their initialisation)")
     return model, tokenizer, visual
 
 

@@ -33,11 +33,15 @@ class TrainConfig:
     feature_cache: str | None = None
     """Where image features are cached; default ``<memvp cache>/features``."""
     method: str = "memvp"
-    """'memvp', or a baseline of the paper in the same harness: 'input_space' (LLaVA-style visual
-    tokens in front of the text + LoRA) or 'text_only' (LoRA, no image)."""
+    """'memvp'; 'memvp_lora' (MemVP + LoRA in the LM, the paper's visual instruction tuning); a
+    baseline of the paper in the same harness: 'input_space' (LLaVA-style visual tokens in front of
+    the text + LoRA) or 'text_only' (LoRA, no image); or 'adem' (ADEM-VL-style fusion)."""
     memvp: dict = field(default_factory=dict)
     """MemVPConfig fields; ``visual_dim`` comes from the vision encoder."""
     baseline: dict = field(default_factory=dict)
+    adem: dict = field(default_factory=dict)
+    """AdemConfig fields for 'adem' (rank, scales, drop_ratio, ...); ``num_patches`` comes from the
+    vision encoder."""
     """BaselineConfig fields for 'input_space' / 'text_only' (lora_r, lora_alpha, projector, ...)."""
     use_images: bool = True
     """False trains the 'w/o visual prompts' ablation (Table 4): position embeddings only."""
@@ -98,6 +102,11 @@ class TrainConfig:
     default) or 'drop' (left out of the metrics)."""
     adapter: str | None = None
     """An adapter directory to start from (``memvp predict`` / ``eval`` evaluate it)."""
+    init_from: str | None = None
+    """An adapter of another method whose weights start this run where they match: stage 2 of
+    visual instruction tuning (``method=memvp_lora``) from the stage-1 ``memvp`` adapter (projector,
+    position embeddings, gates), the LoRA weights new. Every tensor of that adapter must exist here
+    with the same shape."""
     allow_base_mismatch: bool = False
     """Load ``adapter`` even when the base model's weights differ from the ones it was trained on
     (same architecture and size, other weights: a sample of the input embeddings is compared)."""
@@ -127,12 +136,17 @@ class TrainConfig:
             raise ValueError(f"diagnose_every must be a whole number >= 0 (0: off), got {self.diagnose_every!r}")
         if self.save_total_limit < 0:
             raise ValueError(f"save_total_limit must be >= 0 (0 keeps all), got {self.save_total_limit}")
+        if self.adapter and self.init_from:
+            raise ValueError("give either adapter (continue / evaluate that adapter) or init_from (start another "
+                             "method from its weights), not both")
         if self.resume is not None and not isinstance(self.resume, str):
             raise ValueError(f"resume must be 'latest' or a checkpoint directory, got {self.resume!r}")
         # Unknown / invalid method options fail now, not after the models are loaded.
         method = get_method(self.method)
-        for section in {m.section: m for m in METHODS.values()}.values():  # every method's options section
-            section.make_config(1, getattr(self, section.section))
+        checkers = {m.section: m for m in reversed(list(METHODS.values()))}  # the first registered per section
+        checkers[method.section] = method  # the chosen method checks its own section
+        for checker in checkers.values():
+            checker.make_config(1, getattr(self, checker.section))
         if not method.reads_images:
             self.use_images = False
 

@@ -57,14 +57,14 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     return [g for g in ({"params": rest}, {"params": projector, "lr": cfg.projector_lr}) if g["params"]]
 
 
-def _save_adapter_somewhere(model, directory: Path) -> None:
+def _save_adapter_somewhere(model, directory: Path, card_info: dict) -> None:
     """Save the trained adapter; when output_dir fails at the end (disk full, removed, ...), save it
     in a fresh temporary directory instead and say where: training time is never thrown away."""
     try:
-        model.save_pretrained(directory)
+        model.save_pretrained(directory, card_info)
     except OSError as e:
         rescue = Path(tempfile.mkdtemp(prefix="memvp-adapter-"))
-        model.save_pretrained(rescue)
+        model.save_pretrained(rescue, card_info)
         raise ValueError(f"could not write the adapter to {directory} ({e.strerror or e}); the trained weights "
                          f"are saved in {rescue} instead: move them where you want them") from None
 
@@ -254,8 +254,9 @@ def train(cfg: TrainConfig) -> dict:
     # Data files are read and checked before the models load (seconds instead of minutes to an error).
     train_split = read_split(cfg.train_data, "train_data", cfg.max_train_samples)
     eval_split = read_split(cfg.eval_data, "eval_data", cfg.max_eval_samples) if cfg.eval_data else []
-    if cfg.adapter:
-        check_adapter(cfg.adapter)
+    for adapter in (cfg.adapter, cfg.init_from):
+        if adapter:
+            check_adapter(adapter)
     set_seed(cfg.seed)
     with one_writer_at_a_time(state):
         model, tokenizer, visual = build(cfg, train_split)
@@ -367,9 +368,12 @@ def train(cfg: TrainConfig) -> dict:
     train_seconds = time.perf_counter() - t_start - eval_seconds
 
     memvp = accelerator.unwrap_model(model)
+    card_info = {"method": cfg.method, "training data": {k: v for k, v in (cfg.train_data or {}).items()
+                                                          if not k.startswith("_")},
+                 "training": {"steps": step, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed}}
     with full_parameters(accelerator, model):
         if accelerator.is_main_process:
-            _save_adapter_somewhere(memvp, out / "adapter")
+            _save_adapter_somewhere(memvp, out / "adapter", card_info)
             _write_curve(out / "loss_curve.csv", curve)
     seen = batches.samples_seen()
     result: dict[str, Any] = {
@@ -389,6 +393,10 @@ def train(cfg: TrainConfig) -> dict:
         result["eval"]["truncated_prompts"] = report_eval_truncation(tokenizer, eval_samples, cfg, log)
         if accelerator.is_main_process:
             write_json(out / "predictions_eval.json", predictions)
+        if accelerator.is_main_process and not is_fsdp(accelerator):  # FSDP: the card keeps no metrics (sharded)
+            metrics = {k: v for k, v in result["eval"].items() if not isinstance(v, dict) or k == "per_type"}
+            memvp.write_model_card(out / "adapter", {**card_info, "evaluation data": {
+                k: v for k, v in cfg.eval_data.items() if not k.startswith("_")}, "metrics": metrics})
     if accelerator.is_main_process:
         write_json(out / "metrics.json", result)
     accelerator.wait_for_everyone()

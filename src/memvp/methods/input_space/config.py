@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...config import DictConfig, check_choice, check_field_types
+from ..common import PROJECTORS
 
 @dataclass
 class BaselineConfig(DictConfig):
@@ -28,7 +29,7 @@ class BaselineConfig(DictConfig):
     def __post_init__(self) -> None:
         check_field_types(self, "BaselineConfig")
         check_choice("method", self.method, ("input_space", "text_only"), "BaselineConfig")
-        check_choice("projector", self.projector, ("linear", "mlp"), "BaselineConfig")
+        check_choice("projector", self.projector, PROJECTORS, "BaselineConfig")
         if self.method == "input_space" and int(self.visual_dim) <= 0:
             raise ValueError("BaselineConfig.visual_dim must be positive for method='input_space' "
                              f"(the vision encoder's feature size), got {self.visual_dim}")

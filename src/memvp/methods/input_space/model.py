@@ -13,8 +13,6 @@ parameter counts), so training, prediction and benchmarks treat all methods alik
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,9 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...architectures import get_path, layout_for
-from ...save_load import base_model_fingerprint, finish_loading, read_adapter, write_adapter
+from ...save_load import base_model_fingerprint
 from ..common import (TrainableStateMixin, answer_only_loss, can_skip_lm_head, check_visual_features,
-                      enable_gradient_checkpointing, init_projector, make_projector)
+                      init_projector, make_projector)
 from .config import BaselineConfig
 
 BASELINE_CONFIG_NAME = "baseline_config.json"
@@ -63,6 +61,7 @@ class InputSpaceModel(TrainableStateMixin, nn.Module):
     are prepended to its input (LLaVA), with ``'text_only'`` the visual input is ignored."""
 
     config_class, config_name, weights_name = BaselineConfig, BASELINE_CONFIG_NAME, BASELINE_WEIGHTS_NAME
+    config_attr = "baseline_config"
 
     def __init__(self, language_model: nn.Module, config: BaselineConfig):
         super().__init__()
@@ -153,8 +152,9 @@ class InputSpaceModel(TrainableStateMixin, nn.Module):
             out = torch.cat([input_ids.to(out.device), out], dim=1)  # generate returned new tokens only
         return out
 
-    def gradient_checkpointing_enable(self) -> None:
-        enable_gradient_checkpointing(self.language_model)
+    def remove_hooks(self) -> nn.Module:
+        """Take the LoRA layers out again and return the language model as it was."""
+        return self.peft_model.unload()
 
     # ----------------------------------------------------------------------------- save / load
     def base_model_fingerprint(self) -> dict[str, Any]:
@@ -162,19 +162,6 @@ class InputSpaceModel(TrainableStateMixin, nn.Module):
         base = self.language_model.base_model
         return base_model_fingerprint(self.language_model, [f"{name}.{i}" for name, path in stacks.items()
                                                             for i in range(len(get_path(base, path)))])
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        meta = {"config": self.baseline_config.to_dict(), "base_model": self.base_model_fingerprint()}
-        write_adapter(save_directory, self.trainable_state_dict(), meta, BASELINE_CONFIG_NAME, BASELINE_WEIGHTS_NAME)
-
-    @classmethod
-    def from_pretrained(cls, language_model: nn.Module, path: str | os.PathLike,
-                        is_trainable: bool = False, allow_base_mismatch: bool = False) -> "InputSpaceModel":
-        meta, config, state = read_adapter(path, BASELINE_CONFIG_NAME, BASELINE_WEIGHTS_NAME, "a baseline adapter "
-                                           "directory (save one with InputSpaceModel.save_pretrained)", BaselineConfig)
-        model = cls(language_model, config)
-        return finish_loading(model, meta, state, Path(path) / BASELINE_WEIGHTS_NAME, "layers", is_trainable,
-                              allow_base_mismatch)
 
 
 __all__ = ["InputSpaceModel", "insert_visual_tokens", "BASELINE_CONFIG_NAME", "BASELINE_WEIGHTS_NAME"]

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...config import DictConfig, check_choice, check_field_types
+from ..common import PROJECTORS
 
-_PROJECTORS = ("linear", "mlp")
 
 
 _INSERT_INTO = ("keys_values", "keys", "values")
@@ -70,7 +70,8 @@ class MemVPConfig(DictConfig):
     coherently (measured on the demo at s = 1: the memory's output 20-34x the FFN's own before any
     training)."""
     projector: str = "mlp"
-    """'mlp' (Linear, SiLU, Linear, as in the official LLaMA code) or 'linear' (as on BART/T5)."""
+    """'mlp' (Linear, SiLU, Linear, as in the official LLaMA code), 'linear' (as on BART/T5) or
+    'mlp2x_gelu' (LLaVA-1.5's Linear-GELU-Linear at the LM's width, the paper's Table 9)."""
     projector_hidden: int = 128
     normalize_features: bool = False
     """memory_scale='paper' only: layer-normalise each visual feature z_i (no parameters) before the
@@ -101,7 +102,7 @@ class MemVPConfig(DictConfig):
             raise ValueError(f"MemVPConfig.visual_dim must be positive, got {self.visual_dim}")
         if int(self.num_entries) <= 0:
             raise ValueError(f"MemVPConfig.num_entries must be positive, got {self.num_entries}")
-        check_choice("projector", self.projector, _PROJECTORS)
+        check_choice("projector", self.projector, PROJECTORS)
         check_choice("insert_into", self.insert_into, _INSERT_INTO)
         check_choice("position_mode", self.position_mode, _POSITION_MODES)
         check_choice("visual_tokens", self.visual_tokens, _VISUAL_TOKENS)

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,9 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...architectures import FFNLayout, find_path, get_path, layout_for
-from ...save_load import base_model_fingerprint, finish_loading, read_adapter, write_adapter
-from ..common import (TrainableStateMixin, answer_only_loss, can_skip_lm_head, check_visual_features,
-                      enable_gradient_checkpointing, init_projector, make_projector)
+from ...save_load import base_model_fingerprint
+from ..common import (CAN_SEE_BACKWARD, TrainableStateMixin, answer_only_loss, can_skip_lm_head,
+                      check_visual_features, in_backward, init_projector, make_projector)
 from .config import MemVPConfig
 
 CONFIG_NAME = "memvp_config.json"
@@ -199,6 +197,7 @@ class MemVPModel(TrainableStateMixin, nn.Module):
     """
 
     config_class, config_name, weights_name = MemVPConfig, CONFIG_NAME, WEIGHTS_NAME
+    config_attr, layers_name = "memvp_config", "MemVP layers"
 
     def __init__(self, language_model: nn.Module, config: MemVPConfig,
                  vision_encoder: nn.Module | None = None):
@@ -207,7 +206,7 @@ class MemVPModel(TrainableStateMixin, nn.Module):
         self.vision_encoder = vision_encoder
         self.layout: FFNLayout = layout_for(language_model)
         lm_config = language_model.config
-        self.memvp_config = config = MemVPConfig.from_dict(config.to_dict())  # our own resolved copy
+        self.memvp_config = config = type(config).from_dict(config.to_dict())  # our own resolved copy
         encdec = self.layout.is_encoder_decoder
         if config.share_position_embeddings is None:
             config.share_position_embeddings = not encdec
@@ -337,7 +336,7 @@ class MemVPModel(TrainableStateMixin, nn.Module):
         # The language model called directly (no memory set, or the memory of a forward/generate that
         # has returned): no image, position entries only. Gradient checkpointing recomputes the layers
         # during backward, after forward returned: that recomputation must see the forward's images.
-        if self._entries is None or (self._stale and not _in_backward()):
+        if self._entries is None or (self._stale and not in_backward()):
             return self.visual_memory.entries(None, site.table)
         return self._entries[site.table]
 
@@ -388,7 +387,7 @@ class MemVPModel(TrainableStateMixin, nn.Module):
     def release_visual_memory(self) -> None:
         """Later direct calls of the language model no longer see the memory set last (as after a
         returned ``forward``); gradient-checkpoint recomputation during backward still does."""
-        self._stale = _CAN_SEE_BACKWARD
+        self._stale = CAN_SEE_BACKWARD
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self.vision_encoder is None:
@@ -440,50 +439,19 @@ class MemVPModel(TrainableStateMixin, nn.Module):
         finally:
             self.release_visual_memory()
 
-    def gradient_checkpointing_enable(self) -> None:
-        enable_gradient_checkpointing(self.language_model)
-
-    def remove_hooks(self) -> nn.Module:
-        """Detach MemVP from the language model and return it unchanged."""
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
-        return self.language_model
-
     def base_model_fingerprint(self) -> dict[str, Any]:
         return base_model_fingerprint(self.language_model, [s.name for s in self.sites])
 
-    # ----------------------------------------------------------------------------- save / load
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write the trainable weights (safetensors) and the config; each file atomically."""
-        meta = {"config": self.memvp_config.to_dict(), "base_model": self.base_model_fingerprint()}
+    def adapter_meta(self) -> dict[str, Any]:
         if self.vision_encoder is not None and hasattr(self.vision_encoder, "describe"):
-            meta["vision_encoder"] = self.vision_encoder.describe()
-        write_adapter(save_directory, self.trainable_state_dict(), meta, CONFIG_NAME, WEIGHTS_NAME)
-
-    @classmethod
-    def from_pretrained(cls, language_model: nn.Module, path: str | os.PathLike,
-                        vision_encoder: nn.Module | None = None, is_trainable: bool = False,
-                        allow_base_mismatch: bool = False) -> "MemVPModel":
-        meta, config, state = read_adapter(path, CONFIG_NAME, WEIGHTS_NAME, "a MemVP adapter directory (save "
-                                           "one with MemVPModel.save_pretrained)", MemVPConfig)
-        model = cls(language_model, config, vision_encoder)
-        return finish_loading(model, meta, state, Path(path) / WEIGHTS_NAME, "MemVP layers", is_trainable,
-                              allow_base_mismatch)
-
-
-_CAN_SEE_BACKWARD = hasattr(torch._C, "_current_graph_task_id")
-"""Whether torch tells if autograd's backward is running; without it a returned forward's memory stays
-in place (the older behaviour), since checkpoint recomputation needs it."""
-
-
-def _in_backward() -> bool:
-    return _CAN_SEE_BACKWARD and torch._C._current_graph_task_id() != -1
+            return {"vision_encoder": self.vision_encoder.describe()}
+        return {}
 
 
 def _median_neuron_length(linear: nn.Module | None, hidden_size: int, side: str) -> float | None:
     """Median length of an FFN's key rows (side='in', the d -> d_ff layer) or value columns
     (side='out', d_ff -> d): the d-dimensional vector of each hidden unit."""
+    linear = getattr(linear, "base_layer", linear)  # a peft LoRA wrapper: the frozen layer inside
     weight = getattr(linear, "weight", None)
     if weight is None or weight.is_meta or weight.dim() != 2:
         return None
