@@ -70,3 +70,14 @@ def test_instruction_pair_counts_the_same_lora_on_both_sides():
     memvp = measure("memvp", meta_model("llama", cfg), length, n, 12, memvp={"projector": "mlp2x_gelu"})["total"]
     assert pair["counted_total"]["memvp_lora"] - memvp == lora_flops
     assert pair["input_space_over_memvp_lora"] > 1
+
+
+def test_counted_adem_flops_equal_its_formula():
+    """ADEM-VL on T5 (fusion in the encoder): the text at L + 1 tokens (the global token) plus
+    silu(x) K^T and its product with V over N pooled entries: 4 N d (L + 1) per layer."""
+    length, n, d, layers = 5, 16, 32, 2  # a 4 x 4 grid pooled at scales 1 and 2: N = 16 + 4 entries
+    counted = measure("adem", meta_model("t5", T5_TINY), length, n, visual_dim=12)
+    assert counted["entries"] == 20
+    assert counted["encoder"] == layers * analytic_layer_flops("adem", length, d, n, entries=20)
+    assert analytic_layer_flops("adem", length, d, n, 20) - analytic_layer_flops("text_only", length + 1, d) == (
+        4 * 20 * d * (length + 1))

@@ -6,6 +6,8 @@ multiply-add, an FFN of 4d, no biases or norms):
     text only     4Ld(6d + L)                                  (eq. 13)
     input space   text only + 4nd(6d + n + 2L)                 (eq. 14: the sequence is L + n long)
     MemVP         text only + 4ndL                             (eq. 15: n more FFN key/value entries)
+    ADEM-VL       text only at L + 1 + 4N d(L + 1)             (one global token; silu(x) K^T V over N
+                                                                pooled entries at every MLP, not in the paper)
 
 ``measure`` builds the real architectures from their configs on the meta device (no weights, no
 memory), wraps them with the real method classes, and counts one forward pass with
@@ -23,10 +25,13 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 METHOD_ORDER = ("text_only", "input_space", "memvp")
+TABLE_METHODS = (*METHOD_ORDER, "adem")
+"""``memvp flops`` adds ADEM-VL (the strongest successor) to the paper's three."""
 
 
-def analytic_layer_flops(method: str, length: float, dim: int, n_visual: int = 0) -> float:
-    """FLOPs of one transformer layer for one sample (eq. 13-15)."""
+def analytic_layer_flops(method: str, length: float, dim: int, n_visual: int = 0, entries: int | None = None) -> float:
+    """FLOPs of one transformer layer for one sample (eq. 13-15; ADEM-VL with ``entries`` pooled
+    visual entries, default ``n_visual``)."""
     base = 4 * length * dim * (6 * dim + length)
     if method == "text_only":
         return base
@@ -34,7 +39,10 @@ def analytic_layer_flops(method: str, length: float, dim: int, n_visual: int = 0
         return base + 4 * n_visual * dim * (6 * dim + n_visual + 2 * length)
     if method == "memvp":
         return base + 4 * n_visual * dim * length
-    raise ValueError(f"unknown method {method!r}; expected one of {list(METHOD_ORDER)}")
+    if method == "adem":
+        tokens = length + 1  # the global visual token joins the text
+        return 4 * tokens * dim * (6 * dim + tokens) + 4 * (n_visual if entries is None else entries) * dim * tokens
+    raise ValueError(f"unknown method {method!r}; expected one of {list(TABLE_METHODS)}")
 
 
 @dataclass(frozen=True)
@@ -98,8 +106,9 @@ def measure(method: str, language_model: nn.Module, length: int, n_visual: int, 
     """Counted FLOPs of one sample's prefill: total, per stack, and per layer of the main stack."""
     from .methods import build_model
 
-    model = build_model(method, language_model, visual_dim,
+    model = build_model(method, language_model, visual_dim, n_visual,
                         memvp={"num_entries": n_visual, **(memvp or {})}, baseline=baseline)
+    entries = model.adem_config.num_entries if method == "adem" else n_visual
     device = next(language_model.parameters()).device
     ids = torch.zeros(1, length, dtype=torch.long, device=device)
     feats = torch.zeros(1, n_visual, visual_dim, device=device)
@@ -116,7 +125,7 @@ def measure(method: str, language_model: nn.Module, length: int, n_visual: int, 
     stacks = _stack_flops(counter.get_flop_counts())
     main = "encoder" if language_model.config.is_encoder_decoder else "decoder"
     _unwrap(model)
-    return {"total": total, **stacks, "main_stack": main, "main_stack_flops": stacks[main]}
+    return {"total": total, **stacks, "main_stack": main, "main_stack_flops": stacks[main], "entries": entries}
 
 
 def _unwrap(model: nn.Module) -> None:
@@ -133,12 +142,13 @@ def paper_table(settings=PAPER_SETTINGS) -> list[dict]:
         length = round(s.text_length)
         row = {"model": s.name, "visual": s.visual, "task": s.task, "text_length": s.text_length,
                "measured_length": length, "n_visual": s.n_visual, "dim": dim, "layers": layers, "methods": {}}
-        for method in METHOD_ORDER:
+        for method in TABLE_METHODS:
             counted = measure(method, lm, length, s.n_visual, s.visual_dim, memvp={"projector": s.projector},
                               baseline={"projector": s.projector})
+            n, entries = s.n_visual, counted["entries"]
             row["methods"][method] = {
-                "analytic_layers_at_mean_length": layers * analytic_layer_flops(method, s.text_length, dim, s.n_visual),
-                "analytic_layers": layers * analytic_layer_flops(method, length, dim, s.n_visual),
+                "analytic_layers_at_mean_length": layers * analytic_layer_flops(method, s.text_length, dim, n, entries),
+                "analytic_layers": layers * analytic_layer_flops(method, length, dim, n, entries),
                 "counted_layers": counted["main_stack_flops"],
                 "counted_total": counted["total"],
                 "counted_other_stack": counted["decoder" if counted["main_stack"] == "encoder" else "encoder"],
@@ -182,7 +192,7 @@ def format_table(rows: list[dict]) -> str:
              "| counted total (G) |", "|---|---|---|---|---|---|"]
     for r in rows:
         label = f"{r['model']} ({r['task']}, L={r['measured_length']}, n={r['n_visual']})"
-        for method in METHOD_ORDER:
+        for method in TABLE_METHODS:
             m = r["methods"][method]
             lines.append(f"| {label} | {method} | {m['analytic_layers'] / g:.2f} | {m['counted_layers'] / g:.2f} "
                          f"| {m['counted_layers'] / m['analytic_layers']:.4f} | {m['counted_total'] / g:.2f} |")
@@ -196,4 +206,4 @@ def format_table(rows: list[dict]) -> str:
 
 
 __all__ = ["analytic_layer_flops", "measure", "meta_model", "paper_table", "format_table", "instruction_table", "PAPER_SETTINGS",
-           "PaperSetting", "METHOD_ORDER"]
+           "PaperSetting", "METHOD_ORDER", "TABLE_METHODS"]

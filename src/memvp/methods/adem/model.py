@@ -351,10 +351,13 @@ class AdemModel(TrainableStateMixin, nn.Module):
             at = first + (starts_with_bos & token_mask).long()
         encdec = bool(self.config.is_encoder_decoder)  # there labels belong to the decoder: unchanged
         embeds, mask, shifted = insert_token(embeds, mask, token, token_mask, at, None if encdec else labels)
+        if attention_mask is None and has_image is None:
+            mask = None  # nothing padded, nothing masked: as given (mask utilities can not read meta tensors)
         inputs = {"inputs_embeds": embeds, "attention_mask": mask, "labels": labels if encdec else shifted}
         if position_ids and not encdec and _accepts(lm, "position_ids"):
             # Counted over attended tokens: a masked slot (image-less row) shifts no position.
-            inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            if mask is not None:
+                inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
         return inputs
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
