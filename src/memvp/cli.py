@@ -1,4 +1,5 @@
-"""Command line: ``memvp demo | train | predict | eval | flops | bench | explain | instruct-demo | two-photos``."""
+"""Command line: ``memvp demo | train | predict | eval | flops | bench | explain | serve | instruct-demo |
+two-photos``."""
 
 from __future__ import annotations
 
@@ -175,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="also draw the sweep (PNG, like the paper's Fig. 2)")
 
     _add_explain_parser(sub)
+    from .serve import add_arguments as _add_serve_arguments  # light: gradio is imported when serving only
+    _add_serve_arguments(sub.add_parser("serve", help="web demo of an adapter: upload an image, ask, read the "
+                                                      "streamed answer (gradio; binds 127.0.0.1 by default)"), DEMO_VISION)
     instruct = sub.add_parser("instruct-demo", help="visual instruction tuning in miniature: stage 1 (captions, "
                                                    "MemVP) then stage 2 (conversations, MemVP + LoRA) on the real models")
     instruct.add_argument("--output-dir", default="runs/instruct")
@@ -214,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
             _bench(args)
         elif args.command == "explain":
             return _explain(args)
+        elif args.command == "serve":
+            from .serve import serve
+
+            return serve(args)
         elif args.command == "instruct-demo":
             from .recipes.instruct import run_instruct_demo
 
