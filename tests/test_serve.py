@@ -20,12 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from memvp.explain import encode_prompt, generate_answer, load_explainer
-from memvp.recipes.scenes import Scene, SceneObject, draw_scene
 from memvp.serve import Answerer, BadInput, add_arguments, check_question, first_line, main, read_upload
-from test_explain import char_tokenizer, memvp_model
+from test_explain import saved  # noqa: F401  (a fixture, used by name below)
 
 QUESTION = "What shape is the red object?"
 MAX_NEW_TOKENS = 10
@@ -35,22 +33,10 @@ STARTUP_S = 180  # importing torch + transformers + gradio on a busy 2-core mach
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """A tiny LM (character tokenizer), a tiny CLIP (4 x 4 patches), a MemVP adapter, and uploads."""
-    root = tmp_path_factory.mktemp("serve")
-    torch.manual_seed(0)
-    tok = char_tokenizer()
-    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48,
-                                      num_hidden_layers=2, num_attention_heads=4, eos_token_id=tok.eos_token_id,
-                                      pad_token_id=tok.pad_token_id))
-    lm.save_pretrained(root / "lm")
-    tok.save_pretrained(root / "lm")
-    CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=2,
-                                     num_attention_heads=2, image_size=16, patch_size=4)).save_pretrained(root / "vit")
-    CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(root / "vit")
-    memvp_model(n_entries=16, visual_dim=16, lm=lm).save_pretrained(root / "adapter")
-    draw_scene(Scene([SceneObject("red", "square", 60, 60), SceneObject("blue", "circle", 160, 150)])).save(
-        root / "scene.png")
+def files(saved):  # noqa: F811
+    """test_explain's tiny LM (character tokenizer), tiny CLIP (4 x 4 patches), MemVP adapter and
+    scene, plus the uploads of the tests here."""
+    root = saved
     Image.new("RGB", (400, 400), (200, 30, 30)).save(root / "big.png")
     noise = torch.randint(0, 256, (150, 150, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     Image.fromarray(noise.numpy()).save(root / "heavy.png")

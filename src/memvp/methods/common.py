@@ -3,6 +3,7 @@ checkpointing, feature checks and peft-like parameter accounting."""
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,21 @@ class TrainableStateMixin:
         model = cls(language_model, config, **kwargs)
         return finish_loading(model, meta, state, Path(path) / cls.weights_name, cls.layers_name, is_trainable,
                               allow_base_mismatch)
+
+    @property
+    def config(self):
+        """The language model's config, as on a peft model (the method's own is ``config_attr``)."""
+        return self.language_model.config
+
+    def _hook_sites(self) -> None:
+        """Hook every site's FFN (``self.sites``: ``ffn_input`` / ``ffn_output`` modules): a pre-hook
+        hands its input to ``_capture(i, ...)``, a hook lets ``_inject(i, ...)`` change its output.
+        Partials of bound methods, not closures: copy.deepcopy(model) gives hooks that talk to the copy."""
+        self._hooks = []
+        for i, site in enumerate(self.sites):
+            self._hooks.append(site.ffn_input.register_forward_pre_hook(
+                functools.partial(self._capture, i), with_kwargs=True))
+            self._hooks.append(site.ffn_output.register_forward_hook(functools.partial(self._inject, i)))
 
     def gradient_checkpointing_enable(self) -> None:
         enable_gradient_checkpointing(self.language_model)

@@ -48,7 +48,6 @@ Where this differs from Hao840/ADEM-VL's code:
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 from dataclasses import dataclass
@@ -239,17 +238,7 @@ class AdemModel(TrainableStateMixin, nn.Module):
         self.visual = AdemVisual(config, self._hidden_size, device=device)
         self._entries: tuple[torch.Tensor, torch.Tensor] | None = None
         self._stale = False  # forward/generate returned: its images are no longer in use (see _current_entries)
-        self._hooks = []
-        # Partials of bound methods, not closures: copy.deepcopy(model) gives hooks that talk to the copy.
-        for i, site in enumerate(self.sites):
-            self._hooks.append(site.ffn_input.register_forward_pre_hook(
-                functools.partial(self._capture, i), with_kwargs=True))
-            self._hooks.append(site.ffn_output.register_forward_hook(functools.partial(self._inject, i)))
-
-    @property
-    def config(self):
-        """The language model's config, as on a peft model (ADEM's own is ``adem_config``)."""
-        return self.language_model.config
+        self._hook_sites()
 
     @property
     def visual_dim(self) -> int:

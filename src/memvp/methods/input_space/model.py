@@ -88,10 +88,6 @@ class InputSpaceModel(TrainableStateMixin, nn.Module):
         return self.peft_model.get_base_model()
 
     @property
-    def config(self):
-        return self.language_model.config
-
-    @property
     def visual_dim(self) -> int | None:
         """The feature size of the visual features it reads; None for text_only, which reads none."""
         cfg = self.baseline_config

@@ -15,7 +15,6 @@ The whole mechanism lives here and knows nothing of datasets or command lines:
 from __future__ import annotations
 
 import contextlib
-import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -229,18 +228,7 @@ class MemVPModel(TrainableStateMixin, nn.Module):
         self._stale = False  # forward/generate returned: its images are no longer in use (see _site_entries)
         self._bypass = False  # instruments: run the frozen LM through the same modules
         self._probe: dict | None = None  # instruments: per-site statistics of the next forward
-        self._hooks = []
-        # Hooks are partials of bound methods, not closures, so that copy.deepcopy(model) gives
-        # a copy whose hooks talk to the copy.
-        for i, site in enumerate(self.sites):
-            self._hooks.append(site.ffn_input.register_forward_pre_hook(
-                functools.partial(self._capture, i), with_kwargs=True))
-            self._hooks.append(site.ffn_output.register_forward_hook(functools.partial(self._inject, i)))
-
-    @property
-    def config(self):
-        """The language model's config, as on a peft model (MemVP's own is ``memvp_config``)."""
-        return self.language_model.config
+        self._hook_sites()
 
     @property
     def visual_dim(self) -> int:
