@@ -110,3 +110,23 @@ def test_table9_trainable_parameters_on_a_meta_vicuna_7b():
     assert counts == {"lora": 319_815_680, "projector": 20_979_712, "positions": 4_718_592, "gates": 64}
     trainable, _ = model.get_nb_trainable_parameters()
     assert abs(trainable - 346e6) / 346e6 < 0.01
+
+
+def test_stage2_starts_from_the_stage1_adapter(tmp_path):
+    """init_from: the stage-1 MemVP adapter's tensors (projector, position tables, gates) start the
+    MemVP + LoRA model; LoRA keeps peft's initialisation; an adapter that does not fit is refused."""
+    from memvp.methods import init_from_adapter
+
+    stage1 = build_model("memvp", tiny_model("llama"), VIS, memvp={"num_entries": N})
+    _randomise(list(stage1.visual_memory.named_parameters()))
+    stage1.save_pretrained(tmp_path / "stage1")
+    stage2 = build_model("memvp_lora", tiny_model("llama"), VIS, memvp={"num_entries": N, "lora_r": 4})
+    lora_before = {n: p.clone() for n, p in stage2.trainable_state_dict().items() if "lora_" in n}
+    loaded, new = init_from_adapter(stage2, tmp_path / "stage1")
+    assert loaded == len(stage1.trainable_state_dict()) and new == len(lora_before)
+    for name, tensor in stage1.trainable_state_dict().items():
+        assert torch.equal(stage2.trainable_state_dict()[name], tensor), name
+    assert all(torch.equal(stage2.trainable_state_dict()[n], t) for n, t in lora_before.items())
+    other = build_model("memvp_lora", tiny_model("llama"), VIS, memvp={"num_entries": N + 2, "lora_r": 4})
+    with pytest.raises(ValueError, match="do not fit this MemVPLoraModel, e.g. visual_memory.key_position"):
+        init_from_adapter(other, tmp_path / "stage1")
