@@ -6,8 +6,8 @@ cd "$(dirname "$0")"
 VENV="${MEMVP_VENV:-.venv}"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-setup() {
-  # tests/test_serve.py drives headless Chromium (memvp serve's browser test).
+browser() {
+  # tests/test_serve.py drives headless Chromium (memvp serve's browser test); the demo needs none.
   if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     if [ "$(id -u)" = 0 ]; then
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
@@ -15,6 +15,9 @@ setup() {
       echo "chromium/chromedriver missing (apt-get install -y chromium chromium-driver): tests/test_serve.py will fail" >&2
     fi
   fi
+}
+
+setup() {
   # A stamp of the install inputs: reinstall when they change or the venv is incomplete.
   local stamp
   stamp="$(cat requirements.txt pyproject.toml run.sh | sha256sum | cut -c1-16)"
@@ -38,6 +41,6 @@ cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
   demo) setup; exec "$VENV/bin/memvp" demo "$@" ;;
-  test) setup; exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  test) browser; setup; exec "$VENV/bin/python" -m pytest -q "$@" ;;
   *) echo "usage: bash run.sh demo|test [args...]" >&2; exit 2 ;;
 esac
