@@ -91,6 +91,30 @@ def in_backward() -> bool:
     return CAN_SEE_BACKWARD and torch._C._current_graph_task_id() != -1
 
 
+def target_layers(language_model: nn.Module, layout, target: str | list[int]) -> list[tuple[str, int, nn.Module]]:
+    """The layers a method targets, as (stack name, index, layer): ``target`` is 'all', a stack name
+    ('encoder' / 'decoder'), or indices (negative ones too) into the default stack (the encoder of an
+    encoder-decoder, else the decoder). Errors name what the model has."""
+    from ..architectures import get_path
+
+    base, stacks = language_model.base_model, layout.stacks
+    if isinstance(target, str):
+        names = list(stacks) if target == "all" else [target]
+        missing = [n for n in names if n not in stacks]
+        if missing:
+            raise ValueError(f"target_layers={target!r}: a {language_model.config.model_type} model has "
+                             f"no {missing[0]} stack (it has {list(stacks)})")
+        chosen = [(n, i) for n in names for i in range(len(get_path(base, stacks[n])))]
+    else:
+        default = "encoder" if layout.is_encoder_decoder else "decoder"
+        count = len(get_path(base, stacks[default]))
+        bad = [i for i in target if not -count <= i < count]
+        if bad:
+            raise ValueError(f"target_layers {bad} out of range: the {default} has {count} layers")
+        chosen = [(default, i) for i in sorted({i % count for i in target})]
+    return [(stack, i, get_path(base, stacks[stack])[i]) for stack, i in chosen]
+
+
 class TrainableStateMixin:
     """What every method's model shares: peft-like parameter accounting, the trainable-weights state,
     the adapter files (through ``memvp.save_load``), gradient checkpointing and detaching.
@@ -148,6 +172,29 @@ class TrainableStateMixin:
                 functools.partial(self._capture, i), with_kwargs=True))
             self._hooks.append(site.ffn_output.register_forward_hook(functools.partial(self._inject, i)))
 
+    def _capture(self, index: int, module, args, kwargs) -> None:
+        self.sites[index].query = args[0] if args else next(iter(kwargs.values()))
+
+    def _captured_query(self, index: int):
+        """(site, the FFN input its pre-hook captured); the capture is consumed."""
+        site = self.sites[index]
+        x, site.query = site.query, None
+        if x is None:
+            raise RuntimeError(f"{type(self).__name__}: the FFN input of {site.name} was not captured")
+        return site, x
+
+    def _visual_state_in_use(self) -> bool:
+        """Whether the hooks read the visual state set last (``_entries``): not when none is set, nor
+        once the forward / generate that set it has returned (the LM called directly then sees no
+        image); gradient checkpointing recomputes layers during backward, after forward returned, and
+        that recomputation must see the forward's images."""
+        return self._entries is not None and not (self._stale and not in_backward())
+
+    def release_visual_memory(self) -> None:
+        """Later direct calls of the language model no longer see the visual state set last (as after
+        a returned ``forward``); gradient-checkpoint recomputation during backward still does."""
+        self._stale = CAN_SEE_BACKWARD
+
     def gradient_checkpointing_enable(self) -> None:
         enable_gradient_checkpointing(self.language_model)
 
@@ -190,4 +237,5 @@ class TrainableStateMixin:
 
 
 __all__ = ["CAN_SEE_BACKWARD", "in_backward", "PROJECTORS", "make_projector", "init_projector", "answer_only_loss",
-           "can_skip_lm_head", "enable_gradient_checkpointing", "check_visual_features", "TrainableStateMixin"]
+           "can_skip_lm_head", "enable_gradient_checkpointing", "check_visual_features", "target_layers",
+           "TrainableStateMixin"]

@@ -59,8 +59,8 @@ from torch import nn
 
 from ...architectures import FFNLayout, get_path, layout_for
 from ...save_load import base_model_fingerprint
-from ..common import (CAN_SEE_BACKWARD, TrainableStateMixin, answer_only_loss, can_skip_lm_head,
-                      check_visual_features, in_backward, init_projector, make_projector)
+from ..common import (TrainableStateMixin, answer_only_loss, can_skip_lm_head, check_visual_features,
+                      init_projector, make_projector, target_layers)
 from .config import AdemConfig
 
 CONFIG_NAME = "adem_config.json"
@@ -250,46 +250,18 @@ class AdemModel(TrainableStateMixin, nn.Module):
 
     # ----------------------------------------------------------------------------- structure
     def _find_sites(self, target: str | list[int]) -> list[FusionSite]:
-        base = self.language_model.base_model
-        stacks = self.layout.stacks
-        if isinstance(target, str):
-            names = list(stacks) if target == "all" else [target]
-            missing = [n for n in names if n not in stacks]
-            if missing:
-                raise ValueError(f"target_layers={target!r}: a {self.language_model.config.model_type} model has "
-                                 f"no {missing[0]} stack (it has {list(stacks)})")
-            chosen = [(n, i) for n in names for i in range(len(get_path(base, stacks[n])))]
-        else:
-            default = "encoder" if self.layout.is_encoder_decoder else "decoder"
-            count = len(get_path(base, stacks[default]))
-            bad = [i for i in target if not -count <= i < count]
-            if bad:
-                raise ValueError(f"target_layers {bad} out of range: the {default} has {count} layers")
-            chosen = [(default, i) for i in sorted({i % count for i in target})]
-        sites = []
-        for stack, i in chosen:
-            layer = get_path(base, stacks[stack])[i]
-            sites.append(FusionSite(name=f"{stack}.{i}", layer=layer, ffn_input=get_path(layer, self.layout.ffn_input),
-                                    ffn_output=get_path(layer, self.layout.ffn_output)))
-        return sites
-
-    def _capture(self, index: int, module, args, kwargs) -> None:
-        self.sites[index].query = args[0] if args else next(iter(kwargs.values()))
+        return [FusionSite(name=f"{stack}.{i}", layer=layer, ffn_input=get_path(layer, self.layout.ffn_input),
+                           ffn_output=get_path(layer, self.layout.ffn_output))
+                for stack, i, layer in target_layers(self.language_model, self.layout, target)]
 
     def _inject(self, index: int, module, args, output):
-        site = self.sites[index]
-        x, site.query = site.query, None
-        if x is None:
-            raise RuntimeError(f"ADEM: the MLP input of {site.name} was not captured")
+        _, x = self._captured_query(index)
         keys, values = self._current_entries()
         cfg = self.adem_config
         return output + fuse(x, keys, values, cfg.num_dropped, cfg.output_scale).to(output.dtype)
 
     def _current_entries(self) -> tuple[torch.Tensor, torch.Tensor]:
-        # The LM called directly (nothing set, or the entries of a forward/generate that has returned):
-        # no image, position entries only. Gradient checkpointing recomputes the layers during
-        # backward, after forward returned: that recomputation must see the forward's images.
-        if self._entries is None or (self._stale and not in_backward()):
+        if not self._visual_state_in_use():  # position entries only: no image
             return self.visual.entries(None)
         return self._entries
 
@@ -300,10 +272,6 @@ class AdemModel(TrainableStateMixin, nn.Module):
         ``generate`` do it); they stay until the next call, for gradient-checkpoint recomputation."""
         self._stale = False
         self._entries = self.visual.entries(visual_features, has_image)
-
-    def release_visual_memory(self) -> None:
-        """Later direct calls of the language model no longer see the entries set last."""
-        self._stale = CAN_SEE_BACKWARD
 
     def _check_batch(self, visual_features, input_ids) -> None:
         if (visual_features is not None and input_ids is not None

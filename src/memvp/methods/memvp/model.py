@@ -25,8 +25,8 @@ from torch import nn
 
 from ...architectures import FFNLayout, find_path, get_path, layout_for
 from ...save_load import base_model_fingerprint
-from ..common import (CAN_SEE_BACKWARD, TrainableStateMixin, answer_only_loss, can_skip_lm_head,
-                      check_visual_features, in_backward, init_projector, make_projector)
+from ..common import (TrainableStateMixin, answer_only_loss, can_skip_lm_head, check_visual_features,
+                      init_projector, make_projector, target_layers)
 from .config import MemVPConfig
 
 CONFIG_NAME = "memvp_config.json"
@@ -237,36 +237,10 @@ class MemVPModel(TrainableStateMixin, nn.Module):
 
     # ----------------------------------------------------------------------------- structure
     def _find_sites(self, target: str | list[int], shared: bool) -> list[FFNSite]:
-        base = self.language_model.base_model
-        stacks = self.layout.stacks
-        if isinstance(target, str):
-            names = list(stacks) if target == "all" else [target]
-            missing = [n for n in names if n not in stacks]
-            if missing:
-                raise ValueError(
-                    f"target_layers={target!r}: a {self.language_model.config.model_type} model has "
-                    f"no {missing[0]} stack (it has {list(stacks)})"
-                )
-            chosen = [(n, i) for n in names for i in range(len(get_path(base, stacks[n])))]
-        else:
-            default = "encoder" if self.layout.is_encoder_decoder else "decoder"
-            count = len(get_path(base, stacks[default]))
-            bad = [i for i in target if not -count <= i < count]
-            if bad:
-                raise ValueError(f"target_layers {bad} out of range: the {default} has {count} layers")
-            chosen = [(default, i % count) for i in sorted(set(i % count for i in target))]
-        sites = []
-        for index, (stack, i) in enumerate(chosen):
-            layer = get_path(base, stacks[stack])[i]
-            sites.append(FFNSite(
-                name=f"{stack}.{i}",
-                layer=layer,
-                ffn_input=get_path(layer, self.layout.ffn_input),
-                ffn_output=get_path(layer, self.layout.ffn_output),
-                activation=get_path(layer, self.layout.activation),
-                table=0 if shared else index,
-            ))
-        return sites
+        return [FFNSite(name=f"{stack}.{i}", layer=layer, ffn_input=get_path(layer, self.layout.ffn_input),
+                        ffn_output=get_path(layer, self.layout.ffn_output),
+                        activation=get_path(layer, self.layout.activation), table=0 if shared else index)
+                for index, (stack, i, layer) in enumerate(target_layers(self.language_model, self.layout, target))]
 
     def _size_entries(self, config: MemVPConfig) -> None:
         """memory_scale='ffn': per-site key/value gains from the FFN's own weights (read once, then
@@ -292,14 +266,8 @@ class MemVPModel(TrainableStateMixin, nn.Module):
         for site, k, v in zip(self.sites, keys, values):
             site.key_gain, site.value_gain = float(k) / root_d, float(v) / root_d
 
-    def _capture(self, index: int, module, args, kwargs) -> None:
-        self.sites[index].query = args[0] if args else next(iter(kwargs.values()))
-
     def _inject(self, index: int, module, args, output):
-        site = self.sites[index]
-        x, site.query = site.query, None
-        if x is None:
-            raise RuntimeError(f"MemVP: the FFN input of {site.name} was not captured")
+        site, x = self._captured_query(index)
         if self._bypass:
             return output
         keys, values = self._site_entries(site)
@@ -321,10 +289,7 @@ class MemVPModel(TrainableStateMixin, nn.Module):
         return site.key_gain * memory.key_log_gain[index].exp(), scale * memory.output_gate[index]
 
     def _site_entries(self, site: FFNSite) -> tuple[torch.Tensor, torch.Tensor]:
-        # The language model called directly (no memory set, or the memory of a forward/generate that
-        # has returned): no image, position entries only. Gradient checkpointing recomputes the layers
-        # during backward, after forward returned: that recomputation must see the forward's images.
-        if self._entries is None or (self._stale and not in_backward()):
+        if not self._visual_state_in_use():  # position entries only: no image
             return self.visual_memory.entries(None, site.table)
         return self._entries[site.table]
 
@@ -371,11 +336,6 @@ class MemVPModel(TrainableStateMixin, nn.Module):
             yield
         finally:
             self._bypass = False
-
-    def release_visual_memory(self) -> None:
-        """Later direct calls of the language model no longer see the memory set last (as after a
-        returned ``forward``); gradient-checkpoint recomputation during backward still does."""
-        self._stale = CAN_SEE_BACKWARD
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self.vision_encoder is None:
