@@ -119,6 +119,20 @@ def make_tiny_run(root) -> dict:
     return config
 
 
+def train_steps(model, steps: int, lr: float, **batch) -> list[float]:
+    """``steps`` AdamW steps of ``model(**batch).loss`` on its trainable parameters; the losses."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, request):
     """``make_tiny_run`` (tiny Llama, CLIP, VQA set, train.yaml) in a fresh folder,

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from memvp.methods.adem import AdemConfig, AdemModel, fusion_weights, trainable_parameter_count
-from conftest import VOCAB, tiny_model
+from conftest import VOCAB, tiny_model, train_steps
 
 VIS_DIM, GRID = 12, 4
 N_PATCH = GRID * GRID  # scales [1, 2] on a 4 x 4 grid: 16 + 4 = 20 entries
@@ -141,18 +141,9 @@ def test_training_a_few_steps_lowers_the_loss_and_only_adem_trains(arch):
         labels = torch.full_like(ids, -100)
         labels[:, -2:] = ids[:, -2:]
         batch = {"input_ids": ids, "labels": labels}
-    params = [p for p in model.parameters() if p.requires_grad]
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
         "visual." + n for n, _ in model.visual.named_parameters()}
-    opt = torch.optim.AdamW(params, lr=1e-1)
-    model.train()
-    losses = []
-    for _ in range(12):
-        loss = model(**batch, visual_features=feats, answer_logits_only=True).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = train_steps(model, 12, 1e-1, **batch, visual_features=feats, answer_logits_only=True)
     assert losses[-1] < losses[0] - 0.3, losses  # random labels: ln(64) = 4.16 at start
     for n, p in model.language_model.named_parameters():
         assert torch.equal(p, base[n]), n

@@ -9,7 +9,7 @@ import torch
 from memvp import MemVPConfig, get_memvp_model
 from memvp.methods import build_model, load_adapter
 from memvp.methods.input_space import BaselineConfig, InputSpaceModel, insert_visual_tokens
-from conftest import VOCAB, tiny_model
+from conftest import VOCAB, tiny_model, train_steps
 
 VIS_DIM, N_VIS = 12, 4
 
@@ -111,16 +111,7 @@ def test_every_method_learns_a_few_steps(method, arch):
         labels = torch.full_like(ids, -100)
         labels[:, -2:] = ids[:, -2:]
         batch = {"input_ids": ids, "labels": labels}
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-1)
-    model.train()
-    losses = []
-    for _ in range(12):
-        loss = model(**batch, visual_features=feats, answer_logits_only=True).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = train_steps(model, 12, 1e-1, **batch, visual_features=feats, answer_logits_only=True)
     assert losses[-1] < losses[0] - 0.3, losses  # random labels: ln(64) = 4.16 at start
 
 

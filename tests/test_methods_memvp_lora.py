@@ -8,7 +8,7 @@ import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import VOCAB, lm_inputs, tiny_model
+from conftest import lm_inputs, tiny_model, train_steps
 from memvp import MemVPConfig, get_memvp_model
 from memvp.methods import build_model, load_adapter
 from memvp.methods.memvp_lora import MemVPLoraConfig, MemVPLoraModel
@@ -68,17 +68,8 @@ def test_trains_both_and_saves_one_adapter(tmp_path):
     names = set(model.trainable_state_dict())
     assert any("lora_A" in n for n in names) and any(n.startswith("visual_memory.projector") for n in names)
     assert "visual_memory.output_gate" in names
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     inputs, feats = lm_inputs(model), torch.randn(2, 4, VIS)
-    labels = inputs["input_ids"].clone()
-    model.train()
-    losses = []
-    for _ in range(6):
-        loss = model(**inputs, visual_features=feats, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_steps(model, 6, 1e-2, **inputs, visual_features=feats, labels=inputs["input_ids"].clone())
     assert losses[-1] < losses[0]
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert all("lora_" not in n and not n.startswith("visual_memory") for n in frozen)
