@@ -123,6 +123,7 @@ def test_missing_image_hints_at_image_pattern(tiny, tmp_path, capsys):
 def _damaged_adapters(adapter, root):
     weights, config = "memvp_model.safetensors", "memvp_config.json"
     cases = {"truncated": (weights, (adapter / weights).read_bytes()[:100]), "empty": (weights, b""),
+             "tail_cut": (weights, (adapter / weights).read_bytes()[:-8]),  # header intact, data short
              "not_json": (config, b"{not json"), "not_an_adapter": (config, b"{}")}
     for name, (file, content) in cases.items():
         shutil.copytree(adapter, root / name)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -52,9 +53,11 @@ def model_card(meta: dict, model_class: str, trainable: int, info: dict | None =
 
 
 def read_adapter(path: str | os.PathLike, config_name: str, weights_name: str, what: str,
-                 config_cls: type) -> tuple[dict, Any, dict[str, torch.Tensor]]:
+                 config_cls: type, weights: bool = True) -> tuple[dict, Any, dict[str, torch.Tensor] | None]:
     """(metadata, parsed config, weights) of an adapter directory; a missing, damaged or foreign file
-    is a ValueError / FileNotFoundError naming it (never a raw JSON or safetensors traceback)."""
+    is a ValueError / FileNotFoundError naming it (never a raw JSON or safetensors traceback).
+    ``weights=False`` only checks the weights file (its header must cover the whole file: a
+    truncated copy fails) and returns None for them: no tensor is read."""
     from safetensors import SafetensorError
 
     path = Path(path)
@@ -77,7 +80,11 @@ def read_adapter(path: str | os.PathLike, config_name: str, weights_name: str, w
     except (TypeError, ValueError) as e:
         raise ValueError(f"{config_file}: bad adapter config ({e})") from None
     try:
-        state = load_file(str(weights_file))
+        if weights:
+            state = load_file(str(weights_file))
+        else:
+            with safe_open(str(weights_file), "pt"):
+                state = None
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{weights_file} is damaged (truncated or not safetensors: {e}); {damaged}") from None
     return meta, config, state

@@ -91,7 +91,8 @@ def check_adapter(path: str | os.PathLike) -> None:
     a missing, damaged or truncated file raises naming it."""
     path = Path(path)
     cls = _adapter_model_class(path)
-    read_adapter(path, cls.config_name, cls.weights_name, f"a {cls.__name__} adapter directory", cls.config_class)
+    read_adapter(path, cls.config_name, cls.weights_name, f"a {cls.__name__} adapter directory", cls.config_class,
+                 weights=False)  # the model load reads the tensors; a truncated file fails here already
 
 
 def load_adapter(language_model: nn.Module, path: str | os.PathLike, is_trainable: bool = False,
