@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 
 from memvp.explain import encode_prompt, generate_answer, load_explainer
-from memvp.serve import Answerer, BadInput, add_arguments, check_question, first_line, main, read_upload
+from memvp.cli import build_parser, main
+from memvp.serve import Answerer, BadInput, check_question, first_line, read_upload
 from test_explain import saved  # noqa: F401  (a fixture, used by name below)
 
 QUESTION = "What shape is the red object?"
@@ -105,9 +106,7 @@ def test_stream_yields_growing_prefixes_of_the_predict_answer(files, loaded, exp
 
 
 def test_binds_to_localhost_by_default():
-    import argparse
-
-    args = add_arguments(argparse.ArgumentParser()).parse_args(["--adapter", "a", "--vision-encoder", "v"])
+    args = build_parser().parse_args(["serve", "--adapter", "a", "--vision-encoder", "v"])
     assert args.host == "127.0.0.1"
 
 
@@ -118,7 +117,7 @@ def test_binds_to_localhost_by_default():
 ])
 def test_serve_bad_options_exit_2_with_one_line(files, capsys, extra, message):
     flag, value = extra
-    argv = ["--adapter", str(files / "adapter"), "--language-model", str(files / "lm"),
+    argv = ["serve", "--adapter", str(files / "adapter"), "--language-model", str(files / "lm"),
             "--vision-encoder", str(files / "vit"), flag, str(files / value) if flag == "--adapter" else value]
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -148,12 +147,12 @@ def _listening(port: int) -> set[str]:
 
 @pytest.fixture(scope="module")
 def server(files):
-    """``python -m memvp.serve`` (= ``memvp serve``) on a free port of 127.0.0.1; always stopped."""
+    """``python -m memvp.cli serve`` (= ``memvp serve``) on a free port of 127.0.0.1; always stopped."""
     port = _free_port()
     log = open(files / "server.log", "w")
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(files / "gradio-tmp"),
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "memvp.serve", "--adapter", str(files / "adapter"),
+    command = [sys.executable, "-m", "memvp.cli", "serve", "--adapter", str(files / "adapter"),
                "--language-model", str(files / "lm"), "--vision-encoder", str(files / "vit"),
                "--port", str(port), "--max-new-tokens", str(MAX_NEW_TOKENS), "--max-pixels", str(MAX_PIXELS),
                "--max-upload-mb", str(MAX_UPLOAD_MB)]

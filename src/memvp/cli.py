@@ -125,7 +125,27 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _add_serve_parser(subparsers) -> argparse.ArgumentParser:
+    from .serve import DEFAULT_HOST, DEFAULT_PORT, MAX_PIXELS, MAX_UPLOAD_MB  # constants only: gradio loads on serving
+
+    p = subparsers.add_parser("serve", help="web demo of an adapter: upload an image, ask, read the streamed answer "
+                                            "(gradio; binds 127.0.0.1 by default)")
+    p.add_argument("--adapter", required=True, help="adapter directory (MemVPModel.save_pretrained)")
+    p.add_argument("--language-model", default="smollm2", help="the adapter's base model (default smollm2)")
+    p.add_argument("--vision-encoder", default=DEMO_VISION,
+                   help=f"the encoder the adapter was trained with (default {DEMO_VISION}, as the demo)")
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help=f"address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 opens it to the network)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--max-new-tokens", type=int, default=10)
+    p.add_argument("--max-length", type=int, default=128, help="prompt + answer tokens, as in training")
+    p.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB, help="largest upload accepted")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="largest image accepted (width x height)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand's parser."""
     parser = argparse.ArgumentParser(prog="memvp", description="Memory-space visual prompting (MemVP)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -176,9 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="also draw the sweep (PNG, like the paper's Fig. 2)")
 
     _add_explain_parser(sub)
-    from .serve import add_arguments as _add_serve_arguments  # light: gradio is imported when serving only
-    _add_serve_arguments(sub.add_parser("serve", help="web demo of an adapter: upload an image, ask, read the "
-                                                      "streamed answer (gradio; binds 127.0.0.1 by default)"), DEMO_VISION)
+    _add_serve_parser(sub)
     instruct = sub.add_parser("instruct-demo", help="visual instruction tuning in miniature: stage 1 (captions, "
                                                    "MemVP) then stage 2 (conversations, MemVP + LoRA) on the real models")
     instruct.add_argument("--output-dir", default="runs/instruct")
@@ -186,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     photos = sub.add_parser("two-photos", help="one minute on the real models: two photos, two answers")
     photos.add_argument("--output-dir", default="runs/two-photos")
     photos.add_argument("--steps", type=int, default=30)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     # Overrides may come after --adapter too: leftovers that look like key=value are overrides.
     args, extra = parser.parse_known_args(argv)
     bad = [e for e in extra if "=" not in e or e.startswith("-")]

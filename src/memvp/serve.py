@@ -281,25 +281,6 @@ def launch(app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, block: bool 
 
 
 # ----------------------------------------------------------------------------- command line
-def add_arguments(p: argparse.ArgumentParser, default_vision_encoder: str | None = None) -> argparse.ArgumentParser:
-    """The options of ``memvp serve`` (cli.py passes the demo's encoder as the default)."""
-    p.add_argument("--adapter", required=True, help="adapter directory (MemVPModel.save_pretrained)")
-    p.add_argument("--language-model", default="smollm2", help="the adapter's base model (default smollm2)")
-    if default_vision_encoder is None:
-        p.add_argument("--vision-encoder", required=True, help="the encoder the adapter was trained with")
-    else:
-        p.add_argument("--vision-encoder", default=default_vision_encoder,
-                       help=f"the encoder the adapter was trained with (default {default_vision_encoder}, as the demo)")
-    p.add_argument("--host", default=DEFAULT_HOST,
-                   help=f"address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 opens it to the network)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    p.add_argument("--max-new-tokens", type=int, default=10)
-    p.add_argument("--max-length", type=int, default=128, help="prompt + answer tokens, as in training")
-    p.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB, help="largest upload accepted")
-    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="largest image accepted (width x height)")
-    return p
-
-
 def serve(args: argparse.Namespace) -> int:
     """Load the adapter and serve until Ctrl-C; bad options / adapter raise ValueError or FileNotFoundError."""
     if not 0 <= args.port <= 65535:
@@ -325,22 +306,4 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m memvp.serve`` (the same as ``memvp serve``, without the demo's default encoder)."""
-    args = add_arguments(argparse.ArgumentParser(prog="memvp serve", description=__doc__.splitlines()[0])
-                         ).parse_args(argv)
-    try:
-        return serve(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"memvp serve: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
-__all__ = ["BadInput", "read_upload", "check_question", "first_line", "Answerer", "build_app", "launch",
-           "add_arguments", "serve", "main"]
+__all__ = ["BadInput", "read_upload", "check_question", "first_line", "Answerer", "build_app", "launch", "serve"]
