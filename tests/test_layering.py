@@ -14,7 +14,7 @@ import memvp
 
 PACKAGE = Path(memvp.__file__).parent
 LAYERS = [
-    {"atomic", "config", "architectures"},
+    {"atomic", "config", "architectures", "peak_memory"},
     {"save_load", "vision"},
     {"methods", "feature_cache", "pretrained", "datasets", "metrics", "instruments"},
     {"data", "evaluate"},

@@ -12,6 +12,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from conftest import word_tokenizer
 from memvp.cli import main
+from memvp.peak_memory import PeakMemory
+from memvp.training import loop
 
 
 def test_train_save_load_predict_eval(tiny, capsys):
@@ -81,6 +83,33 @@ def test_baselines_train_and_evaluate_through_the_same_commands(tiny, capsys, me
             == json.loads((run / "predictions_eval.json").read_text()))
     assert main(["train", str(root / "train.yaml"), "method=llava"]) == 2
     assert "method must be one of" in capsys.readouterr().err
+
+
+def test_measure_memory_reports_one_step_and_leaves_training_as_it_was(tiny, monkeypatch):
+    root = tiny
+    for name, extra in (("plain", []), ("measured", ["measure_memory=true"])):
+        assert main(["train", str(root / "train.yaml"), f"output_dir={root / name}", "max_steps=3",
+                     "eval_data=null", *extra]) == 0
+    plain, measured = (json.loads((root / n / "metrics.json").read_text()) for n in ("plain", "measured"))
+    assert "peak_step_memory_bytes" not in plain
+    curve = lambda n: [line.split(",")[2] for line in (root / n / "loss_curve.csv").read_text().splitlines()[1:]]
+    assert curve("measured") == curve("plain")
+    peak = measured["peak_step_memory_bytes"]
+    if PeakMemory(torch.device("cpu")).available:  # this tiny step reuses the heap: 0 is a fair reading
+        assert isinstance(peak, int) and 0 <= peak < 256 * 2**20
+    else:
+        assert peak is None
+    # Exactly one step is measured, the second, and its reading is what metrics.json reports.
+    measured_steps = []
+
+    steps_started = []
+    real_step = loop._optimizer_step
+    monkeypatch.setattr(loop, "_optimizer_step", lambda *a, **k: steps_started.append(1) or real_step(*a, **k))
+    monkeypatch.setattr(PeakMemory, "measure", lambda self, fn: measured_steps.append(len(steps_started) + 1) or fn() or 4321)
+    assert main(["train", str(root / "train.yaml"), f"output_dir={root / 'spy'}", "max_steps=3",
+                 "eval_data=null", "measure_memory=true"]) == 0
+    assert measured_steps == [2]
+    assert json.loads((root / "spy" / "metrics.json").read_text())["peak_step_memory_bytes"] == 4321
 
 
 def test_bad_input_is_a_clear_error_with_nonzero_exit(tiny, capsys, tmp_path):

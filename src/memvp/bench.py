@@ -7,9 +7,8 @@ every method alike. Measured per method:
 * training step: forward (loss on the answer tokens) + backward + AdamW step;
 * prefill: one forward over the prompt with the KV cache on (time to the first token);
 * decode: tokens/s of greedy generation at a fixed output length, prefill excluded;
-* peak training-step memory: CUDA ``max_memory_allocated``; on CPU the peak resident set size
-  during the step (Linux: VmHWM reset through /proc/self/clear_refs, with glibc told to return
-  freed tensors to the OS at once so that RSS follows the live tensors);
+* peak training-step memory (``memvp.peak_memory``): CUDA ``max_memory_allocated``; on CPU the
+  peak resident set size during the step;
 * KV-cache bytes per sequence after the prefill.
 
 ``run_bench`` returns a dict (written as JSON by the CLI); ``format_bench`` makes the table;
@@ -18,14 +17,10 @@ every method alike. Measured per method:
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import ctypes
 import gc
 import platform
-import re
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .methods import build_model
+from .peak_memory import PeakMemory
 from .flops import METHOD_ORDER, analytic_layer_flops
 
 ANSWER_TOKENS = 4
@@ -100,48 +96,6 @@ def _timed(fn, device: torch.device) -> float:
     fn()
     _sync(device)
     return time.perf_counter() - t
-
-
-class PeakMemory:
-    """Peak memory of a block of work, in bytes above what was in use when it started."""
-
-    _glibc_tuned = False
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        if device.type == "cpu" and sys.platform.startswith("linux") and not PeakMemory._glibc_tuned:
-            with contextlib.suppress(OSError, AttributeError):
-                libc = ctypes.CDLL("libc.so.6")
-                # M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1: big blocks are mmapped and freed to the
-                # OS at once (a fixed threshold also stops glibc from raising it dynamically).
-                libc.mallopt(-3, 64 * 1024)
-                libc.mallopt(-1, 64 * 1024)
-                PeakMemory._glibc_tuned = True
-
-    @property
-    def available(self) -> bool:
-        return self.device.type == "cuda" or (PeakMemory._glibc_tuned and Path("/proc/self/clear_refs").exists())
-
-    @staticmethod
-    def _status(key: str) -> int:
-        text = Path("/proc/self/status").read_text()
-        return int(re.search(rf"{key}:\s+(\d+) kB", text).group(1)) * 1024
-
-    def measure(self, fn) -> int | None:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            start = torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            fn()
-            torch.cuda.synchronize(self.device)
-            return torch.cuda.max_memory_allocated(self.device) - start
-        if not self.available:
-            return None
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        start = self._status("VmRSS")
-        fn()
-        return self._status("VmHWM") - start
 
 
 def cache_bytes(cache) -> int:

@@ -15,8 +15,8 @@
 
 ``compare=True`` (``memvp demo --compare``) also trains the paper's baselines with the same budget
 (steps, batch, learning rate, data): input-space prompting with LoRA (LLaVA-LoRA) and text-only LoRA,
-evaluates every arm every ``EVAL_EVERY`` steps and draws held-out accuracy against training seconds
-(``accuracy_vs_seconds.png``).
+evaluates every arm every ``EVAL_EVERY`` steps, draws held-out accuracy against training seconds
+(``accuracy_vs_seconds.png``) and measures each arm's peak training-step memory (its second step).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False, seed: in
     summary = _scenes(out / "data", scene_params, seed)
     base = demo_train_config(out / "data", quick, seed)
     if compare:
-        base = dataclasses.replace(base, eval_every=EVAL_EVERY["quick" if quick else "full"])
+        base = dataclasses.replace(base, eval_every=EVAL_EVERY["quick" if quick else "full"], measure_memory=True)
     default = ("no_visual_prompts", "text_only", "input_space", "memvp") if compare else ("no_visual_prompts", "memvp")
     columns = [a for a in ARMS if a in (arms or default)]
     runs = {}
@@ -117,6 +117,9 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False, seed: in
     lines += ["| " + " | ".join([q] + [f"{c:.1f}" for c in cells]) + " |" for q, *cells in rows]
     lines.append("| training time (s) | | " + " | ".join(f"{runs[n]['train_seconds']:.0f}" for n in columns) + " |")
     lines.append("| trainable parameters | | " + " | ".join(f"{runs[n]['trainable_parameters']:,d}" for n in columns) + " |")
+    if compare:
+        lines.append("| peak training-step memory (MiB) | | " + " | ".join(
+            _mib(runs[n].get("peak_step_memory_bytes")) for n in columns) + " |")
     lines.append(f"\ntest questions: {runs['memvp']['eval']['count']}; every arm trained {base.max_steps} steps x "
                  f"{base.batch_size} questions, lr {base.lr}"
                  + "".join(f" ({ARMS[n][0]}: lr {ARMS[n][1]['lr']})" for n in columns if "lr" in ARMS[n][1])
@@ -137,6 +140,10 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False, seed: in
     atomic_write_text(out / "results.md", table + "\n")
     atomic_write_text(out / "results.json", json.dumps(result, indent=2, default=str))
     return result
+
+
+def _mib(n_bytes: int | None) -> str:
+    return "n/a" if n_bytes is None else f"{n_bytes / 2**20:.0f}"
 
 
 def _curve(run: dict) -> list[tuple[float, float]]:

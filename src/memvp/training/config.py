@@ -111,6 +111,11 @@ class TrainConfig:
     """Load ``adapter`` even when the base model's weights differ from the ones it was trained on
     (same architecture and size, other weights: a sample of the input embeddings is compared)."""
     progress: bool = True
+    measure_memory: bool = False
+    """Measure the peak memory of one training step (the run's second; ``memvp.peak_memory``: CUDA
+    ``max_memory_allocated``, on Linux CPUs the peak RSS, with glibc set to return freed memory at
+    once) and report it as ``peak_step_memory_bytes`` in metrics.json. ``memvp demo --compare``
+    turns it on for every arm."""
     diagnose_every: int = 50
     """Every this many optimizer steps (and at the first and last), measure on the batch at hand
     whether the visual memory stays in the LM's scale (``memvp.instruments``: memory / FFN output,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import tempfile
 import time
@@ -35,6 +36,7 @@ from ..data import collate_training, describe_truncation, encode_sample
 from ..datasets import Sample
 from ..instruments import measure_scale
 from ..methods import check_adapter
+from ..peak_memory import PeakMemory
 from .build import build, check_output_dir, prepare_samples, read_split, task_of
 from .checkpoint import (DataPosition, checkpoint_step, full_parameters, is_fsdp, load_trainable_weights,
                          load_training_state, read_trainer_state, resolve_resume, save_checkpoint)
@@ -311,6 +313,9 @@ def train(cfg: TrainConfig) -> dict:
     model.train()
     steps = iter(batches)
     scale_reports: list[dict] = []
+    # The second step of this run: the first one also allocates the optimizer's state.
+    memory = PeakMemory(accelerator.device) if cfg.measure_memory else None
+    memory_step, peak_bytes = step + min(2, total_steps - step) - 1, None
 
     def checkpoint_now() -> Path:
         path = save_checkpoint(accelerator, model, optimizer, scheduler, out / f"checkpoint-{step}",
@@ -323,8 +328,14 @@ def train(cfg: TrainConfig) -> dict:
     with stop_signals() as received:
         while step < total_steps:
             micro_batches = next(steps)
-            loss = _optimizer_step(accelerator, model, optimizer, scheduler, micro_batches, encoder_decoder,
-                                   cfg.max_grad_norm)
+            run_step = functools.partial(_optimizer_step, accelerator, model, optimizer, scheduler, micro_batches,
+                                         encoder_decoder, cfg.max_grad_norm)
+            if memory is not None and step == memory_step:
+                losses: list[float] = []
+                peak_bytes = memory.measure(lambda: losses.append(run_step()))
+                loss = losses[0]
+            else:
+                loss = run_step()
             if not math.isfinite(loss):
                 kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written"
                 raise FloatingPointError(f"non-finite loss {loss} at step {step + 1}; the weights were not updated and "
@@ -382,6 +393,8 @@ def train(cfg: TrainConfig) -> dict:
         "trainable_parameters": trainable, "total_parameters": total, "truncated_prompts": n_truncated,
         "method": cfg.method, "use_images": cfg.use_images, "history": history, "num_processes": accelerator.num_processes,
     }
+    if memory is not None:
+        result["peak_step_memory_bytes"] = peak_bytes
     if train_skipped["count"]:
         result["skipped"] = train_skipped
     if scale_reports:  # the last measurement in full, the earlier ones as their summaries

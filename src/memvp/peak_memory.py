@@ -1,0 +1,60 @@
+"""Peak memory of a block of work (one training step): CUDA ``max_memory_allocated``; on CPU the
+peak resident set size (Linux: VmHWM reset through /proc/self/clear_refs, with glibc told to return
+freed tensors to the OS at once so that RSS follows the live tensors). Used by ``memvp bench`` and
+by training runs that ask for it (``measure_memory``)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+
+class PeakMemory:
+    """Peak memory of a block of work, in bytes above what was in use when it started."""
+
+    _glibc_tuned = False
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        if device.type == "cpu" and sys.platform.startswith("linux") and not PeakMemory._glibc_tuned:
+            with contextlib.suppress(OSError, AttributeError):
+                libc = ctypes.CDLL("libc.so.6")
+                # M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1: big blocks are mmapped and freed to the
+                # OS at once (a fixed threshold also stops glibc from raising it dynamically).
+                libc.mallopt(-3, 64 * 1024)
+                libc.mallopt(-1, 64 * 1024)
+                PeakMemory._glibc_tuned = True
+
+    @property
+    def available(self) -> bool:
+        return self.device.type == "cuda" or (PeakMemory._glibc_tuned and Path("/proc/self/clear_refs").exists())
+
+    @staticmethod
+    def _status(key: str) -> int:
+        text = Path("/proc/self/status").read_text()
+        return int(re.search(rf"{key}:\s+(\d+) kB", text).group(1)) * 1024
+
+    def measure(self, fn) -> int | None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            start = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            fn()
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) - start
+        if not self.available:
+            return None
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        start = self._status("VmRSS")
+        fn()
+        return self._status("VmHWM") - start
+
+
+__all__ = ["PeakMemory"]
