@@ -98,10 +98,17 @@ class Sample:
     features: str | None = None
     question_type: str = ""
     metadata: dict = field(default_factory=dict)
+    video: str | None = None
+    """A video file or a folder of its frames (absolute path): the visual input is frames sampled
+    from it (``memvp.vision.read_frames``). ``image_id`` then names the video (feature files)."""
+    span: tuple[float, float] | None = None
+    """The part of ``video`` the question is about, in seconds (TVQA's ``ts``); None: all of it.
+    ``metadata["fps"]`` gives the frame rate of a frame folder / of pre-extracted feature rows."""
 
     @property
     def has_image(self) -> bool:
-        return self.image is not None or self.features is not None
+        """Has a visual input: an image, a video or a feature file."""
+        return self.image is not None or self.video is not None or self.features is not None
 
     @property
     def target(self) -> str | None:
