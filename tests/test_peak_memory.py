@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from memvp.peak_memory import PeakMemory
 
 
-def test_peak_memory_sees_a_temporary_allocation():
-    memory = PeakMemory(torch.device("cpu"))
+@pytest.mark.parametrize("tune_glibc", [False, True])  # False (training runs) first: True is for the process
+def test_peak_memory_sees_a_temporary_allocation(tune_glibc):
+    memory = PeakMemory(torch.device("cpu"), tune_glibc=tune_glibc)
     if not memory.available:  # not Linux/glibc: the benchmark reports n/a instead
         assert memory.measure(lambda: None) is None
         return

@@ -1,7 +1,10 @@
 """Peak memory of a block of work (one training step): CUDA ``max_memory_allocated``; on CPU the
-peak resident set size (Linux: VmHWM reset through /proc/self/clear_refs, with glibc told to return
-freed tensors to the OS at once so that RSS follows the live tensors). Used by ``memvp bench`` and
-by training runs that ask for it (``measure_memory``)."""
+peak resident set size above the start (Linux: VmHWM reset through /proc/self/clear_refs, after
+``malloc_trim`` has handed the heap's free pages back, so that the block's allocations show as new
+pages). ``memvp bench`` also tells glibc to return freed tensors at once (``tune_glibc``), which
+makes RSS follow the live tensors closely but slows every allocation for the rest of the process
+(a demo arm trained ~2.5x slower with it, on a box that was not idle): training runs
+(``measure_memory``) do not."""
 
 from __future__ import annotations
 
@@ -20,20 +23,22 @@ class PeakMemory:
 
     _glibc_tuned = False
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, tune_glibc: bool = True):
         self.device = device
-        if device.type == "cpu" and sys.platform.startswith("linux") and not PeakMemory._glibc_tuned:
+        self._libc = None
+        if device.type == "cpu" and sys.platform.startswith("linux"):
             with contextlib.suppress(OSError, AttributeError):
-                libc = ctypes.CDLL("libc.so.6")
-                # M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1: big blocks are mmapped and freed to the
-                # OS at once (a fixed threshold also stops glibc from raising it dynamically).
-                libc.mallopt(-3, 64 * 1024)
-                libc.mallopt(-1, 64 * 1024)
-                PeakMemory._glibc_tuned = True
+                self._libc = ctypes.CDLL("libc.so.6")
+                if tune_glibc and not PeakMemory._glibc_tuned:
+                    # M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1: big blocks are mmapped and freed to
+                    # the OS at once (a fixed threshold also stops glibc from raising it dynamically).
+                    self._libc.mallopt(-3, 64 * 1024)
+                    self._libc.mallopt(-1, 64 * 1024)
+                    PeakMemory._glibc_tuned = True
 
     @property
     def available(self) -> bool:
-        return self.device.type == "cuda" or (PeakMemory._glibc_tuned and Path("/proc/self/clear_refs").exists())
+        return self.device.type == "cuda" or (self._libc is not None and Path("/proc/self/clear_refs").exists())
 
     @staticmethod
     def _status(key: str) -> int:
@@ -51,6 +56,7 @@ class PeakMemory:
             return torch.cuda.max_memory_allocated(self.device) - start
         if not self.available:
             return None
+        self._libc.malloc_trim(0)  # free heap pages back to the OS: reusing them shows in RSS
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
         start = self._status("VmRSS")
         fn()

@@ -30,6 +30,10 @@ class TrainConfig:
     or 'float16'. Trainable parameters stay float32 whatever it is. Pair it with precision=bf16 /
     fp16. FSDP needs float32 (its bf16 mixed precision casts the shards for compute)."""
     vision_encoder: str = "efficientnet-lite0"
+    num_frames: int = 64
+    """Video data (tvqa, how2qa): frames sampled per video (or rows per pre-extracted feature file),
+    each frame's global feature one visual token (the paper: 64 CLIP-ViT-B/32 [CLS] features).
+    MemVP's ``num_entries`` should be at least this (its position embeddings carry frame order)."""
     feature_cache: str | None = None
     """Where image features are cached; default ``<memvp cache>/features``."""
     method: str = "memvp"
@@ -113,9 +117,8 @@ class TrainConfig:
     progress: bool = True
     measure_memory: bool = False
     """Measure the peak memory of one training step (the run's second; ``memvp.peak_memory``: CUDA
-    ``max_memory_allocated``, on Linux CPUs the peak RSS, with glibc set to return freed memory at
-    once) and report it as ``peak_step_memory_bytes`` in metrics.json. ``memvp demo --compare``
-    turns it on for every arm."""
+    ``max_memory_allocated``, on Linux CPUs the peak RSS above the step's start) and report it as
+    ``peak_step_memory_bytes`` in metrics.json. ``memvp demo --compare`` turns it on for every arm."""
     diagnose_every: int = 50
     """Every this many optimizer steps (and at the first and last), measure on the batch at hand
     whether the visual memory stays in the LM's scale (``memvp.instruments``: memory / FFN output,
@@ -130,7 +133,7 @@ class TrainConfig:
             raise ValueError(f"precision must be 'no', 'bf16' or 'fp16', got {self.precision!r}")
         if self.model_dtype not in DTYPES:
             raise ValueError(f"model_dtype must be one of {list(DTYPES)}, got {self.model_dtype!r}")
-        for key in ("batch_size", "grad_accum"):
+        for key in ("batch_size", "grad_accum", "num_frames"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
         if not isinstance(self.max_steps, int) or self.max_steps < 0:

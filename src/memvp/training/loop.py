@@ -314,7 +314,7 @@ def train(cfg: TrainConfig) -> dict:
     steps = iter(batches)
     scale_reports: list[dict] = []
     # The second step of this run: the first one also allocates the optimizer's state.
-    memory = PeakMemory(accelerator.device) if cfg.measure_memory else None
+    memory = PeakMemory(accelerator.device, tune_glibc=False) if cfg.measure_memory else None
     memory_step, peak_bytes = step + min(2, total_steps - step) - 1, None
 
     def checkpoint_now() -> Path:
