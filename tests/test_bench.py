@@ -43,7 +43,14 @@ def test_flops_command_writes_the_paper_table(tmp_path, capsys):
     assert main(["flops", "--output", str(tmp_path / "f.json")]) == 0
     written = json.loads((tmp_path / "f.json").read_text())
     rows = written["paper_table"]
-    assert [r["model"] for r in rows] == ["LLaMA-7B", "LLaMA-13B", "T5-base", "BART-base"]
+    assert [(r["model"], r["task"]) for r in rows] == [("LLaMA-7B", "ScienceQA"), ("LLaMA-13B", "ScienceQA"),
+                                                      ("T5-base", "VQAv2"), ("BART-base", "VQAv2"),
+                                                      ("BART-base", "TVQA video")]
+    video = rows[-1]  # Table 8: 64 frame features, the FFN-only overhead of MemVP next to input space
+    assert (video["n_visual"], video["measured_length"]) == (64, 160)
+    gap = video["methods"]["input_space"]["analytic_layers"] - video["methods"]["memvp"]["analytic_layers"]
+    assert round(gap / 1e9, 1) == round(44.6 - 38.9, 1)  # the length was chosen to give the paper's TVQA gap
+    assert video["input_space_over_memvp"] > 1 and video["memvp_over_text_only"] < 1.1
     for r in rows:
         for m in r["methods"].values():  # counted within 1% of eq. 13-15 (gated FFN, LoRA)
             assert abs(m["counted_layers"] / m["analytic_layers"] - 1) < 0.01

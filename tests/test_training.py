@@ -172,9 +172,12 @@ def test_example_configs_are_valid():
         "vqav2": {"questions_file": fixtures / "vqav2" / "questions.json",
                   "annotations_file": fixtures / "vqav2" / "annotations.json", "image_dir": fixtures / "vqav2"},
         "llava": {"json_file": fixtures / "llava" / "conversations.json", "image_dir": fixtures / "llava"},
+        "tvqa": {"questions_file": fixtures / "tvqa" / "tvqa_val.jsonl", "features_dir": fixtures / "tvqa" / "features",
+                 "subtitles_file": fixtures / "tvqa" / "tvqa_preprocessed_subtitles.jsonl"},
     }
     paths = sorted(configs.glob("*.yaml"))
-    assert {p.name for p in paths} >= {"scienceqa_llama.yaml", "vqav2_t5.yaml", "llava_stage1.yaml", "llava_stage2.yaml"}
+    assert {p.name for p in paths} >= {"scienceqa_llama.yaml", "vqav2_t5.yaml", "llava_stage1.yaml", "llava_stage2.yaml",
+                                       "tvqa_bart.yaml"}
     defaults = dataclasses.asdict(TrainConfig())
     for path in paths:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -183,7 +186,8 @@ def test_example_configs_are_valid():
         for key, spec in specs.items():
             assert parsed.pop(key) == {"_base_dir": str(configs.resolve()), **spec}, (path.name, key)
             files = stand_ins[spec["format"]]
-            assert set(spec) - {"format", "split", "image_pattern", "per_conversation"} == set(files), (path.name, key)
+            assert set(spec) - {"format", "split", "image_pattern", "per_conversation", "features_pattern"} == set(files), (
+                path.name, key)
             for k in files:
                 assert (configs / spec[k]).resolve().is_relative_to(repo / "data"), (path.name, key, k)
             samples = read_split({**spec, **{k: str(v) for k, v in files.items()}}, key)

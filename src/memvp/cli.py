@@ -1,5 +1,5 @@
 """Command line: ``memvp demo | train | predict | eval | flops | bench | explain | serve | instruct-demo |
-two-photos``."""
+video-demo | two-photos``."""
 
 from __future__ import annotations
 
@@ -37,9 +37,9 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def _flops(output: str) -> None:
     from .atomic import atomic_write_text
-    from .flops import format_table, instruction_table, paper_table
+    from .flops import PAPER_SETTINGS, VIDEO_SETTINGS, format_table, instruction_table, paper_table
 
-    rows = paper_table()
+    rows = paper_table(PAPER_SETTINGS + VIDEO_SETTINGS)  # the image tasks of Tables 1-3, then Table 8's video QA
     print(format_table(rows))
     pair = instruction_table()
     print(f"\nTable 9 pair ({pair['model']}, L={pair['text_length']}, n={pair['n_visual']}, LoRA r=128 on every "
@@ -201,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "MemVP) then stage 2 (conversations, MemVP + LoRA) on the real models")
     instruct.add_argument("--output-dir", default="runs/instruct")
     instruct.add_argument("--quick", action="store_true", help="a tiny run (seconds) to check the wiring")
+    video = sub.add_parser("video-demo", help="video QA in miniature: synthetic clips (real .mp4 files) in TVQA's "
+                                             "layout, MemVP on frame features vs w/o visual prompts")
+    video.add_argument("--output-dir", default="runs/video")
+    video.add_argument("--quick", action="store_true", help="a tiny run (seconds) to check the wiring")
     photos = sub.add_parser("two-photos", help="one minute on the real models: two photos, two answers")
     photos.add_argument("--output-dir", default="runs/two-photos")
     photos.add_argument("--steps", type=int, default=30)
@@ -249,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
             from .recipes.instruct import run_instruct_demo
 
             run_instruct_demo(args.output_dir, quick=args.quick)
+        elif args.command == "video-demo":
+            from .recipes.videos import run_video_demo
+
+            run_video_demo(args.output_dir, quick=args.quick)
         elif args.command == "two-photos":
             from .recipes.two_photos import run_demo as run_two_photos
 

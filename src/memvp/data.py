@@ -13,7 +13,7 @@ import torch
 
 from .datasets import Sample
 from .feature_cache import FeatureCache
-from .vision import VisionEncoder, load_features
+from .vision import VideoClip, VisionEncoder, load_features, load_frame_features
 
 DEFAULT_PROMPT_TEMPLATE = "{prompt}\nAnswer:"
 CHAT = "chat"
@@ -140,31 +140,53 @@ def _pad(rows: Sequence[list[int]], pad: int, left: bool) -> dict:
 
 
 class VisualInputs:
-    """Visual features for samples: from the feature cache (images), feature files, or zeros.
+    """Visual features for samples: from the feature cache (images, videos), feature files, or zeros.
 
-    ``prepare`` encodes every image once up front (so a bad image is found before training
-    starts); with ``skip_bad`` unreadable images are counted and their samples dropped.
+    ``prepare`` encodes every image (or video) once up front, so a bad file is found before training
+    starts; with ``skip_bad`` unreadable ones are counted and their samples dropped. A video encoder
+    (one with ``num_frames``: ``FrameEncoder``, or ``PrecomputedFeatures`` of videos) reads video
+    samples, and feature files as ``num_frames`` rows sampled from each.
     """
 
     def __init__(self, encoder: VisionEncoder, cache_dir: str, batch_size: int = 32):
         self.encoder = encoder
+        self.num_frames = int(getattr(encoder, "num_frames", 0) or 0)
+        if self.num_frames:  # a batch holds batch_size x num_frames decoded frames at once
+            batch_size = max(1, 256 // self.num_frames)
         self.cache = FeatureCache(cache_dir, encoder, batch_size=batch_size)
         self.feature_dim, self.num_tokens = encoder.feature_dim, encoder.num_tokens
 
+    @staticmethod
+    def _clip(s: Sample) -> VideoClip:
+        return VideoClip(s.video, s.span, s.metadata.get("fps"))
+
+    def _key(self, s: Sample) -> str | None:
+        # Features are keyed by the image's (video's) absolute path, not the data set's image id: ids
+        # repeat across data sets.
+        return s.image if s.image is not None else self._clip(s).key if s.video is not None else s.features
+
+    def _from_file(self, s: Sample) -> torch.Tensor:
+        if self.num_frames:
+            return load_frame_features(s.features, self.feature_dim, self.num_frames, s.span, s.metadata.get("fps"))
+        return load_features(s.features, self.feature_dim)
+
     def prepare(self, samples: list[Sample], skip_bad: bool = False) -> tuple[list[Sample], dict[str, str]]:
-        # Features are keyed by the image's absolute path, not the data set's image id: ids repeat
-        # across data sets.
-        paths = [s.image for s in samples if s.image is not None]
-        bad = self.cache.add(paths, paths, skip_bad=skip_bad)
+        images = [s.image for s in samples if s.image is not None]
+        clips = [self._clip(s) for s in samples if s.video is not None]
+        if clips and not self.num_frames:
+            raise ValueError(f"video samples (e.g. {clips[0].path}) need a video encoder: set num_frames")
+        if images and self.num_frames:
+            raise ValueError(f"a video run (num_frames={self.num_frames}) got image samples, e.g. {images[0]}")
+        bad = self.cache.add(images + [c.key for c in clips], images + clips, skip_bad=skip_bad)
         for s in samples:
-            if s.features is not None and s.image is None:
+            if s.features is not None and s.image is None and s.video is None:
                 try:
-                    load_features(s.features, self.feature_dim)
+                    self._from_file(s)
                 except (OSError, ValueError) as e:
                     if not skip_bad:
                         raise
                     bad[s.features] = str(e)
-        kept = [s for s in samples if (s.image or s.features) not in bad]
+        kept = [s for s in samples if self._key(s) not in bad]
         return kept, bad
 
     def batch(self, samples: Sequence[Sample]) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -174,10 +196,10 @@ class VisualInputs:
             return None, has_image
         feats = []
         for s in samples:
-            if s.image is not None:
-                feats.append(self.cache.get(s.image))
+            if s.image is not None or s.video is not None:
+                feats.append(self.cache.get(self._key(s)))
             elif s.features is not None:
-                feats.append(load_features(s.features, self.feature_dim))
+                feats.append(self._from_file(s))
             else:
                 feats.append(torch.zeros(self.num_tokens, self.feature_dim))
         return torch.stack(feats), has_image

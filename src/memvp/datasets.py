@@ -25,6 +25,9 @@ prompts (its ``playground/data/eval`` question files and ``model_vqa_mmbench.py`
 * MMBench: ``[Hint]\n[Question]\nA. ...\nB. ...\nAnswer with the option's letter from
   the given choices directly.``
 
+Video question answering (the paper's Table 8): TVQA (:func:`read_tvqa`, subtitles as the context) and
+How2QA (:func:`read_how2qa`) use the ScienceQA ``QCM-A`` prompt; the samples carry ``video`` + ``span``.
+
 Readers of data that holds the images themselves (MMBench's base64 TSV, the parquet
 files of Hugging Face datasets) write each distinct image once to ``image_dir`` as
 ``<sha256 of the bytes>.<ext>`` (atomically; an existing file is left alone), so the
@@ -42,6 +45,7 @@ import glob
 import hashlib
 import inspect
 import json
+import math
 import os
 import re
 import string
@@ -69,8 +73,13 @@ __all__ = [
     "read_vqav2_parquet",
     "read_gqa_parquet",
     "read_coco_captions_parquet",
+    "TVQA_FRAME_FOLDERS",
+    "read_tvqa",
+    "read_how2qa",
+    "how2qa_correct_position",
     "load_samples",
     "IMAGE_PATHS",
+    "VIDEO_FORMATS",
     "DEFAULT_FEATURES_PATTERN",
 ]
 
@@ -971,6 +980,275 @@ def read_coco_captions_parquet(files: str | os.PathLike | Sequence[str | os.Path
     return _non_empty(samples, paths[0])
 
 
+# ------------------------------------------------------------------ video QA
+_VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+_VIDEO_NAME = "vid_name"
+"""metadata key naming the video of a video-QA sample (also set when it has no ``video`` path)."""
+
+TVQA_FRAME_FOLDERS = {"The Big Bang Theory": "bbt", "Friends": "friends", "How I Met You Mother": "met",
+                      "Grey's Anatomy": "grey", "House M.D.": "house", "Castle": "castle"}
+"""TVQA ``show_name`` -> the ``{show}`` of its frame folder ``frames_hq/{show}_frames/{vid_name}``."""
+
+
+def _video_finder(video_dir: str | os.PathLike | None, pattern: str, keys: str) -> Callable[..., str | None]:
+    """``fields -> video_dir/pattern.format(**fields)``: that path when it exists (a file or a folder of
+    frames), else the first of it + .mp4 / .mkv / .webm / .avi / .mov that is a file, else the path as
+    given (the loader's error names it); None without ``video_dir``.  One look-up per distinct name."""
+    if video_dir is None:
+        return lambda **fields: None
+    if not isinstance(pattern, str):
+        raise ValueError(f"video_pattern must be a string (a path pattern), got {pattern!r}")
+    root, cache = _abs(video_dir), {}
+
+    def find(**fields: Any) -> str:
+        try:
+            name = pattern.format(**fields)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"video_pattern {pattern!r}: {e!r}; it may use {keys}") from None
+        if name not in cache:
+            path = os.path.join(root, name)
+            if not os.path.exists(path):
+                path = next((path + ext for ext in _VIDEO_EXTENSIONS if os.path.isfile(path + ext)), path)
+            cache[name] = path
+        return cache[name]
+
+    return find
+
+
+def _span(start: Any, end: Any) -> tuple[float, float] | None:
+    """(start, end) in seconds, or None when either is missing / not a finite number or end < start."""
+    try:
+        a, b = float(start), float(end)
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(a) and math.isfinite(b)) or a < 0 or b < a:
+        return None
+    return (a, b)
+
+
+def _tvqa_span(ts: Any) -> tuple[float, float] | None:
+    """TVQA's ``ts`` ("60.69-74.88"; also "NaN-NaN", "-74.88", absent) -> span or None."""
+    if isinstance(ts, (list, tuple)) and len(ts) == 2:
+        return _span(*ts)
+    if not isinstance(ts, str) or ts.count("-") != 1:
+        return None
+    return _span(*(p.strip() for p in ts.split("-")))
+
+
+def _check_fps(fps: Any) -> float | None:
+    if fps is None:
+        return None
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps must be a positive number of frames per second, got {fps!r}")
+    return float(fps)
+
+
+def _tvqa_subtitles(path: str | os.PathLike) -> dict[str, list[tuple[float, float, str]]]:
+    """``tvqa_preprocessed_subtitles.jsonl`` (released with TVR, jayleicn/TVRetrieval ``data/``): one
+    ``{"vid_name", "sub": [{"start", "end", "text"}, ...]}`` per line -> vid_name -> lines."""
+    path = _abs(path)
+    out: dict[str, list[tuple[float, float, str]]] = {}
+    for n, rec in _json_lines(path, "TVQA subtitles file"):
+        rid = rec.get("vid_name", f"line {n}") if isinstance(rec, dict) else f"line {n}"
+        lines = _field(rec, "sub", path, rid)
+        if not isinstance(lines, list):
+            raise ValueError(f"{path}: line {n} ({rid!r}): 'sub' should be a list of {{start, end, text}}")
+        parsed = []
+        for line in lines:
+            text = _field(line, "text", path, rid)
+            try:
+                parsed.append((float(_field(line, "start", path, rid)), float(_field(line, "end", path, rid)),
+                               str(text).strip()))
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: line {n} ({rid!r}) has a subtitle with start / end that are not "
+                                 f"numbers: {line!r}") from None
+        out[str(_field(rec, "vid_name", path, f"line {n}"))] = parsed
+    if not out:
+        raise ValueError(f"{path} has no subtitles")
+    return out
+
+
+def _tvqa_show(show_name: str, vid_name: str) -> str:
+    if show_name in TVQA_FRAME_FOLDERS:
+        return TVQA_FRAME_FOLDERS[show_name]
+    prefix = vid_name.split("_", 1)[0]
+    return prefix if prefix in TVQA_FRAME_FOLDERS.values() else "bbt"  # bbt's vid_names have no prefix
+
+
+def read_tvqa(questions_file: str | os.PathLike, video_dir: str | os.PathLike | None = None,
+              video_pattern: str = "{vid_name}", subtitles_file: str | os.PathLike | None = None,
+              clip_to_span: bool = True, fps: float | None = 3.0) -> list[Sample]:
+    """TVQA question files as released (``tvqa_qa_release/tvqa_{train,val,test_public}.jsonl``): one
+    ``{"qid", "q", "a0".."a4", "answer_idx", "vid_name", "ts", "show_name"}`` per line (no
+    ``answer_idx`` in test_public).  The options are ``a0``, ``a1``, ... as many as the record has, so
+    HERO's TVQA-shaped How2QA jsonl reads too.
+
+    id = ``str(qid)``; prompt = :func:`scienceqa_prompt` (question, context, options) where the
+    context is the clip's subtitles (``subtitles_file`` = TVR's ``tvqa_preprocessed_subtitles.jsonl``;
+    with ``clip_to_span`` only the lines overlapping the span; the texts joined by a space, speaker
+    tags kept) or empty (``"N/A"``) without a subtitles file; answers = ``[letter of answer_idx]``
+    (``[]`` without one); question_type = show_name.
+
+    video = ``video_dir/video_pattern`` formatted with ``vid_name``, ``show_name`` and ``show`` (the
+    frame-folder prefix, :data:`TVQA_FRAME_FOLDERS`: the official frames are
+    ``frames_hq/{show}_frames/{vid_name}/00001.jpg`` at 3 fps, so ``video_dir: frames_hq,
+    video_pattern: "{show}_frames/{vid_name}"``), resolved as a file or folder, else with a video
+    extension added (see :data:`IMAGE_PATHS`); None without ``video_dir`` (then only feature files,
+    ``features_dir``, give the visual input).  image_id = vid_name.  span = ``ts`` in seconds when
+    ``clip_to_span`` and ``ts`` is usable ("NaN-NaN", one side only -> None).  metadata:
+    ``num_choices``, ``choices``, ``vid_name``, ``show_name``, ``ts`` (as written), ``fps`` (frame rate
+    of the frame folders / feature rows; omitted when ``fps`` is None).
+    """
+    path = _abs(questions_file)
+    fps = _check_fps(fps)
+    subs = _tvqa_subtitles(subtitles_file) if subtitles_file is not None else None
+    find = _video_finder(video_dir, video_pattern, "{vid_name}, {show_name} and {show}")
+    samples = []
+    for n, q in _json_lines(path, "TVQA questions file"):
+        if not isinstance(q, dict):
+            raise ValueError(f"{path}: line {n} is a {type(q).__name__}, expected a JSON object (a question)")
+        qid = _field(q, "qid", path, f"line {n}")
+        question = str(_field(q, "q", path, qid))
+        vid_name = str(_field(q, "vid_name", path, qid))
+        choices = []
+        while f"a{len(choices)}" in q:
+            choices.append(str(q[f"a{len(choices)}"]).strip())
+        if len(choices) < 2:
+            raise ValueError(f"{path}: question {qid!r} (line {n}) has {len(choices)} options a0, a1, ...; "
+                             "a multiple-choice question needs at least 2")
+        answers = []
+        if q.get("answer_idx") is not None:
+            try:
+                answer = int(q["answer_idx"])
+            except (TypeError, ValueError):
+                answer = -1
+            if not 0 <= answer < len(choices) or isinstance(q["answer_idx"], bool):
+                raise ValueError(f"{path}: question {qid!r} (line {n}) has answer_idx {q['answer_idx']!r} but "
+                                 f"{len(choices)} options (a0..a{len(choices) - 1})")
+            answers = [string.ascii_uppercase[answer]]
+        show_name = str(q.get("show_name") or "")
+        span = _tvqa_span(q.get("ts")) if clip_to_span else None
+        context = ""
+        if subs is not None:
+            if vid_name not in subs:
+                raise ValueError(f"{path}: question {qid!r} (line {n}) is about clip {vid_name!r}, which has no "
+                                 f"subtitles in {_abs(subtitles_file)}; give the full subtitles file or none")
+            context = " ".join(t for s, e, t in subs[vid_name]
+                               if t and (span is None or (s <= span[1] and e >= span[0])))
+        metadata = {"num_choices": len(choices), "choices": choices, _VIDEO_NAME: vid_name,
+                    "show_name": show_name, "ts": q.get("ts")}
+        if fps is not None:
+            metadata["fps"] = fps
+        samples.append(Sample(
+            id=str(qid),
+            prompt=scienceqa_prompt(question, context, choices),
+            answers=answers,
+            video=find(vid_name=vid_name, show_name=show_name, show=_tvqa_show(show_name, vid_name)),
+            image_id=vid_name,
+            span=span,
+            question_type=show_name,
+            metadata=metadata,
+        ))
+    return _non_empty(samples, path)
+
+
+# How2QA as released by its authors (github.com/ych133/How2R-and-How2QA, how2QA/how2QA_{train,val,
+# test_public}_release.csv; VALUE's download/download_how2_annotations.sh fetches the same files): CSV
+# without a header row, 7 columns per question:
+#     video_id, [start:end], wrong1, wrong2, wrong3, question, correct answer
+# e.g. ``NOuQuofjk44,[7.2:18.0],10,12,16,how many knife is there?,1``; video_id is the YouTube id and
+# start / end are seconds in the whole YouTube video.  The column order was read from the released files
+# themselves and matches FrozenBiLM's preproc/preproc_how2qa.py (``["vid_id", "timesteps", "a2", "a3",
+# "a4", "question", "a1"]``, a1 the answer).  HERO's TVQA-shaped jsonl (``qid, q, a0..a3, answer_idx,
+# vid_name, ts``; vid_name a HERO clip id) is read by :func:`read_tvqa`, not here.
+_HOW2QA_COLUMNS = 7
+_HOW2QA_SPAN = re.compile(r"^\[\s*([^:\]]*?)\s*:\s*([^:\]]*?)\s*\]$")
+
+
+def _how2qa_split(path: str) -> str:
+    """``how2QA_val_release.csv`` -> ``val`` (the file stem otherwise)."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    match = re.match(r"^how2qa_(.+?)(?:_release)?$", stem, re.IGNORECASE)
+    return match.group(1) if match else stem
+
+
+def how2qa_correct_position(key: str, num_choices: int = 4) -> int:
+    """Where :func:`read_how2qa` shows a question's correct answer: the first 8 bytes of
+    ``sha256(key)`` (big-endian) modulo ``num_choices``; key = ``f"{video_id}|{[start:end]}|{question}"``
+    as written in the file."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % num_choices
+
+
+def read_how2qa(questions_file: str | os.PathLike, video_dir: str | os.PathLike | None = None,
+                video_pattern: str = "{video_id}", clip_to_span: bool = True,
+                fps: float | None = None) -> list[Sample]:
+    """How2QA CSV as released (``how2QA_{train,val,test_public}_release.csv``, see the comment above: no
+    header; ``video_id, [start:end], wrong1, wrong2, wrong3, question, correct``).  A first row whose
+    second cell is not ``[start:end]`` is taken as a header and skipped.
+
+    The file lists the correct answer apart from the wrong ones, so the reader fixes the option
+    order: the correct answer goes to position :func:`how2qa_correct_position` (a hash of video id,
+    segment and question: deterministic, no random state, and spread evenly over A-D), the wrong
+    answers fill the other positions in file order.  id = ``f"{split}_{row}"`` (split from the file
+    name, ``how2QA_val_release.csv`` -> ``val``; row counts the questions from 0; the files have no
+    question id); prompt = :func:`scienceqa_prompt` with an empty context; answers = ``[letter]``;
+    question_type = ``""`` (the files have no category).
+
+    video = ``video_dir/video_pattern`` formatted with ``video_id`` (also as ``vid_name``), resolved as
+    for :func:`read_tvqa` (a file or folder, else with .mp4 / .mkv / .webm / .avi / .mov added); None
+    without ``video_dir``.  image_id = video_id; span = (start, end) in seconds of the whole video when
+    ``clip_to_span`` (None when not a finite start <= end).  metadata: ``num_choices``, ``choices``,
+    ``vid_name`` (= video_id), ``split``, ``row``, ``question``; ``fps`` only when given (the frame
+    rate of frame folders / feature rows).
+    """
+    path = _abs(questions_file)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"How2QA CSV file not found: {path}")
+    fps = _check_fps(fps)
+    find = _video_finder(video_dir, video_pattern, "{video_id} (or {vid_name})")
+    split = _how2qa_split(path)
+    samples = []
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            for n, cells in enumerate(csv.reader(f), 1):
+                if not cells or not "".join(cells).strip():
+                    continue
+                if len(cells) != _HOW2QA_COLUMNS:
+                    raise ValueError(f"{path}: line {n} has {len(cells)} comma-separated fields; a How2QA CSV has "
+                                     f"{_HOW2QA_COLUMNS}: video_id, [start:end], wrong1, wrong2, wrong3, question, "
+                                     "correct answer")
+                video_id, times, *wrong, question, correct = (c.strip() for c in cells)
+                match = _HOW2QA_SPAN.match(times)
+                if match is None:
+                    if not samples and n == 1:
+                        continue  # a header row
+                    raise ValueError(f"{path}: line {n} has segment {times!r}; expected [start:end] in seconds, "
+                                     "e.g. [7.2:18.0]")
+                if not video_id or not question:
+                    raise ValueError(f"{path}: line {n} has an empty video id or question")
+                row = len(samples)
+                at = how2qa_correct_position(f"{video_id}|{times}|{question}", 1 + len(wrong))
+                choices = wrong[:at] + [correct] + wrong[at:]
+                metadata = {"num_choices": len(choices), "choices": choices, _VIDEO_NAME: video_id,
+                            "split": split, "row": row, "question": question}
+                if fps is not None:
+                    metadata["fps"] = fps
+                samples.append(Sample(
+                    id=f"{split}_{row}",
+                    prompt=scienceqa_prompt(question, "", choices),
+                    answers=[string.ascii_uppercase[at]],
+                    video=find(video_id=video_id, vid_name=video_id),
+                    image_id=video_id,
+                    span=_span(*match.groups()) if clip_to_span else None,
+                    metadata=metadata,
+                ))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"How2QA CSV file {path} is not UTF-8 text (byte {e.start})") from None
+    except csv.Error as e:
+        raise ValueError(f"How2QA CSV file {path} could not be parsed: {e}") from None
+    return _non_empty(samples, path)
+
+
 # -------------------------------------------------------------------- dispatch
 FORMATS: dict[str, Callable[..., list[Sample]]] = {
     "scienceqa": read_scienceqa,
@@ -985,10 +1263,16 @@ FORMATS: dict[str, Callable[..., list[Sample]]] = {
     "vqav2_parquet": read_vqav2_parquet,
     "gqa_parquet": read_gqa_parquet,
     "coco_captions_parquet": read_coco_captions_parquet,
+    "tvqa": read_tvqa,
+    "how2qa": read_how2qa,
 }
 
+VIDEO_FORMATS = frozenset({"tvqa", "how2qa"})
+"""Formats whose samples are videos (a run samples ``num_frames`` frames of each)."""
+
 _PATH_KEYS = {"root", "questions_file", "annotations_file", "image_dir", "karpathy_file",
-              "image_root", "json_file", "features_dir", "question_files", "tsv_file", "files", "image_files"}
+              "image_root", "json_file", "features_dir", "question_files", "tsv_file", "files", "image_files",
+              "video_dir", "subtitles_file"}
 
 IMAGE_PATHS = {
     "scienceqa": "root/images/<split>/<pid>/<image>",
@@ -1004,6 +1288,11 @@ IMAGE_PATHS = {
     "vqav2_parquet": "image_dir/<sha256>.<ext>, written from the parquet's image bytes by the reader",
     "gqa_parquet": "image_dir/<sha256>.<ext>, written from the image files' bytes by the reader",
     "coco_captions_parquet": "image_dir/<sha256>.<ext>, written from the parquet's image bytes by the reader",
+    "tvqa": "video_dir/video_pattern (default '{vid_name}'; may use {vid_name}, {show_name}, {show}: for the "
+            "official 3 fps frames give video_dir 'frames_hq' and video_pattern '{show}_frames/{vid_name}'), a video "
+            "file or a folder of frames, else that path + .mp4/.mkv/.webm/.avi/.mov",
+    "how2qa": "video_dir/video_pattern (default '{video_id}', the YouTube id), a video file or a folder of frames, "
+              "else that path + .mp4/.mkv/.webm/.avi/.mov",
 }
 """How each format finds a sample's image (what an "image not found" error should point at)."""
 
@@ -1011,16 +1300,19 @@ DEFAULT_FEATURES_PATTERN = "{image_id}.safetensors"
 
 
 def _use_feature_files(samples: list[Sample], features_dir: str, pattern: str) -> list[Sample]:
-    """Point every sample with an image at its pre-extracted feature file instead
-    (``features_dir/pattern``, the pattern formatted with ``image_id`` and the sample ``id``)."""
+    """Point every sample with an image or a video at its pre-extracted feature file instead
+    (``features_dir/pattern``, the pattern formatted with ``image_id`` and the sample ``id``; for a
+    video that is the video's name).  A video sample keeps its ``span`` and ``metadata["fps"]`` (the
+    rate of the feature rows); one read without ``video_dir`` (no ``video``, but
+    ``metadata["vid_name"]``) is pointed at its features too."""
     for s in samples:
-        if s.image is None:
+        if s.image is None and s.video is None and not (s.image_id is not None and _VIDEO_NAME in s.metadata):
             continue
         try:
             name = pattern.format(image_id=s.image_id, id=s.id)
         except (KeyError, IndexError, ValueError) as e:
             raise ValueError(f"features_pattern {pattern!r}: {e!r}; it may use {{image_id}} and {{id}}") from None
-        s.features, s.image = os.path.join(_abs(features_dir), name), None
+        s.features, s.image, s.video = os.path.join(_abs(features_dir), name), None, None
     return samples
 
 
@@ -1034,7 +1326,8 @@ def load_samples(spec: dict, base_dir: str | os.PathLike | None = None) -> list[
     Every format also takes ``features_dir`` (and ``features_pattern``, default
     ``"{image_id}.safetensors"``; ``{id}`` is the sample id): the samples then read
     pre-extracted features (.safetensors, .npy or .pt, [n_visual, dim]) from there
-    instead of encoding their images.
+    instead of encoding their images.  Video samples (tvqa, how2qa: image_id = the video's
+    name) read one feature file per video instead, keeping their ``span`` and ``metadata["fps"]``.
     """
     if "format" not in spec:
         raise ValueError(f"dataset spec has no 'format' key; formats: {sorted(FORMATS)}")

@@ -10,6 +10,7 @@ from .metrics import (
     gqa_accuracy,
     mmbench_accuracy,
     mme_scores,
+    multiple_choice_accuracy,
     pope_metrics,
     scienceqa_accuracy,
     vqa_accuracy,
@@ -18,7 +19,8 @@ from .metrics import (
 # The parquet readers give the samples of the format they are named after.
 _SAME_METRIC = {"scienceqa_parquet": "scienceqa", "vqav2_parquet": "vqav2", "gqa_parquet": "gqa",
                 "coco_captions_parquet": "coco_captions"}
-TASKS = ("scienceqa", "vqav2", "gqa", "coco_captions", "llava", "pope", "mme", "mmbench", *_SAME_METRIC)
+TASKS = ("scienceqa", "vqav2", "gqa", "coco_captions", "llava", "pope", "mme", "mmbench", "tvqa", "how2qa",
+         *_SAME_METRIC)
 
 
 def score(task: str, samples: Sequence[Sample], predictions: dict[str, str]) -> dict:
@@ -27,8 +29,9 @@ def score(task: str, samples: Sequence[Sample], predictions: dict[str, str]) -> 
     scienceqa: :func:`~memvp.metrics.scienceqa_accuracy`; vqav2: ``vqa_accuracy``; gqa and llava:
     ``gqa_accuracy`` (exact match); coco_captions: CIDEr-D; pope: ``pope_metrics`` (per split and
     mean); mme: ``mme_scores`` (perception / cognition); mmbench: ``mmbench_accuracy`` (circular:
-    a question is right when all its scored rotations are).  The ``*_parquet`` formats are scored as
-    the format they are named after.
+    a question is right when all its scored rotations are); tvqa, how2qa: ``multiple_choice_accuracy``
+    (per question_type: TVQA's show, How2QA's ``""``).  The ``*_parquet`` formats are scored as the
+    format they are named after.
     """
     task = _SAME_METRIC.get(task, task)
     samples = [s for s in samples if s.id in predictions]
@@ -54,6 +57,14 @@ def score(task: str, samples: Sequence[Sample], predictions: dict[str, str]) -> 
             "prediction": preds[s.id], "answer": s.answers[0], "num_choices": s.metadata["num_choices"],
             "group": s.metadata["circular_group"], "rotation": s.metadata["rotation"],
             "category": s.metadata["category"], "l2_category": s.metadata["l2_category"]} for s in samples])
+    if task in ("tvqa", "how2qa"):
+        unanswered = [s.id for s in samples if not s.answers]
+        if unanswered:
+            raise ValueError(f"{len(unanswered)} {task} question(s) have no answer (a test file? its answers are not "
+                             f"released), e.g. {unanswered[:5]}")
+        return multiple_choice_accuracy([{
+            "prediction": preds[s.id], "answer": s.answers[0], "num_choices": s.metadata["num_choices"],
+            "question_type": s.question_type} for s in samples])
     refs = {s.id: s.answers for s in samples}
     types = {s.id: s.question_type for s in samples}
     if task == "vqav2":

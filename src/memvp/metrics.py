@@ -1,5 +1,6 @@
 """Evaluation metrics for the MemVP paper's tasks: ScienceQA, VQAv2, GQA, COCO captions, and the
-LLaVA-1.5 benchmarks of its Table 9: POPE, MME, MMBench.
+LLaVA-1.5 benchmarks of its Table 9: POPE, MME, MMBench; and the multiple-choice video QA of its
+Table 8 (TVQA, How2QA).
 
 Pure Python; depends on nothing else in memvp.  ``cider_d`` additionally needs
 ``pycocoevalcap`` (imported lazily, only when called).
@@ -31,6 +32,7 @@ __all__ = [
     "mme_answer",
     "mme_scores",
     "mmbench_accuracy",
+    "multiple_choice_accuracy",
 ]
 
 
@@ -450,3 +452,20 @@ def mmbench_accuracy(records: Iterable[Mapping]) -> dict:
             out[name] = {k: _percent(v) for k, v in sorted(by.items())}
     out["vanilla"] = _percent(vanilla)
     return out
+
+
+# --------------------------------------------------------------------------- multiple choice (TVQA, How2QA)
+def multiple_choice_accuracy(records: Iterable[Mapping]) -> dict:
+    """Accuracy (%) of single-pass multiple-choice answers (TVQA, How2QA: the paper's Table 8).
+
+    Each record: ``prediction`` (raw model text; its option letter is read by
+    :func:`extract_choice_letter`, so "The answer is B" and "(B) ..." count, a letter beyond the
+    options or no letter is wrong), ``answer`` (the correct letter), ``num_choices`` and optionally
+    ``question_type`` (TVQA: the show).  Returns ``{"overall", "count", "per_type"}``.
+    """
+    scores: dict[int, float] = {}
+    types: dict[int, str] = {}
+    for i, r in enumerate(records):
+        scores[i] = float(extract_choice_letter(r["prediction"], r["num_choices"]) == r["answer"])
+        types[i] = r.get("question_type") or ""
+    return _summarise(scores, types)

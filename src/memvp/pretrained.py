@@ -87,24 +87,35 @@ def load_language_model(name_or_path: str, dtype: torch.dtype = torch.float32):
     return model, tokenizer
 
 
-def load_vision_encoder(name_or_path: str, feature_layer: int = -2, example_features: str | None = None):
+def load_vision_encoder(name_or_path: str, feature_layer: int = -2, example_features: str | None = None,
+                        num_frames: int = 0):
     """``"efficientnet-lite0"`` (``"efficientnet-lite0:block6,head"`` picks the layers, see
     ``EfficientNetLite0Encoder``), a local CLIP / SigLIP model directory (tower + image processor), or
     ``"precomputed"``: the samples bring feature files (a data spec's ``features_dir``), whose size
-    ``example_features`` (one of them) tells."""
-    from .vision import EfficientNetLite0Encoder, HFVisionEncoder, PrecomputedFeatures, load_features
+    ``example_features`` (one of them) tells.
+
+    ``num_frames`` > 0 reads videos: a ``FrameEncoder`` of ``num_frames`` frames around the image
+    encoder (a full CLIP checkpoint keeps its ``visual_projection``: the [CLS] image embedding), or
+    precomputed per-video features sampled to ``num_frames`` rows."""
+    from .vision import FrameEncoder, PrecomputedFeatures, load_features
 
     if name_or_path == "precomputed":
         if example_features is None:
             raise ValueError("vision_encoder=precomputed needs feature files: set features_dir in the data spec "
                              "(or name a vision encoder to encode the images)")
         n_visual, dim = load_features(example_features).shape
-        return PrecomputedFeatures(dim, n_visual)
+        return PrecomputedFeatures(dim, n_visual, num_frames=num_frames)
+    image_encoder = _load_image_encoder(name_or_path, feature_layer, with_projection=num_frames > 0)
+    return FrameEncoder(image_encoder, num_frames) if num_frames > 0 else image_encoder
+
+
+def _load_image_encoder(name_or_path: str, feature_layer: int, with_projection: bool):
+    from .vision import EfficientNetLite0Encoder, HFVisionEncoder
 
     if name_or_path.split(":")[0] == "efficientnet-lite0":  # "efficientnet-lite0[:block6,head]"
         layers = name_or_path.partition(":")[2]
         return EfficientNetLite0Encoder(layers=layers.split(",") if layers else ("head",))
-    from transformers import AutoConfig, AutoImageProcessor, CLIPVisionModel, SiglipVisionModel
+    from transformers import AutoConfig, AutoImageProcessor, CLIPVisionModel, CLIPVisionModelWithProjection, SiglipVisionModel
 
     path = Path(name_or_path)
     if not path.exists():
@@ -115,5 +126,7 @@ def load_vision_encoder(name_or_path: str, feature_layer: int = -2, example_feat
               "siglip": SiglipVisionModel, "siglip_vision_model": SiglipVisionModel}
     if model_type not in towers:
         raise ValueError(f"vision encoder at {path} is a {model_type!r} model; supported: {sorted(towers)}")
-    model = towers[model_type].from_pretrained(path).eval()
+    # Only a full CLIP checkpoint holds visual_projection (a vision-only one would get it random).
+    tower = CLIPVisionModelWithProjection if with_projection and model_type == "clip" else towers[model_type]
+    model = tower.from_pretrained(path).eval()
     return HFVisionEncoder(model, AutoImageProcessor.from_pretrained(path), feature_layer=feature_layer)

