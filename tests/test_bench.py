@@ -34,6 +34,18 @@ def test_bench_measures_every_method_and_the_kv_cache_exactly(tmp_path):
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_bench_runs_adem_through_the_registry():
+    """ADEM-VL's bench row: its one global token is in the KV cache (L + 1 positions), its pooled
+    entries are not."""
+    cfg = BenchConfig(model="tiny", batch_size=2, text_length=6, n_visual=16, visual_dim=12, repeats=1,
+                      decode_tokens=2, methods=("memvp", "adem"), progress=False)
+    methods = run_bench(cfg, language_model=tiny_model("llama"))["methods"]
+    per_token = 2 * 2 * 2 * 8 * 4
+    assert methods["adem"]["kv_cache_bytes_per_sequence"] == 7 * per_token
+    assert methods["memvp"]["kv_cache_bytes_per_sequence"] == 6 * per_token
+    assert methods["adem"]["train_step_s"] > 0 and methods["adem"]["trainable_parameters"] > 0
+
+
 def test_cache_bytes_counts_legacy_tuples():
     cache = ((torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4)),)
     assert cache_bytes(cache) == 2 * 24 * 4

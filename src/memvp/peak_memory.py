@@ -2,9 +2,9 @@
 peak resident set size above the start (Linux: VmHWM reset through /proc/self/clear_refs, after
 ``malloc_trim`` has handed the heap's free pages back, so that the block's allocations show as new
 pages). ``memvp bench`` also tells glibc to return freed tensors at once (``tune_glibc``), which
-makes RSS follow the live tensors closely but slows every allocation for the rest of the process
-(a demo arm trained ~2.5x slower with it, on a box that was not idle): training runs
-(``measure_memory``) do not."""
+makes RSS follow the live tensors closely but turns every allocation of 64 KiB or more into an
+mmap with fresh page faults for the rest of the process: training runs (``measure_memory``) do not
+tune, so the measurement leaves their speed alone."""
 
 from __future__ import annotations
 
