@@ -111,3 +111,22 @@ def test_sixteen_bit_grayscale_png_is_scaled_not_clipped(tmp_path):
     assert rgb.shape == (8, 8, 3) and (rgb[..., 0] == rgb[..., 2]).all()
     np.testing.assert_allclose(rgb[..., 0], np.rint(ramp / 65535 * 255), atol=1)
     assert rgb.min() == 0 and 200 < rgb.max() < 255
+
+
+def test_shards_gather_batches_and_an_error_keeps_what_was_encoded(tmp_path, monkeypatch):
+    """One shard per ~SHARD_BYTES, not per encode batch (each shard rewrites the index); a bad image
+    stops the run but the batches before it are kept."""
+    import memvp.feature_cache as feature_cache
+
+    paths = _images(tmp_path, 7)
+    per_image = 4 * 12 * 4  # [4 tokens, 12 dims] float32
+    monkeypatch.setattr(feature_cache, "SHARD_BYTES", 3 * per_image)
+    cache = FeatureCache(tmp_path / "cache", _encoder(), batch_size=2)
+    cache.add([f"i{k}" for k in range(6)], paths[:6], progress=False)
+    shards = sorted(p.name for p in cache.dir.glob("shard-*.safetensors"))
+    assert len(shards) == 2 and len(set(cache.index.values())) == 2  # batches of 2: 4 images, then 2
+    paths[6].write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="img6.png"):
+        cache.add(["j0", "j1", "j6"], [paths[0], paths[1], paths[6]], progress=False)
+    assert "j0" in cache and "j1" in cache and "j6" not in cache
+    assert FeatureCache(tmp_path / "cache", _encoder()).index == cache.index  # written to disk

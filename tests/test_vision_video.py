@@ -24,16 +24,19 @@ def _grey(level: int, size: int = 32) -> Image.Image:
     return Image.new("RGB", (size, size), (level, level, level))
 
 
-def _write_video(path, levels, fps=FPS):
-    """An MPEG-4 file whose frame k is a flat grey of ``levels[k]`` (decodes back within a few levels)."""
+def _write_video(path, levels, fps=FPS, first_pts=0):
+    """An MPEG-4 video whose frame k is a flat grey of ``levels[k]`` (decodes back within a few levels),
+    its first frame at ``first_pts / fps`` seconds."""
     import av
 
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("mpeg4", rate=fps)
         stream.width = stream.height = 32
         stream.pix_fmt = "yuv420p"
-        for level in levels:
-            container.mux(stream.encode(av.VideoFrame.from_image(_grey(level))))
+        for k, level in enumerate(levels):
+            frame = av.VideoFrame.from_image(_grey(level))
+            frame.pts = first_pts + k
+            container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return str(path)
 
@@ -65,6 +68,23 @@ def test_video_file_frames_are_sampled_uniformly_over_the_clip_or_its_span(tmp_p
     assert _which(read_frames(VideoClip(video, span=(50.0, 60.0)), 2), LEVELS) == [3, 9]
 
 
+def test_spans_count_from_the_video_start_and_a_point_span_reads_that_frame(tmp_path):
+    # Streams that start later than 0 s (here 1.5 s; MPEG-TS often 1.4 s): TVQA's ts are seconds from the
+    # clip's start, not timestamps. Matroska stores no stream duration: the frame times are read first.
+    import av
+
+    for name in ("clip.ts", "clip.mkv"):
+        video = _write_video(tmp_path / name, LEVELS, first_pts=9)
+        with av.open(video) as container:
+            stream = container.streams.video[0]
+            assert float(stream.start_time * stream.time_base) == 1.5
+            assert (stream.duration is None) == name.endswith(".mkv")
+        assert _which(read_frames(VideoClip(video, span=(1.0, 2.0)), 3), LEVELS) == [7, 9, 11], name
+        assert _which(read_frames(VideoClip(video), 6), LEVELS) == [1, 3, 5, 7, 9, 11], name
+    mp4 = _write_video(tmp_path / "clip.mp4", LEVELS)
+    assert _which(read_frames(VideoClip(mp4, span=(1.25, 1.25)), 2), LEVELS) == [7, 7]  # How2QA's [t:t]
+
+
 def test_frame_folders_use_their_fps_for_the_span(tmp_path):
     folder = tmp_path / "s01e02_seg02_clip_03"
     folder.mkdir()
@@ -74,6 +94,11 @@ def test_frame_folders_use_their_fps_for_the_span(tmp_path):
     assert _which(read_frames(VideoClip(str(folder)), 4), LEVELS) == frame_indices(12, 4)
     # 3 fps (TVQA's frames): seconds 2..4 are frames 6..11.
     assert _which(read_frames(VideoClip(str(folder), span=(2.0, 4.0), fps=3.0), 3), LEVELS) == [7, 9, 11]
+    unpadded = tmp_path / "unpadded"  # ffmpeg's %d.jpg: 1, 2, ..., 10, 11, 12 in time order
+    unpadded.mkdir()
+    for k, level in enumerate(LEVELS):
+        _grey(level).save(unpadded / f"{k + 1}.jpg", quality=95)
+    assert _which(read_frames(VideoClip(str(unpadded)), 12), LEVELS) == list(range(12))
 
 
 def test_bad_videos_name_the_file(tmp_path):
@@ -136,6 +161,11 @@ def test_pre_extracted_video_features_npy_and_hdf5(tmp_path):
         load_frame_features(f"{tmp_path / 'all.h5'}#nope", 4, 2)
     with pytest.raises(ValueError, match=r"expected \[n_visual, 5\]"):
         load_frame_features(tmp_path / "vid.npy", 5, 2)
+    # A span past the rows reads them all (as a video file does); an empty file is named.
+    assert first_column(load_frame_features(tmp_path / "vid.npy", 4, 2, span=(50.0, 60.0), fps=3.0)) == [2, 7]
+    np.save(tmp_path / "empty.npy", np.zeros((0, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match="empty.npy have no rows"):
+        load_frame_features(tmp_path / "empty.npy", 4, 2)
 
 
 def test_visual_inputs_encode_each_clip_once_and_read_feature_files_as_frames(tmp_path, monkeypatch):
@@ -170,14 +200,20 @@ def test_visual_inputs_encode_each_clip_once_and_read_feature_files_as_frames(tm
 def test_table8_trainable_count_on_a_meta_bart_base():
     """Appendix B.1: BART-base, 512-d CLIP-ViT-B/32 frame features, one linear projector, per-layer position
     embeddings of 240 entries in the 6 encoder layers: 2.60M trainable parameters per task."""
-    with torch.device("meta"):
-        bart = BartForConditionalGeneration(BartConfig(
-            vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
-            decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072))
-    model = get_memvp_model(bart, MemVPConfig(visual_dim=512, num_entries=240, projector="linear", memory_scale="paper"))
+    def bart_base():
+        with torch.device("meta"):
+            return BartForConditionalGeneration(BartConfig(
+                vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+                decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072))
+
+    model = get_memvp_model(bart_base(), MemVPConfig(visual_dim=512, num_entries=240, projector="linear", memory_scale="paper"))
     count = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert count == 2 * 240 * 768 * 6 + (512 * 768 + 768) == 2_605_824
     assert abs(count / 2.60e6 - 1) < 0.01
+    # configs/tvqa_bart.yaml also trains BART's 32 LayerNorms (weight + bias), as the paper on BART.
+    with_norms = get_memvp_model(bart_base(), MemVPConfig(visual_dim=512, num_entries=240, projector="linear",
+                                                   memory_scale="paper", train_layernorms=True))
+    assert sum(p.numel() for p in with_norms.parameters() if p.requires_grad) == 2_605_824 + 32 * 2 * 768
 
 
 def test_video_qa_trains_end_to_end_from_video_files_and_from_feature_files(tiny, tmp_path):

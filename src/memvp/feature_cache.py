@@ -35,6 +35,10 @@ def encoder_fingerprint(encoder: VisionEncoder) -> str:
     return digest.hexdigest()[:16]
 
 
+SHARD_BYTES = 64 * 2**20
+"""Features written per shard file (at most one encode batch more)."""
+
+
 class FeatureCache:
     """``cache.features(ids, sources)`` -> [B, n_visual, feature_dim], encoding only what is missing."""
 
@@ -65,7 +69,7 @@ class FeatureCache:
 
     def add(self, image_ids: Sequence[str], sources: Sequence[Any], progress: bool = True,
             skip_bad: bool = False) -> dict[str, str]:
-        """Encode the images not cached yet, in batches, each batch one new shard.
+        """Encode the images not cached yet, in batches, into shards of about ``SHARD_BYTES``.
 
         A missing or unreadable image raises (the error names the file); with ``skip_bad`` it is
         left out instead and returned in ``{image_id: error message}``.
@@ -73,19 +77,28 @@ class FeatureCache:
         todo = list(dict.fromkeys(i for i in image_ids if i not in self.index))  # de-duplicated
         source_of = dict(zip(image_ids, sources))
         bad: dict[str, str] = {}
+        pending: dict[str, torch.Tensor] = {}
         with tqdm(total=len(todo), desc=f"encoding images ({self.encoder.name})",
                   disable=not progress or not todo) as bar:  # closed on an error too: the message starts a line
-            for start in range(0, len(todo), self.batch_size):
-                batch = todo[start : start + self.batch_size]
-                try:
-                    feats = self._encode([source_of[i] for i in batch])
-                except (OSError, ValueError):
-                    if not skip_bad:
-                        raise
-                    batch, feats = self._encode_one_by_one(batch, source_of, bad)
-                if batch:
-                    self._write_shard(dict(zip(batch, feats)))
-                bar.update(len(batch))
+            try:
+                for start in range(0, len(todo), self.batch_size):
+                    batch = todo[start : start + self.batch_size]
+                    try:
+                        feats = self._encode([source_of[i] for i in batch])
+                    except (OSError, ValueError):
+                        if not skip_bad:
+                            raise
+                        batch, feats = self._encode_one_by_one(batch, source_of, bad)
+                    pending.update(zip(batch, feats))
+                    # Shards of ~SHARD_BYTES, not one per batch: each shard rewrites the index, and a
+                    # video run encodes a few clips per batch (TVQA: ~10^5 clips).
+                    if sum(f.numel() * f.element_size() for f in pending.values()) >= SHARD_BYTES:
+                        self._write_shard(pending)
+                        pending = {}
+                    bar.update(len(batch))
+            finally:  # an error (or Ctrl-C) keeps what was encoded before it
+                if pending:
+                    self._write_shard(pending)
         return bad
 
     def _encode(self, sources: Sequence[Any]) -> torch.Tensor:

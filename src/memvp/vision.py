@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -283,14 +284,14 @@ def load_features(path: str | os.PathLike, feature_dim: int | None = None) -> to
     """Load one sample's pre-extracted features [n_visual, feature_dim] (.safetensors, .npy, .pt, or
     HDF5 .h5 / .hdf5 where ``file.h5#name`` picks the dataset ``name``: one file for many videos)."""
     text = str(path)
-    file_part, _, key = text.partition("#")
-    if Path(file_part).suffix not in HDF5_SUFFIXES:
+    file_part, _, key = text.rpartition("#")
+    if Path(file_part).suffix.lower() not in HDF5_SUFFIXES:
         file_part, key = text, ""
     path = Path(file_part)
     if not path.is_file():
         raise FileNotFoundError(f"feature file not found: {path}")
     try:
-        if path.suffix in HDF5_SUFFIXES:
+        if path.suffix.lower() in HDF5_SUFFIXES:
             feats = torch.from_numpy(np.asarray(_read_hdf5(path, key or None)))
         elif path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -369,7 +370,8 @@ class VideoClip:
     @property
     def key(self) -> str:
         """Its feature-cache key: the path, and the span when there is one."""
-        return self.path if self.span is None else f"{self.path}#{self.span[0]:.3f}-{self.span[1]:.3f}"
+        span = "" if self.span is None else f"#{self.span[0]:.3f}-{self.span[1]:.3f}"
+        return self.path + span + (f"@{self.fps:g}fps" if span and self.fps else "")
 
 
 def frame_indices(total: int, num: int, first: int = 0, last: int | None = None) -> list[int]:
@@ -385,21 +387,31 @@ def frame_indices(total: int, num: int, first: int = 0, last: int | None = None)
 
 
 def _span_range(span: tuple[float, float] | None, fps: float | None, total: int) -> tuple[int, int]:
+    """The frames (rows) ``first..last`` that show ``span`` at ``fps``; all of them without a span or
+    an fps, or when the span starts past the end (as for video files)."""
     if span is None or not fps:
         return 0, total - 1
-    start, end = span
-    return int(math.floor(start * fps)), max(int(math.floor(start * fps)), int(math.ceil(end * fps)) - 1)
+    first = int(math.floor(span[0] * fps))
+    if first > total - 1:
+        return 0, total - 1
+    return first, max(first, int(math.ceil(span[1] * fps)) - 1)
+
+
+def _natural_key(path: Path) -> list:
+    """'2.jpg' before '10.jpg': frame files written without zero padding keep their order."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
 def read_frames(clip: VideoClip, num_frames: int) -> list[Image.Image]:
     """``num_frames`` RGB frames sampled uniformly from the clip (its span only, when it has one).
 
-    A folder: its image files in name order are the frames (``fps`` maps the span to them). A video
-    file: decoded with PyAV (FFmpeg); the frame shown at the middle of each of ``num_frames`` equal
-    parts of the span (or of the whole video) is taken."""
+    A folder: its image files in (natural) name order are the frames, ``fps`` maps the span to them.
+    A video file: decoded with PyAV (FFmpeg); the frame on screen at the middle of each of
+    ``num_frames`` equal parts of the span (seconds from the video's start) or of the whole video is
+    taken. A span outside the video reads all of it."""
     path = Path(clip.path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in _FRAME_EXTENSIONS)
+        files = sorted((p for p in path.iterdir() if p.suffix.lower() in _FRAME_EXTENSIONS), key=_natural_key)
         if not files:
             raise ValueError(f"video frame folder {path} holds no image files ({sorted(_FRAME_EXTENSIONS)})")
         first, last = _span_range(clip.span, clip.fps, len(files))
@@ -410,34 +422,39 @@ def read_frames(clip: VideoClip, num_frames: int) -> list[Image.Image]:
 
     try:
         with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError("it has no video stream")
             return _decode_frames(container, clip.span, num_frames)
-    except av.FFmpegError as e:
+    except (av.FFmpegError, ValueError) as e:
         raise ValueError(f"cannot decode video {path}: {e}. Replace or remove the file.") from e
 
 
 def _decode_frames(container, span: tuple[float, float] | None, num_frames: int) -> list[Image.Image]:
     stream = container.streams.video[0]
-    begin = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+    rate = float(stream.average_rate or stream.guessed_rate or 25)  # for frames without a timestamp
+
+    def frames():
+        for index, frame in enumerate(container.decode(stream)):
+            yield (frame.time if frame.time is not None else index / rate), frame
+
     if stream.duration is not None:
+        begin = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
         length = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
-        length = container.duration / 1_000_000  # microseconds (av.time_base)
-    else:  # not in the header: one pass reads the frame times
-        frame_times = [f.time for f in container.decode(stream) if f.time is not None]
-        if not frame_times:
+    else:  # not in the stream's header: one pass reads the frame times
+        times = [t for t, _ in frames()]
+        if not times:
             raise ValueError("no decodable video frames")
-        length = frame_times[-1] - begin + (frame_times[-1] - frame_times[-2] if len(frame_times) > 1 else 1.0)
+        begin, length = times[0], times[-1] - times[0] + (times[-1] - times[-2] if len(times) > 1 else 1 / rate)
         container.seek(0)
     start, end = begin, begin + length
-    if span is not None and min(end, span[1]) > max(start, span[0]):  # a span outside the video: all of it
-        start, end = max(start, span[0]), min(end, span[1])
+    if span is not None and begin + span[0] < end:  # spans count from the video's start; past its end: all
+        start, end = begin + span[0], min(end, begin + max(span[1], span[0] + 1e-3))  # a point: that frame
         container.seek(int(start / stream.time_base), stream=stream)  # to the key frame before it
     targets = [start + (i + 0.5) * (end - start) / num_frames for i in range(num_frames)]
     picked, shown = [], None  # the frame on screen at each target time
-    for frame in container.decode(stream):
-        if frame.time is None:
-            continue
-        while len(picked) < num_frames and frame.time > targets[len(picked)] + 1e-6 and shown is not None:
+    tick = max(1e-6, float(stream.time_base))  # frame times are rounded to the container's time base
+    for time, frame in frames():
+        while len(picked) < num_frames and time > targets[len(picked)] + tick and shown is not None:
             picked.append(shown.to_image().convert("RGB"))
         if len(picked) == num_frames:
             break
@@ -452,6 +469,8 @@ def load_frame_features(path: str | os.PathLike, feature_dim: int | None, num_fr
     """Pre-extracted per-video features [frames, dim] (any ``load_features`` file) as ``num_frames``
     rows sampled uniformly, from the rows of ``span`` only when the rows' rate ``fps`` is known."""
     feats = load_features(path, feature_dim)
+    if feats.shape[0] == 0:
+        raise ValueError(f"features in {path} have no rows; re-extract that video's features")
     first, last = _span_range(span, fps, feats.shape[0])
     return feats[frame_indices(feats.shape[0], num_frames, first, last)]
 

@@ -16,8 +16,9 @@ printed next to the results). Motion direction ("which way does it move?") is le
 a frame's token is its *global* feature (EfficientNet's grid mean, as a CLIP [CLS] for the paper),
 which hardly changes when an object only moves, so no method could learn it from these tokens.
 
-Stories are laid out in units of ``CLIP_FRAMES // NUM_FRAMES`` frames, one sampled frame per unit
-(``frame_indices`` takes each unit's middle frame), so no appearance falls between samples.
+Stories are laid out in units of ``CLIP_FRAMES // NUM_FRAMES`` identical frames, and the sampler
+takes one frame per unit (the frame on screen at the middle of each of ``NUM_FRAMES`` equal parts of
+the clip), so no appearance falls between samples.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ ANSWERS = {"grow": ["grow", "shrink"], "last": ["square", "circle", "triangle"],
 DISTRACTORS = {"grow": ["stay the same size", "spin", "change colour"], "last": ["star", "heart"],
                "count": ["never", "four times"]}
 COLOURS = {"red": (220, 30, 30), "blue": (30, 70, 220), "green": (40, 160, 50), "orange": (255, 140, 0)}
-FULL = {"n_train": 600, "n_test": 90, "train": {"max_steps": 100, "batch_size": 16, "lr": 1e-2}}
+FULL = {"n_train": 600, "n_test": 90, "train": {"max_steps": 150, "batch_size": 16, "lr": 1e-2}}
 QUICK = {"n_train": 12, "n_test": 6, "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-2}}
 MEMVP = {"num_entries": NUM_FRAMES, "target_layers": list(range(-15, 0))}
 """One entry per sampled frame, in the top half of SmolLM2's layers (as the image demo)."""
@@ -160,6 +161,7 @@ def video_train_config(data_dir: str | Path, quick: bool = False, seed: int = 0,
     setting = QUICK if quick else FULL
     base = TrainConfig(train_data=spec("train"), eval_data=spec("val"), vision_encoder=DEMO_VISION_ENCODER,
                        num_frames=NUM_FRAMES, memvp=dict(MEMVP), max_length=96, max_new_tokens=2,
+                       prompt_template="{prompt}",  # the QCM prompt already ends in "The answer is"
                        eval_batch_size=30, seed=seed, warmup_ratio=0.05, **setting["train"])
     return dataclasses.replace(base, **overrides)
 

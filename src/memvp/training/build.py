@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from accelerate import PartialState
+
 from ..data import VisualInputs
 from ..datasets import IMAGE_PATHS, VIDEO_FORMATS, Sample, load_samples
 from ..methods import build_model, check_adapter_features, init_from_adapter, load_adapter
@@ -34,6 +36,7 @@ def build(cfg: TrainConfig, samples: list[Sample] = ()):
     example = next((s.features for s in samples if s.features is not None), None)
     encoder = load_vision_encoder(cfg.vision_encoder, example_features=example,
                                   num_frames=cfg.num_frames if reads_videos(cfg, samples) else 0)
+    encoder.to(PartialState().device)  # images / frames are encoded (once, cached) on this process's GPU
     visual = VisualInputs(encoder, cfg.feature_cache or str(cache_dir() / "features"))
     if cfg.adapter:
         model = load_adapter(lm, cfg.adapter, is_trainable=True, allow_base_mismatch=cfg.allow_base_mismatch)
@@ -73,10 +76,13 @@ def prepare_samples(visual: VisualInputs, samples: list[Sample], skip_bad: bool,
     try:
         kept, bad = visual.prepare(samples, skip_bad=skip_bad)
     except FileNotFoundError as e:
-        if "image not found" not in str(e):
+        if "image not found" not in str(e) and "video not found" not in str(e):
             raise
         raise FileNotFoundError(f"{e} ({data_format} finds images at {IMAGE_PATHS[data_format]}; "
                                 "--skip-bad skips missing ones)") from None
+    if data_format in VIDEO_FORMATS and not any(s.has_image for s in samples):
+        log(f"warning: no {what} sample ({data_format}) has a video or a feature file, so the model sees no "
+            "visual input; set video_dir or features_dir in the data spec")
     kept_ids = {s.id for s in kept}
     skipped = {"count": len(samples) - len(kept), "ids": [s.id for s in samples if s.id not in kept_ids],
                "files": bad}
