@@ -206,9 +206,9 @@ def test_load_samples_dispatch_and_base_dir():
 
 def test_load_samples_errors():
     with pytest.raises(ValueError, match=r"unknown dataset format 'coco'; formats: "
-                                         r"\['coco_captions', 'coco_captions_parquet', 'gqa', 'gqa_parquet', 'llava', "
-                                         r"'mmbench', 'mme', 'pope', 'scienceqa', 'scienceqa_parquet', 'vqav2', "
-                                         r"'vqav2_parquet'\]"):
+                                         r"\['coco_captions', 'coco_captions_parquet', 'gqa', 'gqa_parquet', 'how2qa', "
+                                         r"'llava', 'mmbench', 'mme', 'pope', 'scienceqa', 'scienceqa_parquet', 'tvqa', "
+                                         r"'vqav2', 'vqav2_parquet'\]"):
         load_samples({"format": "coco"})
     with pytest.raises(ValueError, match=r"no 'format' key"):
         load_samples({"root": SQA})
