@@ -23,6 +23,14 @@ TASKS = ("scienceqa", "vqav2", "gqa", "coco_captions", "llava", "pope", "mme", "
          *_SAME_METRIC)
 
 
+def _require_answers(samples: Sequence[Sample], name: str) -> None:
+    """Refuse to score a split without reference answers (a test file: its answers are not released)."""
+    unanswered = [s.id for s in samples if not s.answers]
+    if unanswered:
+        raise ValueError(f"{len(unanswered)} {name} question(s) have no answer (a test file? its answers are not "
+                         f"released), e.g. {unanswered[:5]}")
+
+
 def score(task: str, samples: Sequence[Sample], predictions: dict[str, str]) -> dict:
     """Metrics for ``task`` (a dataset format, see ``TASKS``) of the samples that have a prediction.
 
@@ -49,19 +57,13 @@ def score(task: str, samples: Sequence[Sample], predictions: dict[str, str]) -> 
         return mme_scores([{"prediction": preds[s.id], "answer": s.answers[0], "subtask": s.metadata["subtask"],
                             "image": s.metadata["image_key"]} for s in samples])
     if task == "mmbench":
-        unanswered = [s.id for s in samples if not s.answers]
-        if unanswered:
-            raise ValueError(f"{len(unanswered)} MMBench question(s) have no answer (a test file? its answers are "
-                             f"not released), e.g. {unanswered[:5]}")
+        _require_answers(samples, "MMBench")
         return mmbench_accuracy([{
             "prediction": preds[s.id], "answer": s.answers[0], "num_choices": s.metadata["num_choices"],
             "group": s.metadata["circular_group"], "rotation": s.metadata["rotation"],
             "category": s.metadata["category"], "l2_category": s.metadata["l2_category"]} for s in samples])
     if task in ("tvqa", "how2qa"):
-        unanswered = [s.id for s in samples if not s.answers]
-        if unanswered:
-            raise ValueError(f"{len(unanswered)} {task} question(s) have no answer (a test file? its answers are not "
-                             f"released), e.g. {unanswered[:5]}")
+        _require_answers(samples, task)
         return multiple_choice_accuracy([{
             "prediction": preds[s.id], "answer": s.answers[0], "num_choices": s.metadata["num_choices"],
             "question_type": s.question_type} for s in samples])
