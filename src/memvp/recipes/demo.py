@@ -115,8 +115,7 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False, seed: in
     titles = [ARMS[name][0] for name in columns]
     lines = ["| question type | answer prior | " + " | ".join(titles) + " |", "|---" * (2 + len(columns)) + "|"]
     lines += ["| " + " | ".join([q] + [f"{c:.1f}" for c in cells]) + " |" for q, *cells in rows]
-    lines.append("| training time (s) | | " + " | ".join(f"{runs[n]['train_seconds']:.0f}" for n in columns) + " |")
-    lines.append("| trainable parameters | | " + " | ".join(f"{runs[n]['trainable_parameters']:,d}" for n in columns) + " |")
+    lines += cost_rows(runs, columns)
     if compare:
         lines.append("| peak training-step memory (MiB) | | " + " | ".join(
             _mib(runs[n].get("peak_step_memory_bytes")) for n in columns) + " |")
@@ -124,10 +123,7 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False, seed: in
                  f"{base.batch_size} questions, lr {base.lr}"
                  + "".join(f" ({ARMS[n][0]}: lr {ARMS[n][1]['lr']})" for n in columns if "lr" in ARMS[n][1])
                  + f"; whole demo {time.perf_counter() - t0:.0f}s")
-    scale = runs["memvp"].get("scale")
-    if scale:
-        lines.append(f"MemVP's residual norm / the frozen LM's, largest over layers (last step): "
-                     f"{scale['max_residual_ratio']:.3f}; memory / FFN output up to {scale['max_memory_to_ffn']:.3f}")
+    lines += scale_lines(runs["memvp"])
     table = "\n".join(lines)
     print("\nHeld-out accuracy (%) on synthetic single-object VQA, SmolLM2-135M + EfficientNet-Lite0:\n" + table)
     result = {"table": table, "rows": rows, "runs": runs, "answer_prior": prior,
@@ -140,6 +136,19 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False, seed: in
     atomic_write_text(out / "results.md", table + "\n")
     atomic_write_text(out / "results.json", json.dumps(result, indent=2, default=str))
     return result
+
+
+def cost_rows(runs: dict, names) -> list[str]:
+    """The table rows under the accuracies: each arm's training seconds and trainable parameters."""
+    return ["| training time (s) | | " + " | ".join(f"{runs[n]['train_seconds']:.0f}" for n in names) + " |",
+            "| trainable parameters | | " + " | ".join(f"{runs[n]['trainable_parameters']:,d}" for n in names) + " |"]
+
+
+def scale_lines(run: dict) -> list[str]:
+    """The instruments' reading of a MemVP run (last step), when it measured them."""
+    scale = run.get("scale")
+    return [f"MemVP's residual norm / the frozen LM's, largest over layers (last step): "
+            f"{scale['max_residual_ratio']:.3f}; memory / FFN output up to {scale['max_memory_to_ffn']:.3f}"] if scale else []
 
 
 def _mib(n_bytes: int | None) -> str:

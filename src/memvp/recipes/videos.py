@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_write, atomic_write_text
 from ..training import TrainConfig, train
 from . import DEMO_VISION_ENCODER
+from .demo import cost_rows, scale_lines
 
 CLIP_FRAMES, FPS, NUM_FRAMES, SIZE = 12, 6, 6, 112
 STORIES = ("grow", "last", "count")
@@ -195,15 +196,11 @@ def run_video_demo(output_dir: str | Path = "runs/video", quick: bool = False, s
             cells.append(ev["overall"] if story == "overall" else ev.get("per_type", {}).get(story, float("nan")))
         label = QUESTIONS.get(story, "overall")
         lines.append(f"| {label} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
-    lines.append("| training time (s) | | " + " | ".join(f"{runs[n]['train_seconds']:.0f}" for n in ARMS) + " |")
-    lines.append("| trainable parameters | | " + " | ".join(f"{runs[n]['trainable_parameters']:,d}" for n in ARMS) + " |")
+    lines += cost_rows(runs, ARMS)
     lines.append(f"\nheld-out questions: {runs['memvp']['eval']['count']}; {NUM_FRAMES} of {CLIP_FRAMES} frames per clip; "
                  f"each arm {base.max_steps} steps x {base.batch_size}, lr {base.lr}; "
                  f"whole run {time.perf_counter() - t0:.0f}s")
-    scale = runs["memvp"].get("scale")
-    if scale:
-        lines.append(f"MemVP's residual norm / the frozen LM's, largest over layers (last step): "
-                     f"{scale['max_residual_ratio']:.3f}; memory / FFN output up to {scale['max_memory_to_ffn']:.3f}")
+    lines += scale_lines(runs["memvp"])
     table = "\n".join(lines)
     print("\nHeld-out accuracy (%) on synthetic video QA (TVQA layout), SmolLM2-135M + EfficientNet-Lite0 "
           "frame features:\n" + table)
