@@ -1,4 +1,5 @@
-"""TVQA and How2QA readers (video QA, the MemVP paper's Table 8) and their multiple-choice scoring.
+"""TVQA and How2QA readers (video QA, the MemVP paper's Table 8) and their multiple-choice scoring;
+video conversations in the LLaVA layout (LLaVA-NeXT-Video, Video-LLaVA).
 
 Fixtures are written here in the released formats: TVQA's ``tvqa_*.jsonl`` (every official field) and
 TVR's ``tvqa_preprocessed_subtitles.jsonl``; How2QA's header-less ``how2QA_*_release.csv``.
@@ -20,6 +21,7 @@ from memvp.datasets import (
     how2qa_correct_position,
     load_samples,
     read_how2qa,
+    read_llava,
     read_tvqa,
 )
 from memvp.evaluate import TASKS, score
@@ -187,6 +189,48 @@ def test_tvqa_bad_input_names_file_and_record(tmp_path, tvqa):
         read_tvqa(q, fps=0)
     with pytest.raises(ValueError, match="bad arguments for dataset format 'tvqa'"):
         load_samples({"format": "tvqa", "questions_file": str(q), "image_dir": "x"})
+
+
+# ------------------------------------------------------------------------- LLaVA-style videos
+LLAVA_VIDEO = [  # LLaVA-NeXT-Video's layout: "video" instead of "image", the token in the human turn
+    {"id": "v1", "video": "clips/v1.mp4", "conversations": [
+        {"from": "human", "value": "<video>\nWhich shape appears last?"}, {"from": "gpt", "value": "circle"},
+        {"from": "human", "value": "And first?"}, {"from": "gpt", "value": "square"}]},
+    {"id": "i1", "image": "coco/1.jpg", "conversations": [
+        {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "a cat"}]},
+    {"id": "t1", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+]
+
+
+def test_llava_video_conversations_read_as_videos(tmp_path):
+    from memvp.training import TrainConfig
+    from memvp.training.build import reads_videos
+
+    f = tmp_path / "video_chat.json"
+    f.write_text(json.dumps(LLAVA_VIDEO))
+    v0, v1, image, text = read_llava(f, tmp_path / "images", video_dir=tmp_path / "videos")
+    assert v0.prompt == "Which shape appears last?" and v0.answers == ["circle"] and v1.prompt == "And first?"
+    assert v0.video == v1.video == str(tmp_path / "videos" / "clips" / "v1.mp4") and v0.image is None
+    assert v0.image_id == "clips/v1.mp4" and v0.is_video and v0.has_image and v1.metadata["history"] == [
+        ["Which shape appears last?", "circle"]]
+    assert image.image == str(tmp_path / "images" / "coco" / "1.jpg") and image.video is None and not image.is_video
+    assert not text.has_image and not text.is_video
+    # video_dir defaults to image_dir, as LLaVA-NeXT's video_folder sits beside image_folder
+    assert read_llava(f, tmp_path / "media")[0].video == str(tmp_path / "media" / "clips" / "v1.mp4")
+    # pre-extracted per-video features: the samples stay video samples, so a run samples num_frames rows
+    (tmp_path / "feats").mkdir()
+    feats = load_samples({"format": "llava", "json_file": str(f), "image_dir": "images", "features_dir": "feats",
+                          "features_pattern": "{image_id}.npy"}, base_dir=tmp_path)
+    assert feats[0].features == str(tmp_path / "feats" / "clips" / "v1.mp4.npy") and feats[0].video is None
+    cfg = TrainConfig(train_data={"format": "llava"})
+    assert reads_videos(cfg, feats[:2]) and not reads_videos(cfg, feats[2:])
+    both = [{**LLAVA_VIDEO[0], "image": "x.jpg"}]
+    (tmp_path / "both.json").write_text(json.dumps(both))
+    with pytest.raises(ValueError, match=r"both.json: conversation 'v1' has both an image and a video"):
+        read_llava(tmp_path / "both.json", tmp_path)
+    (tmp_path / "many.json").write_text(json.dumps([{**LLAVA_VIDEO[0], "video": ["a.mp4", "b.mp4"]}]))
+    with pytest.raises(ValueError, match=r"many.json: conversation 'v1': 'image' / 'video' must be one file name"):
+        read_llava(tmp_path / "many.json", tmp_path)
 
 
 # ---------------------------------------------------------------------------------------- How2QA

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from memvp import MemVPConfig, get_memvp_model
+from memvp.save_load import model_card
 from memvp.instruments import RESIDUAL_WARNING, format_report, measure_scale, summary, warning
 from conftest import lm_inputs, tiny_model
 
@@ -181,3 +182,32 @@ def test_paper_scale_at_a_high_lr_is_caught_by_the_instruments():
     mem = _ffn_model(memory_scale="paper", visual_scale=1.0, output_scale=1.0)
     worst = _train(mem, ids, labels, feats, True, steps=60, lr=0.02)
     assert worst > RESIDUAL_WARNING
+
+
+def test_centred_features_subtract_the_training_mean_and_reload_with_it(tmp_path):
+    """center_features: z - feature_mean before everything else, the mean kept in the saved config;
+    without a mean set the model refuses to guess."""
+    mem = _ffn_model(center_features=True)
+    plain = _ffn_model()
+    plain.visual_memory.load_state_dict(mem.visual_memory.state_dict())
+    feats = torch.randn(2, N_VIS, VIS_DIM)
+    with pytest.raises(ValueError, match="center_features is on but feature_mean is not set"):
+        mem.visual_memory.prompts(feats)
+    assert mem.needs_feature_mean and not plain.needs_feature_mean
+    common = torch.randn(VIS_DIM) * 50  # one large direction shared by every feature
+    mem.set_feature_mean(feats + common)
+    assert not mem.needs_feature_mean
+    torch.testing.assert_close(mem.memvp_config.feature_mean, (feats + common).mean(dim=(0, 1)).tolist())
+    centred = feats - feats.mean(dim=(0, 1))
+    torch.testing.assert_close(mem.visual_memory.prompts(feats + common), plain.visual_memory.prompts(centred))
+    mem.save_pretrained(tmp_path)
+    loaded = type(mem).from_pretrained(tiny_model("llama"), tmp_path)
+    torch.testing.assert_close(loaded.visual_memory.prompts(feats + common), mem.visual_memory.prompts(feats + common))
+    meta = mem._adapter_metadata()
+    meta["config"]["feature_mean"] = [0.5] * 1024  # a real encoder's width: summarised on the model card
+    card = model_card(meta, "MemVPModel", 10)
+    assert '"feature_mean": "<1024 numbers, in the config file>"' in card and "    0.5,\n" not in card
+    with pytest.raises(ValueError, match="feature_mean must be null or visual_dim=12 finite numbers"):
+        MemVPConfig(visual_dim=VIS_DIM, feature_mean=[0.0] * 3)
+    with pytest.raises(ValueError, match="features for the mean must end in visual_dim=12"):
+        mem.set_feature_mean(torch.zeros(4, 5))

@@ -10,7 +10,8 @@ from PIL import Image
 
 from memvp.cli import main
 from memvp.datasets import load_samples
-from memvp.recipes.videos import (ANSWERS, CLIP_FRAMES, NUM_FRAMES, SIZE, _draw, generate_videos, story_frames)
+from memvp.recipes.videos import (ANSWERS, CLIP_FRAMES, NUM_FRAMES, QUESTIONS, SIZE, _draw, generate_videos, story_accuracy,
+                                  story_frames)
 from memvp.vision import VideoClip, read_frames
 
 PER_UNIT = CLIP_FRAMES // NUM_FRAMES
@@ -55,6 +56,24 @@ def test_last_clips_end_with_the_answer_shape(answer):
     assert len({int(_ink(f).sum()) for f in frames[::2]}) == 3  # three different shapes in turn
 
 
+def test_generated_set_reads_as_llava_video_conversations_and_scores_per_story(tmp_path):
+    generate_videos(tmp_path, n_train=6, n_test=3, seed=0, progress=False)
+    samples = load_samples({"format": "llava", "json_file": str(tmp_path / "llava_val.json"),
+                            "image_dir": str(tmp_path / "videos")})
+    tvqa = load_samples({"format": "tvqa", "questions_file": str(tmp_path / "tvqa_val.jsonl"),
+                         "video_dir": str(tmp_path / "videos")})
+    conversations = json.loads((tmp_path / "llava_val.json").read_text())
+    stories = [c["story"] for c in conversations]
+    assert stories == [s.question_type for s in tvqa] == ["grow", "last", "count"]
+    for s, t, story in zip(samples, tvqa, stories):  # the same clip and answer in both layouts
+        assert s.is_video and s.video == t.video and s.span is None and s.prompt == QUESTIONS[story]
+        assert s.answers[0] == t.metadata["choices"]["ABCDE".index(t.answers[0])] and s.answers[0] in ANSWERS[story]
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text(json.dumps({samples[0].id: samples[0].answers[0].upper() + ".", samples[1].id: "star"}))
+    got = story_accuracy(tmp_path / "llava_val.json", predictions)  # the third has no prediction: wrong
+    assert got == {"overall": 100 / 3, "count": 3, "per_type": {"count": 0.0, "grow": 100.0, "last": 0.0}}
+
+
 def test_generated_set_reads_as_tvqa_and_decodes_to_its_frames(tmp_path):
     summary = generate_videos(tmp_path, n_train=6, n_test=3, seed=0, progress=False)
     samples = load_samples({"format": "tvqa", "questions_file": str(tmp_path / "tvqa_train.jsonl"),
@@ -80,4 +99,8 @@ def test_quick_video_demo_trains_both_arms_and_writes_the_table(tmp_path, capsys
     assert [runs[a]["use_images"] for a in ("no_visual_prompts", "memvp")] == [False, True]
     assert all(runs[a]["eval"]["count"] == 6 for a in runs)
     assert (tmp_path / "memvp" / "adapter" / "memvp_model.safetensors").is_file()
+    assert set(result["per_story"]["memvp"]["per_type"]) == {"grow", "last", "count"}
+    saved = json.loads((tmp_path / "memvp" / "adapter" / "memvp_config.json").read_text())["config"]
+    assert saved["center_features"] and len(saved["feature_mean"]) == saved["visual_dim"]
+    assert 0 < runs["memvp"]["visual_feature_common_share"] < 1
     assert len(list((tmp_path / "data" / "videos").glob("*.mp4"))) == 18

@@ -248,3 +248,50 @@ def test_evaluation_reports_truncated_prompts(tiny, capsys, tmp_path):
     assert main(["eval", cfg, "--adapter", str(tmp_path / "run" / "adapter"), "max_length=8",
                  f"output_dir={tmp_path / 'eval'}"]) == 0
     assert json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())["truncated_prompts"] == 12
+
+
+def test_training_measures_the_features_common_share_and_centres_on_the_training_mean(tiny, capsys, monkeypatch):
+    """Every run with images logs how much of the features' energy is their common mean (metrics.json:
+    visual_feature_common_share); center_features fills MemVP's feature_mean from the training split,
+    saved with the adapter, and a high share without it gets a hint."""
+    from memvp.data import VisualInputs
+    from memvp.datasets import Sample, load_samples
+    from memvp.pretrained import load_vision_encoder
+    from memvp.training.build import visual_feature_statistics
+
+    root = tiny
+    args = ["train", str(root / "train.yaml"), "max_steps=1", "eval_data=null"]
+    assert main([*args, f"output_dir={root / 'plain'}"]) == 0
+    plain_log = capsys.readouterr()
+    assert main([*args, f"output_dir={root / 'centred'}", "memvp.center_features=true"]) == 0
+    centred_log = capsys.readouterr()
+    share = json.loads((root / "plain" / "metrics.json").read_text())["visual_feature_common_share"]
+    assert json.loads((root / "centred" / "metrics.json").read_text())["visual_feature_common_share"] == share
+    assert 0.0 < share < 1.0 and f"visual features: {100 * share:.1f}% of their energy is their common mean" in (
+        plain_log.out + plain_log.err)
+    assert "(centred on it)" in centred_log.out + centred_log.err
+    saved = json.loads((root / "centred" / "adapter" / "memvp_config.json").read_text())
+    cfg = yaml.safe_load((root / "train.yaml").read_text())
+    visual = VisualInputs(load_vision_encoder(cfg["vision_encoder"]), cfg["feature_cache"])
+    samples = load_samples(cfg["train_data"], base_dir=root)
+    mean, again = visual_feature_statistics(visual, samples)
+    assert again == pytest.approx(share)
+    feats, has_image = visual.batch([s for s in samples if s.has_image])
+    torch.testing.assert_close(mean, feats.reshape(-1, feats.shape[-1]).mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(saved["config"]["feature_mean"]), mean, rtol=1e-6, atol=1e-6)
+    assert visual_feature_statistics(visual, []) is None
+
+    class Shared:  # every token the same vector (share 1), or +-v (mean 0, share 0)
+        def __init__(self, sign):
+            self.sign = sign
+
+        def batch(self, batch):
+            v = torch.tensor([1.0, 2.0, 3.0])
+            return torch.stack([v, self.sign * v]).expand(len(batch), 2, 3), None
+
+    pictured = [Sample(id=str(i), prompt="q", answers=["a"], image="x.png") for i in range(3)]
+    assert visual_feature_statistics(Shared(1.0), pictured)[1] == pytest.approx(1.0)
+    assert visual_feature_statistics(Shared(-1.0), pictured)[1] == pytest.approx(0.0)
+    monkeypatch.setattr(loop, "visual_feature_statistics", lambda v, s: (mean, 0.95))
+    assert main([*args, f"output_dir={root / 'hint'}"]) == 0
+    assert "memvp.center_features: true subtracts the mean" in "".join(capsys.readouterr())

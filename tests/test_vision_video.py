@@ -242,6 +242,16 @@ def test_video_qa_trains_end_to_end_from_video_files_and_from_feature_files(tiny
     for method in ("input_space", "text_only", "adem"):  # the paper's baselines and the successor, same harness
         assert main(["train", str(config), f"method={method}", f"output_dir={tmp_path / method}", "max_steps=1"]) == 0
         assert json.loads((tmp_path / method / "metrics.json").read_text())["eval"]["count"] == 3
+    # The same clips as LLaVA video conversations (one-word answers), MemVP centred on the frames' mean.
+    llava = lambda split: {"format": "llava", "json_file": str(data / f"llava_{split}.json"),  # noqa: E731
+                           "image_dir": str(data / "videos")}
+    config.write_text(json.dumps({**base, "train_data": llava("train"), "eval_data": llava("val"),
+                                  "output_dir": str(tmp_path / "run-llava")}))
+    assert main(["train", str(config), "memvp.center_features=true", "max_steps=1"]) == 0
+    llava_run = json.loads((tmp_path / "run-llava" / "metrics.json").read_text())
+    assert llava_run["eval"]["count"] == 3 and 0 < llava_run["visual_feature_common_share"] < 1
+    assert len(json.loads((tmp_path / "run-llava" / "adapter" / "memvp_config.json").read_text())
+               ["config"]["feature_mean"]) == 16
     # The same clips as pre-extracted [frames, 16] files (12 rows each) named by vid_name.
     feats = tmp_path / "feats"
     feats.mkdir()

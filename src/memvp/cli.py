@@ -201,8 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "MemVP) then stage 2 (conversations, MemVP + LoRA) on the real models")
     instruct.add_argument("--output-dir", default="runs/instruct")
     instruct.add_argument("--quick", action="store_true", help="a tiny run (seconds) to check the wiring")
-    video = sub.add_parser("video-demo", help="video QA in miniature: synthetic clips (real .mp4 files) in TVQA's "
-                                             "layout, MemVP on frame features vs w/o visual prompts")
+    video = sub.add_parser("video-demo", help="video QA in miniature: synthetic clips (real .mp4 files) as LLaVA "
+                                             "video conversations, MemVP on frame features vs w/o visual prompts")
     video.add_argument("--output-dir", default="runs/video")
     video.add_argument("--quick", action="store_true", help="a tiny run (seconds) to check the wiring")
     photos = sub.add_parser("two-photos", help="one minute on the real models: two photos, two answers")

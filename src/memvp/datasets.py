@@ -88,6 +88,10 @@ LLAVA_SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 MMBENCH_ANSWER_PROMPT = "Answer with the option's letter from the given choices directly."
 
 
+_VIDEO_NAME = "vid_name"
+"""metadata key naming the video of a video-QA sample (also set when it has no ``video`` path)."""
+
+
 @dataclass
 class Sample:
     """One training / evaluation example.
@@ -118,6 +122,11 @@ class Sample:
     def has_image(self) -> bool:
         """Has a visual input: an image, a video or a feature file."""
         return self.image is not None or self.video is not None or self.features is not None
+
+    @property
+    def is_video(self) -> bool:
+        """A video sample: a video, or the feature file that stands for one (``metadata["vid_name"]``)."""
+        return self.video is not None or _VIDEO_NAME in self.metadata
 
     @property
     def target(self) -> str | None:
@@ -367,7 +376,7 @@ def read_coco_captions(karpathy_file: str | os.PathLike, image_root: str | os.Pa
 
 # ----------------------------------------------------------------------- LLaVA
 def read_llava(json_file: str | os.PathLike, image_dir: str | os.PathLike,
-               per_conversation: bool = False) -> list[Sample]:
+               per_conversation: bool = False, video_dir: str | os.PathLike | None = None) -> list[Sample]:
     """LLaVA conversation file (e.g. ``llava_v1_5_mix665k.json``).
 
     One Sample per human -> gpt turn, id ``f"{id}_{turn}"`` (turn counts from 0).
@@ -386,16 +395,31 @@ def read_llava(json_file: str | os.PathLike, image_dir: str | os.PathLike,
     ``metadata["history"]`` = every earlier ``[human, gpt]`` pair and
     ``metadata["turn"]`` = the last turn's index, exactly as the per-turn Sample
     of that last turn has them.
+
+    Entries with ``"video"`` instead of ``"image"`` (the video instruction files of
+    LLaVA-NeXT-Video and Video-LLaVA) hold a video: ``video_dir/video`` (``video_dir``
+    defaults to ``image_dir``), a file or a folder of frames; ``"<video>"`` is removed
+    from the text like ``"<image>"``; image_id = the video's relative name (also
+    ``metadata["vid_name"]``, for pre-extracted per-video feature files).
     """
     data = _expect(_load_json(json_file, "LLaVA conversation file"), list, json_file,
                    "a list of conversations")
     image_dir = _abs(image_dir)
+    video_dir = image_dir if video_dir is None else _abs(video_dir)
     samples = []
     for entry in data:
         cid = str(_field(entry, "id", json_file, entry))
         convs = _field(entry, "conversations", json_file, cid)
-        image_name = entry.get("image")
+        image_name, video_name = entry.get("image"), entry.get("video")
+        if image_name and video_name:
+            raise ValueError(f"{_abs(json_file)}: conversation {cid!r} has both an image and a video; "
+                             f"give one visual input per conversation")
+        if not isinstance(image_name or video_name or "", str):
+            raise ValueError(f"{_abs(json_file)}: conversation {cid!r}: 'image' / 'video' must be one file name "
+                             f"(several images per conversation are not supported)")
         image = os.path.join(image_dir, image_name) if image_name else None
+        video = os.path.join(video_dir, video_name) if video_name else None
+        extra = {_VIDEO_NAME: video_name} if video else {}
         if len(convs) % 2:
             raise ValueError(f"{_abs(json_file)}: conversation {cid!r} has an odd number of messages")
         history: list[list[str]] = []
@@ -404,7 +428,7 @@ def read_llava(json_file: str | os.PathLike, image_dir: str | os.PathLike,
             if human.get("from") != "human" or gpt.get("from") != "gpt":
                 raise ValueError(f"{_abs(json_file)}: conversation {cid!r} turn {turn} is not "
                                  f"human -> gpt (got {human.get('from')!r} -> {gpt.get('from')!r})")
-            question = _field(human, "value", json_file, cid).replace("<image>", "").strip()
+            question = _field(human, "value", json_file, cid).replace("<image>", "").replace("<video>", "").strip()
             answer = _field(gpt, "value", json_file, cid)
             last_turn = turn == len(convs) // 2 - 1
             if not per_conversation or last_turn:
@@ -413,8 +437,9 @@ def read_llava(json_file: str | os.PathLike, image_dir: str | os.PathLike,
                     prompt=question,
                     answers=[answer],
                     image=image,
-                    image_id=image_name if image else None,
-                    metadata={"conversation_id": cid, "turn": turn, "history": [list(h) for h in history]},
+                    image_id=image_name or video_name or None,
+                    video=video,
+                    metadata={"conversation_id": cid, "turn": turn, "history": [list(h) for h in history], **extra},
                 ))
             history.append([question, answer])
     return _non_empty(samples, json_file)
@@ -982,8 +1007,6 @@ def read_coco_captions_parquet(files: str | os.PathLike | Sequence[str | os.Path
 
 # ------------------------------------------------------------------ video QA
 _VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
-_VIDEO_NAME = "vid_name"
-"""metadata key naming the video of a video-QA sample (also set when it has no ``video`` path)."""
 
 TVQA_FRAME_FOLDERS = {"The Big Bang Theory": "bbt", "Friends": "friends", "How I Met You Mother": "met",
                       "Grey's Anatomy": "grey", "House M.D.": "house", "Castle": "castle"}
@@ -1280,7 +1303,7 @@ IMAGE_PATHS = {
              "(set image_pattern in the data spec, e.g. '{image_id}.png', if your files are named otherwise)",
     "gqa": "image_dir/<imageId>.jpg",
     "coco_captions": "image_root/<filepath>/<filename> of the Karpathy file",
-    "llava": "image_dir/<image> of each conversation",
+    "llava": "image_dir/<image> (video_dir/<video>, video_dir defaulting to image_dir) of each conversation",
     "pope": "image_dir/<image> of each question (COCO val2014)",
     "mme": "root/<subtask>/[images/]<image>, matched to its .txt by file stem",
     "mmbench": "image_dir/<sha256>.<ext>, decoded from the TSV's base64 by the reader",

@@ -46,7 +46,10 @@ def model_card(meta: dict, model_class: str, trainable: int, info: dict | None =
         lines.append(f"- vision encoder: `{json.dumps(meta['vision_encoder'], sort_keys=True)}`")
     for key, value in (info or {}).items():
         lines.append(f"- {key}: `{json.dumps(value, sort_keys=True, default=str)}`")
-    lines += ["", "## Config", "", "```json", json.dumps(meta["config"], indent=2, sort_keys=True), "```", "",
+    # Long statistics (MemVP's feature_mean: visual_dim numbers) are in the config file, not the card.
+    shown = {k: f"<{len(v)} numbers, in the config file>" if isinstance(v, list) and len(v) > 64 else v
+             for k, v in meta["config"].items()}
+    lines += ["", "## Config", "", "```json", json.dumps(shown, indent=2, sort_keys=True), "```", "",
               "## Use", "", "```python", "from memvp import load_adapter",
               f"model = load_adapter(language_model, \"path/to/this/folder\")  # language_model: {name}", "```", ""]
     return "\n".join(lines)

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+import torch
 from accelerate import PartialState
 
 from ..data import VisualInputs
@@ -53,7 +54,7 @@ def build(cfg: TrainConfig, samples: list[Sample] = ()):
 def reads_videos(cfg: TrainConfig, samples: list[Sample] = ()) -> bool:
     """Whether the run's data are videos (a video format, or samples that hold videos)."""
     formats = {spec.get("format") for spec in (cfg.train_data, cfg.eval_data) if spec}
-    return bool(formats & VIDEO_FORMATS) or any(s.video is not None for s in samples)
+    return bool(formats & VIDEO_FORMATS) or any(s.is_video for s in samples)
 
 
 def check_output_dir(out: Path) -> None:
@@ -94,4 +95,29 @@ def prepare_samples(visual: VisualInputs, samples: list[Sample], skip_bad: bool,
     return kept, skipped
 
 
-__all__ = ["read_split", "task_of", "build", "reads_videos", "check_output_dir", "prepare_samples"]
+FEATURE_STATISTICS_SAMPLES = 1024
+"""How many samples (the split's first ones with a visual input) the feature statistics read."""
+
+
+def visual_feature_statistics(visual: VisualInputs, samples: list[Sample],
+                              limit: int = FEATURE_STATISTICS_SAMPLES) -> tuple[torch.Tensor, float] | None:
+    """(the mean visual feature, its share of the features' energy: |mean|^2 / mean |z|^2) over every
+    token of the first ``limit`` samples with a visual input; None when none has one. The share is 1
+    when all features are the same vector and 0 for centred ones; it is the same on every process
+    (the split's order, not the shard's)."""
+    with_visual = [s for s in samples if s.has_image][:limit]
+    if not with_visual:
+        return None
+    total, squares, count = None, 0.0, 0
+    for start in range(0, len(with_visual), 64):
+        features, _ = visual.batch(with_visual[start:start + 64])
+        flat = features.reshape(-1, features.shape[-1]).double()
+        total = flat.sum(dim=0) if total is None else total + flat.sum(dim=0)
+        squares += float(flat.pow(2).sum())
+        count += flat.shape[0]
+    mean = total / count
+    return mean.float(), float(mean.pow(2).sum()) / max(squares / count, 1e-30)
+
+
+__all__ = ["read_split", "task_of", "build", "reads_videos", "check_output_dir", "prepare_samples",
+           "visual_feature_statistics"]

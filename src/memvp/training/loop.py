@@ -37,7 +37,7 @@ from ..datasets import Sample
 from ..instruments import measure_scale
 from ..methods import check_adapter
 from ..peak_memory import PeakMemory
-from .build import build, check_output_dir, prepare_samples, read_split, task_of
+from .build import build, check_output_dir, prepare_samples, read_split, task_of, visual_feature_statistics
 from .checkpoint import (DataPosition, checkpoint_step, full_parameters, is_fsdp, load_trainable_weights,
                          load_training_state, read_trainer_state, resolve_resume, save_checkpoint)
 from .config import TrainConfig
@@ -215,6 +215,31 @@ def _trainer_state(cfg: TrainConfig, step: int, batches: StepBatches, curve: lis
             "num_processes": num_processes, "config": dataclasses.asdict(cfg)}
 
 
+COMMON_SHARE_WARNING = 0.8
+"""Log a hint to centre the features when their common mean holds more of their energy than this."""
+
+
+def _feature_statistics(cfg: TrainConfig, model, visual, samples: list[Sample], log: Callable[[str], None]) -> float | None:
+    """An instrument and a statistic: how much of the training features' energy is their common mean
+    (logged, in metrics.json), and MemVP's feature_mean when ``center_features`` asks for it (not when
+    resuming from an adapter that has one)."""
+    stats = visual_feature_statistics(visual, samples) if cfg.use_images else None
+    if stats is None:
+        return None
+    mean, share = stats
+    centring = getattr(model, "needs_feature_mean", False)
+    if centring:
+        model.set_feature_mean(mean)
+    hint = ""
+    memvp_config = getattr(model, "memvp_config", None)
+    if share > COMMON_SHARE_WARNING and memvp_config is not None and not memvp_config.center_features:
+        hint = ("; MemVP's keys and values will be near copies of each other, so retrieval cannot tell the entries "
+                "apart: memvp.center_features: true subtracts the mean (docs/memory_scale.md)")
+    log(f"visual features: {100 * share:.1f}% of their energy is their common mean"
+        + (" (centred on it)" if centring else "") + hint)
+    return share
+
+
 def _train_loader(cfg: TrainConfig, tokenizer, visual, samples: list[Sample], encoded: list,
                   encoder_decoder: bool):
     """(DataLoader of global batches, its shuffling generator). Accelerate (split_batches) gives
@@ -265,6 +290,7 @@ def train(cfg: TrainConfig) -> dict:
         train_samples, train_skipped = prepare_samples(visual, train_split, cfg.skip_bad, "train", task_of(cfg.train_data), log)
         eval_samples, eval_skipped = (prepare_samples(visual, eval_split, cfg.skip_bad, "eval", task_of(cfg.eval_data), log)
                                       if eval_split else ([], {}))
+    common_share = _feature_statistics(cfg, model, visual, train_samples, log)
     fp32_trainable(model, cfg)
     encoder_decoder = bool(model.config.is_encoder_decoder)
     encoded = [encode_sample(tokenizer, s, cfg.max_length, cfg.prompt_template) for s in train_samples]
@@ -393,6 +419,8 @@ def train(cfg: TrainConfig) -> dict:
         "trainable_parameters": trainable, "total_parameters": total, "truncated_prompts": n_truncated,
         "method": cfg.method, "use_images": cfg.use_images, "history": history, "num_processes": accelerator.num_processes,
     }
+    if common_share is not None:
+        result["visual_feature_common_share"] = common_share
     if memory is not None:
         result["peak_step_memory_bytes"] = peak_bytes
     if train_skipped["count"]:

@@ -58,6 +58,10 @@ class VisualMemory(nn.Module):
         # entries, measured on the demo), too flat to pick one object's cell; the gain lets each layer
         # sharpen its retrieval without touching the values' (gated) size.
         self.key_log_gain = nn.Parameter(torch.empty(num_sites, **kw)) if ffn else None
+        # center_features: the training data's mean feature, kept in the config (saved with the adapter)
+        # and here as a buffer that follows the model's device; not a parameter.
+        mean = None if config.feature_mean is None else torch.tensor(config.feature_mean, **kw)
+        self.register_buffer("feature_mean", mean, persistent=False)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -96,6 +100,11 @@ class VisualMemory(nn.Module):
             )
         weight = self.key_position
         z = visual_features.to(weight.device, weight.dtype)
+        if cfg.center_features:
+            if self.feature_mean is None:
+                raise ValueError("MemVPConfig.center_features is on but feature_mean is not set: training fills it "
+                                 "from the training split; call MemVPModel.set_feature_mean(features) yourself")
+            z = z - self.feature_mean
         if cfg.visual_tokens == "global":
             z, n_visual = z.mean(dim=1, keepdim=True), 1
         if cfg.memory_scale == "ffn":
@@ -115,6 +124,13 @@ class VisualMemory(nn.Module):
             # Paper 5.2: samples without an image get zero visual prompts, position embeddings only.
             prompts = prompts * has_image.to(prompts.dtype).view(-1, 1, 1)
         return F.pad(prompts, (0, 0, 0, cfg.num_entries - n_visual))
+
+    @torch.no_grad()
+    def set_feature_mean(self, mean: torch.Tensor) -> None:
+        if mean.shape != (self.config.visual_dim,):
+            raise ValueError(f"feature_mean must have shape [{self.config.visual_dim}], got {tuple(mean.shape)}")
+        self.feature_mean = mean.detach().to(self.key_position.device, torch.float32).clone()
+        self.config.feature_mean = [float(v) for v in mean.detach().cpu().tolist()]
 
     def entries(self, prompts: torch.Tensor | None, table: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values [B or 1, n (or 2n for 'concat'), d] of one position-embedding table."""
@@ -292,6 +308,18 @@ class MemVPModel(TrainableStateMixin, nn.Module):
         if not self._visual_state_in_use():  # position entries only: no image
             return self.visual_memory.entries(None, site.table)
         return self._entries[site.table]
+
+    @property
+    def needs_feature_mean(self) -> bool:
+        """center_features is on and no mean is set yet (training then sets it from its data)."""
+        return self.memvp_config.center_features and self.visual_memory.feature_mean is None
+
+    def set_feature_mean(self, features: torch.Tensor) -> None:
+        """Centre the visual features on the mean of ``features`` ([..., visual_dim], e.g. every frame
+        or patch of the training split): kept in the config, so a saved adapter reloads with it."""
+        if features.shape[-1] != self.visual_dim:
+            raise ValueError(f"features for the mean must end in visual_dim={self.visual_dim}, got {tuple(features.shape)}")
+        self.visual_memory.set_feature_mean(features.reshape(-1, self.visual_dim).float().mean(dim=0))
 
     # ----------------------------------------------------------------------------- running
     def set_visual_memory(self, visual_features: torch.Tensor | None = None,
