@@ -100,7 +100,8 @@ def test_quick_video_demo_trains_both_arms_and_writes_the_table(tmp_path, capsys
     assert all(runs[a]["eval"]["count"] == 6 for a in runs)
     assert (tmp_path / "memvp" / "adapter" / "memvp_model.safetensors").is_file()
     assert set(result["per_story"]["memvp"]["per_type"]) == {"grow", "last", "count"}
-    saved = json.loads((tmp_path / "memvp" / "adapter" / "memvp_config.json").read_text())["config"]
-    assert saved["center_features"] and len(saved["feature_mean"]) == saved["visual_dim"]
+    for arm in runs:  # the ablation's adapter carries the mean too (it could be given images later)
+        saved = json.loads((tmp_path / arm / "adapter" / "memvp_config.json").read_text())["config"]
+        assert saved["center_features"] and len(saved["feature_mean"]) == saved["visual_dim"]
     assert 0 < runs["memvp"]["visual_feature_common_share"] < 1
     assert len(list((tmp_path / "data" / "videos").glob("*.mp4"))) == 18

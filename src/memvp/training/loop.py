@@ -219,11 +219,12 @@ COMMON_SHARE_WARNING = 0.8
 """Log a hint to centre the features when their common mean holds more of their energy than this."""
 
 
-def _feature_statistics(cfg: TrainConfig, model, visual, samples: list[Sample], log: Callable[[str], None]) -> float | None:
+def _feature_statistics(model, visual, samples: list[Sample], log: Callable[[str], None]) -> float | None:
     """An instrument and a statistic: how much of the training features' energy is their common mean
     (logged, in metrics.json), and MemVP's feature_mean when ``center_features`` asks for it (not when
-    resuming from an adapter that has one)."""
-    stats = visual_feature_statistics(visual, samples) if cfg.use_images else None
+    training on from an adapter that has one). Also with use_images=false (the ablation): its adapter then
+    reads images the same way if someone gives it some."""
+    stats = visual_feature_statistics(visual, samples)
     if stats is None:
         return None
     mean, share = stats
@@ -290,7 +291,7 @@ def train(cfg: TrainConfig) -> dict:
         train_samples, train_skipped = prepare_samples(visual, train_split, cfg.skip_bad, "train", task_of(cfg.train_data), log)
         eval_samples, eval_skipped = (prepare_samples(visual, eval_split, cfg.skip_bad, "eval", task_of(cfg.eval_data), log)
                                       if eval_split else ([], {}))
-    common_share = _feature_statistics(cfg, model, visual, train_samples, log)
+    common_share = _feature_statistics(model, visual, train_samples, log)
     fp32_trainable(model, cfg)
     encoder_decoder = bool(model.config.is_encoder_decoder)
     encoded = [encode_sample(tokenizer, s, cfg.max_length, cfg.prompt_template) for s in train_samples]
