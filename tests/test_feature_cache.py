@@ -130,3 +130,31 @@ def test_shards_gather_batches_and_an_error_keeps_what_was_encoded(tmp_path, mon
         cache.add(["j0", "j1", "j6"], [paths[0], paths[1], paths[6]], progress=False)
     assert "j0" in cache and "j1" in cache and "j6" not in cache
     assert FeatureCache(tmp_path / "cache", _encoder()).index == cache.index  # written to disk
+
+
+def test_a_file_rewritten_in_place_is_encoded_again(tmp_path):
+    """VisualInputs keys the cache by path, modification time and size: a regenerated data set with the
+    same file names gets its own features, an untouched file keeps its cached ones; skip lists and
+    errors still name the plain path."""
+    import os
+
+    from memvp.data import VisualInputs
+    from memvp.datasets import Sample
+
+    paths = _images(tmp_path, 2)
+    samples = [Sample(id=str(i), prompt="q", answers=["a"], image=str(p)) for i, p in enumerate(paths)]
+    first = VisualInputs(_encoder(), str(tmp_path / "cache"))
+    first.prepare(samples)
+    before, _ = first.batch(samples)
+    Image.fromarray(np.full((8, 8, 3), 200, dtype=np.uint8)).save(paths[0])  # new content, same name
+    os.utime(paths[0], ns=(os.stat(paths[1]).st_mtime_ns + 10**9,) * 2)  # a later time, whatever the clock
+    CountingEncoder.calls = 0
+    again = VisualInputs(_encoder(), str(tmp_path / "cache"))  # the next run
+    again.prepare(samples)
+    after, _ = again.batch(samples)
+    assert CountingEncoder.calls == 1  # only the rewritten file
+    torch.testing.assert_close(after[0], again.encoder.encode([paths[0]])[0])
+    assert not torch.allclose(after[0], before[0]) and torch.equal(after[1], before[1])
+    paths[1].write_bytes(b"not a png")
+    kept, bad = VisualInputs(_encoder(), str(tmp_path / "cache")).prepare(samples, skip_bad=True)
+    assert [s.id for s in kept] == ["0"] and list(bad) == [str(paths[1])]

@@ -6,6 +6,7 @@ of training or the CLI.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -155,15 +156,32 @@ class VisualInputs:
             batch_size = max(1, 256 // self.num_frames)
         self.cache = FeatureCache(cache_dir, encoder, batch_size=batch_size)
         self.feature_dim, self.num_tokens = encoder.feature_dim, encoder.num_tokens
+        self._stamps: dict[str, str] = {}  # file -> its modification time and size, read by prepare
 
     @staticmethod
     def _clip(s: Sample) -> VideoClip:
         return VideoClip(s.video, s.span, s.metadata.get("fps"))
 
+    @classmethod
+    def _name(cls, s: Sample) -> str | None:
+        """What errors and skip lists name: the image's (video's, with its span) absolute path, not the
+        data set's image id (ids repeat across data sets), or the feature file."""
+        return s.image if s.image is not None else cls._clip(s).key if s.video is not None else s.features
+
     def _key(self, s: Sample) -> str | None:
-        # Features are keyed by the image's (video's) absolute path, not the data set's image id: ids
-        # repeat across data sets.
-        return s.image if s.image is not None else self._clip(s).key if s.video is not None else s.features
+        """The feature-cache key: the name, and for an image or video its file's modification time and
+        size, so a file rewritten in place (a regenerated data set) is encoded again, not served the
+        old file's features."""
+        media = s.image if s.image is not None else s.video
+        if media is None:
+            return s.features
+        if media not in self._stamps:
+            try:
+                st = os.stat(media)
+                self._stamps[media] = f"|{st.st_mtime_ns}:{st.st_size}"
+            except OSError:  # missing: the encoder's error names the file
+                self._stamps[media] = ""
+        return self._name(s) + self._stamps[media]
 
     def _from_file(self, s: Sample) -> torch.Tensor:
         if self.num_frames:
@@ -177,7 +195,14 @@ class VisualInputs:
             raise ValueError(f"video samples (e.g. {clips[0].path}) need a video encoder: set num_frames")
         if images and self.num_frames:
             raise ValueError(f"a video run (num_frames={self.num_frames}) got image samples, e.g. {images[0]}")
-        bad = self.cache.add(images + [c.key for c in clips], images + clips, skip_bad=skip_bad)
+        media = [s for s in samples if s.image is not None or s.video is not None]
+        for s in media:  # read the files' stamps afresh: they may have changed since the last prepare
+            self._stamps.pop(s.image if s.image is not None else s.video, None)
+        keys = [self._key(s) for s in media]
+        failed = self.cache.add(keys, [s.image if s.image is not None else self._clip(s) for s in media],
+                                skip_bad=skip_bad)
+        name_of = dict(zip(keys, map(self._name, media)))
+        bad = {name_of[k]: message for k, message in failed.items()}
         for s in samples:
             if s.features is not None and s.image is None and s.video is None:
                 try:
@@ -186,7 +211,7 @@ class VisualInputs:
                     if not skip_bad:
                         raise
                     bad[s.features] = str(e)
-        kept = [s for s in samples if self._key(s) not in bad]
+        kept = [s for s in samples if self._name(s) not in bad]
         return kept, bad
 
     def batch(self, samples: Sequence[Sample]) -> tuple[torch.Tensor | None, torch.Tensor]:

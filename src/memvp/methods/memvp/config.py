@@ -81,7 +81,7 @@ class MemVPConfig(DictConfig):
     center_features: bool = False
     """Subtract the mean visual feature of the training data (``feature_mean``) from every z_i before
     anything else. Not in the paper. Features that share one large common direction (a video's
-    per-frame global features: white background, same scene; CLIP's [CLS]) otherwise give nearly
+    per-frame global features: the same background and scene in every frame) otherwise give nearly
     identical keys and values: retrieval spreads evenly over the entries, and the memory reads like
     their mean (measured on the video demo: 94% of the features' energy in the mean, largest
     retrieval weight 0.21 of 6 entries, the frames' order lost). Training fills ``feature_mean`` from
