@@ -276,7 +276,7 @@ def test_training_measures_the_features_common_share_and_centres_on_the_training
     samples = load_samples(cfg["train_data"], base_dir=root)
     mean, again = visual_feature_statistics(visual, samples)
     assert again == pytest.approx(share)
-    feats, has_image = visual.batch([s for s in samples if s.has_image])
+    feats, _ = visual.batch([s for s in samples if s.has_image])
     torch.testing.assert_close(mean, feats.reshape(-1, feats.shape[-1]).mean(0), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(torch.tensor(saved["config"]["feature_mean"]), mean, rtol=1e-6, atol=1e-6)
     assert visual_feature_statistics(visual, []) is None
