@@ -162,6 +162,11 @@ class VisualInputs:
     def _clip(s: Sample) -> VideoClip:
         return VideoClip(s.video, s.span, s.metadata.get("fps"))
 
+    @staticmethod
+    def _file(s: Sample) -> str | None:
+        """The image or video file a sample's features are encoded from (None: a feature file or none)."""
+        return s.image if s.image is not None else s.video
+
     @classmethod
     def _name(cls, s: Sample) -> str | None:
         """What errors and skip lists name: the image's (video's, with its span) absolute path, not the
@@ -172,16 +177,16 @@ class VisualInputs:
         """The feature-cache key: the name, and for an image or video its file's modification time and
         size, so a file rewritten in place (a regenerated data set) is encoded again, not served the
         old file's features."""
-        media = s.image if s.image is not None else s.video
-        if media is None:
+        file = self._file(s)
+        if file is None:
             return s.features
-        if media not in self._stamps:
+        if file not in self._stamps:
             try:
-                st = os.stat(media)
-                self._stamps[media] = f"|{st.st_mtime_ns}:{st.st_size}"
+                st = os.stat(file)
+                self._stamps[file] = f"|{st.st_mtime_ns}:{st.st_size}"
             except OSError:  # missing: the encoder's error names the file
-                self._stamps[media] = ""
-        return self._name(s) + self._stamps[media]
+                self._stamps[file] = ""
+        return self._name(s) + self._stamps[file]
 
     def _from_file(self, s: Sample) -> torch.Tensor:
         if self.num_frames:
@@ -189,15 +194,15 @@ class VisualInputs:
         return load_features(s.features, self.feature_dim)
 
     def prepare(self, samples: list[Sample], skip_bad: bool = False) -> tuple[list[Sample], dict[str, str]]:
-        images = [s.image for s in samples if s.image is not None]
-        clips = [self._clip(s) for s in samples if s.video is not None]
-        if clips and not self.num_frames:
-            raise ValueError(f"video samples (e.g. {clips[0].path}) need a video encoder: set num_frames")
-        if images and self.num_frames:
-            raise ValueError(f"a video run (num_frames={self.num_frames}) got image samples, e.g. {images[0]}")
-        media = [s for s in samples if s.image is not None or s.video is not None]
+        media = [s for s in samples if self._file(s) is not None]
+        video = next((s.video for s in media if s.video is not None), None)
+        image = next((s.image for s in media if s.image is not None), None)
+        if video is not None and not self.num_frames:
+            raise ValueError(f"video samples (e.g. {video}) need a video encoder: set num_frames")
+        if image is not None and self.num_frames:
+            raise ValueError(f"a video run (num_frames={self.num_frames}) got image samples, e.g. {image}")
         for s in media:  # read the files' stamps afresh: they may have changed since the last prepare
-            self._stamps.pop(s.image if s.image is not None else s.video, None)
+            self._stamps.pop(self._file(s), None)
         keys = [self._key(s) for s in media]
         failed = self.cache.add(keys, [s.image if s.image is not None else self._clip(s) for s in media],
                                 skip_bad=skip_bad)
