@@ -94,3 +94,41 @@ def test_vicuna_v1_without_a_chat_template():
         f"{VICUNA_SYSTEM} USER: What shape is it? ASSISTANT: A square.</s> USER: Which colour? ASSISTANT: Red.</s>"
         " USER: And the size? ASSISTANT: Small.</s>")
     assert _labelled_text(tok, enc) == [" A square.</s>", " Red.</s>", " Small.</s>"]
+
+
+def _metaspace_tokenizer():
+    """A SentencePiece-like (LLaMA) word tokenizer: words keep a leading "▁" where a space was, the
+    first word of a string gets one too, so a word reads differently at the start of a string."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>", "▁Question:", "▁Q?", "▁Response:", "▁Response:The", "▁The", "▁answer", "▁is",
+             "▁B.", "▁B"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def test_the_answer_is_tokenized_after_the_prompt_as_the_official_code():
+    """ScienceQA's official example is tokenize("...Response:The answer is B.") with the labels after the
+    prompt's own tokens: the answer's first word reads as it does inside the example, not alone."""
+    tok = _metaspace_tokenizer()
+    sample = Sample(id="s", prompt="Question: Q?\nResponse:", answers=["B"], answer_separator="",
+                    answer_prefix="The answer is", metadata={"target": "The answer is B."})
+    enc = encode_sample(tok, sample, max_length=32, template="{prompt}")
+    example = tok("Question: Q?\nResponse:The answer is B.")["input_ids"]
+    assert enc.prompt_ids + enc.answer_ids == example + [tok.eos_token_id]
+    assert enc.prompt_ids == tok("Question: Q?\nResponse:")["input_ids"]
+    alone = tok("The answer is B.", add_special_tokens=False)["input_ids"]
+    assert alone != enc.answer_ids[:-1]  # tokenized on its own, "The" would read as "▁The"
+    # generation: the prompt ends with the answers' shared start; the model writes the letter
+    prompt = encode_sample(tok, sample, max_length=32, template="{prompt}", with_answer=False)
+    assert prompt.prompt_ids == tok("Question: Q?\nResponse:The answer is")["input_ids"] and prompt.answer_ids == []
+
+
+def test_a_token_across_the_join_falls_back_to_the_answer_alone():
+    tok = _metaspace_tokenizer()  # "Response:" + "The" -> one word "▁Response:The": no prefix to split at
+    sample = Sample(id="s", prompt="Response:", answers=["B"], answer_separator="", metadata={"target": "The"})
+    enc = encode_sample(tok, sample, max_length=32, template="{prompt}")
+    assert enc.prompt_ids == tok("Response:")["input_ids"]
+    assert enc.answer_ids == tok("The", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]

@@ -27,6 +27,7 @@ from memvp.datasets import (
     read_mme,
     read_pope,
     read_scienceqa,
+    scienceqa_prompt,
     read_scienceqa_parquet,
     read_vqav2,
     read_vqav2_parquet,
@@ -42,26 +43,38 @@ def test_scienceqa_prompts_answers_and_metadata():
     no_img, with_img = read_scienceqa(SQA, "train")
     assert no_img.id == "5" and with_img.id == "9"
     # hint present (its double space collapsed as in base_prompt.py), no image
+    # the official create_training_example (QCM-A): input "...Response:", output "The answer is B." glued on
     assert no_img.prompt == ("Question: Which figure of speech is used in this text?\n"
                              "Context: The bees buzzed in the garden.\n"
                              "Options: (A) hyperbole (B) onomatopoeia\n"
-                             "Response:The answer is")
-    assert no_img.answers == ["B"] and no_img.target == "B"
+                             "Response:")
+    assert no_img.answers == ["B"] and no_img.target == "The answer is B."
+    assert no_img.answer_separator == "" and no_img.answer_prefix == "The answer is"
     assert no_img.image is None and no_img.image_id is None and not no_img.has_image
     assert no_img.question_type == "language science"
-    assert no_img.metadata == {"subject": "language science", "grade": "grade8", "has_text_context": True,
-                               "has_image_context": False, "num_choices": 2,
+    assert no_img.metadata == {"target": "The answer is B.", "subject": "language science", "grade": "grade8",
+                               "has_text_context": True, "has_image_context": False, "num_choices": 2,
                                "choices": ["hyperbole", "onomatopoeia"]}
     # no hint -> N/A, with image
     assert with_img.prompt == ("Question: Which animal's feet are also adapted for digging?\n"
                                "Context: N/A\n"
                                "Options: (A) aardvark (B) Weddell seal (C) mole\n"
-                               "Response:The answer is")
+                               "Response:")
     assert with_img.answers == ["C"]
     assert with_img.image == os.path.join(SQA, "images", "train", "9", "image.png")
     assert os.path.isabs(with_img.image) and with_img.has_image and with_img.image_id == "9"
     assert with_img.metadata["has_text_context"] is False and with_img.metadata["has_image_context"] is True
     assert with_img.metadata["num_choices"] == 3
+
+
+def test_scienceqa_captions_join_the_context_as_the_official_eval(tmp_path):
+    captions = tmp_path / "captions.json"
+    captions.write_text(json.dumps({"captions": {"9": "A drawing of an animal digging.", "5": ""}}))
+    no_img, with_img = read_scienceqa(SQA, "train", captions_file=captions)
+    assert "Context: A drawing of an animal digging.\n" in with_img.prompt  # N/A gives way to the caption
+    assert "Context: The bees buzzed in the garden.\n" in no_img.prompt
+    with_both = scienceqa_prompt("Q?", "Hint  here.", ["a", "b"], caption="A  caption.")
+    assert with_both == "Question: Q?\nContext: Hint here. A caption.\nOptions: (A) a (B) b\nResponse:"
 
 
 def test_scienceqa_test_split_and_relative_root(monkeypatch):
@@ -468,13 +481,13 @@ def test_scienceqa_parquet_samples_and_content_addressed_images(tmp_path):
     train0, train1 = samples[2:]
     # the same sample as read_scienceqa builds from problems.json (tests above), plus the split
     assert train0.prompt == ("Question: Which animal's feet are also adapted for digging?\nContext: N/A\n"
-                             "Options: (A) aardvark (B) Weddell seal (C) mole\nResponse:The answer is")
+                             "Options: (A) aardvark (B) Weddell seal (C) mole\nResponse:")
     assert train0.answers == ["C"] and train0.question_type == "natural science" and train0.image_id == "train_0"
     assert train1.image is None and train1.image_id is None
     assert train1.prompt.startswith("Question: Which figure of speech is used in this text?\n"
                                     "Context: The bees buzzed in the garden.\n")
     assert train1.metadata == {"subject": "language science", "grade": "grade8", "has_text_context": True,
-                               "has_image_context": False, "num_choices": 2,
+                               "has_image_context": False, "num_choices": 2, "target": "The answer is B.",
                                "choices": ["hyperbole", "onomatopoeia"], "split": "train"}
     # identical bytes -> one file, named by their sha256; written once, never rewritten
     sha_red = hashlib.sha256(red).hexdigest()

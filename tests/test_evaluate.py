@@ -28,7 +28,23 @@ def test_scienceqa_score_uses_letters_and_columns():
     assert result["Average"] == 100.0 and result["count"] == len(samples)
     wrong = {s.id: "The answer is Z." for s in samples}
     assert score("scienceqa", samples, wrong)["Average"] == 0.0
-    assert all(math.isnan(v) or v in (0.0, 100.0) for k, v in result.items() if k != "count")
+    assert all(math.isnan(v) or v in (0.0, 100.0) for k, v in result.items() if k not in ("count", "rule"))
+    assert result["rule"] == "default"
+
+
+def test_scienceqa_memvp_rule_reads_the_first_capital_letter_as_the_official_eval():
+    samples = read_scienceqa(FIX / "scienceqa", "train")  # answers B (2 options) and C (3 options)
+    # generated after "...Response:The answer is": one token, e.g. " C" or " C."
+    one_token = {s.id: f" {s.answers[0]}" for s in samples}
+    assert score("scienceqa", samples, one_token, "memvp")["Average"] == 100.0
+    # the first capital letter counts, wherever it is: "(C)" is C, "Cat" is C, "the C" too
+    for text, right in [("(C)", True), ("Cat", True), ("x C", True), ("B", False), ("c", False), ("D.", False)]:
+        with_img = [s for s in samples if s.answers == ["C"]]
+        got = score("scienceqa", with_img, {with_img[0].id: text}, "memvp")
+        assert got["Average"] == (100.0 if right else 0.0), text
+        assert got["rule"] == "memvp"
+    # the default rule does not read an article or a word start as a letter
+    assert score("scienceqa", with_img, {with_img[0].id: "Cat"})["Average"] == 0.0
 
 
 def test_vqa_and_gqa_scores_and_unknown_task():

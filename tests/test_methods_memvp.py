@@ -179,7 +179,7 @@ def test_bad_inputs_get_clear_errors():
         mem(**inputs, visual_features=torch.randn(2, 7, VIS_DIM))
     with pytest.raises(ValueError, match="has_image"):
         mem(**inputs, visual_features=torch.randn(2, 4, VIS_DIM), has_image=torch.tensor([True]))
-    with pytest.raises(ValueError, match="no vision_encoder"):
+    with pytest.raises(ValueError, match="has no vision encoder"):
         mem(**inputs, pixel_values=torch.randn(2, 3, 8, 8))
     with pytest.raises(ValueError, match="no encoder stack"):
         get_memvp_model(tiny_model("llama"), MemVPConfig(visual_dim=4, target_layers="encoder"))

@@ -70,7 +70,7 @@ def test_vision_adapters_are_saved_and_required(tmp_path):
     with torch.no_grad():
         enc.adapters[0].up.weight.normal_()
     mem.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="vision-encoder adapters differ"):
+    with pytest.raises(ValueError, match="its ViT adapters differ"):
         MemVPModel.from_pretrained(tiny_model("llama"), tmp_path)
     torch.manual_seed(0)
     enc2 = HFVisionEncoder(CLIPVisionModel(vit_cfg), adapter_hidden=4)

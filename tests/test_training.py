@@ -154,49 +154,6 @@ def test_bad_input_is_a_clear_error_with_nonzero_exit(tiny, capsys, tmp_path):
     assert "no samples" in capsys.readouterr().err
 
 
-def test_example_configs_are_valid():
-    """Each shipped config parses to exactly its YAML over TrainConfig's defaults, its memvp section is
-    a MemVPConfig with those values, and its data specs name the files their format reads, under the
-    repository's data/ folder, and load them (the fixtures' copies standing in for the real files)."""
-    import dataclasses
-    from pathlib import Path
-
-    from memvp.methods import get_method
-    from memvp.training import TrainConfig
-    from memvp.training.build import read_split
-
-    repo = Path(__file__).parent.parent
-    configs, fixtures = repo / "configs", Path(__file__).parent / "fixtures" / "datasets"
-    stand_ins = {  # format -> the path keys of its spec, and the fixture files for them
-        "scienceqa": {"root": fixtures / "scienceqa"},
-        "vqav2": {"questions_file": fixtures / "vqav2" / "questions.json",
-                  "annotations_file": fixtures / "vqav2" / "annotations.json", "image_dir": fixtures / "vqav2"},
-        "llava": {"json_file": fixtures / "llava" / "conversations.json", "image_dir": fixtures / "llava"},
-        "tvqa": {"questions_file": fixtures / "tvqa" / "tvqa_val.jsonl", "features_dir": fixtures / "tvqa" / "features",
-                 "subtitles_file": fixtures / "tvqa" / "tvqa_preprocessed_subtitles.jsonl"},
-    }
-    paths = sorted(configs.glob("*.yaml"))
-    assert {p.name for p in paths} >= {"scienceqa_llama.yaml", "vqav2_t5.yaml", "llava_stage1.yaml", "llava_stage2.yaml",
-                                       "tvqa_bart.yaml"}
-    defaults = dataclasses.asdict(TrainConfig())
-    for path in paths:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        parsed = dataclasses.asdict(TrainConfig.from_yaml(path))
-        specs = {key: raw.pop(key) for key in ("train_data", "eval_data") if key in raw}
-        for key, spec in specs.items():
-            assert parsed.pop(key) == {"_base_dir": str(configs.resolve()), **spec}, (path.name, key)
-            files = stand_ins[spec["format"]]
-            assert set(spec) - {"format", "split", "image_pattern", "per_conversation", "features_pattern"} == set(files), (
-                path.name, key)
-            for k in files:
-                assert (configs / spec[k]).resolve().is_relative_to(repo / "data"), (path.name, key, k)
-            samples = read_split({**spec, **{k: str(v) for k, v in files.items()}}, key)
-            assert samples and all(s.answers and s.target for s in samples), (path.name, key)
-        assert parsed == {**{k: v for k, v in defaults.items() if k not in specs}, **raw}, path.name
-        memvp = get_method(raw.get("method", "memvp")).make_config(1024, raw["memvp"])
-        assert {k: getattr(memvp, k) for k in raw["memvp"]} == raw["memvp"], path.name
-
-
 def test_numbers_in_overrides_are_numbers():
     from memvp.training import TrainConfig
 
@@ -295,3 +252,95 @@ def test_training_measures_the_features_common_share_and_centres_on_the_training
     monkeypatch.setattr(loop, "visual_feature_statistics", lambda v, s: (mean, 0.95))
     assert main([*args, f"output_dir={root / 'hint'}"]) == 0
     assert "memvp.center_features: true subtracts the mean" in "".join(capsys.readouterr())
+
+
+def test_vit_adapters_train_save_load_and_predict_through_the_cli(tiny, capsys):
+    """vision.adapter_hidden: the ViT adapters train with MemVP through `memvp train` (the images encoded
+    in each step, no feature cache), are saved in the adapter, and predict / eval load and use them."""
+    from memvp.methods import load_adapter
+    from memvp.pretrained import load_language_model, load_vision_encoder
+
+    root, run = tiny, tiny / "run-vit-adapters"
+    overrides = [f"output_dir={run}", "vision.adapter_hidden=4", "vision.adapter_dropout=0.0", "max_steps=3",
+                 "lr=0.05", f"feature_cache={root / 'no-cache-here'}"]
+    assert main(["train", str(root / "train.yaml"), *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "ViT adapters, which train with the method" in out and "effective lr 0.05" in out
+    assert not (root / "no-cache-here").exists()  # nothing encoded ahead: the adapters change the features
+    from safetensors.torch import load_file
+
+    state = load_file(str(run / "adapter" / "memvp_model.safetensors"))
+    ups = [t for n, t in state.items() if n.startswith("vision_encoder.adapters.") and n.endswith("up.weight")]
+    assert len(ups) == 1 and ups[0].abs().sum() > 0  # trained away from their zero start (1 of 2 layers used)
+    meta = json.loads((run / "adapter" / "memvp_config.json").read_text())
+    assert meta["vision_encoder"]["options"]["adapter_hidden"] == 4
+
+    assert main(["predict", str(root / "train.yaml"), "--adapter", str(run / "adapter"), *overrides[1:3],
+                 f"output_dir={root / 'pred-vit'}"]) == 0
+    predictions = json.loads((root / "pred-vit" / "predictions.json").read_text())
+    assert predictions == json.loads((run / "predictions_eval.json").read_text())
+
+    # The adapters matter: the same adapter with its ViT adapters zeroed gives other logits.
+    cfg = yaml.safe_load((root / "train.yaml").read_text())
+    encoder = load_vision_encoder(cfg["vision_encoder"], {"adapter_hidden": 4, "adapter_dropout": 0.0})
+    lm, tok = load_language_model(cfg["language_model"])
+    model = load_adapter(lm, run / "adapter", vision_encoder=encoder)
+    images = sorted((root / "data" / "images").glob("*.png"))[:2]
+    pixels = encoder.preprocess(images)
+    ids = torch.tensor([tok("what shape is the red object ? answer:")["input_ids"]] * 2)
+    with torch.no_grad():
+        trained = model(input_ids=ids, pixel_values=pixels).logits
+        for adapter in encoder.adapters:
+            adapter.up.weight.zero_()
+        zeroed = model(input_ids=ids, pixel_values=pixels).logits
+    assert not torch.allclose(trained, zeroed, atol=1e-6)
+    with pytest.raises(ValueError, match="ViT adapters differ"):  # an encoder without them does not fit
+        load_adapter(load_language_model(cfg["language_model"])[0], run / "adapter",
+                     vision_encoder=load_vision_encoder(cfg["vision_encoder"]))
+
+
+@pytest.fixture
+def cpu_fp16(monkeypatch):
+    """Accelerate gives fp16 mixed precision only to GPUs (a CPU run would silently train in fp32, so
+    ``memvp train`` refuses it there). This gives the CPU what a GPU gets, fp16 autocast and a
+    GradScaler, so that the training loop's fp16 path runs here; returns the scalers made."""
+    import accelerate
+    from accelerate.state import AcceleratorState
+
+    made, init = [], accelerate.Accelerator.__init__
+
+    def fp16_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if self.state.mixed_precision == "fp16" and self.device.type == "cpu":
+            self.native_amp = True
+            self.scaler = torch.amp.GradScaler("cpu", **made_options)
+            made.append(self.scaler)
+
+    made_options: dict = {}
+    monkeypatch.setattr(accelerate.Accelerator, "__init__", fp16_init)
+    monkeypatch.setattr(loop, "check_launch", lambda cfg, state: None)  # its fp16-needs-a-GPU refusal
+    AcceleratorState._reset_state()  # Accelerate keeps one mixed precision per process
+    yield made, made_options
+    AcceleratorState._reset_state()
+
+
+def test_fp16_trains_with_a_gradient_scaler(tiny, cpu_fp16, capsys):
+    """precision=fp16 (the official MemVP recipe: fp16 weights, fp16 autocast, loss scaling): the loss is
+    scaled on every backward, unscaled before clipping, and the fp32 master weights learn."""
+    scalers, options = cpu_fp16
+    run = tiny / "run-fp16"
+    args = ["train", str(tiny / "train.yaml"), f"output_dir={run}", "precision=fp16", "model_dtype=float16",
+            "max_steps=4", "max_grad_norm=1.0", "eval_data=null"]
+    assert main(args) == 0
+    (scaler,) = scalers
+    assert scaler.is_enabled() and scaler.get_scale() == 65536.0  # no overflow: the scale stayed
+    losses = [float(line.split(",")[2]) for line in (run / "loss_curve.csv").read_text().splitlines()[1:]]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    from safetensors.torch import load_file
+
+    weights = load_file(str(run / "adapter" / "memvp_model.safetensors"))
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in weights.values())
+    # A scale that overflows fp16 gradients: those steps are skipped (weights kept) and the scale halves.
+    options["init_scale"] = 2.0 ** 60
+    assert main([*args, f"output_dir={tiny / 'run-fp16-overflow'}", "max_steps=2"]) == 0
+    assert scalers[-1].get_scale() < 2.0 ** 60

@@ -10,25 +10,54 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from memvp.methods import build_model
 from memvp.training import TrainConfig
-from memvp.training.loop import _optimizer_step, param_groups
+from memvp.training.loop import _optimizer_step, make_optimizer, param_groups
 
 
 @pytest.mark.parametrize("method", ["memvp", "input_space"])
-def test_projector_lr_puts_the_projector_in_its_own_group(method):
+def test_projector_lr_puts_the_projector_in_its_own_groups(method):
     model = build_model(method, tiny_model("llama"), visual_dim=8)
-    trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    (single,) = param_groups(model, TrainConfig(method=method))
-    assert {id(p) for p in single["params"]} == trainable and "lr" not in single
-
-    rest, projector = param_groups(model, TrainConfig(method=method, projector_lr=1e-4))
-    assert projector["lr"] == 1e-4 and "lr" not in rest
     names = {id(p): n for n, p in model.named_parameters()}
-    assert projector["params"] and all(".projector." in f".{names[id(p)]}" for p in projector["params"])
-    assert not any("projector" in names[id(p)] for p in rest["params"])
-    assert {id(p) for p in rest["params"] + projector["params"]} == trainable
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    plain = param_groups(model, TrainConfig(method=method))
+    assert all("lr" not in g for g in plain) and {id(p) for g in plain for p in g["params"]} == trainable
 
-    optimizer = torch.optim.AdamW(param_groups(model, TrainConfig(method=method, projector_lr=1e-4)), lr=3e-3)
-    assert [g["lr"] for g in optimizer.param_groups] == [3e-3, 1e-4]
+    groups = param_groups(model, TrainConfig(method=method, projector_lr=1e-4))
+    projector = [p for g in groups if g.get("lr") == 1e-4 for p in g["params"]]
+    rest = [p for g in groups if "lr" not in g for p in g["params"]]
+    assert projector and all(".projector." in f".{names[id(p)]}" for p in projector)
+    assert not any("projector" in names[id(p)] for p in rest)
+    assert {id(p) for p in rest + projector} == trainable
+
+    optimizer = make_optimizer(model, TrainConfig(method=method, lr=3e-3, projector_lr=1e-4))
+    assert sorted({g["lr"] for g in optimizer.param_groups}) == [1e-4, 3e-3]
+
+
+def test_weight_decay_skips_biases_and_1d_tensors_as_timm():
+    model = build_model("memvp", tiny_model("llama"), visual_dim=8, memvp={"num_entries": 4})
+    decay = {n: g["weight_decay"] for g in param_groups(model, TrainConfig(weight_decay=0.02))
+             for n, p in model.named_parameters() for q in g["params"] if p is q}
+    assert decay["visual_memory.key_position"] == decay["visual_memory.value_position"] == 0.02  # [1, n, d]
+    assert decay["visual_memory.projector.0.weight"] == 0.02
+    assert decay["visual_memory.projector.0.bias"] == decay["visual_memory.projector.2.bias"] == 0.0
+    assert decay["visual_memory.output_gate"] == decay["visual_memory.key_log_gain"] == 0.0  # 1-d: per-layer scalars
+    assert set(decay) == {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_base_lr_is_scaled_by_the_global_batch_as_the_official_code():
+    assert TrainConfig(base_lr=9e-3, batch_size=32).learning_rate == pytest.approx(1.125e-3)
+    assert TrainConfig(base_lr=9e-3, batch_size=64, grad_accum=8).learning_rate == pytest.approx(9e-3 * 2)
+    assert TrainConfig(lr=1e-3).learning_rate == 1e-3 and TrainConfig().learning_rate == 3e-3
+    with pytest.raises(ValueError, match="give lr .* or base_lr .*, not both"):
+        TrainConfig(lr=1e-3, base_lr=9e-3)
+    with pytest.raises(ValueError, match="adam_betas must be two numbers"):
+        TrainConfig(adam_betas=[0.9])
+
+
+def test_optimizer_takes_the_effective_lr_and_betas():
+    model = build_model("memvp", tiny_model("llama"), visual_dim=8)
+    optimizer = make_optimizer(model, TrainConfig(base_lr=9e-3, batch_size=32, adam_betas=[0.9, 0.95]))
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1.125e-3] * len(optimizer.param_groups))
+    assert {g["betas"] for g in optimizer.param_groups} == {(0.9, 0.95)}
 
 
 def test_projector_lr_without_a_projector_is_an_error():

@@ -135,3 +135,25 @@ def test_t5_and_bart_base_parameter_counts_match_table_1():
     bart_count = _count(get_memvp_model(bart, cfg))
     assert bart_count == 6 * 2 * 240 * 768 + projector == 3_785_472  # paper: 3.78M
     assert round(t5_count / 1e6, 2) == 6.00 and abs(bart_count / 1e6 - 3.78) < 0.01
+
+
+def test_official_clip_features_post_layernorm_imagenet_norm_and_squash():
+    """The official MemVP CLIP: blocks but the last, ln_post on the patch tokens, images squashed to the
+    tower's square (torchvision Resize((s, s)), bicubic) and normalised with ImageNet's mean / std."""
+    torch.manual_seed(0)
+    clip = CLIPVisionModel(CLIPVisionConfig(**TINY_VIT)).eval()
+    processor = CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    official = HFVisionEncoder(clip, processor, post_layernorm=True, normalization="imagenet", resize="squash")
+    image = _images(1, size=20)[0].resize((30, 20))  # not square: a crop and a squash differ
+    pixels = official.preprocess([image])
+    by_hand = np.asarray(image.resize((16, 16), Image.BICUBIC), dtype=np.float32) / 255.0
+    by_hand = (by_hand - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    torch.testing.assert_close(pixels[0], torch.from_numpy(by_hand.transpose(2, 0, 1)).float(), atol=1e-5, rtol=0)
+    assert not torch.allclose(pixels, HFVisionEncoder(clip, processor).preprocess([image]))
+    hidden = clip(pixel_values=pixels, output_hidden_states=True).hidden_states
+    tower = getattr(clip, "vision_model", clip)  # transformers 5 flattened CLIPVisionModel
+    torch.testing.assert_close(official(pixels), tower.post_layernorm(hidden[-2][:, 1:]))
+    # Another preprocessing is another feature cache.
+    assert official.name != HFVisionEncoder(clip, processor).name and "ln_post" in official.name
+    with pytest.raises(ValueError, match="vision.normalization must be one of"):
+        HFVisionEncoder(clip, processor, normalization="imagenet-ish")

@@ -205,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
                                              "video conversations, MemVP on frame features vs w/o visual prompts")
     video.add_argument("--output-dir", default="runs/video")
     video.add_argument("--quick", action="store_true", help="a tiny run (seconds) to check the wiring")
+    gpu = sub.add_parser("gpu-check", help="a few minutes on a GPU: bf16 / fp16 steps and generation of MemVP, "
+                                           "MemVP + ViT adapters and input-space LoRA on a random 1B LLaMA, and the "
+                                           "training loop's loss going down (scripts/gpu_check.sh)")
+    gpu.add_argument("--output-dir", default="runs/gpu-check")
+    gpu.add_argument("--device", default="cuda")
+    gpu.add_argument("--size", default="1b", choices=["1b", "tiny"], help="tiny: CPU-sized models (the tests)")
+    gpu.add_argument("--steps", type=int, default=100, help="optimizer steps of each training run")
     photos = sub.add_parser("two-photos", help="one minute on the real models: two photos, two answers")
     photos.add_argument("--output-dir", default="runs/two-photos")
     photos.add_argument("--steps", type=int, default=30)
@@ -257,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
             from .recipes.videos import run_video_demo
 
             run_video_demo(args.output_dir, quick=args.quick)
+        elif args.command == "gpu-check":
+            from .recipes.gpu_check import format_report, run_gpu_check
+
+            print(format_report(run_gpu_check(args.output_dir, size=args.size, device=args.device, steps=args.steps)))
         elif args.command == "two-photos":
             from .recipes.two_photos import run_demo as run_two_photos
 

@@ -14,7 +14,7 @@ import torch
 
 from .datasets import Sample
 from .feature_cache import FeatureCache
-from .vision import VideoClip, VisionEncoder, load_features, load_frame_features
+from .vision import VideoClip, VisionEncoder, load_features, load_frame_features, load_image
 
 DEFAULT_PROMPT_TEMPLATE = "{prompt}\nAnswer:"
 CHAT = "chat"
@@ -64,9 +64,28 @@ def _chat_segments(tokenizer, turns: list[tuple[str, str | None]]) -> list[tuple
     return segments
 
 
+def _prompt_and_answer_ids(tokenizer, prompt_text: str, answer_text: str) -> tuple[list[int], list[int]]:
+    """The prompt's tokens, and the answer's + EOS as they are tokenized *after* the prompt: the whole
+    example is tokenized at once, as the official MemVP / LLaVA code does (a SentencePiece tokenizer
+    reads a word differently at the start of a string). When the prompt's tokens are not a prefix of
+    the example's (a token spans the join, or the tokenizer ends every string with EOS, as T5's), the
+    answer is tokenized on its own."""
+    prompt_ids = tokenizer(prompt_text)["input_ids"]
+    example = tokenizer(prompt_text + answer_text)["input_ids"]
+    if example[: len(prompt_ids)] == prompt_ids and len(example) > len(prompt_ids):
+        answer_ids = example[len(prompt_ids):]
+        if answer_ids[-1] == tokenizer.eos_token_id:
+            answer_ids = answer_ids[:-1]
+    else:
+        answer_ids = tokenizer(answer_text, add_special_tokens=False)["input_ids"]
+    return prompt_ids, answer_ids + [tokenizer.eos_token_id]
+
+
 def encode_sample(tokenizer, sample: Sample, max_length: int, template: str = DEFAULT_PROMPT_TEMPLATE,
                   with_answer: bool = True) -> Encoded:
-    """Prompt tokens, then (for training) " answer" + EOS; with ``template='chat'`` the conversation
+    """Prompt tokens, then (for training) the answer (after ``sample.answer_separator``, " " unless the
+    format says otherwise) + EOS; without the answer, the prompt ends with ``sample.answer_prefix``
+    when the format has one. With ``template='chat'`` the conversation
     in the tokenizer's chat template, the answer being the last assistant turn (earlier ones become
     ``prompt_labels``).
 
@@ -85,11 +104,14 @@ def encode_sample(tokenizer, sample: Sample, max_length: int, template: str = DE
         if any(is_answer for _, is_answer in segments):
             prompt_labels = [t if is_answer else -100 for seg, is_answer in segments for t in seg]
     else:
-        prompt_ids = tokenizer(template.format(prompt=sample.prompt))["input_ids"]
-        answer_ids = []
+        prompt_text = template.format(prompt=sample.prompt)
         if with_answer:
-            answer_ids = tokenizer(" " + sample.target, add_special_tokens=False)["input_ids"]
-            answer_ids.append(tokenizer.eos_token_id)
+            prompt_ids, answer_ids = _prompt_and_answer_ids(tokenizer, prompt_text,
+                                                            sample.answer_separator + sample.target)
+        else:
+            if sample.answer_prefix:  # the generation continues after the answers' shared start
+                prompt_text += sample.answer_separator + sample.answer_prefix
+            prompt_ids, answer_ids = tokenizer(prompt_text)["input_ids"], []
     room = max_length - len(answer_ids)
     if room < 1:
         raise ValueError(f"sample {sample.id}: the answer alone is {len(answer_ids)} tokens, over "
@@ -154,7 +176,13 @@ class VisualInputs:
         self.num_frames = int(getattr(encoder, "num_frames", 0) or 0)
         if self.num_frames:  # a batch holds batch_size x num_frames decoded frames at once
             batch_size = max(1, 256 // self.num_frames)
-        self.cache = FeatureCache(cache_dir, encoder, batch_size=batch_size)
+        self.pixels = encoder.has_adapters
+        """The encoder has trained parts (ViT adapters): batches carry ``pixel_values`` that the model
+        encodes in its forward, since cached features would go stale as the adapters train."""
+        if self.pixels and self.num_frames:
+            raise ValueError("ViT adapters (vision.adapter_hidden) are for images; a video run encodes its frames "
+                             "once with a frozen encoder: set vision.adapter_hidden=0")
+        self.cache = None if self.pixels else FeatureCache(cache_dir, encoder, batch_size=batch_size)
         self.feature_dim, self.num_tokens = encoder.feature_dim, encoder.num_tokens
         self._stamps: dict[str, str] = {}  # file -> its modification time and size, read by prepare
 
@@ -203,11 +231,14 @@ class VisualInputs:
             raise ValueError(f"a video run (num_frames={self.num_frames}) got image samples, e.g. {image}")
         for s in media:  # read the files' stamps afresh: they may have changed since the last prepare
             self._stamps.pop(self._file(s), None)
-        keys = [self._key(s) for s in media]
-        failed = self.cache.add(keys, [s.image if s.image is not None else self._clip(s) for s in media],
-                                skip_bad=skip_bad)
-        name_of = dict(zip(keys, map(self._name, media)))
-        bad = {name_of[k]: message for k, message in failed.items()}
+        if self.pixels:
+            bad = self._check_images(media, skip_bad)
+        else:
+            keys = [self._key(s) for s in media]
+            failed = self.cache.add(keys, [s.image if s.image is not None else self._clip(s) for s in media],
+                                    skip_bad=skip_bad)
+            name_of = dict(zip(keys, map(self._name, media)))
+            bad = {name_of[k]: message for k, message in failed.items()}
         for s in samples:
             if s.features is not None and s.image is None and s.video is None:
                 try:
@@ -219,11 +250,44 @@ class VisualInputs:
         kept = [s for s in samples if self._name(s) not in bad]
         return kept, bad
 
+    @staticmethod
+    def _check_images(samples: Sequence[Sample], skip_bad: bool) -> dict[str, str]:
+        """Pixel mode: every image decodes (read once now, so a bad file stops the run before step 1)."""
+        bad = {}
+        for s in dict.fromkeys(s.image for s in samples):
+            try:
+                load_image(s)
+            except (OSError, ValueError) as e:
+                if not skip_bad:
+                    raise
+                bad[s] = str(e)
+        return bad
+
+    def inputs(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor | None]:
+        """The model's visual keyword inputs for a batch: ``visual_features`` (or, with ViT adapters,
+        ``pixel_values``) and ``has_image``."""
+        if self.pixels:
+            has_image = torch.tensor([s.has_image for s in samples])
+            if not has_image.any():
+                return {"pixel_values": None, "has_image": has_image}
+            pixels = self.encoder.preprocess([s.image for s in samples if s.image is not None])
+            batch = pixels.new_zeros(len(samples), *pixels.shape[1:])  # image-less samples: zeros, as official
+            batch[has_image] = pixels
+            return {"pixel_values": batch, "has_image": has_image}
+        feats, has_image = self.batch(samples)
+        return {"visual_features": feats, "has_image": has_image}
+
     def batch(self, samples: Sequence[Sample]) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """([B, n_visual, feature_dim] or None when no sample has an image, has_image [B])."""
+        """([B, n_visual, feature_dim] or None when no sample has an image, has_image [B]); in pixel
+        mode the features are encoded now (no gradient), e.g. for statistics."""
         has_image = torch.tensor([s.has_image for s in samples])
         if not has_image.any():
             return None, has_image
+        if self.pixels:
+            param = next(self.encoder.parameters())
+            with torch.no_grad():
+                pixels = self.inputs(samples)["pixel_values"].to(param.device, param.dtype)
+                return self.encoder(pixels).float().cpu(), has_image
         feats = []
         for s in samples:
             if s.image is not None or s.video is not None:

@@ -59,6 +59,7 @@ __all__ = [
     "COCO_CAPTION_PROMPT",
     "FORMATS",
     "scienceqa_prompt",
+    "SCIENCEQA_ANSWER_PREFIX",
     "read_scienceqa",
     "read_vqav2",
     "read_gqa",
@@ -117,6 +118,12 @@ class Sample:
     span: tuple[float, float] | None = None
     """The part of ``video`` the question is about, in seconds (TVQA's ``ts``); None: all of it.
     ``metadata["fps"]`` gives the frame rate of a frame folder / of pre-extracted feature rows."""
+    answer_separator: str = " "
+    """What joins the prompt and the training target ("" in the official ScienceQA format, whose
+    example is ``"...Response:The answer is A."``)."""
+    answer_prefix: str = ""
+    """The start every answer shares (ScienceQA's ``"The answer is"``): a generation prompt ends with it
+    (after ``answer_separator``), so the model writes only what follows, as the official ``eval.py``."""
 
     @property
     def has_image(self) -> bool:
@@ -174,28 +181,40 @@ def _field(record: dict, key: str, path: str, rid: Any) -> Any:
 
 
 # ------------------------------------------------------------------- ScienceQA
-def scienceqa_prompt(question: str, hint: str, choices: list[str]) -> str:
-    """The ``QCM-A`` prompt of MemVP / LaVIN (``util/base_prompt.py``).
+SCIENCEQA_ANSWER_PREFIX = "The answer is"
 
-    ``build_prompt`` gives ``"Question: {q}\\nContext: {c}\\nOptions: (A) x (B) y\\nResponse:"``
-    (context = hint, ``"N/A"`` when empty; double spaces collapsed once, then
-    stripped) and MemVP's ``eval.py`` appends ``"The answer is"`` with no space;
-    the answer is then the option letter.  MemVP appends an optional image
-    caption to the context (``use_caption``); no captions are used here.
-    """
-    context = hint.strip() or "N/A"
+
+def scienceqa_prompt(question: str, hint: str, choices: list[str], caption: str = "") -> str:
+    """The ``QCM-A`` input of the official MemVP / LaVIN code (``util/base_prompt.py``
+    ``create_training_example``): ``"Question: {q}\nContext: {c}\nOptions: (A) x (B) y\nResponse:"``,
+    the context being the hint and the image caption joined by a space (``get_context_text``), ``"N/A"``
+    when both are empty, double spaces collapsed once, then stripped. The official training example
+    appends ``"The answer is A."`` with no space (:func:`read_scienceqa`'s targets), its ``eval.py``
+    appends ``"The answer is"`` and reads the letter that follows."""
+    context = " ".join([hint, caption]).strip() or "N/A"
     options = " ".join(f"({string.ascii_uppercase[i]}) {c}" for i, c in enumerate(choices))
     text = f"\nQuestion: {question}\nContext: {context}\nOptions: {options}\nResponse:"
-    return text.replace("  ", " ").strip() + "The answer is"
+    return text.replace("  ", " ").strip()
 
 
-def read_scienceqa(root: str | os.PathLike, split: str) -> list[Sample]:
+def _scienceqa_captions(path: str | os.PathLike | None) -> dict[str, str]:
+    if path is None:
+        return {}
+    data = _expect(_load_json(path, "ScienceQA captions file"), dict, path, 'an object with "captions"')
+    captions = _expect(data.get("captions", data), dict, path, "captions as an object of pid -> text")
+    return {str(k): str(v) for k, v in captions.items()}
+
+
+def read_scienceqa(root: str | os.PathLike, split: str, captions_file: str | os.PathLike | None = None) -> list[Sample]:
     """ScienceQA as released: ``root/problems.json``, ``root/pid_splits.json``,
     ``root/images/<split>/<pid>/<image>``.
 
-    answers = ``[letter]``; question_type = subject; questions without an image
-    are kept with ``image=None``.  metadata: ``subject``, ``grade``,
-    ``has_text_context`` (hint non-empty), ``has_image_context``,
+    prompt = :func:`scienceqa_prompt`; the training target is ``"The answer is X."`` joined to the prompt
+    without a space, generation prompts end with ``"The answer is"`` (the official code's strings);
+    answers = ``[letter]``; question_type = subject; questions without an image are kept with
+    ``image=None``. ``captions_file`` (LaVIN / MemVP's ``captions.json``, ``{"captions": {pid: text}}``)
+    adds each image's caption to the context, as the official ``eval.py`` does (its training does not).
+    metadata: ``subject``, ``grade``, ``has_text_context`` (hint non-empty), ``has_image_context``,
     ``num_choices``, ``choices``.
     """
     root = _abs(root)
@@ -207,6 +226,7 @@ def read_scienceqa(root: str | os.PathLike, split: str) -> list[Sample]:
                      "an object of split -> list of pids")
     if split not in splits:
         raise ValueError(f"unknown split {split!r} in {splits_file}; available: {sorted(splits)}")
+    captions = _scienceqa_captions(captions_file)
     samples = []
     for pid in splits[split]:
         pid = str(pid)
@@ -221,20 +241,25 @@ def read_scienceqa(root: str | os.PathLike, split: str) -> list[Sample]:
         image_name = p.get("image")
         image = os.path.join(root, "images", split, pid, image_name) if image_name else None
         samples.append(_scienceqa_sample(pid, _field(p, "question", problems_file, pid), p.get("hint") or "",
-                                         choices, answer, image, p.get("subject", ""), p.get("grade", "")))
+                                         choices, answer, image, p.get("subject", ""), p.get("grade", ""),
+                                         caption=captions.get(pid, "")))
     return _non_empty(samples, splits_file, split)
 
 
 def _scienceqa_sample(sid: str, question: str, hint: str, choices: list[str], answer: int, image: str | None,
-                      subject: str, grade: str, **extra: Any) -> Sample:
+                      subject: str, grade: str, caption: str = "", **extra: Any) -> Sample:
+    letter = string.ascii_uppercase[answer]
     return Sample(
         id=sid,
-        prompt=scienceqa_prompt(question, hint, choices),
-        answers=[string.ascii_uppercase[answer]],
+        prompt=scienceqa_prompt(question, hint, choices, caption),
+        answers=[letter],
         image=image,
         image_id=sid if image else None,
         question_type=subject,
+        answer_separator="",
+        answer_prefix=SCIENCEQA_ANSWER_PREFIX,
         metadata={
+            "target": f"{SCIENCEQA_ANSWER_PREFIX} {letter}.",
             "subject": subject,
             "grade": grade,
             "has_text_context": bool(hint.strip()),
@@ -1164,7 +1189,7 @@ def read_tvqa(questions_file: str | os.PathLike, video_dir: str | os.PathLike | 
             metadata["fps"] = fps
         samples.append(Sample(
             id=str(qid),
-            prompt=scienceqa_prompt(question, context, choices),
+            prompt=scienceqa_prompt(question, context, choices) + SCIENCEQA_ANSWER_PREFIX,
             answers=answers,
             video=find(vid_name=vid_name, show_name=show_name, show=_tvqa_show(show_name, vid_name)),
             image_id=vid_name,
@@ -1258,7 +1283,7 @@ def read_how2qa(questions_file: str | os.PathLike, video_dir: str | os.PathLike 
                     metadata["fps"] = fps
                 samples.append(Sample(
                     id=f"{split}_{row}",
-                    prompt=scienceqa_prompt(question, "", choices),
+                    prompt=scienceqa_prompt(question, "", choices) + SCIENCEQA_ANSWER_PREFIX,
                     answers=[string.ascii_uppercase[at]],
                     video=find(video_id=video_id, vid_name=video_id),
                     image_id=video_id,

@@ -31,7 +31,7 @@ def _require_answers(samples: Sequence[Sample], name: str) -> None:
                          f"released), e.g. {unanswered[:5]}")
 
 
-def score(task: str, samples: Sequence[Sample], predictions: dict[str, str]) -> dict:
+def score(task: str, samples: Sequence[Sample], predictions: dict[str, str], rule: str = "default") -> dict:
     """Metrics for ``task`` (a dataset format, see ``TASKS``) of the samples that have a prediction.
 
     scienceqa: :func:`~memvp.metrics.scienceqa_accuracy`; vqav2: ``vqa_accuracy``; gqa and llava:
@@ -39,7 +39,8 @@ def score(task: str, samples: Sequence[Sample], predictions: dict[str, str]) -> 
     mean); mme: ``mme_scores`` (perception / cognition); mmbench: ``mmbench_accuracy`` (circular:
     a question is right when all its scored rotations are); tvqa, how2qa: ``multiple_choice_accuracy``
     (per question_type: TVQA's show, How2QA's ``""``).  The ``*_parquet`` formats are scored as the
-    format they are named after.
+    format they are named after. ``rule``: how ScienceQA's option letter is read
+    (``metrics.extract_choice_letter``: 'default' or the official MemVP code's 'memvp').
     """
     task = _SAME_METRIC.get(task, task)
     samples = [s for s in samples if s.id in predictions]
@@ -49,7 +50,7 @@ def score(task: str, samples: Sequence[Sample], predictions: dict[str, str]) -> 
             "prediction": preds[s.id], "answer": s.answers[0], "num_choices": s.metadata["num_choices"],
             "subject": s.metadata["subject"], "grade": s.metadata["grade"],
             "has_text_context": s.metadata["has_text_context"],
-            "has_image_context": s.metadata["has_image_context"]} for s in samples])
+            "has_image_context": s.metadata["has_image_context"]} for s in samples], rule)
     if task == "pope":
         return pope_metrics([{"prediction": preds[s.id], "label": s.answers[0], "split": s.metadata["split"]}
                              for s in samples])

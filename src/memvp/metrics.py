@@ -65,20 +65,32 @@ def _summarise(scores: dict[Hashable, float], types: Mapping | None) -> dict:
 # --------------------------------------------------------------------------- ScienceQA
 _ANSWER_IS_RE = re.compile(r"The answer is \(?([A-Z])\b")
 _LEADING_LETTER_RE = re.compile(r"^\(?([A-Z])(?:\)|[.:](?:\s|$))")
+_CAPITAL_RE = re.compile(r"([A-Z])")
+CHOICE_RULES = ("default", "memvp")
+"""How a multiple-choice answer's letter is read: 'default' (tolerant, below) or 'memvp' (the
+official MemVP ``eval.py``: the first capital letter of the generated text)."""
 
 
-def extract_choice_letter(prediction: str, num_choices: int) -> str | None:
+def extract_choice_letter(prediction: str, num_choices: int, rule: str = "default") -> str | None:
     """The option letter a model's ScienceQA output picks, or None.
 
-    Rules, in order (those of LLaVA's ``eval_science_qa.py`` / LaVIN / MemVP's ``eval.py``,
+    'default' rules, in order (those of LLaVA's ``eval_science_qa.py`` / LaVIN / MemVP's ``eval.py``,
     made a little more tolerant): the stripped text is a bare letter ("B"); it contains
     "The answer is B" / "The answer is (B)"; it starts with "B." / "B:" / "(B)" / "B)".
-    Upper case only, so the article in "A cat ..." is not read as option A.  A letter beyond
-    the first ``num_choices`` options gives None (the official scripts count it as wrong).
+    Upper case only, so the article in "A cat ..." is not read as option A. 'memvp': the first
+    capital letter anywhere (``re.findall(r'([A-Z])', ...)[0]``; the official code generates one token
+    after "The answer is"). A letter beyond the first ``num_choices`` options gives None (the
+    official scripts count it as wrong).
     """
+    if rule not in CHOICE_RULES:
+        raise ValueError(f"unknown multiple-choice rule {rule!r}; rules: {list(CHOICE_RULES)}")
     text = prediction.strip()
     valid = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[:num_choices]
-    if len(text) == 1:
+    if rule == "memvp":
+        if not (match := _CAPITAL_RE.search(text)):
+            return None
+        letter = match.group(1)
+    elif len(text) == 1:
         letter = text
     elif match := _ANSWER_IS_RE.search(text) or _LEADING_LETTER_RE.match(text):
         letter = match.group(1)
@@ -90,7 +102,7 @@ def extract_choice_letter(prediction: str, num_choices: int) -> str | None:
 _SCIENCEQA_SUBJECTS = {"NAT": "natural science", "SOC": "social science", "LAN": "language science"}
 
 
-def scienceqa_accuracy(records: Iterable[Mapping]) -> dict[str, float]:
+def scienceqa_accuracy(records: Iterable[Mapping], rule: str = "default") -> dict[str, float]:
     """ScienceQA accuracy (%) as in Table 2 of the MemVP paper.
 
     Each record: ``prediction`` (raw model text), ``answer`` (correct letter), ``num_choices``,
@@ -99,13 +111,13 @@ def scienceqa_accuracy(records: Iterable[Mapping]) -> dict[str, float]:
     TXT = has a text context (with or without image), IMG = has an image (with or without
     text), so TXT and IMG overlap; NO = neither; G1-6 / G7-12 by grade number.
     Returns keys Average, NAT, SOC, LAN, TXT, IMG, NO, G1-6, G7-12 (NaN when a column has no
-    samples) and count.
+    samples), count, and the letter-reading ``rule`` (``extract_choice_letter``).
     """
     columns: dict[str, list[float]] = {
         k: [] for k in ("Average", "NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12")
     }
     for r in records:
-        correct = float(extract_choice_letter(r["prediction"], r["num_choices"]) == r["answer"])
+        correct = float(extract_choice_letter(r["prediction"], r["num_choices"], rule) == r["answer"])
         grade = int(r["grade"].removeprefix("grade"))
         memberships = {
             "Average": True,
@@ -119,8 +131,9 @@ def scienceqa_accuracy(records: Iterable[Mapping]) -> dict[str, float]:
         for col, member in memberships.items():
             if member:
                 columns[col].append(correct)
-    out = {col: _percent(values) for col, values in columns.items()}
+    out: dict = {col: _percent(values) for col, values in columns.items()}
     out["count"] = len(columns["Average"])
+    out["rule"] = rule
     return out
 
 

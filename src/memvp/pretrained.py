@@ -87,29 +87,42 @@ def load_language_model(name_or_path: str, dtype: torch.dtype = torch.float32):
     return model, tokenizer
 
 
-def load_vision_encoder(name_or_path: str, feature_layer: int = -2, example_features: str | None = None,
-                        num_frames: int = 0):
+def load_vision_encoder(name_or_path: str, options: "VisionOptions | dict | None" = None,
+                        example_features: str | None = None, num_frames: int = 0):
     """``"efficientnet-lite0"`` (``"efficientnet-lite0:block6,head"`` picks the layers, see
     ``EfficientNetLite0Encoder``), a local CLIP / SigLIP model directory (tower + image processor), or
     ``"precomputed"``: the samples bring feature files (a data spec's ``features_dir``), whose size
-    ``example_features`` (one of them) tells.
+    ``example_features`` (one of them) tells. ``options`` (``VisionOptions``: layer, post_layernorm,
+    normalisation, resize, ViT adapters) apply to CLIP / SigLIP towers only.
 
     ``num_frames`` > 0 reads videos: a ``FrameEncoder`` of ``num_frames`` frames around the image
     encoder (a full CLIP checkpoint keeps its ``visual_projection``: the [CLS] image embedding), or
     precomputed per-video features sampled to ``num_frames`` rows."""
-    from .vision import FrameEncoder, PrecomputedFeatures, load_features
+    from .vision import FrameEncoder, PrecomputedFeatures, VisionOptions, load_features
 
+    options = options if isinstance(options, VisionOptions) else VisionOptions.from_dict(options or {})
+    if name_or_path == "precomputed" or name_or_path.split(":")[0] == "efficientnet-lite0":
+        if not options.is_default:
+            raise ValueError(f"the vision options {_changed(options)} apply to CLIP / SigLIP encoders, not to "
+                             f"vision_encoder={name_or_path!r}; remove them from the 'vision' section")
     if name_or_path == "precomputed":
         if example_features is None:
             raise ValueError("vision_encoder=precomputed needs feature files: set features_dir in the data spec "
                              "(or name a vision encoder to encode the images)")
         n_visual, dim = load_features(example_features).shape
         return PrecomputedFeatures(dim, n_visual, num_frames=num_frames)
-    image_encoder = _load_image_encoder(name_or_path, feature_layer, with_projection=num_frames > 0)
+    image_encoder = _load_image_encoder(name_or_path, options, with_projection=num_frames > 0)
     return FrameEncoder(image_encoder, num_frames) if num_frames > 0 else image_encoder
 
 
-def _load_image_encoder(name_or_path: str, feature_layer: int, with_projection: bool):
+def _changed(options) -> list[str]:
+    from .vision import VisionOptions
+
+    default = VisionOptions().to_dict()
+    return [key for key, value in options.to_dict().items() if value != default[key]]
+
+
+def _load_image_encoder(name_or_path: str, options, with_projection: bool):
     from .vision import EfficientNetLite0Encoder, HFVisionEncoder
 
     if name_or_path.split(":")[0] == "efficientnet-lite0":  # "efficientnet-lite0[:block6,head]"
@@ -129,4 +142,4 @@ def _load_image_encoder(name_or_path: str, feature_layer: int, with_projection: 
     # Only a full CLIP checkpoint holds visual_projection (a vision-only one would get it random).
     tower = CLIPVisionModelWithProjection if with_projection and model_type == "clip" else towers[model_type]
     model = tower.from_pretrained(path).eval()
-    return HFVisionEncoder(model, AutoImageProcessor.from_pretrained(path), feature_layer=feature_layer)
+    return HFVisionEncoder(model, AutoImageProcessor.from_pretrained(path), options)

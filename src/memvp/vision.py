@@ -28,9 +28,53 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from .architectures import get_path
+from .config import DictConfig, check_choice, check_field_types
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_NORMALIZATIONS = {"clip": (CLIP_MEAN, CLIP_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
+
+
+@dataclass
+class VisionOptions(DictConfig):
+    """How a CLIP / SigLIP tower (``HFVisionEncoder``) turns images into features: the ``vision``
+    section of a training config.
+
+    The defaults are LLaVA's (the penultimate layer's patch tokens, the checkpoint's own image
+    processor). The official MemVP LLaMA code differs in three places, each an option here:
+    ``post_layernorm: true`` (its CLIP applies ``ln_post`` to the patch tokens), ``normalization:
+    imagenet`` and ``resize: squash`` (``Resize((224, 224))`` without a crop, ImageNet mean / std)."""
+
+    feature_layer: int = -2
+    """Hidden state whose patch tokens are the features (-2: all blocks but the last)."""
+    post_layernorm: bool = False
+    """Apply the tower's final LayerNorm (CLIP's ``ln_post``) to those patch tokens."""
+    normalization: str = "processor"
+    """'processor' (the checkpoint's image processor's mean / std), 'clip' or 'imagenet'."""
+    resize: str = "processor"
+    """'processor' (the image processor's resize, e.g. CLIP's short side + centre crop) or 'squash'
+    (the whole image resized to the tower's square input, as torchvision's ``Resize((s, s))``)."""
+    adapter_hidden: int = 0
+    """> 0: parallel bottleneck adapters of this width beside every used ViT FFN (paper A.2: 12),
+    trained with the method; the encoder then runs inside every training step (no feature cache)."""
+    adapter_scale: float = 0.1
+    """s of the ViT adapters: FFN(x) + s * adapter(x) (paper and official code: 0.1)."""
+    adapter_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_field_types(self, "vision")
+        check_choice("normalization", self.normalization, ("processor", *_NORMALIZATIONS), "vision")
+        check_choice("resize", self.resize, ("processor", "squash"), "vision")
+        if self.adapter_hidden < 0:
+            raise ValueError(f"vision.adapter_hidden must be >= 0 (0: no ViT adapters), got {self.adapter_hidden}")
+        if not 0.0 <= self.adapter_dropout < 1.0:
+            raise ValueError(f"vision.adapter_dropout must be in [0, 1), got {self.adapter_dropout}")
+
+    @property
+    def is_default(self) -> bool:
+        return self == VisionOptions()
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -67,6 +111,12 @@ class VisionEncoder(nn.Module):
 
     feature_dim: int
     num_tokens: int
+
+    @property
+    def has_adapters(self) -> bool:
+        """Whether trained parts (ViT adapters) shape its features: they are then computed inside the
+        model's forward from pixels, never cached."""
+        return False
 
     @property
     def name(self) -> str:
@@ -117,55 +167,85 @@ class ParallelAdapter(nn.Module):
 
 
 class HFVisionEncoder(VisionEncoder):
-    """A transformers ``CLIPVisionModel`` / ``SiglipVisionModel`` (or any ``*.vision_model`` tower)."""
+    """A transformers ``CLIPVisionModel`` / ``SiglipVisionModel`` (or any ``*.vision_model`` tower).
 
-    def __init__(self, model: nn.Module, image_processor: Any = None, feature_layer: int = -2,
-                 adapter_hidden: int = 0, adapter_scale: float = 0.1):
+    ``options`` (``VisionOptions``) pick the layer, ``post_layernorm``, the image normalisation and
+    resize, and the ViT adapters (paper A.2), which are hooked in parallel to every FFN whose output
+    reaches the chosen layer."""
+
+    def __init__(self, model: nn.Module, image_processor: Any = None, options: VisionOptions | None = None,
+                 **kwargs: Any):
         super().__init__()
+        options = options or VisionOptions(**kwargs)
+        self.options = options
         self.model = model
         self.image_processor = image_processor
-        self.feature_layer = feature_layer
+        self.feature_layer = options.feature_layer
         tower = getattr(model, "vision_model", model)
         self._drop_cls = hasattr(tower.embeddings, "class_embedding")  # CLIP has CLS, SigLIP not
+        self._post_layernorm = getattr(tower, "post_layernorm", None) if options.post_layernorm else None
+        if options.post_layernorm and self._post_layernorm is None:
+            raise ValueError(f"vision.post_layernorm: the {model.config.model_type} tower has no post_layernorm")
         cfg = model.config
         self.feature_dim = int(cfg.hidden_size)
-        self.num_tokens = (int(cfg.image_size) // int(cfg.patch_size)) ** 2
+        self.image_size = int(cfg.image_size)
+        self.num_tokens = (self.image_size // int(cfg.patch_size)) ** 2
         layers = get_path(tower, "encoder.layers")
-        used = len(layers) + feature_layer + 1 if feature_layer < 0 else feature_layer
+        used = len(layers) + self.feature_layer + 1 if self.feature_layer < 0 else self.feature_layer
         if not 0 <= used <= len(layers):
-            raise ValueError(f"feature_layer={feature_layer} out of range for {len(layers)} layers")
+            raise ValueError(f"vision.feature_layer={self.feature_layer} out of range for {len(layers)} layers")
         model.requires_grad_(False)
-        self.adapter_hidden = adapter_hidden
+        self.adapter_hidden = options.adapter_hidden
         self.adapters = nn.ModuleList()
-        if adapter_hidden > 0:
+        if options.adapter_hidden > 0:
             device = next(model.parameters()).device
-            # Only layers whose output reaches the chosen features get an adapter.
+            # Only layers whose output reaches the chosen features get an adapter (the official code also
+            # puts one in CLIP's last block, whose output it never reads: that one would get no gradient).
             for layer in list(layers)[:used]:
-                adapter = ParallelAdapter(self.feature_dim, adapter_hidden, adapter_scale, device=device)
+                adapter = ParallelAdapter(self.feature_dim, options.adapter_hidden, options.adapter_scale,
+                                          options.adapter_dropout, device=device)
                 self.adapters.append(adapter)
                 layer.mlp.register_forward_hook(
                     lambda mod, args, out, a=adapter: out + a(args[0]).to(out.dtype))
 
     @property
+    def has_adapters(self) -> bool:
+        return len(self.adapters) > 0
+
+    @property
     def name(self) -> str:
-        cfg = self.model.config
+        cfg, o = self.model.config, self.options
+        extra = "".join([":ln_post" if o.post_layernorm else "",
+                         f":norm-{o.normalization}" if o.normalization != "processor" else "",
+                         f":resize-{o.resize}" if o.resize != "processor" else ""])
         return (f"{cfg.model_type}:{getattr(cfg, '_name_or_path', '') or 'custom'}:"
-                f"layer{self.feature_layer}:{cfg.image_size}px")
+                f"layer{self.feature_layer}:{cfg.image_size}px{extra}")
 
     def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
         if self.image_processor is None:
             raise ValueError("HFVisionEncoder has no image_processor: pass one (e.g. "
                              "CLIPImageProcessor.from_pretrained(path)) or call it with pixel_values")
-        return self.image_processor([load_image(i) for i in images], return_tensors="pt")["pixel_values"]
+        overrides: dict[str, Any] = {}
+        if self.options.normalization != "processor":
+            mean, std = _NORMALIZATIONS[self.options.normalization]
+            overrides.update(image_mean=list(mean), image_std=list(std))
+        if self.options.resize == "squash":
+            overrides.update(do_center_crop=False, size={"height": self.image_size, "width": self.image_size})
+        return self.image_processor([load_image(i) for i in images], return_tensors="pt", **overrides)["pixel_values"]
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.model(pixel_values=pixel_values, output_hidden_states=True)
         feats = out.hidden_states[self.feature_layer]
-        return feats[:, 1:] if self._drop_cls else feats
+        feats = feats[:, 1:] if self._drop_cls else feats
+        return self._post_layernorm(feats) if self._post_layernorm is not None else feats
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Checkpoint the tower's layers (non-reentrant: the adapters' gradients pass through them)."""
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "feature_layer": self.feature_layer,
-                "adapter_hidden": self.adapter_hidden}
+        return {**super().describe(), "feature_layer": self.feature_layer, "adapter_hidden": self.adapter_hidden,
+                "options": self.options.to_dict()}
 
     @property
     def global_dim(self) -> int:

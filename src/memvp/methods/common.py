@@ -143,17 +143,24 @@ class TrainableStateMixin:
             self._adapter_metadata(), type(self).__name__, self.get_nb_trainable_parameters()[0], card_info))
 
     def _adapter_metadata(self) -> dict[str, Any]:
-        return {"config": getattr(self, self.config_attr).to_dict(), "base_model": self.base_model_fingerprint(),
-                **self.adapter_meta()}
+        meta = {"config": getattr(self, self.config_attr).to_dict(), "base_model": self.base_model_fingerprint()}
+        encoder = getattr(self, "vision_encoder", None)
+        if encoder is not None and hasattr(encoder, "describe"):
+            meta["vision_encoder"] = encoder.describe()
+        return {**meta, **self.adapter_meta()}
 
     @classmethod
     def from_pretrained(cls, language_model: nn.Module, path: str | os.PathLike, is_trainable: bool = False,
                         allow_base_mismatch: bool = False, **kwargs: Any):
         """The adapter saved in ``path`` on ``language_model`` (refused when saved for another base
-        model); frozen for inference unless ``is_trainable``. ``kwargs`` go to the constructor."""
+        model); frozen for inference unless ``is_trainable``. ``vision_encoder``: the encoder to attach
+        when it has ViT adapters (their weights are loaded too); other ``kwargs`` go to the constructor."""
         meta, config, state = read_adapter(path, cls.config_name, cls.weights_name, f"a {cls.__name__} adapter "
                                            f"directory (save one with {cls.__name__}.save_pretrained)", cls.config_class)
+        vision_encoder = kwargs.pop("vision_encoder", None)
         model = cls(language_model, config, **kwargs)
+        if vision_encoder is not None:
+            model.attach_vision_encoder(vision_encoder)  # ViT adapters' weights are in the adapter file
         return finish_loading(model, meta, state, Path(path) / cls.weights_name, cls.layers_name, is_trainable,
                               allow_base_mismatch)
 
@@ -197,6 +204,35 @@ class TrainableStateMixin:
 
     def gradient_checkpointing_enable(self) -> None:
         enable_gradient_checkpointing(self.language_model)
+        encoder = getattr(self, "vision_encoder", None)
+        if encoder is not None and hasattr(encoder, "gradient_checkpointing_enable"):
+            encoder.gradient_checkpointing_enable()
+
+    # ----------------------------------------------------------------------------- vision encoder
+    def attach_vision_encoder(self, encoder: nn.Module | None) -> None:
+        """Make ``encoder`` part of the model: ``pixel_values`` are then encoded inside forward /
+        generate (under the same autocast and gradient checkpointing), and its trainable parts (ViT
+        adapters) train, save and load with the method's own weights."""
+        self.vision_encoder = encoder
+
+    def _visual_features(self, visual_features: torch.Tensor | None, pixel_values: torch.Tensor | None,
+                         input_ids: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The visual features of a call: given, or encoded from ``pixel_values`` by the attached encoder."""
+        if pixel_values is not None:
+            if visual_features is not None:
+                raise ValueError("give either visual_features or pixel_values, not both")
+            encoder = getattr(self, "vision_encoder", None)
+            if encoder is None:
+                raise ValueError(f"pixel_values given but this {type(self).__name__} has no vision encoder; pass "
+                                 "visual_features, or attach one with attach_vision_encoder(encoder)")
+            param = next(encoder.parameters())
+            visual_features = encoder(pixel_values.to(param.device, param.dtype))
+        if (visual_features is not None and input_ids is not None
+                and visual_features.shape[0] != input_ids.shape[0]):
+            # One image's features for several prompts would silently broadcast.
+            raise ValueError(f"visual features for {visual_features.shape[0]} sample(s) but {input_ids.shape[0]} "
+                             "prompt(s): give one row of features per prompt")
+        return visual_features
 
     def remove_hooks(self) -> nn.Module:
         """Detach the method from the language model and return the language model as it was."""
@@ -224,7 +260,8 @@ class TrainableStateMixin:
         if missing or unexpected:
             hint = ""
             if any(k.startswith("vision_encoder.") for k in missing + unexpected):
-                hint = " (vision-encoder adapters differ: pass the same vision_encoder it was saved with)"
+                hint = (" (its ViT adapters differ from the vision encoder's: use the vision options it was trained "
+                        "with, e.g. the same vision.adapter_hidden)")
             raise ValueError(f"{source} does not match this {type(self).__name__}{hint}: "
                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
         for name, tensor in state.items():

@@ -96,11 +96,13 @@ def check_adapter(path: str | os.PathLike) -> None:
 
 
 def load_adapter(language_model: nn.Module, path: str | os.PathLike, is_trainable: bool = False,
-                 allow_base_mismatch: bool = False) -> nn.Module:
-    """Load whatever adapter ``path`` holds (MemVP or a baseline) onto ``language_model``."""
+                 allow_base_mismatch: bool = False, vision_encoder: nn.Module | None = None) -> nn.Module:
+    """Load whatever adapter ``path`` holds (MemVP or a baseline) onto ``language_model``; a
+    ``vision_encoder`` with ViT adapters is attached and gets the adapter's weights for them."""
     path = Path(path)
     return _adapter_model_class(path).from_pretrained(language_model, path, is_trainable=is_trainable,
-                                                      allow_base_mismatch=allow_base_mismatch)
+                                                      allow_base_mismatch=allow_base_mismatch,
+                                                      vision_encoder=vision_encoder)
 
 
 def init_from_adapter(model: nn.Module, path: str | os.PathLike, allow_base_mismatch: bool = False) -> tuple[int, int]:

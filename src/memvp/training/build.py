@@ -12,7 +12,7 @@ from accelerate import PartialState
 
 from ..data import VisualInputs
 from ..datasets import IMAGE_PATHS, VIDEO_FORMATS, Sample, load_samples
-from ..methods import build_model, check_adapter_features, init_from_adapter, load_adapter
+from ..methods import build_model, check_adapter_features, get_method, init_from_adapter, load_adapter
 from ..pretrained import cache_dir, load_language_model, load_vision_encoder
 from .config import DTYPES, TrainConfig
 
@@ -35,16 +35,21 @@ def build(cfg: TrainConfig, samples: list[Sample] = ()):
     size a ``precomputed`` vision encoder (their feature files)."""
     lm, tokenizer = load_language_model(cfg.language_model, dtype=DTYPES[cfg.model_dtype])
     example = next((s.features for s in samples if s.features is not None), None)
-    encoder = load_vision_encoder(cfg.vision_encoder, example_features=example,
+    encoder = load_vision_encoder(cfg.vision_encoder, cfg.vision, example_features=example,
                                   num_frames=cfg.num_frames if reads_videos(cfg, samples) else 0)
     encoder.to(PartialState().device)  # images / frames are encoded (once, cached) on this process's GPU
     visual = VisualInputs(encoder, cfg.feature_cache or str(cache_dir() / "features"))
+    # ViT adapters train (and are saved) with the method: the model then encodes the images itself.
+    attach = encoder if encoder.has_adapters and get_method(cfg.method).reads_images else None
     if cfg.adapter:
-        model = load_adapter(lm, cfg.adapter, is_trainable=True, allow_base_mismatch=cfg.allow_base_mismatch)
+        model = load_adapter(lm, cfg.adapter, is_trainable=True, allow_base_mismatch=cfg.allow_base_mismatch,
+                             vision_encoder=attach)
         check_adapter_features(model, cfg.adapter, encoder.feature_dim, cfg.vision_encoder)
     else:
         model = build_model(cfg.method, lm, encoder.feature_dim, encoder.num_tokens, memvp=cfg.memvp,
                             baseline=cfg.baseline, adem=cfg.adem)
+        if attach is not None:
+            model.attach_vision_encoder(attach)
         if cfg.init_from:
             loaded, new = init_from_adapter(model, cfg.init_from, cfg.allow_base_mismatch)
             print(f"init_from {cfg.init_from}: {loaded} tensors loaded, {new} new (trained from their initialisation)")

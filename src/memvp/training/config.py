@@ -14,8 +14,12 @@ import yaml
 from ..config import check_field_types
 from ..data import DEFAULT_PROMPT_TEMPLATE
 from ..methods import METHODS, get_method
+from ..metrics import CHOICE_RULES
+from ..vision import VisionOptions
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_LR = 3e-3
+SCHEDULES = ("cosine", "linear", "constant")
 
 
 @dataclass
@@ -30,6 +34,14 @@ class TrainConfig:
     or 'float16'. Trainable parameters stay float32 whatever it is. Pair it with precision=bf16 /
     fp16. FSDP needs float32 (its bf16 mixed precision casts the shards for compute)."""
     vision_encoder: str = "efficientnet-lite0"
+    vision: dict = field(default_factory=dict)
+    """``VisionOptions`` of a CLIP / SigLIP encoder: feature_layer, post_layernorm, normalization,
+    resize, and ViT adapters (adapter_hidden, adapter_scale), e.g. the paper's LLaMA recipe:
+    {post_layernorm: true, normalization: imagenet, resize: squash, adapter_hidden: 12}. With
+    adapters the encoder runs inside every training step and its images are not cached."""
+    dataloader_workers: int = 0
+    """Processes that assemble training batches (decoding images with ViT adapters); 0: in the
+    training process."""
     num_frames: int = 64
     """Video data (tvqa, how2qa): frames sampled per video (or rows per pre-extracted feature file),
     each frame's global feature one visual token (the paper: 64 CLIP-ViT-B/32 [CLS] features).
@@ -64,17 +76,34 @@ class TrainConfig:
     grad_accum: int = 1
     """Micro-batches per optimizer step (smaller forward passes, same step). The gradient is the
     mean over every answer token of the step, as for one big batch."""
-    lr: float = 3e-3
+    lr: float | None = None
+    """Learning rate (absolute) of the optimizer step; None: 3e-3, or ``base_lr`` scaled."""
+    base_lr: float | None = None
+    """The official MemVP code's ``--blr``: lr = base_lr x (batch_size x grad_accum) / 256, the
+    optimizer step's global batch (the paper's Table 7 lists 9e-3, with batch 32: lr 1.125e-3). Give
+    ``lr`` or ``base_lr``, not both; the run logs the effective lr."""
+    adam_betas: list = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW's (beta1, beta2); the official MemVP code uses [0.9, 0.95]."""
     projector_lr: float | None = None
     """Learning rate of the visual projector f (LLaVA's ``mm_projector_lr``); None uses ``lr``.
     Position embeddings and LoRA weights keep ``lr``. The projector's first layer sees raw encoder
     features (norm ~220 per token on the demo's EfficientNet grid), so an Adam step of ``lr`` on
     each weight can move a pre-activation by up to lr * |z|_1."""
     weight_decay: float = 0.02
+    """AdamW weight decay of tensors of 2 or more dimensions (weights, position tables); biases, gates,
+    gains and norms (1-d tensors) are not decayed, as timm's ``param_groups_weight_decay`` and the
+    official MemVP code."""
     max_grad_norm: float = 0.0
     """Clip the gradient's global norm to this before each optimizer step (transformers' Trainer
     uses 1.0); 0, the default, does not clip, as the official MemVP code."""
     warmup_ratio: float = 0.1
+    lr_schedule: str = "cosine"
+    """After the linear warmup: 'cosine' decay to 0 (the official MemVP code), 'linear' decay to 0
+    (VL-Adapter / VL-PET, whose recipe the paper's BART / T5 runs follow) or 'constant'."""
+    adam_eps: float = 1e-8
+    """AdamW's epsilon (VL-PET uses 1e-6)."""
+    drop_last: bool = False
+    """Drop each epoch's last, incomplete batch (the official MemVP code does)."""
     precision: str = "no"
     """'no', 'bf16' or 'fp16' autocast (fp32 master weights for the trainable parameters). fp16
     adds dynamic loss scaling and needs a GPU; on CPU use bf16."""
@@ -94,6 +123,8 @@ class TrainConfig:
     eval_batch_size: int = 32
     """Generation batch per process (evaluation splits the samples between processes)."""
     max_new_tokens: int = 10
+    num_beams: int = 1
+    """Beam search width of generation (1: greedy or sampling; VL-PET evaluates with 5 beams)."""
     do_sample: bool = False
     """Greedy decoding by default; True samples with nucleus (top-p) sampling."""
     top_p: float = 0.9
@@ -101,6 +132,9 @@ class TrainConfig:
     skip_bad: bool = False
     """Skip samples whose image (or feature file) is missing or unreadable instead of stopping;
     they are counted and listed under 'skipped' in metrics.json / eval_metrics.json."""
+    choice_rule: str = "default"
+    """How ScienceQA's predicted option letter is read: 'default' (tolerant) or 'memvp' (the official
+    MemVP ``eval.py``: the first capital letter of the output); named in the metrics."""
     score_skipped: str = "wrong"
     """How evaluation scores questions skipped by ``skip_bad``: 'wrong' (an empty answer, the
     default) or 'drop' (left out of the metrics)."""
@@ -129,6 +163,12 @@ class TrainConfig:
         check_field_types(self)  # wrong types name their key here, not as a TypeError mid-run
         if self.score_skipped not in ("wrong", "drop"):
             raise ValueError(f"score_skipped must be 'wrong' or 'drop', got {self.score_skipped!r}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {list(SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.num_beams < 1:
+            raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+        if self.choice_rule not in CHOICE_RULES:
+            raise ValueError(f"choice_rule must be one of {list(CHOICE_RULES)}, got {self.choice_rule!r}")
         if self.precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"precision must be 'no', 'bf16' or 'fp16', got {self.precision!r}")
         if self.model_dtype not in DTYPES:
@@ -144,6 +184,20 @@ class TrainConfig:
             raise ValueError(f"diagnose_every must be a whole number >= 0 (0: off), got {self.diagnose_every!r}")
         if self.save_total_limit < 0:
             raise ValueError(f"save_total_limit must be >= 0 (0 keeps all), got {self.save_total_limit}")
+        if self.lr is not None and self.base_lr is not None:
+            raise ValueError(f"give lr (absolute) or base_lr (scaled by the global batch / 256), not both: "
+                             f"lr={self.lr}, base_lr={self.base_lr}")
+        for key in ("lr", "base_lr"):
+            if getattr(self, key) is not None and not getattr(self, key) > 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)!r}")
+        betas = self.adam_betas
+        if (not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+            raise ValueError(f"adam_betas must be two numbers in [0, 1), e.g. [0.9, 0.95], got {betas!r}")
+        self.adam_betas = [float(b) for b in betas]
+        if not isinstance(self.dataloader_workers, int) or self.dataloader_workers < 0:
+            raise ValueError(f"dataloader_workers must be a whole number >= 0, got {self.dataloader_workers!r}")
+        VisionOptions.from_dict(self.vision)  # unknown or bad vision keys fail now
         if self.adapter and self.init_from:
             raise ValueError("give either adapter (continue / evaluate that adapter) or init_from (start another "
                              "method from its weights), not both")
@@ -157,6 +211,13 @@ class TrainConfig:
             checker.make_config(1, getattr(self, checker.section))
         if not method.reads_images:
             self.use_images = False
+
+    @property
+    def learning_rate(self) -> float:
+        """The optimizer's learning rate: ``lr``, or ``base_lr`` x global batch / 256, else 3e-3."""
+        if self.base_lr is not None:
+            return self.base_lr * self.batch_size * self.grad_accum / 256
+        return DEFAULT_LR if self.lr is None else self.lr
 
     @classmethod
     def from_yaml(cls, path: str | Path | None, overrides: list[str] = ()) -> "TrainConfig":
@@ -202,4 +263,4 @@ class TrainConfig:
         return cls(**data)
 
 
-__all__ = ["TrainConfig", "DTYPES"]
+__all__ = ["TrainConfig", "DTYPES", "DEFAULT_LR"]

@@ -36,7 +36,7 @@ def score_split(task: str, split: list[Sample], predictions: dict[str, str], ski
     not look better than one without."""
     if skipped["count"] and cfg.score_skipped == "wrong":
         predictions = {**{i: "" for i in skipped["ids"]}, **predictions}
-    metrics = score(task, split, predictions)
+    metrics = score(task, split, predictions, cfg.choice_rule)
     if skipped["count"]:
         metrics["skipped"] = {**skipped, "scored_as": cfg.score_skipped}
     return metrics
@@ -47,7 +47,7 @@ def predict_split(model, tokenizer, visual, samples, cfg: TrainConfig, progress:
                    max_new_tokens=cfg.max_new_tokens, max_length=cfg.max_length,
                    template=cfg.prompt_template, use_images=cfg.use_images,
                    progress=cfg.progress if progress is None else progress,
-                   do_sample=cfg.do_sample, top_p=cfg.top_p, temperature=cfg.temperature)
+                   do_sample=cfg.do_sample, top_p=cfg.top_p, temperature=cfg.temperature, num_beams=cfg.num_beams)
 
 
 def write_json(path: Path, obj: Any) -> None:

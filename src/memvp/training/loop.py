@@ -46,17 +46,31 @@ from .distributed import (check_fsdp_names, check_launch, ddp_kwargs, fp32_train
 from .evaluation import evaluate_distributed, report_eval_truncation, score_split, write_json
 from .interrupt import TrainingInterrupted, stop_requested, stop_signals
 
+def decays(name: str, param: torch.nn.Parameter) -> bool:
+    """Whether weight decay applies: not to biases and 1-d tensors (gates, gains, norms), as timm's
+    ``param_groups_weight_decay`` (the official MemVP code); position tables [1, n, d] decay."""
+    return param.ndim > 1 and not name.endswith(".bias")
+
+
 def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
-    """Trainable parameters, the projector's in a group of their own when ``projector_lr`` is set."""
-    if cfg.projector_lr is None:
-        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    projector, rest = [], []
+    """The trainable parameters in AdamW groups: with and without weight decay (``decays``), and the
+    projector's apart when ``projector_lr`` is set."""
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (projector if ".projector." in f".{name}" else rest).append(p)
-    if not projector:
+            projector = cfg.projector_lr is not None and ".projector." in f".{name}"
+            groups.setdefault((projector, decays(name, p)), []).append(p)
+    if cfg.projector_lr is not None and not any(projector for projector, _ in groups):
         raise ValueError(f"projector_lr is set but the {cfg.method!r} model has no trainable projector")
-    return [g for g in ({"params": rest}, {"params": projector, "lr": cfg.projector_lr}) if g["params"]]
+    return [{"params": params, "weight_decay": cfg.weight_decay if decay else 0.0,
+             **({"lr": cfg.projector_lr} if projector else {})}
+            for (projector, decay), params in sorted(groups.items())]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over ``param_groups`` at the config's effective lr and betas."""
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate, betas=tuple(cfg.adam_betas),
+                             eps=cfg.adam_eps)
 
 
 def _save_adapter_somewhere(model, directory: Path, card_info: dict) -> None:
@@ -249,12 +263,13 @@ def _train_loader(cfg: TrainConfig, tokenizer, visual, samples: list[Sample], en
     def collate(indices: list[int]) -> dict:
         batch = collate_training(tokenizer, [encoded[i] for i in indices], encoder_decoder)
         if cfg.use_images:
-            batch["visual_features"], batch["has_image"] = visual.batch([samples[i] for i in indices])
+            batch.update(visual.inputs([samples[i] for i in indices]))
         return batch
 
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader(list(range(len(encoded))), batch_size=cfg.batch_size, shuffle=True,
-                                         generator=generator, collate_fn=collate, drop_last=False)
+                                         generator=generator, collate_fn=collate, drop_last=cfg.drop_last,
+                                         num_workers=cfg.dataloader_workers)
     return loader, generator
 
 
@@ -266,7 +281,7 @@ def train(cfg: TrainConfig) -> dict:
     """
     from accelerate import Accelerator, PartialState
     from accelerate.utils import DataLoaderConfiguration
-    from transformers import get_cosine_schedule_with_warmup, set_seed
+    from transformers import get_scheduler, set_seed
 
     cpu = use_cpu()
     state = PartialState(cpu=cpu)
@@ -291,6 +306,9 @@ def train(cfg: TrainConfig) -> dict:
         train_samples, train_skipped = prepare_samples(visual, train_split, cfg.skip_bad, "train", task_of(cfg.train_data), log)
         eval_samples, eval_skipped = (prepare_samples(visual, eval_split, cfg.skip_bad, "eval", task_of(cfg.eval_data), log)
                                       if eval_split else ([], {}))
+    if visual.pixels and cfg.use_images:
+        log("the vision encoder has ViT adapters, which train with the method: its images are encoded in every "
+            "training step (no feature cache)")
     common_share = _feature_statistics(model, visual, train_samples, log)
     fp32_trainable(model, cfg)
     encoder_decoder = bool(model.config.is_encoder_decoder)
@@ -317,8 +335,13 @@ def train(cfg: TrainConfig) -> dict:
         load_trainable_weights(model, resume_dir)  # before FSDP shards the parameters
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    global_batch = cfg.batch_size * cfg.grad_accum
+    log(f"effective lr {cfg.learning_rate:.4g}" + (f" = base_lr {cfg.base_lr:g} x global batch {global_batch} / 256"
+                                                     if cfg.base_lr is not None else ""))
+    optimizer = make_optimizer(model, cfg)
+    scheduler = get_scheduler(f"{cfg.lr_schedule}_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule,
+                              optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     check_fsdp_names(accelerator, model)
     task = task_of(cfg.eval_data) if cfg.eval_data else None
@@ -408,7 +431,8 @@ def train(cfg: TrainConfig) -> dict:
     memvp = accelerator.unwrap_model(model)
     card_info = {"method": cfg.method, "training data": {k: v for k, v in (cfg.train_data or {}).items()
                                                           if not k.startswith("_")},
-                 "training": {"steps": step, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed}}
+                 "training": {"steps": step, "batch_size": cfg.batch_size * cfg.grad_accum,
+                              "lr": cfg.learning_rate, "seed": cfg.seed}}
     with full_parameters(accelerator, model):
         if accelerator.is_main_process:
             _save_adapter_somewhere(memvp, out / "adapter", card_info)
@@ -445,4 +469,4 @@ def train(cfg: TrainConfig) -> dict:
     return result
 
 
-__all__ = ["train", "param_groups", "StepBatches"]
+__all__ = ["train", "param_groups", "make_optimizer", "decays", "StepBatches"]

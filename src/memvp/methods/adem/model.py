@@ -273,12 +273,6 @@ class AdemModel(TrainableStateMixin, nn.Module):
         self._stale = False
         self._entries = self.visual.entries(visual_features, has_image)
 
-    def _check_batch(self, visual_features, input_ids) -> None:
-        if (visual_features is not None and input_ids is not None
-                and visual_features.shape[0] != input_ids.shape[0]):
-            raise ValueError(f"visual features for {visual_features.shape[0]} sample(s) but {input_ids.shape[0]} "
-                             "prompt(s): give one row of features per prompt")
-
     def _bos_token_id(self) -> int | None:
         bos = getattr(self.config, "bos_token_id", None)
         return bos if isinstance(bos, int) else None
@@ -319,12 +313,13 @@ class AdemModel(TrainableStateMixin, nn.Module):
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 visual_features: torch.Tensor | None = None, has_image: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, answer_logits_only: bool = False, **kwargs: Any):
+                labels: torch.Tensor | None = None, answer_logits_only: bool = False,
+                pixel_values: torch.Tensor | None = None, **kwargs: Any):
         """The language model's forward with the fusion in place.
 
         ``answer_logits_only=True`` (with ``labels``, decoder-only LMs) evaluates the LM head only at
         the labelled positions: the returned ``logits`` are [n_labelled, vocab], the loss is the same."""
-        self._check_batch(visual_features, input_ids)
+        visual_features = self._visual_features(visual_features, pixel_values, input_ids)
         self.set_visual_entries(visual_features, has_image)
         lm = self.language_model
         try:
@@ -339,11 +334,11 @@ class AdemModel(TrainableStateMixin, nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                  visual_features: torch.Tensor | None = None, has_image: torch.Tensor | None = None,
-                 **kwargs: Any) -> torch.Tensor:
+                 pixel_values: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """transformers' generate with the visual entries computed once for all decoding steps; the
         global token is in the prompt, hence in the KV cache. Decoder-only output is the prompt ids +
         new tokens, as MemVPModel's."""
-        self._check_batch(visual_features, input_ids)
+        visual_features = self._visual_features(visual_features, pixel_values, input_ids)
         self.set_visual_entries(visual_features, has_image)
         try:
             inputs = self._inputs(input_ids, attention_mask, visual_features, has_image)

@@ -129,7 +129,9 @@ class InputSpaceModel(TrainableStateMixin, nn.Module):
     # ----------------------------------------------------------------------------- running
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 visual_features: torch.Tensor | None = None, has_image: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, answer_logits_only: bool = False, **kwargs: Any):
+                labels: torch.Tensor | None = None, answer_logits_only: bool = False,
+                pixel_values: torch.Tensor | None = None, **kwargs: Any):
+        visual_features = self._visual_features(visual_features, pixel_values, input_ids)
         inputs = self._inputs(input_ids, attention_mask, visual_features, has_image, labels)
         lm = self.language_model
         if answer_logits_only and inputs["labels"] is not None and can_skip_lm_head(lm):
@@ -139,8 +141,9 @@ class InputSpaceModel(TrainableStateMixin, nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                  visual_features: torch.Tensor | None = None, has_image: torch.Tensor | None = None,
-                 **kwargs: Any) -> torch.Tensor:
+                 pixel_values: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """transformers' generate; decoder-only output is prompt ids + new tokens, as MemVPModel's."""
+        visual_features = self._visual_features(visual_features, pixel_values, input_ids)
         inputs = self._inputs(input_ids, attention_mask, visual_features, has_image)
         inputs.pop("labels")
         out = self.language_model.generate(**inputs, **kwargs)

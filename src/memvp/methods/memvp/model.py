@@ -218,7 +218,7 @@ class MemVPModel(TrainableStateMixin, nn.Module):
                  vision_encoder: nn.Module | None = None):
         super().__init__()
         self.language_model = language_model
-        self.vision_encoder = vision_encoder
+        self.vision_encoder = None
         self.layout: FFNLayout = layout_for(language_model)
         lm_config = language_model.config
         self.memvp_config = config = type(config).from_dict(config.to_dict())  # our own resolved copy
@@ -245,6 +245,8 @@ class MemVPModel(TrainableStateMixin, nn.Module):
         self._bypass = False  # instruments: run the frozen LM through the same modules
         self._probe: dict | None = None  # instruments: per-site statistics of the next forward
         self._hook_sites()
+        if vision_encoder is not None:
+            self.attach_vision_encoder(vision_encoder)
 
     @property
     def visual_dim(self) -> int:
@@ -365,24 +367,6 @@ class MemVPModel(TrainableStateMixin, nn.Module):
         finally:
             self._bypass = False
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if self.vision_encoder is None:
-            raise ValueError("pixel_values given but this MemVPModel has no vision_encoder; "
-                             "pass visual_features, or build it with get_memvp_model(..., vision_encoder=...)")
-        return self.vision_encoder(pixel_values)
-
-    def _visual_features(self, visual_features, pixel_values, input_ids=None):
-        if pixel_values is not None:
-            if visual_features is not None:
-                raise ValueError("give either visual_features or pixel_values, not both")
-            visual_features = self.encode_images(pixel_values)
-        if (visual_features is not None and input_ids is not None
-                and visual_features.shape[0] != input_ids.shape[0]):
-            # One image's features for several prompts would silently broadcast.
-            raise ValueError(f"visual features for {visual_features.shape[0]} sample(s) but {input_ids.shape[0]} "
-                             "prompt(s): give one row of features per prompt")
-        return visual_features
-
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 visual_features: torch.Tensor | None = None, has_image: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, answer_logits_only: bool = False,
@@ -417,11 +401,6 @@ class MemVPModel(TrainableStateMixin, nn.Module):
 
     def base_model_fingerprint(self) -> dict[str, Any]:
         return base_model_fingerprint(self.language_model, [s.name for s in self.sites])
-
-    def adapter_meta(self) -> dict[str, Any]:
-        if self.vision_encoder is not None and hasattr(self.vision_encoder, "describe"):
-            return {"vision_encoder": self.vision_encoder.describe()}
-        return {}
 
 
 def _median_neuron_length(linear: nn.Module | None, hidden_size: int, side: str) -> float | None:
