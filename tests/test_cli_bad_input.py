@@ -282,3 +282,19 @@ def test_a_recipe_stopped_by_a_signal_says_where_its_checkpoint_is(monkeypatch, 
     assert main(["demo", "--output-dir", str(tmp_path)]) == 130
     line = _one_error_line(capsys, "memvp demo: stopped by SIGTERM after step 7 of 400", "checkpoint-7")
     assert "resume with" not in line
+
+
+# ------------------------------------------------------------------------------------- issue 24
+def test_disk_full_in_the_feature_cache_is_one_line_naming_the_folder(tiny, tmp_path, monkeypatch, capsys):
+    """Issue 24.2: a SafetensorError traceback (exit 1) before."""
+    import errno
+
+    import memvp.feature_cache as feature_cache
+
+    def disk_full(tensors, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(feature_cache, "save_file", disk_full)
+    cache = tmp_path / "cache"
+    assert main(["train", str(tiny / "train.yaml"), f"output_dir={tmp_path / 'run'}", f"feature_cache={cache}"]) == 2
+    _one_error_line(capsys, f"the disk of the feature cache {cache}", "MiB free", "features still to write need about")
