@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,6 +122,44 @@ def test_resume_latest_without_checkpoint_starts_fresh_and_bad_paths_fail(tiny, 
     assert main(["train", cfg, f"output_dir={tiny / 'x'}", *ARGS, "batch_size=4",
                  f"resume={tiny / 'uninterrupted' / 'checkpoint-4'}"]) == 2
     assert "batch_size=6" in capsys.readouterr().err
+
+
+def test_damaged_checkpoint_of_the_right_size_is_passed_over(tiny, uninterrupted, capsys):
+    """Issue 24.3: random bytes in optimizer.bin (size unchanged) crashed --resume with UnpicklingError;
+    the checksums in trainer_state.json find them before anything loads."""
+    run = tiny / "damaged-in-place"
+    shutil.copytree(uninterrupted, run)
+    for name in ("adapter", "metrics.json", "loss_curve.csv", "predictions_eval.json"):
+        shutil.rmtree(run / name) if (run / name).is_dir() else (run / name).unlink()
+    optimizer = run / "checkpoint-6" / checkpoint.OPTIMIZER
+    size = optimizer.stat().st_size
+    optimizer.write_bytes(torch.randint(0, 256, (size,), generator=torch.Generator().manual_seed(0),
+                                        dtype=torch.uint8).numpy().tobytes())
+    found, notes = checkpoint.resolve_resume("latest", run)
+    assert found == run / "checkpoint-4"
+    assert notes == [f"{run / 'checkpoint-6'} is damaged: optimizer.bin is damaged (its sha256 differs from the one "
+                     "recorded when it was written); passed over"]
+    with pytest.raises(ValueError, match="optimizer.bin is damaged .* resume from .*checkpoint-4 instead"):
+        checkpoint.resolve_resume(str(run / "checkpoint-6"), run)
+    capsys.readouterr()
+    assert main(["train", str(tiny / "train.yaml"), f"output_dir={run}", *ARGS, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert notes[0] in out and f"resumed from {run / 'checkpoint-4'} at step 4" in out
+    assert_identical(run, uninterrupted)
+
+
+def test_checkpoint_without_checksums_that_does_not_load_is_damaged(tmp_path):
+    """Checkpoints written before the checksums: a file that does not load counts as damaged."""
+    for step in (2, 4):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        torch.save({"step": step}, d / checkpoint.OPTIMIZER)
+        (d / checkpoint.TRAINER_STATE).write_text(json.dumps(
+            {"files": {checkpoint.OPTIMIZER: (d / checkpoint.OPTIMIZER).stat().st_size}}))
+    damaged = tmp_path / "checkpoint-4" / checkpoint.OPTIMIZER
+    damaged.write_bytes(bytes(damaged.stat().st_size))
+    found, notes = checkpoint.resolve_resume("latest", tmp_path)
+    assert found == tmp_path / "checkpoint-2" and "optimizer.bin can not be loaded" in notes[0]
 
 
 def test_failed_write_leaves_the_previous_checkpoint(tmp_path):

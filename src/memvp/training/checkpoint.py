@@ -10,7 +10,7 @@ A checkpoint ``<output_dir>/checkpoint-<step>/`` holds
 * ``rng_state.bin``: python / numpy / torch (and CUDA) RNG states of every process, and the state the
   data sampler's generator had at the start of the current epoch;
 * ``trainer_state.json``: step, data position (epoch, batches of it consumed), loss curve and eval
-  history so far, the training config. Written last.
+  history so far, the training config, and the size and sha256 of every other file. Written last.
 
 The frozen language model is never written: Accelerate's ``save_state`` would write the whole model
 (all 135M parameters of SmolLM2, billions for a 7B LM) into every checkpoint, so this module saves
@@ -26,6 +26,7 @@ checkpoint); only the main process writes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -72,10 +73,31 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_problem(path: Path) -> str | None:
+    """Why ``path`` can not be loaded (None when it can): for checkpoints written before checksums."""
+    try:
+        if path.suffix == ".safetensors":
+            load_file(str(path))
+        elif path.suffix == ".bin":
+            torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # any failure to load is damage: pickle, zip and safetensors errors differ
+        return f"{path.name} can not be loaded ({type(e).__name__})"
+    return None
+
+
 def checkpoint_problem(path: str | os.PathLike) -> str | None:
     """What is wrong with a checkpoint directory (None when it is intact): its trainer state must
-    parse, and every file it lists must have the size it was written with (a truncated copy or a
-    disk that filled up shows here, before anything is loaded)."""
+    parse, and every file it lists must have the size and sha256 it was written with (a truncated
+    copy, a disk that filled up or bytes damaged in place show here, before anything is loaded).
+    Checkpoints written before the checksums are loaded on trial instead."""
     path = Path(path)
     try:
         state = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
@@ -83,12 +105,19 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
         return f"no {TRAINER_STATE} in it"
     except (OSError, ValueError) as e:
         return f"{TRAINER_STATE} is damaged ({e})"
+    checksums = state.get("sha256")
     for name, size in (state.get("files") or {}).items():  # checkpoints before the manifest list none
         f = path / name
         if not f.is_file():
             return f"{name} is missing"
         if f.stat().st_size != size:
             return f"{name} is truncated ({f.stat().st_size} of {size} bytes)"
+        if checksums is None:
+            problem = _load_problem(f)
+            if problem:
+                return problem
+        elif _sha256(f) != checksums.get(name):
+            return f"{name} is damaged (its sha256 differs from the one recorded when it was written)"
     return None
 
 
@@ -277,10 +306,13 @@ def save_checkpoint(accelerator, model, optimizer, scheduler, directory: str | o
         if accelerator.scaler is not None:
             torch.save(accelerator.scaler.state_dict(), tmp / SCALER)
         torch.save(rng, tmp / RNG)
-        # Last: a directory with trainer_state.json has everything else, and lists it with its sizes.
-        files = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
-        (tmp / TRAINER_STATE).write_text(json.dumps({**trainer_state, "files": files}, indent=1, sort_keys=True),
-                                         encoding="utf-8")
+        # Last: a directory with trainer_state.json has everything else, and lists it with its sizes
+        # and checksums (damage that keeps the size is found by resolve_resume too).
+        written = [f for f in sorted(tmp.iterdir()) if f.is_file()]
+        files = {f.name: f.stat().st_size for f in written}
+        checksums = {f.name: _sha256(f) for f in written}
+        (tmp / TRAINER_STATE).write_text(json.dumps({**trainer_state, "files": files, "sha256": checksums},
+                                                    indent=1, sort_keys=True), encoding="utf-8")
 
     with full_parameters(accelerator, model):
         if accelerator.is_main_process:
@@ -306,12 +338,19 @@ def load_training_state(accelerator, model, optimizer, scheduler, directory: str
     process: resuming with another number of processes is allowed but not bit-exact.
     """
     directory = Path(directory)
-    _load_optimizer_state(accelerator, model, optimizer,
-                          torch.load(directory / OPTIMIZER, map_location="cpu", weights_only=True))
-    scheduler.load_state_dict(torch.load(directory / SCHEDULER, weights_only=True))
+
+    def load(name: str):
+        try:
+            return torch.load(directory / name, map_location="cpu", weights_only=True)
+        except Exception as e:  # damaged after resolve_resume checked it: still one line, not a pickle traceback
+            raise ValueError(f"cannot resume from {directory}: {name} can not be loaded ({type(e).__name__}); "
+                             "resume from an earlier checkpoint (resume=DIR) or start afresh") from None
+
+    _load_optimizer_state(accelerator, model, optimizer, load(OPTIMIZER))
+    scheduler.load_state_dict(load(SCHEDULER))
     if accelerator.scaler is not None and (directory / SCALER).is_file():
-        accelerator.scaler.load_state_dict(torch.load(directory / SCALER, weights_only=True))
-    rng = torch.load(directory / RNG, weights_only=True)
+        accelerator.scaler.load_state_dict(load(SCALER))
+    rng = load(RNG)
     states = rng["processes"]
     set_rng_state(states[accelerator.process_index % len(states)])
     return rng["sampler"]
