@@ -34,7 +34,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -148,6 +148,110 @@ def resolve_resume(resume: str, output_dir: str | os.PathLike) -> tuple[Path | N
         hint = f"resume from {earlier[-1]} instead" if earlier else "no earlier intact checkpoint: start afresh"
         raise ValueError(f"cannot resume from {path}: {problem}; {hint}")
     return path, []
+
+
+# ------------------------------------------------------------------------------ what may change on resume
+RESUME_HONOURED: dict[str, str] = {
+    "output_dir": "where this run writes (a checkpoint of another run may continue into a new folder)",
+    "resume": "which checkpoint to continue",
+    "max_steps": "the run stops at the new count; the learning-rate schedule is rebuilt for the new length",
+    "epochs": "as max_steps",
+    "warmup_ratio": "the learning-rate schedule is rebuilt with the new warm-up",
+    "lr": "the schedule continues from its step with the new peak value (lr(step) = lr x the schedule's factor); "
+          "the optimizer's moments are kept",
+    "projector_lr": "as lr, for the projector's group (switching it on or off is refused: the optimizer's groups "
+                    "would change)",
+    "max_grad_norm": "read at every step",
+    "eval_every": "read at every step", "save_every": "read at every step", "save_total_limit": "read at every save",
+    "diagnose_every": "read at every step", "measure_memory": "read at every step", "progress": "display only",
+    "eval_data": "evaluation only", "max_eval_samples": "evaluation only", "eval_batch_size": "evaluation only",
+    "max_new_tokens": "evaluation only", "do_sample": "evaluation only", "top_p": "evaluation only",
+    "temperature": "evaluation only", "score_skipped": "evaluation only",
+    "skip_bad": "the train set is still compared sample by sample, and counted after skipping",
+    "feature_cache": "where features are cached (keyed by encoder and file, so they are the same)",
+    "gradient_checkpointing": "memory against time; the same gradients",
+}
+"""TrainConfig keys a resumed run may change, and how it honours them. Every other key, including keys
+added later, must equal the checkpoint's: a new key is safe by default."""
+
+
+def data_fingerprint(samples: Sequence) -> str:
+    """sha256 of what training reads of a split: each sample's id, prompt, answers, target, earlier turns
+    and visual input (file names, not folders: a moved data set is the same data). Catches a train file
+    replaced by another of the same size."""
+    digest = hashlib.sha256()
+    for s in samples:
+        visual = [os.path.basename(p) if p else None for p in (s.image, s.video, s.features)]
+        record = [s.id, s.prompt, s.answers, s.target, s.metadata.get("history"), s.image_id, visual, s.span]
+        digest.update(json.dumps(record, default=str).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def _flatten(value: Any, prefix: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        if key != "_base_dir":  # the config file's folder: relative data paths are compared as written
+            flat.update(_flatten(item, f"{prefix}.{key}"))
+    return flat or {prefix: {}}
+
+
+def resume_changes(saved: dict, current: dict, defaults: dict) -> tuple[list[str], list[str]]:
+    """(refused, honoured) differences between a checkpoint's config and this run's, each as
+    ``key=old (this config: new)``; nested sections (memvp.num_entries, train_data.questions_file) by dotted
+    key. A key the checkpoint does not record (added since) is compared with its default."""
+    refused, honoured = [], []
+    for key in sorted(current):
+        old, new = saved.get(key, defaults.get(key)), current[key]
+        before, after = _flatten(old, key), _flatten(new, key)
+        differing = [k for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)]
+        if not differing:
+            continue
+        described = [f"{k}={before.get(k)!r} (this config: {after.get(k)!r})" for k in differing]
+        switched = key == "projector_lr" and (old is None) != (new is None)
+        (honoured if key in RESUME_HONOURED and not switched else refused).extend(described)
+    return refused, honoured
+
+
+def check_resume_config(saved_state: dict, cfg, train_fingerprint: str, where: Path,
+                        log: Callable[[str], None] = print) -> None:
+    """Refuse to resume when a setting that can not change mid-run (data, method, sizes, seed, ...)
+    differs from the checkpoint's, naming each; log the changes the run honours. Needs no model."""
+    import dataclasses
+
+    defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                for f in dataclasses.fields(cfg)}
+    current = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as the checkpoint recorded it
+    to_json = lambda d: json.loads(json.dumps(d))  # noqa: E731
+    refused, honoured = resume_changes(saved_state.get("config", {}), current, to_json(defaults))
+    fresh = "set them back, or start afresh (another output_dir, or without --resume)"
+    if refused:
+        raise ValueError(f"cannot resume from {where}: settings that can not change mid-run differ from the "
+                         f"checkpoint's: {', '.join(refused)}; {fresh}")
+    recorded = saved_state.get("train_fingerprint")
+    if recorded is not None and recorded != train_fingerprint:
+        raise ValueError(f"cannot resume from {where}: the train set differs from the one it was trained on (the "
+                         f"same train_data spec, other samples: a data file was replaced or edited); restore the "
+                         f"data, or start afresh (another output_dir, or without --resume)")
+    step = saved_state.get("step", 0)
+    if cfg.max_steps and step > cfg.max_steps:
+        raise ValueError(f"cannot resume from {where}: it is at step {step}, past max_steps={cfg.max_steps}; "
+                         "give max_steps >= its step, or resume from an earlier checkpoint")
+    if honoured:
+        log(f"resuming with changed settings: {', '.join(honoured)}")
+
+
+def _honour_configured_lrs(optimizer, scheduler, configured: list[float]) -> None:
+    """Loading the optimizer and scheduler states brings back the learning rates of the run that wrote
+    them; keep this run's (its lr / projector_lr): the schedule continues at its step, scaled to them."""
+    if list(scheduler.base_lrs) == configured:
+        return  # unchanged: the loaded state as it was, bit for bit
+    lrs = [base * factor(scheduler.last_epoch) for base, factor in zip(configured, scheduler.lr_lambdas)]
+    for group, base, lr in zip(optimizer.param_groups, configured, lrs):
+        group["initial_lr"], group["lr"] = base, lr
+    scheduler.base_lrs, scheduler._last_lr = list(configured), lrs
 
 
 # ------------------------------------------------------------------------------ atomic directories
@@ -335,9 +439,12 @@ def load_training_state(accelerator, model, optimizer, scheduler, directory: str
     """Restore optimizer, scheduler, loss scaler and this process's RNG states from a checkpoint.
 
     Returns the sampler generator state of the checkpoint's epoch start. RNG states are per
-    process: resuming with another number of processes is allowed but not bit-exact.
+    process: resuming with another number of processes is allowed but not bit-exact. The learning
+    rates of this run's config are kept (``_honour_configured_lrs``).
     """
     directory = Path(directory)
+    schedule = getattr(scheduler, "scheduler", scheduler)  # the LambdaLR inside Accelerate's wrapper
+    configured = list(schedule.base_lrs)
 
     def load(name: str):
         try:
@@ -348,6 +455,7 @@ def load_training_state(accelerator, model, optimizer, scheduler, directory: str
 
     _load_optimizer_state(accelerator, model, optimizer, load(OPTIMIZER))
     scheduler.load_state_dict(load(SCHEDULER))
+    _honour_configured_lrs(optimizer, schedule, configured)
     if accelerator.scaler is not None and (directory / SCALER).is_file():
         accelerator.scaler.load_state_dict(load(SCALER))
     rng = load(RNG)
@@ -358,4 +466,5 @@ def load_training_state(accelerator, model, optimizer, scheduler, directory: str
 
 __all__ = ["DataPosition", "list_checkpoints", "resolve_resume", "checkpoint_problem", "write_directory_atomically",
            "prune_checkpoints", "save_checkpoint", "load_trainable_weights", "load_training_state",
-           "read_trainer_state", "checkpoint_step", "full_parameters", "is_fsdp"]
+           "read_trainer_state", "checkpoint_step", "full_parameters", "is_fsdp", "RESUME_HONOURED",
+           "data_fingerprint", "resume_changes", "check_resume_config"]
