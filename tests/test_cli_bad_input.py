@@ -298,3 +298,37 @@ def test_disk_full_in_the_feature_cache_is_one_line_naming_the_folder(tiny, tmp_
     cache = tmp_path / "cache"
     assert main(["train", str(tiny / "train.yaml"), f"output_dir={tmp_path / 'run'}", f"feature_cache={cache}"]) == 2
     _one_error_line(capsys, f"the disk of the feature cache {cache}", "MiB free", "features still to write need about")
+
+
+def test_non_finite_pre_extracted_features_are_refused_naming_the_file_and_skippable(tiny, tmp_path, capsys):
+    """Issue 24.5: NaN / Inf in a feature file made eval answer "" (exit 0) and train blame the learning rate."""
+    import h5py
+
+    bad = torch.ones(5, 12)
+    bad[2, 3] = float("nan")
+    np.save(tmp_path / "nan.npy", bad.numpy())
+    save_file({"features": torch.full((5, 12), float("inf"))}, str(tmp_path / "inf.safetensors"))
+    with h5py.File(tmp_path / "clips.h5", "w") as f:
+        f["clip0"], f["clip1"] = np.ones((5, 12), dtype=np.float32), bad.numpy()
+    for name, count in (("nan.npy", 1), ("inf.safetensors", 60), ("clips.h5#clip1", 1)):
+        with pytest.raises(ValueError, match=f"features in .*{name} hold {count} NaN or infinite value"):
+            load_features(tmp_path / name, 12)
+    assert load_features(f"{tmp_path / 'clips.h5'}#clip0", 12).shape == (5, 12)
+
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    spec = {"format": "vqav2", "questions_file": str(tiny / "data" / "questions_train.json"),
+            "annotations_file": str(tiny / "data" / "annotations_train.json"), "image_dir": str(tmp_path / "none"),
+            "features_dir": str(feats), "features_pattern": "img{image_id}.npy"}
+    image_ids = sorted({s.image_id for s in load_samples(spec)}, key=int)
+    for image_id in image_ids:
+        np.save(feats / f"img{image_id}.npy", np.ones((5, 12), dtype=np.float32))
+    broken = feats / f"img{image_ids[1]}.npy"
+    np.save(broken, bad.numpy())
+    args = ["train", str(tiny / "train.yaml"), f"train_data={json.dumps(spec)}", "eval_data=null",
+            "vision_encoder=precomputed", "max_steps=1", f"feature_cache={tmp_path / 'cache'}"]
+    assert main([*args, f"output_dir={tmp_path / 'run'}"]) == 2
+    _one_error_line(capsys, str(broken), "NaN or infinite", "--skip-bad")
+    assert main([*args, f"output_dir={tmp_path / 'skipped'}", "--skip-bad"]) == 0
+    skipped = json.loads((tmp_path / "skipped" / "metrics.json").read_text())["skipped"]
+    assert list(skipped["files"]) == [str(broken)] and skipped["count"] == 3  # the scene's 3 questions
