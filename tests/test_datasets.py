@@ -404,6 +404,10 @@ def test_mmbench_errors(tmp_path):
     f.write_text(head + "0\tq?\tx\ty\tA\t7\n")
     with pytest.raises(ValueError, match=r"question 0 refers to the image of question 7, which is not in the file"):
         read_mmbench(f, tmp_path / "img")
+    f.write_text(head + "4\tq?\tx\ty\tA\tiVBORw0KGgo=\n" + "4\tanother q?\tx\ty\tB\tiVBORw0KGgo=\n")
+    with pytest.raises(ValueError, match=r"mmb\.tsv: line 3 repeats index 4 of line 2; every question needs its own "
+                                         r"index"):  # issue 24.6: the two questions became one, one prediction lost
+        read_mmbench(f, tmp_path / "img")
     f.write_text("index\tquestion\tanswer\n0\tq?\tA\n")
     with pytest.raises(ValueError, match=r"mmb\.tsv: MMBench TSV has no column\(s\) \['A', 'image'\]"):
         read_mmbench(f, tmp_path / "img")

@@ -702,6 +702,7 @@ def read_mmbench(tsv_file: str | os.PathLike, image_dir: str | os.PathLike, circ
     image_dir = _check_image_dir(image_dir)
     old_limit = csv.field_size_limit(2**31 - 1)  # base64 images are far over csv's 128 KiB default
     rows: list[dict] = []
+    line_of: dict[int, int] = {}  # index -> its line: a repeated index would merge two questions' predictions
     image_of: dict[int, str] = {}  # index -> image path
     decoded: dict[bytes, str] = {}  # sha1 of a base64 cell -> image path (copies repeat the cell)
     try:
@@ -723,6 +724,10 @@ def read_mmbench(tsv_file: str | os.PathLike, image_dir: str | os.PathLike, circ
                     row["index"] = int(row["index"])
                 except ValueError:
                     raise ValueError(f"{path}: line {n} has index {row['index']!r}, not an integer") from None
+                if row["index"] in line_of:
+                    raise ValueError(f"{path}: line {n} repeats index {row['index']} of line {line_of[row['index']]}; "
+                                     "every question needs its own index (its predictions and score are keyed by it)")
+                line_of[row["index"]] = n
                 cell = row.pop("image")
                 if len(cell) <= 64 and not _is_na(cell) and cell.strip().isdigit():
                     row["image_ref"] = int(cell)  # resolved below: the row may come later
