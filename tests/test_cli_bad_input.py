@@ -332,3 +332,33 @@ def test_non_finite_pre_extracted_features_are_refused_naming_the_file_and_skipp
     assert main([*args, f"output_dir={tmp_path / 'skipped'}", "--skip-bad"]) == 0
     skipped = json.loads((tmp_path / "skipped" / "metrics.json").read_text())["skipped"]
     assert list(skipped["files"]) == [str(broken)] and skipped["count"] == 3  # the scene's 3 questions
+
+
+def _llava_file(tiny, path, extra: list) -> dict:
+    """A LLaVA conversation file of the tiny run's training scenes, plus ``extra`` entries."""
+    entries = [{"id": f"scene{k}", "image": f"COCO_train_{k:012d}.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat shape is the red object?"}, {"from": "gpt", "value": "square"}]}
+        for k in range(1, 5)]
+    path.write_text(json.dumps(entries + extra))
+    return {"format": "llava", "json_file": str(path), "image_dir": str(tiny / "data" / "images")}
+
+
+def test_malformed_llava_message_names_the_conversation_and_skip_bad_lists_it(tiny, tmp_path, capsys):
+    """Issue 24.7: an AttributeError traceback (exit 1), with --skip-bad too."""
+    extra = [{"id": "bad-string", "conversations": ["hello", {"from": "gpt", "value": "x"}]},
+             {"id": "bad-null", "conversations": [{"from": "human", "value": "q"}, None]},
+             {"id": "escapes", "image": "../../../etc/passwd", "conversations": [
+                 {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}]
+    spec = _llava_file(tiny, tmp_path / "llava.json", extra)
+    args = ["train", str(tiny / "train.yaml"), f"train_data={json.dumps(spec)}", "eval_data=null", "max_steps=1",
+            f"feature_cache={tmp_path / 'cache'}"]
+    with pytest.MonkeyPatch.context() as m:  # refused before the models load
+        m.setattr(build_module, "load_language_model", lambda *a, **k: pytest.fail("the model loaded first"))
+        assert main([*args, f"output_dir={tmp_path / 'run'}"]) == 2
+    _one_error_line(capsys, str(tmp_path / "llava.json"), "conversation 'bad-string'", "message 0 is a str",
+                    "--skip-bad")
+    assert main([*args, f"output_dir={tmp_path / 'skipped'}", "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert ("skipped 3 malformed record(s) of train_data: conversation 'bad-string', conversation 'bad-null', "
+            "conversation 'escapes' (e.g.") in out
+    assert json.loads((tmp_path / "skipped" / "metrics.json").read_text())["train_samples"] == 4

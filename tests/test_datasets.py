@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -169,6 +170,59 @@ def test_llava_turns_history_and_no_image():
 def test_llava_bad_roles():
     with pytest.raises(ValueError, match=r"bad_roles\.json: conversation 'x' turn 0 is not human -> gpt"):
         read_llava(os.path.join(FIX, "llava", "bad_roles.json"), "/x")
+
+
+@pytest.mark.parametrize("message, described", [
+    ("hello", "message 1 is a str ('hello')"),
+    (None, "message 1 is a NoneType ('None')"),
+    (7, "message 1 is a int ('7')"),
+    ({"from": "gpt", "value": None}, "message 1 is an object whose 'value' is None"),
+])
+def test_llava_malformed_message_names_the_conversation_or_is_skipped(tmp_path, message, described):
+    """Issue 24.7: a string, null or number where a {from, value} object belongs was an AttributeError."""
+    good = {"id": "ok", "image": "a.jpg", "conversations": [{"from": "human", "value": "<image>\nQ?"},
+                                                           {"from": "gpt", "value": "A"}]}
+    bad = {"id": 17, "image": "b.jpg", "conversations": [{"from": "human", "value": "Q?"}, message]}
+    f = tmp_path / "llava.json"
+    f.write_text(json.dumps([good, bad, "not a conversation"]))
+    with pytest.raises(ValueError, match=rf"llava\.json: conversation '17': {re.escape(described)}, not a "
+                                         r"\{from, value\} object with text; fix it, or skip"):
+        read_llava(f, tmp_path)
+    skipped = {}
+    (only,) = read_llava(f, tmp_path, skipped=skipped)
+    assert only.id == "ok_0" and list(skipped) == ["conversation 17", "entry 2"]
+    assert described in skipped["conversation 17"]
+    assert [s.id for s in load_samples({"format": "llava", "json_file": str(f), "image_dir": str(tmp_path)},
+                                       skipped={})] == ["ok_0"]
+    with pytest.raises(ValueError, match="bad arguments for dataset format 'llava'.*'skipped'"):
+        load_samples({"format": "llava", "json_file": str(f), "image_dir": str(tmp_path), "skipped": {}})
+
+
+def test_image_paths_may_not_leave_image_dir(tmp_path):
+    """Issue 24: '../../etc/passwd' was opened, then reported as an unreadable image. Absolute paths are
+    read where they are; a relative path must stay inside image_dir (symlinks inside it are followed)."""
+    conversation = lambda cid, image: {"id": cid, "image": image, "conversations": [  # noqa: E731
+        {"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A"}]}
+    f = tmp_path / "llava.json"
+    f.write_text(json.dumps([conversation("in", "sub/../a.jpg"), conversation("abs", "/data/b.jpg"),
+                             conversation("out", "../../etc/passwd")]))
+    images = tmp_path / "images"
+    with pytest.raises(ValueError, match=r"conversation 'out': the path '\.\./\.\./etc/passwd' leaves image_dir "
+                                         rf"{re.escape(str(images))}; give a path inside image_dir"):
+        read_llava(f, images)
+    skipped = {}
+    inside, absolute = read_llava(f, images, skipped=skipped)
+    assert inside.image == str(images / "sub/../a.jpg") and absolute.image == "/data/b.jpg"
+    assert list(skipped) == ["conversation 'out'"]
+    video = tmp_path / "video.json"
+    video.write_text(json.dumps([{"id": "v", "video": "../clip.mp4", "conversations": [
+        {"from": "human", "value": "<video>Q?"}, {"from": "gpt", "value": "A"}]}]))
+    with pytest.raises(ValueError, match=r"conversation 'v': the path '\.\./clip\.mp4' leaves video_dir"):
+        read_llava(video, images)
+    pope = tmp_path / "coco_pope_random.json"
+    pope.write_text(json.dumps({"question_id": 1, "image": "../x.jpg", "text": "Is there a cat?", "label": "yes"}))
+    with pytest.raises(ValueError, match=r"question 1: the path '\.\./x\.jpg' leaves image_dir"):
+        read_pope(pope, images)
 
 
 # ---------------------------------------------------------------- common errors

@@ -173,6 +173,18 @@ def _field(record: dict, key: str, path: str, rid: Any) -> Any:
         raise ValueError(f"{_abs(path)}: record {rid!r} has no {key!r} field") from None
 
 
+def _inside(folder: str, name: str, path: str | os.PathLike, where: str, what: str = "image_dir") -> str:
+    """``folder/name`` for a file name read from a data file. An absolute name stays as it is (the file
+    says where); a relative one that leaves ``folder`` (``../../etc/passwd``) is refused. Containment is
+    checked on the normalised path, not the resolved one: a symlink inside ``folder`` (a data set linked
+    in from another disk) is the folder owner's choice."""
+    joined = os.path.join(folder, name)
+    if not os.path.isabs(name) and os.path.commonpath([os.path.normpath(joined), folder]) != folder:
+        raise ValueError(f"{_abs(path)}: {where}: the path {name!r} leaves {what} {folder}; give a path inside "
+                         f"{what} (or an absolute path)")
+    return joined
+
+
 # ------------------------------------------------------------------- ScienceQA
 def scienceqa_prompt(question: str, hint: str, choices: list[str]) -> str:
     """The ``QCM-A`` prompt of MemVP / LaVIN (``util/base_prompt.py``).
@@ -376,7 +388,8 @@ def read_coco_captions(karpathy_file: str | os.PathLike, image_root: str | os.Pa
 
 # ----------------------------------------------------------------------- LLaVA
 def read_llava(json_file: str | os.PathLike, image_dir: str | os.PathLike,
-               per_conversation: bool = False, video_dir: str | os.PathLike | None = None) -> list[Sample]:
+               per_conversation: bool = False, video_dir: str | os.PathLike | None = None, *,
+               skipped: dict[str, str] | None = None) -> list[Sample]:
     """LLaVA conversation file (e.g. ``llava_v1_5_mix665k.json``).
 
     One Sample per human -> gpt turn, id ``f"{id}_{turn}"`` (turn counts from 0).
@@ -401,48 +414,78 @@ def read_llava(json_file: str | os.PathLike, image_dir: str | os.PathLike,
     defaults to ``image_dir``), a file or a folder of frames; ``"<video>"`` is removed
     from the text like ``"<image>"``; image_id = the video's relative name (also
     ``metadata["vid_name"]``, for pre-extracted per-video feature files).
+
+    An image or video name is read by absolute path when it is one; a relative one must stay inside
+    ``image_dir`` / ``video_dir``. A malformed conversation (a message that is not a ``{from, value}``
+    object, roles out of order, a path leaving the folder, ...) is a ValueError naming its id; with
+    ``skipped`` (a dict; ``--skip-bad``) it is left out instead and recorded there as
+    ``{"conversation '<id>'": problem}``.
     """
     data = _expect(_load_json(json_file, "LLaVA conversation file"), list, json_file,
                    "a list of conversations")
     image_dir = _abs(image_dir)
     video_dir = image_dir if video_dir is None else _abs(video_dir)
     samples = []
-    for entry in data:
-        cid = str(_field(entry, "id", json_file, entry))
-        convs = _field(entry, "conversations", json_file, cid)
-        image_name, video_name = entry.get("image"), entry.get("video")
-        if image_name and video_name:
-            raise ValueError(f"{_abs(json_file)}: conversation {cid!r} has both an image and a video; "
-                             f"give one visual input per conversation")
-        if not isinstance(image_name or video_name or "", str):
-            raise ValueError(f"{_abs(json_file)}: conversation {cid!r}: 'image' / 'video' must be one file name "
-                             f"(several images per conversation are not supported)")
-        image = os.path.join(image_dir, image_name) if image_name else None
-        video = os.path.join(video_dir, video_name) if video_name else None
-        extra = {_VIDEO_NAME: video_name} if video else {}
-        if len(convs) % 2:
-            raise ValueError(f"{_abs(json_file)}: conversation {cid!r} has an odd number of messages")
-        history: list[list[str]] = []
-        for turn in range(len(convs) // 2):
-            human, gpt = convs[2 * turn], convs[2 * turn + 1]
-            if human.get("from") != "human" or gpt.get("from") != "gpt":
-                raise ValueError(f"{_abs(json_file)}: conversation {cid!r} turn {turn} is not "
-                                 f"human -> gpt (got {human.get('from')!r} -> {gpt.get('from')!r})")
-            question = _field(human, "value", json_file, cid).replace("<image>", "").replace("<video>", "").strip()
-            answer = _field(gpt, "value", json_file, cid)
-            last_turn = turn == len(convs) // 2 - 1
-            if not per_conversation or last_turn:
-                samples.append(Sample(
-                    id=cid if per_conversation else f"{cid}_{turn}",
-                    prompt=question,
-                    answers=[answer],
-                    image=image,
-                    image_id=image_name or video_name or None,
-                    video=video,
-                    metadata={"conversation_id": cid, "turn": turn, "history": [list(h) for h in history], **extra},
-                ))
-            history.append([question, answer])
+    for k, entry in enumerate(data):
+        try:
+            samples += _llava_conversation(entry, json_file, image_dir, video_dir, per_conversation)
+        except ValueError as e:
+            if skipped is None:
+                raise
+            cid = entry.get("id") if isinstance(entry, dict) else None
+            skipped[f"conversation {cid!r}" if cid is not None else f"entry {k}"] = str(e)
     return _non_empty(samples, json_file)
+
+
+def _llava_conversation(entry: Any, json_file: str | os.PathLike, image_dir: str, video_dir: str,
+                        per_conversation: bool) -> list[Sample]:
+    """The samples of one conversation of a LLaVA file; a ValueError naming it when it is malformed."""
+    cid = str(_field(entry, "id", json_file, entry))
+    convs = _field(entry, "conversations", json_file, cid)
+    if not isinstance(convs, list):
+        raise ValueError(f"{_abs(json_file)}: conversation {cid!r}: 'conversations' is a {type(convs).__name__}, "
+                         "not a list of {from, value} messages")
+    for n, message in enumerate(convs):
+        if not isinstance(message, dict) or not isinstance(message.get("value"), str):
+            got = (f"a {type(message).__name__} ({str(message)[:40]!r})" if not isinstance(message, dict)
+                   else f"an object whose 'value' is {message.get('value')!r:.40}")
+            raise ValueError(f"{_abs(json_file)}: conversation {cid!r}: message {n} is {got}, not a "
+                             "{from, value} object with text; fix it, or skip the conversation with --skip-bad")
+    image_name, video_name = entry.get("image"), entry.get("video")
+    if image_name and video_name:
+        raise ValueError(f"{_abs(json_file)}: conversation {cid!r} has both an image and a video; "
+                         f"give one visual input per conversation")
+    if not isinstance(image_name or video_name or "", str):
+        raise ValueError(f"{_abs(json_file)}: conversation {cid!r}: 'image' / 'video' must be one file name "
+                         f"(several images per conversation are not supported)")
+    where = f"conversation {cid!r}"
+    image = _inside(image_dir, image_name, json_file, where) if image_name else None
+    video = _inside(video_dir, video_name, json_file, where, "video_dir") if video_name else None
+    extra = {_VIDEO_NAME: video_name} if video else {}
+    if len(convs) % 2:
+        raise ValueError(f"{_abs(json_file)}: conversation {cid!r} has an odd number of messages")
+    samples: list[Sample] = []
+    history: list[list[str]] = []
+    for turn in range(len(convs) // 2):
+        human, gpt = convs[2 * turn], convs[2 * turn + 1]
+        if human.get("from") != "human" or gpt.get("from") != "gpt":
+            raise ValueError(f"{_abs(json_file)}: conversation {cid!r} turn {turn} is not "
+                             f"human -> gpt (got {human.get('from')!r} -> {gpt.get('from')!r})")
+        question = human["value"].replace("<image>", "").replace("<video>", "").strip()
+        answer = gpt["value"]
+        last_turn = turn == len(convs) // 2 - 1
+        if not per_conversation or last_turn:
+            samples.append(Sample(
+                id=cid if per_conversation else f"{cid}_{turn}",
+                prompt=question,
+                answers=[answer],
+                image=image,
+                image_id=image_name or video_name or None,
+                video=video,
+                metadata={"conversation_id": cid, "turn": turn, "history": [list(h) for h in history], **extra},
+            ))
+        history.append([question, answer])
+    return samples
 
 
 # ---------------------------------------------------------- images from bytes
@@ -566,7 +609,7 @@ def read_pope(question_files: str | os.PathLike | Sequence[str | os.PathLike], i
                 id=f"{split}_{qid}",
                 prompt=_with_answer_prompt(text, answer_prompt),
                 answers=[label],
-                image=os.path.join(image_dir, image_name),
+                image=_inside(image_dir, image_name, path, f"question {qid!r}"),
                 image_id=image_name,
                 question_type=split,
                 metadata={"split": split, "question_id": qid, "question": text},
@@ -1344,7 +1387,8 @@ def _use_feature_files(samples: list[Sample], features_dir: str, pattern: str) -
     return samples
 
 
-def load_samples(spec: dict, base_dir: str | os.PathLike | None = None) -> list[Sample]:
+def load_samples(spec: dict, base_dir: str | os.PathLike | None = None,
+                 skipped: dict[str, str] | None = None) -> list[Sample]:
     """Read samples from ``spec = {"format": <name>, **reader_kwargs}``.
 
     e.g. ``{"format": "scienceqa", "root": "data/sqa", "split": "test"}``.
@@ -1356,6 +1400,9 @@ def load_samples(spec: dict, base_dir: str | os.PathLike | None = None) -> list[
     pre-extracted features (.safetensors, .npy or .pt, [n_visual, dim]) from there
     instead of encoding their images.  Video samples (tvqa, how2qa: image_id = the video's
     name) read one feature file per video instead, keeping their ``span`` and ``metadata["fps"]``.
+
+    ``skipped`` (a dict): readers that can leave out a malformed record (``read_llava``) do so and
+    record it there instead of raising (``--skip-bad``).
     """
     if "format" not in spec:
         raise ValueError(f"dataset spec has no 'format' key; formats: {sorted(FORMATS)}")
@@ -1377,8 +1424,12 @@ def load_samples(spec: dict, base_dir: str | os.PathLike | None = None) -> list[
         raise FileNotFoundError(f"features_dir not found: {_abs(features_dir)}")
     reader = FORMATS[fmt]
     try:
+        if "skipped" in kwargs:  # the caller's argument, not a data-spec key
+            raise TypeError("got an unexpected keyword argument 'skipped'")
         inspect.signature(reader).bind(**kwargs)
     except TypeError as e:
         raise ValueError(f"bad arguments for dataset format {fmt!r}: {e}") from None
+    if skipped is not None and "skipped" in inspect.signature(reader).parameters:
+        kwargs["skipped"] = skipped
     samples = reader(**kwargs)
     return _use_feature_files(samples, features_dir, features_pattern) if features_dir is not None else samples

@@ -16,12 +16,20 @@ from ..methods import build_model, check_adapter_features, init_from_adapter, lo
 from ..pretrained import cache_dir, load_language_model, load_vision_encoder
 from .config import DTYPES, TrainConfig
 
-def read_split(spec: dict | None, what: str, limit: int = 0) -> list[Sample]:
+def read_split(spec: dict | None, what: str, limit: int = 0, skip_bad: bool = False,
+               log: Callable[[str], None] = print) -> list[Sample]:
+    """The samples of a data spec; with ``skip_bad`` malformed records the reader can leave out (LLaVA
+    conversations) are skipped and listed in one log line instead of stopping the run."""
     if not spec:
         raise ValueError(f"no {what} given in the config")
     spec = dict(spec)
     base_dir = spec.pop("_base_dir", None)
-    samples = load_samples(spec, base_dir=base_dir)
+    skipped: dict[str, str] | None = {} if skip_bad else None
+    samples = load_samples(spec, base_dir=base_dir, skipped=skipped)
+    if skipped:
+        names = list(skipped)
+        listed = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        log(f"skipped {len(names)} malformed record(s) of {what}: {listed} (e.g. {skipped[names[0]]})")
     return samples[:limit] if limit > 0 else samples
 
 

@@ -279,8 +279,9 @@ def train(cfg: TrainConfig) -> dict:
     if state.is_main_process:
         check_output_dir(out)
     # Data files are read and checked before the models load (seconds instead of minutes to an error).
-    train_split = read_split(cfg.train_data, "train_data", cfg.max_train_samples)
-    eval_split = read_split(cfg.eval_data, "eval_data", cfg.max_eval_samples) if cfg.eval_data else []
+    train_split = read_split(cfg.train_data, "train_data", cfg.max_train_samples, cfg.skip_bad, log)
+    eval_split = (read_split(cfg.eval_data, "eval_data", cfg.max_eval_samples, cfg.skip_bad, log)
+                  if cfg.eval_data else [])
     train_fingerprint = data_fingerprint(train_split)
     saved = read_trainer_state(resume_dir) if resume_dir else None
     if saved:  # a changed config or train set is refused before the models load
