@@ -362,3 +362,24 @@ def test_malformed_llava_message_names_the_conversation_and_skip_bad_lists_it(ti
     assert ("skipped 3 malformed record(s) of train_data: conversation 'bad-string', conversation 'bad-null', "
             "conversation 'escapes' (e.g.") in out
     assert json.loads((tmp_path / "skipped" / "metrics.json").read_text())["train_samples"] == 4
+
+
+def test_more_frames_than_memvp_entries_fails_before_any_model_loads(tiny, tmp_path, capsys, no_model_load):
+    """Issue 24.8: found only after both models loaded and every frame was decoded (~60 GB at 224 px)."""
+    questions = tmp_path / "tvqa_train.jsonl"
+    questions.write_text("\n".join(json.dumps({"qid": k, "q": "Who?", "a0": "x", "a1": "y", "answer_idx": 0,
+                                               "vid_name": f"clip{k}", "ts": "1.0-2.0"}) for k in range(3)) + "\n")
+    spec = {"format": "tvqa", "questions_file": str(questions)}
+    args = ["train", str(tiny / "train.yaml"), f"train_data={json.dumps(spec)}", "eval_data=null",
+            f"output_dir={tmp_path / 'run'}"]
+    assert main([*args, "num_frames=32"]) == 2  # the tiny config's memvp.num_entries is 16
+    _one_error_line(capsys, "num_frames=32 is more than memvp.num_entries=16", "set memvp.num_entries >= 32")
+    assert main([*args, "num_frames=8", "memvp.num_entries=4"]) == 2
+    _one_error_line(capsys, "num_frames=8 is more than memvp.num_entries=4")
+    # The same config on images, or with entries enough: no such error (the model is what loads next).
+    from memvp.training import TrainConfig
+    from memvp.training.build import check_frames_fit_entries
+
+    check_frames_fit_entries(TrainConfig.from_yaml(tiny / "train.yaml", ["num_frames=32"]))
+    check_frames_fit_entries(TrainConfig.from_yaml(tiny / "train.yaml", [f"train_data={json.dumps(spec)}",
+                                                                         "num_frames=16"]))
