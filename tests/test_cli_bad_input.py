@@ -355,7 +355,7 @@ def test_malformed_llava_message_names_the_conversation_and_skip_bad_lists_it(ti
     with pytest.MonkeyPatch.context() as m:  # refused before the models load
         m.setattr(build_module, "load_language_model", lambda *a, **k: pytest.fail("the model loaded first"))
         assert main([*args, f"output_dir={tmp_path / 'run'}"]) == 2
-    _one_error_line(capsys, str(tmp_path / "llava.json"), "conversation 'bad-string'", "message 0 is a str",
+    _one_error_line(capsys, str(tmp_path / "llava.json"), "conversation 'bad-string'", "message 0 is 'hello'",
                     "--skip-bad")
     assert main([*args, f"output_dir={tmp_path / 'skipped'}", "--skip-bad"]) == 0
     out = capsys.readouterr().out

@@ -173,10 +173,10 @@ def test_llava_bad_roles():
 
 
 @pytest.mark.parametrize("message, described", [
-    ("hello", "message 1 is a str ('hello')"),
-    (None, "message 1 is a NoneType ('None')"),
-    (7, "message 1 is a int ('7')"),
-    ({"from": "gpt", "value": None}, "message 1 is an object whose 'value' is None"),
+    ("hello", "message 1 is 'hello'"),
+    (None, "message 1 is None"),
+    (7, "message 1 is 7"),
+    ({"from": "gpt", "value": None}, "message 1 has the value None"),
 ])
 def test_llava_malformed_message_names_the_conversation_or_is_skipped(tmp_path, message, described):
     """Issue 24.7: a string, null or number where a {from, value} object belongs was an AttributeError."""
@@ -185,8 +185,8 @@ def test_llava_malformed_message_names_the_conversation_or_is_skipped(tmp_path, 
     bad = {"id": 17, "image": "b.jpg", "conversations": [{"from": "human", "value": "Q?"}, message]}
     f = tmp_path / "llava.json"
     f.write_text(json.dumps([good, bad, "not a conversation"]))
-    with pytest.raises(ValueError, match=rf"llava\.json: conversation '17': {re.escape(described)}, not a "
-                                         r"\{from, value\} object with text; fix it, or skip"):
+    with pytest.raises(ValueError, match=rf"llava\.json: conversation '17': {re.escape(described)}; each message "
+                                         r"must be a \{from, value\} object with text: fix it, or skip"):
         read_llava(f, tmp_path)
     skipped = {}
     (only,) = read_llava(f, tmp_path, skipped=skipped)
@@ -642,6 +642,40 @@ def test_parquet_errors(tmp_path):
     with pytest.raises(ValueError, match=r"x\.parquet: row 'a\.jpg' has an image without bytes, only the relative "
                                          r"path 'a\.jpg'"):
         read_coco_captions_parquet(f, tmp_path / "img")
+
+
+def test_parquet_values_of_the_wrong_type_name_the_row_and_column(tmp_path):
+    """Issue 24.9: `answers` stored as a string became a list of its characters, a null question was asked
+    as "None"; now each is an error naming the file, the row and the column."""
+    cell = _image_cell(_png("red"))
+    vqa = {"question_id": [1, 2], "question": ["Is it red?", None], "image": [cell, cell],
+           "answers": [["yes"] * 10, ["no"] * 10], "multiple_choice_answer": ["yes", "no"]}
+    cases = [
+        ("vqa-null-question", read_vqav2_parquet, vqa, {"image": IMAGE_TYPE},
+         r"row 1, column 'question' holds null, expected the question's text"),
+        ("vqa-answers-string", read_vqav2_parquet, {**vqa, "question": ["a?", "b?"], "answers": ["yes", "no"]},
+         {"image": IMAGE_TYPE}, r"row 0, column 'answers' holds 'yes' of type str, expected a list"),
+        ("vqa-target-number", read_vqav2_parquet, {**vqa, "question": ["a?", "b?"], "multiple_choice_answer": [1, 2]},
+         {"image": IMAGE_TYPE}, r"row 0, column 'multiple_choice_answer' holds 1 of type int"),
+        ("coco-captions-string", read_coco_captions_parquet,
+         {"question_id": ["COCO_val2014_000000000001.jpg"], "image": [cell], "answer": ["A red square."]},
+         {"image": IMAGE_TYPE}, r"row 0, column 'answer' holds 'A red square\.' of type str, expected a list"),
+        ("sqa-null-question", read_scienceqa_parquet, _scienceqa_columns([
+            (cell, "Which?", ["a", "b"], 0, "", "", "g1", "s", "", "", "", "", ""),
+            (cell, None, ["a", "b"], 0, "", "", "g1", "s", "", "", "", "", "")]),
+         {**SQA_TYPES, "question": pa.string()}, r"row 1, column 'question' holds null"),
+        ("sqa-choices-string", read_scienceqa_parquet, _scienceqa_columns([
+            (cell, "Which?", "ab", 0, "", "", "g1", "s", "", "", "", "", "")]),
+         {**SQA_TYPES, "choices": pa.string()}, r"row 0, column 'choices' holds 'ab' of type str, expected a list"),
+    ]
+    for name, reader, columns, types, message in cases:
+        f = _write_parquet(tmp_path / f"{name}.parquet", columns, types)
+        with pytest.raises(ValueError, match=rf"{name}\.parquet: {message}"):
+            reader(f, tmp_path / "img")
+    q = _write_parquet(tmp_path / "gqa-null-question.parquet", {"id": ["1"], "imageId": ["n1"], "question": [None]},
+                       {"question": pa.string()})
+    with pytest.raises(ValueError, match=r"gqa-null-question\.parquet: row 0, column 'question' holds null"):
+        read_gqa_parquet(q, q, tmp_path / "img")
 
 
 def test_new_formats_are_registered_with_image_paths(tmp_path):

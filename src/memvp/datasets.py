@@ -447,10 +447,10 @@ def _llava_conversation(entry: Any, json_file: str | os.PathLike, image_dir: str
                          "not a list of {from, value} messages")
     for n, message in enumerate(convs):
         if not isinstance(message, dict) or not isinstance(message.get("value"), str):
-            got = (f"a {type(message).__name__} ({str(message)[:40]!r})" if not isinstance(message, dict)
-                   else f"an object whose 'value' is {message.get('value')!r:.40}")
-            raise ValueError(f"{_abs(json_file)}: conversation {cid!r}: message {n} is {got}, not a "
-                             "{from, value} object with text; fix it, or skip the conversation with --skip-bad")
+            got = (f"is {message!r:.40}" if not isinstance(message, dict)
+                   else f"has the value {message.get('value')!r:.40}")
+            raise ValueError(f"{_abs(json_file)}: conversation {cid!r}: message {n} {got}; each message must be a "
+                             "{from, value} object with text: fix it, or skip the conversation with --skip-bad")
     image_name, video_name = entry.get("image"), entry.get("video")
     if image_name and video_name:
         raise ValueError(f"{_abs(json_file)}: conversation {cid!r} has both an image and a video; "
@@ -870,6 +870,33 @@ def _parquet_rows(path: str, what: str, required: Sequence[str], optional: Seque
         raise ValueError(f"{what} {path} could not be read: {e}") from None
 
 
+def _cell(row: dict, column: str, kinds: type | tuple[type, ...], path: str, n: int, expected: str,
+          required: bool = False) -> Any:
+    """``row[column]`` when it is of ``kinds`` (None when null and not ``required``); otherwise an error
+    naming the file, the row (counted from 0 in the file) and the column. pyarrow hands back whatever the
+    file holds: a string where a list belongs would be read as a list of its characters."""
+    value = row.get(column)
+    if value is None and not required:
+        return None
+    if value is None or isinstance(value, bool) or not isinstance(value, kinds):
+        got = "null" if value is None else f"{value!r:.40} of type {type(value).__name__}"
+        raise ValueError(f"{path}: row {n}, column {column!r} holds {got}, expected {expected}; fix the file")
+    return value
+
+
+def _strings(row: dict, column: str, path: str, n: int, required: bool = False) -> list[str] | None:
+    """A list-of-strings cell (choices, captions), checked as ``_cell`` does, items included."""
+    values = _cell(row, column, list, path, n, "a list of strings", required)
+    for value in values or []:
+        if not isinstance(value, str):
+            raise ValueError(f"{path}: row {n}, column {column!r} holds a list with {value!r:.40} of type "
+                             f"{type(value).__name__}, expected a list of strings; fix the file")
+    return values
+
+
+_ID = (int, str)
+
+
 def _parquet_image(cell: Any, image_dir: str, path: str, rid: Any) -> str | None:
     """The image of a parquet cell (the ``datasets`` Image feature: a struct ``{bytes, path}``, or plain
     bytes) written to ``image_dir``; None for an empty cell."""
@@ -912,19 +939,22 @@ def read_scienceqa_parquet(files: str | os.PathLike | Sequence[str | os.PathLike
     samples, rows_seen = [], {}
     for path in paths:
         split = _split_of(path)
-        for row in _parquet_rows(path, "ScienceQA parquet file", ("image", "question", "choices", "answer"),
-                                 ("hint", "subject", "grade")):
+        rows = _parquet_rows(path, "ScienceQA parquet file", ("image", "question", "choices", "answer"),
+                             ("hint", "subject", "grade"))
+        for r, row in enumerate(rows):
             n = rows_seen[split] = rows_seen.get(split, -1) + 1
             sid = f"{split}_{n}"
-            choices = [str(c) for c in row["choices"] or []]
+            question = _cell(row, "question", str, path, r, "the question's text", required=True)
+            choices = _strings(row, "choices", path, r) or []
             if row["answer"] is None:
                 raise ValueError(f"{path}: row {n} has no answer")
-            answer = int(row["answer"])
+            answer = _cell(row, "answer", int, path, r, "the index of the right choice")
             if not 0 <= answer < len(choices):
                 raise ValueError(f"{path}: row {n} has answer {answer} but {len(choices)} choices")
-            samples.append(_scienceqa_sample(sid, row["question"], row.get("hint") or "", choices, answer,
+            hint, subject, grade = (_cell(row, c, str, path, r, "text or null") for c in ("hint", "subject", "grade"))
+            samples.append(_scienceqa_sample(sid, question, hint or "", choices, answer,
                                              _parquet_image(row["image"], image_dir, path, n),
-                                             row.get("subject") or "", row.get("grade") or "", split=split))
+                                             subject or "", grade or "", split=split))
     return _non_empty(samples, paths[0])
 
 
@@ -945,21 +975,31 @@ def read_vqav2_parquet(files: str | os.PathLike | Sequence[str | os.PathLike],
     image_dir = _check_image_dir(image_dir)
     samples = []
     for path in paths:
-        for row in _parquet_rows(path, "VQAv2 parquet file", ("question_id", "question", "image"),
-                                 ("answers", "multiple_choice_answer", "answer_type", "question_type", "image_id")):
-            qid = row["question_id"]
-            answers = [str(a["answer"] if isinstance(a, dict) else a) for a in row.get("answers") or []]
-            answer_type = row.get("answer_type") or ""
+        for r, row in enumerate(_parquet_rows(path, "VQAv2 parquet file", ("question_id", "question", "image"),
+                                              ("answers", "multiple_choice_answer", "answer_type", "question_type",
+                                               "image_id"))):
+            qid = _cell(row, "question_id", _ID, path, r, "a question id", required=True)
+            question = _cell(row, "question", str, path, r, "the question's text", required=True)
+            answers = []
+            for a in _cell(row, "answers", list, path, r, "a list of {answer, ...} or of strings") or []:
+                answer = a.get("answer") if isinstance(a, dict) else a
+                if not isinstance(answer, str):
+                    raise ValueError(f"{path}: row {r}, column 'answers' holds {a!r:.60}, expected a list of "
+                                     "{answer, ...} or of strings; fix the file")
+                answers.append(answer)
+            target = _cell(row, "multiple_choice_answer", str, path, r, "the answer's text or null")
+            answer_type = _cell(row, "answer_type", str, path, r, "text or null") or ""
             metadata = {}
-            if answers or row.get("multiple_choice_answer") is not None:
-                metadata = {"answer_type": answer_type, "question_type": row.get("question_type") or ""}
-                if row.get("multiple_choice_answer") is not None:
-                    metadata = {"target": row["multiple_choice_answer"], **metadata}
+            if answers or target is not None:
+                metadata = {"answer_type": answer_type,
+                            "question_type": _cell(row, "question_type", str, path, r, "text or null") or ""}
+                if target is not None:
+                    metadata = {"target": target, **metadata}
             image = _parquet_image(row["image"], image_dir, path, qid)
-            image_id = row.get("image_id")
+            image_id = _cell(row, "image_id", _ID, path, r, "an image id or null")
             samples.append(Sample(
                 id=str(qid),
-                prompt=row["question"],
+                prompt=question,
                 answers=answers,
                 image=image,
                 image_id=str(image_id) if image_id is not None else
@@ -986,14 +1026,22 @@ def read_gqa_parquet(files: str | os.PathLike | Sequence[str | os.PathLike],
     paths = _files(files, "GQA instructions parquet file", ".parquet")
     image_paths = _files(image_files, "GQA images parquet file", ".parquet")
     image_dir = _check_image_dir(image_dir)
-    questions = [(path, row) for path in paths
-                 for row in _parquet_rows(path, "GQA instructions parquet file", ("id", "imageId", "question"),
-                                          ("answer", "fullAnswer", "types"))]
+    questions = []
+    for path in paths:
+        for r, row in enumerate(_parquet_rows(path, "GQA instructions parquet file", ("id", "imageId", "question"),
+                                              ("answer", "fullAnswer", "types"))):
+            _cell(row, "id", _ID, path, r, "a question id", required=True)
+            _cell(row, "imageId", _ID, path, r, "an image id", required=True)
+            _cell(row, "question", str, path, r, "the question's text", required=True)
+            for column in ("answer", "fullAnswer"):
+                _cell(row, column, str, path, r, "text or null")
+            _cell(row, "types", dict, path, r, "a {structural, semantic, detailed} struct or null")
+            questions.append((path, row))
     wanted = {str(row["imageId"]) for _, row in questions}
     image_of: dict[str, str] = {}
     for path in image_paths:
-        for row in _parquet_rows(path, "GQA images parquet file", ("id", "image")):
-            iid = str(row["id"])
+        for r, row in enumerate(_parquet_rows(path, "GQA images parquet file", ("id", "image"))):
+            iid = str(_cell(row, "id", _ID, path, r, "an image id", required=True))
             if iid in wanted and iid not in image_of:
                 image = _parquet_image(row["image"], image_dir, path, iid)
                 if image is not None:
@@ -1038,14 +1086,16 @@ def read_coco_captions_parquet(files: str | os.PathLike | Sequence[str | os.Path
     image_dir = _check_image_dir(image_dir)
     samples = []
     for path in paths:
-        for row in _parquet_rows(path, "COCO caption parquet file", ("question_id", "image"), ("answer",)):
-            filename = str(row["question_id"])
+        for r, row in enumerate(_parquet_rows(path, "COCO caption parquet file", ("question_id", "image"),
+                                              ("answer",))):
+            filename = str(_cell(row, "question_id", _ID, path, r, "the image's file name", required=True))
+            captions = _strings(row, "answer", path, r) or []
             digits = filename.rsplit("_", 1)[-1].split(".")[0]
             cid = str(int(digits)) if digits.isdigit() else filename
             samples.append(Sample(
                 id=cid,
                 prompt=COCO_CAPTION_PROMPT,
-                answers=[str(c).strip() for c in row.get("answer") or []],
+                answers=[c.strip() for c in captions],
                 image=_parquet_image(row["image"], image_dir, path, filename),
                 image_id=cid,
                 metadata={"filename": filename},
