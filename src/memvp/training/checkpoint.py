@@ -26,6 +26,7 @@ checkpoint); only the main process writes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -219,13 +220,11 @@ def check_resume_config(saved_state: dict, cfg, train_fingerprint: str, where: P
                         log: Callable[[str], None] = print) -> None:
     """Refuse to resume when a setting that can not change mid-run (data, method, sizes, seed, ...)
     differs from the checkpoint's, naming each; log the changes the run honours. Needs no model."""
-    import dataclasses
-
     defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
                 for f in dataclasses.fields(cfg)}
-    current = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as the checkpoint recorded it
-    to_json = lambda d: json.loads(json.dumps(d))  # noqa: E731
-    refused, honoured = resume_changes(saved_state.get("config", {}), current, to_json(defaults))
+    # Both as the checkpoint recorded its config: through JSON (tuples become lists, ...).
+    current, defaults = (json.loads(json.dumps(d)) for d in (dataclasses.asdict(cfg), defaults))
+    refused, honoured = resume_changes(saved_state.get("config", {}), current, defaults)
     fresh = "set them back, or start afresh (another output_dir, or without --resume)"
     if refused:
         raise ValueError(f"cannot resume from {where}: settings that can not change mid-run differ from the "
