@@ -282,3 +282,104 @@ def test_a_recipe_stopped_by_a_signal_says_where_its_checkpoint_is(monkeypatch, 
     assert main(["demo", "--output-dir", str(tmp_path)]) == 130
     line = _one_error_line(capsys, "memvp demo: stopped by SIGTERM after step 7 of 400", "checkpoint-7")
     assert "resume with" not in line
+
+
+# ------------------------------------------------------------------------------------- issue 24
+def test_disk_full_in_the_feature_cache_is_one_line_naming_the_folder(tiny, tmp_path, monkeypatch, capsys):
+    """Issue 24.2: a SafetensorError traceback (exit 1) before."""
+    import errno
+
+    import memvp.feature_cache as feature_cache
+
+    def disk_full(tensors, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(feature_cache, "save_file", disk_full)
+    cache = tmp_path / "cache"
+    assert main(["train", str(tiny / "train.yaml"), f"output_dir={tmp_path / 'run'}", f"feature_cache={cache}"]) == 2
+    _one_error_line(capsys, f"the disk of the feature cache {cache}", "MiB free", "features still to write need about")
+
+
+def test_non_finite_pre_extracted_features_are_refused_naming_the_file_and_skippable(tiny, tmp_path, capsys):
+    """Issue 24.5: NaN / Inf in a feature file made eval answer "" (exit 0) and train blame the learning rate."""
+    import h5py
+
+    bad = torch.ones(5, 12)
+    bad[2, 3] = float("nan")
+    np.save(tmp_path / "nan.npy", bad.numpy())
+    save_file({"features": torch.full((5, 12), float("inf"))}, str(tmp_path / "inf.safetensors"))
+    with h5py.File(tmp_path / "clips.h5", "w") as f:
+        f["clip0"], f["clip1"] = np.ones((5, 12), dtype=np.float32), bad.numpy()
+    for name, count in (("nan.npy", 1), ("inf.safetensors", 60), ("clips.h5#clip1", 1)):
+        with pytest.raises(ValueError, match=f"features in .*{name} hold {count} NaN or infinite value"):
+            load_features(tmp_path / name, 12)
+    assert load_features(f"{tmp_path / 'clips.h5'}#clip0", 12).shape == (5, 12)
+
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    spec = {"format": "vqav2", "questions_file": str(tiny / "data" / "questions_train.json"),
+            "annotations_file": str(tiny / "data" / "annotations_train.json"), "image_dir": str(tmp_path / "none"),
+            "features_dir": str(feats), "features_pattern": "img{image_id}.npy"}
+    image_ids = sorted({s.image_id for s in load_samples(spec)}, key=int)
+    for image_id in image_ids:
+        np.save(feats / f"img{image_id}.npy", np.ones((5, 12), dtype=np.float32))
+    broken = feats / f"img{image_ids[1]}.npy"
+    np.save(broken, bad.numpy())
+    args = ["train", str(tiny / "train.yaml"), f"train_data={json.dumps(spec)}", "eval_data=null",
+            "vision_encoder=precomputed", "max_steps=1", f"feature_cache={tmp_path / 'cache'}"]
+    assert main([*args, f"output_dir={tmp_path / 'run'}"]) == 2
+    _one_error_line(capsys, str(broken), "NaN or infinite", "--skip-bad")
+    assert main([*args, f"output_dir={tmp_path / 'skipped'}", "--skip-bad"]) == 0
+    skipped = json.loads((tmp_path / "skipped" / "metrics.json").read_text())["skipped"]
+    assert list(skipped["files"]) == [str(broken)] and skipped["count"] == 3  # the scene's 3 questions
+
+
+def _llava_file(tiny, path, extra: list) -> dict:
+    """A LLaVA conversation file of the tiny run's training scenes, plus ``extra`` entries."""
+    entries = [{"id": f"scene{k}", "image": f"COCO_train_{k:012d}.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat shape is the red object?"}, {"from": "gpt", "value": "square"}]}
+        for k in range(1, 5)]
+    path.write_text(json.dumps(entries + extra))
+    return {"format": "llava", "json_file": str(path), "image_dir": str(tiny / "data" / "images")}
+
+
+def test_malformed_llava_message_names_the_conversation_and_skip_bad_lists_it(tiny, tmp_path, capsys):
+    """Issue 24.7: an AttributeError traceback (exit 1), with --skip-bad too."""
+    extra = [{"id": "bad-string", "conversations": ["hello", {"from": "gpt", "value": "x"}]},
+             {"id": "bad-null", "conversations": [{"from": "human", "value": "q"}, None]},
+             {"id": "escapes", "image": "../../../etc/passwd", "conversations": [
+                 {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}]
+    spec = _llava_file(tiny, tmp_path / "llava.json", extra)
+    args = ["train", str(tiny / "train.yaml"), f"train_data={json.dumps(spec)}", "eval_data=null", "max_steps=1",
+            f"feature_cache={tmp_path / 'cache'}"]
+    with pytest.MonkeyPatch.context() as m:  # refused before the models load
+        m.setattr(build_module, "load_language_model", lambda *a, **k: pytest.fail("the model loaded first"))
+        assert main([*args, f"output_dir={tmp_path / 'run'}"]) == 2
+    _one_error_line(capsys, str(tmp_path / "llava.json"), "conversation 'bad-string'", "message 0 is 'hello'",
+                    "--skip-bad")
+    assert main([*args, f"output_dir={tmp_path / 'skipped'}", "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert ("skipped 3 malformed record(s) of train_data: conversation 'bad-string', conversation 'bad-null', "
+            "conversation 'escapes' (e.g.") in out
+    assert json.loads((tmp_path / "skipped" / "metrics.json").read_text())["train_samples"] == 4
+
+
+def test_more_frames_than_memvp_entries_fails_before_any_model_loads(tiny, tmp_path, capsys, no_model_load):
+    """Issue 24.8: found only after both models loaded and every frame was decoded (~60 GB at 224 px)."""
+    questions = tmp_path / "tvqa_train.jsonl"
+    questions.write_text("\n".join(json.dumps({"qid": k, "q": "Who?", "a0": "x", "a1": "y", "answer_idx": 0,
+                                               "vid_name": f"clip{k}", "ts": "1.0-2.0"}) for k in range(3)) + "\n")
+    spec = {"format": "tvqa", "questions_file": str(questions)}
+    args = ["train", str(tiny / "train.yaml"), f"train_data={json.dumps(spec)}", "eval_data=null",
+            f"output_dir={tmp_path / 'run'}"]
+    assert main([*args, "num_frames=32"]) == 2  # the tiny config's memvp.num_entries is 16
+    _one_error_line(capsys, "num_frames=32 is more than memvp.num_entries=16", "set memvp.num_entries >= 32")
+    assert main([*args, "num_frames=8", "memvp.num_entries=4"]) == 2
+    _one_error_line(capsys, "num_frames=8 is more than memvp.num_entries=4")
+    # The same config on images, or with entries enough: no such error (the model is what loads next).
+    from memvp.training import TrainConfig
+    from memvp.training.build import check_frames_fit_entries
+
+    check_frames_fit_entries(TrainConfig.from_yaml(tiny / "train.yaml", ["num_frames=32"]))
+    check_frames_fit_entries(TrainConfig.from_yaml(tiny / "train.yaml", [f"train_data={json.dumps(spec)}",
+                                                                         "num_frames=16"]))

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -182,6 +183,59 @@ def test_llava_turns_history_and_no_image():
 def test_llava_bad_roles():
     with pytest.raises(ValueError, match=r"bad_roles\.json: conversation 'x' turn 0 is not human -> gpt"):
         read_llava(os.path.join(FIX, "llava", "bad_roles.json"), "/x")
+
+
+@pytest.mark.parametrize("message, described", [
+    ("hello", "message 1 is 'hello'"),
+    (None, "message 1 is None"),
+    (7, "message 1 is 7"),
+    ({"from": "gpt", "value": None}, "message 1 has the value None"),
+])
+def test_llava_malformed_message_names_the_conversation_or_is_skipped(tmp_path, message, described):
+    """Issue 24.7: a string, null or number where a {from, value} object belongs was an AttributeError."""
+    good = {"id": "ok", "image": "a.jpg", "conversations": [{"from": "human", "value": "<image>\nQ?"},
+                                                           {"from": "gpt", "value": "A"}]}
+    bad = {"id": 17, "image": "b.jpg", "conversations": [{"from": "human", "value": "Q?"}, message]}
+    f = tmp_path / "llava.json"
+    f.write_text(json.dumps([good, bad, "not a conversation"]))
+    with pytest.raises(ValueError, match=rf"llava\.json: conversation '17': {re.escape(described)}; each message "
+                                         r"must be a \{from, value\} object with text: fix it, or skip"):
+        read_llava(f, tmp_path)
+    skipped = {}
+    (only,) = read_llava(f, tmp_path, skipped=skipped)
+    assert only.id == "ok_0" and list(skipped) == ["conversation 17", "entry 2"]
+    assert described in skipped["conversation 17"]
+    assert [s.id for s in load_samples({"format": "llava", "json_file": str(f), "image_dir": str(tmp_path)},
+                                       skipped={})] == ["ok_0"]
+    with pytest.raises(ValueError, match="bad arguments for dataset format 'llava'.*'skipped'"):
+        load_samples({"format": "llava", "json_file": str(f), "image_dir": str(tmp_path), "skipped": {}})
+
+
+def test_image_paths_may_not_leave_image_dir(tmp_path):
+    """Issue 24: '../../etc/passwd' was opened, then reported as an unreadable image. Absolute paths are
+    read where they are; a relative path must stay inside image_dir (symlinks inside it are followed)."""
+    conversation = lambda cid, image: {"id": cid, "image": image, "conversations": [  # noqa: E731
+        {"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A"}]}
+    f = tmp_path / "llava.json"
+    f.write_text(json.dumps([conversation("in", "sub/../a.jpg"), conversation("abs", "/data/b.jpg"),
+                             conversation("out", "../../etc/passwd")]))
+    images = tmp_path / "images"
+    with pytest.raises(ValueError, match=r"conversation 'out': the path '\.\./\.\./etc/passwd' leaves image_dir "
+                                         rf"{re.escape(str(images))}; give a path inside image_dir"):
+        read_llava(f, images)
+    skipped = {}
+    inside, absolute = read_llava(f, images, skipped=skipped)
+    assert inside.image == str(images / "sub/../a.jpg") and absolute.image == "/data/b.jpg"
+    assert list(skipped) == ["conversation 'out'"]
+    video = tmp_path / "video.json"
+    video.write_text(json.dumps([{"id": "v", "video": "../clip.mp4", "conversations": [
+        {"from": "human", "value": "<video>Q?"}, {"from": "gpt", "value": "A"}]}]))
+    with pytest.raises(ValueError, match=r"conversation 'v': the path '\.\./clip\.mp4' leaves video_dir"):
+        read_llava(video, images)
+    pope = tmp_path / "coco_pope_random.json"
+    pope.write_text(json.dumps({"question_id": 1, "image": "../x.jpg", "text": "Is there a cat?", "label": "yes"}))
+    with pytest.raises(ValueError, match=r"question 1: the path '\.\./x\.jpg' leaves image_dir"):
+        read_pope(pope, images)
 
 
 # ---------------------------------------------------------------- common errors
@@ -417,6 +471,10 @@ def test_mmbench_errors(tmp_path):
     f.write_text(head + "0\tq?\tx\ty\tA\t7\n")
     with pytest.raises(ValueError, match=r"question 0 refers to the image of question 7, which is not in the file"):
         read_mmbench(f, tmp_path / "img")
+    f.write_text(head + "4\tq?\tx\ty\tA\tiVBORw0KGgo=\n" + "4\tanother q?\tx\ty\tB\tiVBORw0KGgo=\n")
+    with pytest.raises(ValueError, match=r"mmb\.tsv: line 3 repeats index 4 of line 2; every question needs its own "
+                                         r"index"):  # issue 24.6: the two questions became one, one prediction lost
+        read_mmbench(f, tmp_path / "img")
     f.write_text("index\tquestion\tanswer\n0\tq?\tA\n")
     with pytest.raises(ValueError, match=r"mmb\.tsv: MMBench TSV has no column\(s\) \['A', 'image'\]"):
         read_mmbench(f, tmp_path / "img")
@@ -597,6 +655,40 @@ def test_parquet_errors(tmp_path):
     with pytest.raises(ValueError, match=r"x\.parquet: row 'a\.jpg' has an image without bytes, only the relative "
                                          r"path 'a\.jpg'"):
         read_coco_captions_parquet(f, tmp_path / "img")
+
+
+def test_parquet_values_of_the_wrong_type_name_the_row_and_column(tmp_path):
+    """Issue 24.9: `answers` stored as a string became a list of its characters, a null question was asked
+    as "None"; now each is an error naming the file, the row and the column."""
+    cell = _image_cell(_png("red"))
+    vqa = {"question_id": [1, 2], "question": ["Is it red?", None], "image": [cell, cell],
+           "answers": [["yes"] * 10, ["no"] * 10], "multiple_choice_answer": ["yes", "no"]}
+    cases = [
+        ("vqa-null-question", read_vqav2_parquet, vqa, {"image": IMAGE_TYPE},
+         r"row 1, column 'question' holds null, expected the question's text"),
+        ("vqa-answers-string", read_vqav2_parquet, {**vqa, "question": ["a?", "b?"], "answers": ["yes", "no"]},
+         {"image": IMAGE_TYPE}, r"row 0, column 'answers' holds 'yes' of type str, expected a list"),
+        ("vqa-target-number", read_vqav2_parquet, {**vqa, "question": ["a?", "b?"], "multiple_choice_answer": [1, 2]},
+         {"image": IMAGE_TYPE}, r"row 0, column 'multiple_choice_answer' holds 1 of type int"),
+        ("coco-captions-string", read_coco_captions_parquet,
+         {"question_id": ["COCO_val2014_000000000001.jpg"], "image": [cell], "answer": ["A red square."]},
+         {"image": IMAGE_TYPE}, r"row 0, column 'answer' holds 'A red square\.' of type str, expected a list"),
+        ("sqa-null-question", read_scienceqa_parquet, _scienceqa_columns([
+            (cell, "Which?", ["a", "b"], 0, "", "", "g1", "s", "", "", "", "", ""),
+            (cell, None, ["a", "b"], 0, "", "", "g1", "s", "", "", "", "", "")]),
+         {**SQA_TYPES, "question": pa.string()}, r"row 1, column 'question' holds null"),
+        ("sqa-choices-string", read_scienceqa_parquet, _scienceqa_columns([
+            (cell, "Which?", "ab", 0, "", "", "g1", "s", "", "", "", "", "")]),
+         {**SQA_TYPES, "choices": pa.string()}, r"row 0, column 'choices' holds 'ab' of type str, expected a list"),
+    ]
+    for name, reader, columns, types, message in cases:
+        f = _write_parquet(tmp_path / f"{name}.parquet", columns, types)
+        with pytest.raises(ValueError, match=rf"{name}\.parquet: {message}"):
+            reader(f, tmp_path / "img")
+    q = _write_parquet(tmp_path / "gqa-null-question.parquet", {"id": ["1"], "imageId": ["n1"], "question": [None]},
+                       {"question": pa.string()})
+    with pytest.raises(ValueError, match=r"gqa-null-question\.parquet: row 0, column 'question' holds null"):
+        read_gqa_parquet(q, q, tmp_path / "img")
 
 
 def test_new_formats_are_registered_with_image_paths(tmp_path):

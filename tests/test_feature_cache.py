@@ -9,6 +9,7 @@ from PIL import Image
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from memvp import HFVisionEncoder, load_image
+from memvp.vision import PrecomputedFeatures
 from memvp.feature_cache import FeatureCache
 
 
@@ -158,3 +159,117 @@ def test_a_file_rewritten_in_place_is_encoded_again(tmp_path):
     paths[1].write_bytes(b"not a png")
     kept, bad = VisualInputs(_encoder(), str(tmp_path / "cache")).prepare(samples, skip_bad=True)
     assert [s.id for s in kept] == ["0"] and list(bad) == [str(paths[1])]
+
+
+# ------------------------------------------------------------------------------ faults (issue 24)
+class NumberEncoder(PrecomputedFeatures):
+    """Encodes the number k to a [2, 3] tensor of its own: cheap, deterministic, the same in any process."""
+
+    def __init__(self):
+        super().__init__(feature_dim=3, num_tokens=2, source_name="numbers")
+
+    def encode(self, sources):
+        return torch.stack([torch.arange(6, dtype=torch.float32).view(2, 3) + 10 * int(s) for s in sources])
+
+
+def _write_in_lockstep(root, ids, barrier, shard_bytes):
+    """One of two runs sharing a cache: every shard write waits until the other run reaches its own
+    write of the same rank, so that the two always write at the same moment."""
+    import memvp.feature_cache as feature_cache
+
+    feature_cache.SHARD_BYTES = shard_bytes
+    write = feature_cache.FeatureCache._write_shard
+
+    def in_lockstep(self, *args, **kwargs):
+        barrier.wait(timeout=120)
+        write(self, *args, **kwargs)
+
+    feature_cache.FeatureCache._write_shard = in_lockstep
+    feature_cache.FeatureCache(root, NumberEncoder(), batch_size=1).add(ids, [int(i) for i in ids], progress=False)
+
+
+def test_two_runs_writing_one_cache_at_once_keep_every_entry(tmp_path):
+    """Issue 24.1: each run named its shards from its own index (shard-000000, ...), so two runs overwrote
+    each other's shards and the last index.json lost the other run's entries or pointed at the wrong shard."""
+    import multiprocessing
+
+    n = 12  # per run, one entry per shard: 12 rounds of simultaneous writes
+    runs = [[str(k) for k in range(0, 2 * n, 2)], [str(k) for k in range(1, 2 * n, 2)]]  # interleaved ids
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    workers = [context.Process(target=_write_in_lockstep, args=(tmp_path / "shared", ids, barrier, 1)) for ids in runs]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(300)
+    assert [w.exitcode for w in workers] == [0, 0]
+
+    everything = [str(k) for k in range(2 * n)]
+    reference = FeatureCache(tmp_path / "single", NumberEncoder()).features(everything, list(range(2 * n)))
+    shared = FeatureCache(tmp_path / "shared", NumberEncoder())
+    assert sorted(shared.index, key=int) == everything
+    assert len(list(shared.dir.glob("shard-*.safetensors"))) == 2 * n  # no shard overwritten
+    calls = []
+    shared.encoder.encode = lambda sources: calls.append(sources)  # nothing may need encoding again
+    assert torch.equal(shared.features(everything, list(range(2 * n))), reference) and calls == []
+
+
+def test_an_index_entry_its_shard_lacks_is_encoded_again(tmp_path):
+    """Issue 24.1: an entry pointing at a shard that does not hold it (or at a missing shard) was a bare
+    KeyError in every later run; now it counts as missing."""
+    import json
+    import memvp.feature_cache as feature_cache
+
+    cache = FeatureCache(tmp_path, NumberEncoder(), batch_size=1)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(feature_cache, "SHARD_BYTES", 1)
+        cache.add(["1", "2", "3"], [1, 2, 3], progress=False)
+    index = json.loads(cache._index_file.read_text())
+    index["1"] = index["2"]  # a shard that holds "2" only
+    index["3"] = "shard-gone.safetensors"
+    cache._index_file.write_text(json.dumps(index))
+    again = FeatureCache(tmp_path, NumberEncoder())
+    with pytest.raises(KeyError, match="no cached features for image ids \\['1', '3'\\]"):
+        again.features(["1", "2", "3"])
+    encode, calls = again.encoder.encode, []
+    again.encoder.encode = lambda sources: calls.append(list(sources)) or encode(sources)
+    feats = again.features(["1", "2", "3"], [1, 2, 3])
+    assert calls == [[1, 3]] and torch.equal(feats, NumberEncoder().encode([1, 2, 3]))
+    assert FeatureCache(tmp_path, NumberEncoder()).features(["1", "3"]).shape == (2, 2, 3)
+
+
+@pytest.mark.parametrize("failure", ["oserror", "safetensors"])
+def test_disk_full_names_the_folder_and_the_room_needed_and_keeps_earlier_shards(tmp_path, monkeypatch, failure):
+    """Issue 24.2: a full disk was a SafetensorError traceback and lost every feature encoded by the run."""
+    import errno
+
+    import memvp.feature_cache as feature_cache
+    from safetensors import SafetensorError
+
+    real_save, calls = feature_cache.save_file, [0]
+
+    def fills_the_disk_on_the_third_shard(tensors, path):
+        calls[0] += 1
+        if calls[0] == 3:
+            with open(path, "wb") as f:
+                f.write(b"half a shard")
+            if failure == "oserror":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                                  'message: "No space left on device" })')
+        real_save(tensors, path)
+
+    monkeypatch.setattr(feature_cache, "save_file", fills_the_disk_on_the_third_shard)
+    monkeypatch.setattr(feature_cache, "SHARD_BYTES", 2 * 24)  # two [2, 3] float32 features per shard
+    cache = FeatureCache(tmp_path, NumberEncoder(), batch_size=2)
+    ids = [str(k) for k in range(10)]
+    with pytest.raises(ValueError) as raised:
+        cache.add(ids, list(range(10)), progress=False)
+    message = str(raised.value)
+    assert "\n" not in message and str(cache.dir) in message and "is full" in message and "MiB free" in message
+    assert "the 6 features still to write need about" in message  # 2 in the failed shard + 4 not encoded
+    assert sorted(p.name for p in cache.dir.iterdir() if p.name.startswith(".")) == []  # no half-written file
+    monkeypatch.setattr(feature_cache, "save_file", real_save)
+    kept = FeatureCache(tmp_path, NumberEncoder())
+    assert sorted(kept.index, key=int) == ids[:4]
+    assert torch.equal(kept.features(ids[:4]), NumberEncoder().encode(range(4)))

@@ -105,6 +105,27 @@ def test_stream_yields_growing_prefixes_of_the_predict_answer(files, loaded, exp
     assert picture.mode == "RGB" and min(picture.size) > 100
 
 
+def test_a_map_that_can_not_be_drawn_keeps_the_answer_and_says_it_is_the_map(files, loaded):
+    """Issue 24.10: a question with no words showed "No answer: ..." while its answer was on screen."""
+    from memvp.serve import ask_steps
+
+    model, tok, encoder = loaded
+    answerer = Answerer(model, tok, encoder, max_new_tokens=MAX_NEW_TOKENS)
+    question = "? !"  # no words to map, but a prompt the model answers
+    answer = list(answerer.stream(question, answerer.features(read_upload(files / "scene.png"))))[-1]
+    steps = list(ask_steps(answerer, read_upload, files / "scene.png", question, True))
+    final_answer, status, picture = steps[-1]
+    assert final_answer == answer and picture is None
+    assert status.startswith("Answered in ") and "No answer" not in status
+    assert "⚠️ The map could not be drawn: the question '? !' has no words to explain" in status
+    # Without the map, and with a question that has words, nothing changes.
+    assert list(ask_steps(answerer, read_upload, files / "scene.png", question, False))[-1][1].startswith("Answered")
+    *_, (_, status, picture) = ask_steps(answerer, read_upload, files / "scene.png", QUESTION, True)
+    assert "Map drawn" in status and picture is not None
+    *_, (shown, status, _) = ask_steps(answerer, read_upload, files / "notes.txt", QUESTION, True)
+    assert shown == "" and status.startswith("⚠️ No answer: notes.txt is not an image")
+
+
 def test_binds_to_localhost_by_default():
     args = build_parser().parse_args(["serve", "--adapter", "a", "--vision-encoder", "v"])
     assert args.host == "127.0.0.1"

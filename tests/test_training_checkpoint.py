@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,6 +122,127 @@ def test_resume_latest_without_checkpoint_starts_fresh_and_bad_paths_fail(tiny, 
     assert main(["train", cfg, f"output_dir={tiny / 'x'}", *ARGS, "batch_size=4",
                  f"resume={tiny / 'uninterrupted' / 'checkpoint-4'}"]) == 2
     assert "batch_size=6" in capsys.readouterr().err
+
+
+def test_damaged_checkpoint_of_the_right_size_is_passed_over(tiny, uninterrupted, capsys):
+    """Issue 24.3: random bytes in optimizer.bin (size unchanged) crashed --resume with UnpicklingError;
+    the checksums in trainer_state.json find them before anything loads."""
+    run = tiny / "damaged-in-place"
+    shutil.copytree(uninterrupted, run)
+    for name in ("adapter", "metrics.json", "loss_curve.csv", "predictions_eval.json"):
+        shutil.rmtree(run / name) if (run / name).is_dir() else (run / name).unlink()
+    optimizer = run / "checkpoint-6" / checkpoint.OPTIMIZER
+    size = optimizer.stat().st_size
+    optimizer.write_bytes(torch.randint(0, 256, (size,), generator=torch.Generator().manual_seed(0),
+                                        dtype=torch.uint8).numpy().tobytes())
+    found, notes = checkpoint.resolve_resume("latest", run)
+    assert found == run / "checkpoint-4"
+    assert notes == [f"{run / 'checkpoint-6'} is damaged: optimizer.bin is damaged (its sha256 differs from the one "
+                     "recorded when it was written); passed over"]
+    with pytest.raises(ValueError, match="optimizer.bin is damaged .* resume from .*checkpoint-4 instead"):
+        checkpoint.resolve_resume(str(run / "checkpoint-6"), run)
+    capsys.readouterr()
+    assert main(["train", str(tiny / "train.yaml"), f"output_dir={run}", *ARGS, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert notes[0] in out and f"resumed from {run / 'checkpoint-4'} at step 4" in out
+    assert_identical(run, uninterrupted)
+
+
+def test_checkpoint_without_checksums_that_does_not_load_is_damaged(tmp_path):
+    """Checkpoints written before the checksums: a file that does not load counts as damaged."""
+    for step in (2, 4):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        torch.save({"step": step}, d / checkpoint.OPTIMIZER)
+        (d / checkpoint.TRAINER_STATE).write_text(json.dumps(
+            {"files": {checkpoint.OPTIMIZER: (d / checkpoint.OPTIMIZER).stat().st_size}}))
+    damaged = tmp_path / "checkpoint-4" / checkpoint.OPTIMIZER
+    damaged.write_bytes(bytes(damaged.stat().st_size))
+    found, notes = checkpoint.resolve_resume("latest", tmp_path)
+    assert found == tmp_path / "checkpoint-2" and "optimizer.bin can not be loaded" in notes[0]
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    import memvp.training.build as build_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the language model was loaded before the changed config was refused")
+    monkeypatch.setattr(build_module, "load_language_model", refuse)
+
+
+@pytest.mark.parametrize("override, named", [
+    ("seed=1", "seed=0 (this config: 1)"),
+    ("memvp.num_entries=8", "memvp.num_entries=16 (this config: 8)"),
+    ("method=adem", "method='memvp' (this config: 'adem')"),
+    ("weight_decay=0.1", "weight_decay=0.02 (this config: 0.1)"),
+    ("max_train_samples=10", "max_train_samples=0 (this config: 10)"),
+    ("train_data.questions_file=data/questions_test.json train_data.annotations_file=data/annotations_test.json",
+     "train_data.questions_file='data/questions_train.json' (this config: 'data/questions_test.json')"),
+])
+def test_resume_refuses_settings_that_can_not_change_naming_them(tiny, uninterrupted, capsys, no_model_load,
+                                                                 override, named):
+    """Issue 24.4: a resumed run ignored changed settings silently."""
+    assert main(["train", str(tiny / "train.yaml"), f"output_dir={tiny / 'changed'}", *ARGS, *override.split(),
+                 f"resume={uninterrupted / 'checkpoint-4'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "settings that can not change mid-run differ from the checkpoint's" in err[0]
+    assert named in err[0] and "start afresh" in err[0]
+
+
+def test_resume_refuses_another_train_file_of_the_same_size(tiny, uninterrupted, tmp_path, capsys, no_model_load):
+    """Issue 24.4: the same spec, a file of the same size with other answers: caught by the train set's
+    fingerprint recorded in the checkpoint."""
+    shutil.copy(tiny / "train.yaml", tmp_path / "train.yaml")
+    shutil.copytree(tiny / "data", tmp_path / "data", ignore=shutil.ignore_patterns("images"))
+    annotations = tmp_path / "data" / "annotations_train.json"
+    data = json.loads(annotations.read_text())
+    first, second = (a["multiple_choice_answer"] for a in data["annotations"][:2])
+    assert first != second
+    data["annotations"][0]["multiple_choice_answer"], data["annotations"][1]["multiple_choice_answer"] = second, first
+    before = annotations.stat().st_size
+    annotations.write_text(json.dumps(data, separators=(",", ":")))  # as the data set was written
+    assert annotations.stat().st_size == before  # the same questions and answers, two of them swapped
+    assert main(["train", str(tmp_path / "train.yaml"), f"output_dir={tmp_path / 'run'}", *ARGS,
+                 f"resume={uninterrupted / 'checkpoint-4'}"]) == 2
+    assert "the train set differs from the one it was trained on" in capsys.readouterr().err
+
+
+def test_resume_honours_a_new_lr_and_max_steps(tiny, uninterrupted, capsys):
+    """Issue 24.4: lr=0.5 gave the curve of the old lr (the optimizer and scheduler states brought it back).
+    Now the schedule continues from its step, scaled to the new lr; a new max_steps rebuilds it."""
+    start = uninterrupted / "checkpoint-4"
+    rows = lambda run: [line.split(",") for line in curve(run)[1:]]  # noqa: E731  step, epoch, loss, lr
+    old = rows(uninterrupted)
+    assert main(["train", str(tiny / "train.yaml"), f"output_dir={tiny / 'new-lr'}", *ARGS, "lr=0.5",
+                 f"resume={start}"]) == 0
+    assert "resuming with changed settings: lr=0.01 (this config: 0.5)" in capsys.readouterr().out
+    new = rows(tiny / "new-lr")
+    assert new[:4] == old[:4] and len(new) == 8  # the first 4 steps come from the checkpoint
+    for a, b in zip(old[4:], new[4:]):
+        assert float(b[3]) == pytest.approx(50 * float(a[3]), rel=1e-5)  # 0.5 / 0.01 (6 digits written)
+    assert new[4][2] == old[4][2] and all(a[2] != b[2] for a, b in zip(old[5:], new[5:]))  # losses after step 5
+    got, want = adapter(tiny / "new-lr"), adapter(uninterrupted)
+    assert not any(torch.equal(got[k], want[k]) for k in want if "position" in k)
+
+    import math
+    assert main(["train", str(tiny / "train.yaml"), f"output_dir={tiny / 'longer'}", *ARGS, "max_steps=12",
+                 f"resume={start}"]) == 0
+    longer = rows(tiny / "longer")
+    assert [int(r[0]) for r in longer] == list(range(1, 13))
+    for r in longer[4:]:  # cosine over 12 steps from step 5 on (warmup 0)
+        assert float(r[3]) == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * int(r[0]) / 12)), rel=1e-5)
+
+
+def test_resume_rule_refuses_any_other_key_by_default():
+    """The rule: keys listed in RESUME_HONOURED may change; every other key, one added later included, is
+    refused when it differs (a key a checkpoint does not record is compared with its default)."""
+    saved = {"lr": 0.01, "seed": 0, "memvp": {"num_entries": 16}, "projector_lr": None}
+    current = {"lr": 0.02, "seed": 0, "memvp": {"num_entries": 16}, "projector_lr": 0.1, "a_key_added_later": 3}
+    refused, honoured = checkpoint.resume_changes(saved, current, {"a_key_added_later": 1})
+    assert honoured == ["lr=0.01 (this config: 0.02)"]
+    assert refused == ["a_key_added_later=1 (this config: 3)", "projector_lr=None (this config: 0.1)"]
+    assert checkpoint.resume_changes(saved, {**saved, "a_key_added_later": 1}, {"a_key_added_later": 1}) == ([], [])
 
 
 def test_failed_write_leaves_the_previous_checkpoint(tmp_path):

@@ -180,6 +180,18 @@ def _field(record: dict, key: str, path: str, rid: Any) -> Any:
         raise ValueError(f"{_abs(path)}: record {rid!r} has no {key!r} field") from None
 
 
+def _inside(folder: str, name: str, path: str | os.PathLike, where: str, what: str = "image_dir") -> str:
+    """``folder/name`` for a file name read from a data file. An absolute name stays as it is (the file
+    says where); a relative one that leaves ``folder`` (``../../etc/passwd``) is refused. Containment is
+    checked on the normalised path, not the resolved one: a symlink inside ``folder`` (a data set linked
+    in from another disk) is the folder owner's choice."""
+    joined = os.path.join(folder, name)
+    if not os.path.isabs(name) and os.path.commonpath([os.path.normpath(joined), folder]) != folder:
+        raise ValueError(f"{_abs(path)}: {where}: the path {name!r} leaves {what} {folder}; give a path inside "
+                         f"{what} (or an absolute path)")
+    return joined
+
+
 # ------------------------------------------------------------------- ScienceQA
 SCIENCEQA_ANSWER_PREFIX = "The answer is"
 
@@ -401,7 +413,8 @@ def read_coco_captions(karpathy_file: str | os.PathLike, image_root: str | os.Pa
 
 # ----------------------------------------------------------------------- LLaVA
 def read_llava(json_file: str | os.PathLike, image_dir: str | os.PathLike,
-               per_conversation: bool = False, video_dir: str | os.PathLike | None = None) -> list[Sample]:
+               per_conversation: bool = False, video_dir: str | os.PathLike | None = None, *,
+               skipped: dict[str, str] | None = None) -> list[Sample]:
     """LLaVA conversation file (e.g. ``llava_v1_5_mix665k.json``).
 
     One Sample per human -> gpt turn, id ``f"{id}_{turn}"`` (turn counts from 0).
@@ -426,48 +439,78 @@ def read_llava(json_file: str | os.PathLike, image_dir: str | os.PathLike,
     defaults to ``image_dir``), a file or a folder of frames; ``"<video>"`` is removed
     from the text like ``"<image>"``; image_id = the video's relative name (also
     ``metadata["vid_name"]``, for pre-extracted per-video feature files).
+
+    An image or video name is read by absolute path when it is one; a relative one must stay inside
+    ``image_dir`` / ``video_dir``. A malformed conversation (a message that is not a ``{from, value}``
+    object, roles out of order, a path leaving the folder, ...) is a ValueError naming its id; with
+    ``skipped`` (a dict; ``--skip-bad``) it is left out instead and recorded there as
+    ``{"conversation '<id>'": problem}``.
     """
     data = _expect(_load_json(json_file, "LLaVA conversation file"), list, json_file,
                    "a list of conversations")
     image_dir = _abs(image_dir)
     video_dir = image_dir if video_dir is None else _abs(video_dir)
     samples = []
-    for entry in data:
-        cid = str(_field(entry, "id", json_file, entry))
-        convs = _field(entry, "conversations", json_file, cid)
-        image_name, video_name = entry.get("image"), entry.get("video")
-        if image_name and video_name:
-            raise ValueError(f"{_abs(json_file)}: conversation {cid!r} has both an image and a video; "
-                             f"give one visual input per conversation")
-        if not isinstance(image_name or video_name or "", str):
-            raise ValueError(f"{_abs(json_file)}: conversation {cid!r}: 'image' / 'video' must be one file name "
-                             f"(several images per conversation are not supported)")
-        image = os.path.join(image_dir, image_name) if image_name else None
-        video = os.path.join(video_dir, video_name) if video_name else None
-        extra = {_VIDEO_NAME: video_name} if video else {}
-        if len(convs) % 2:
-            raise ValueError(f"{_abs(json_file)}: conversation {cid!r} has an odd number of messages")
-        history: list[list[str]] = []
-        for turn in range(len(convs) // 2):
-            human, gpt = convs[2 * turn], convs[2 * turn + 1]
-            if human.get("from") != "human" or gpt.get("from") != "gpt":
-                raise ValueError(f"{_abs(json_file)}: conversation {cid!r} turn {turn} is not "
-                                 f"human -> gpt (got {human.get('from')!r} -> {gpt.get('from')!r})")
-            question = _field(human, "value", json_file, cid).replace("<image>", "").replace("<video>", "").strip()
-            answer = _field(gpt, "value", json_file, cid)
-            last_turn = turn == len(convs) // 2 - 1
-            if not per_conversation or last_turn:
-                samples.append(Sample(
-                    id=cid if per_conversation else f"{cid}_{turn}",
-                    prompt=question,
-                    answers=[answer],
-                    image=image,
-                    image_id=image_name or video_name or None,
-                    video=video,
-                    metadata={"conversation_id": cid, "turn": turn, "history": [list(h) for h in history], **extra},
-                ))
-            history.append([question, answer])
+    for k, entry in enumerate(data):
+        try:
+            samples += _llava_conversation(entry, json_file, image_dir, video_dir, per_conversation)
+        except ValueError as e:
+            if skipped is None:
+                raise
+            cid = entry.get("id") if isinstance(entry, dict) else None
+            skipped[f"conversation {cid!r}" if cid is not None else f"entry {k}"] = str(e)
     return _non_empty(samples, json_file)
+
+
+def _llava_conversation(entry: Any, json_file: str | os.PathLike, image_dir: str, video_dir: str,
+                        per_conversation: bool) -> list[Sample]:
+    """The samples of one conversation of a LLaVA file; a ValueError naming it when it is malformed."""
+    cid = str(_field(entry, "id", json_file, entry))
+    convs = _field(entry, "conversations", json_file, cid)
+    if not isinstance(convs, list):
+        raise ValueError(f"{_abs(json_file)}: conversation {cid!r}: 'conversations' is a {type(convs).__name__}, "
+                         "not a list of {from, value} messages")
+    for n, message in enumerate(convs):
+        if not isinstance(message, dict) or not isinstance(message.get("value"), str):
+            got = (f"is {message!r:.40}" if not isinstance(message, dict)
+                   else f"has the value {message.get('value')!r:.40}")
+            raise ValueError(f"{_abs(json_file)}: conversation {cid!r}: message {n} {got}; each message must be a "
+                             "{from, value} object with text: fix it, or skip the conversation with --skip-bad")
+    image_name, video_name = entry.get("image"), entry.get("video")
+    if image_name and video_name:
+        raise ValueError(f"{_abs(json_file)}: conversation {cid!r} has both an image and a video; "
+                         f"give one visual input per conversation")
+    if not isinstance(image_name or video_name or "", str):
+        raise ValueError(f"{_abs(json_file)}: conversation {cid!r}: 'image' / 'video' must be one file name "
+                         f"(several images per conversation are not supported)")
+    where = f"conversation {cid!r}"
+    image = _inside(image_dir, image_name, json_file, where) if image_name else None
+    video = _inside(video_dir, video_name, json_file, where, "video_dir") if video_name else None
+    extra = {_VIDEO_NAME: video_name} if video else {}
+    if len(convs) % 2:
+        raise ValueError(f"{_abs(json_file)}: conversation {cid!r} has an odd number of messages")
+    samples: list[Sample] = []
+    history: list[list[str]] = []
+    for turn in range(len(convs) // 2):
+        human, gpt = convs[2 * turn], convs[2 * turn + 1]
+        if human.get("from") != "human" or gpt.get("from") != "gpt":
+            raise ValueError(f"{_abs(json_file)}: conversation {cid!r} turn {turn} is not "
+                             f"human -> gpt (got {human.get('from')!r} -> {gpt.get('from')!r})")
+        question = human["value"].replace("<image>", "").replace("<video>", "").strip()
+        answer = gpt["value"]
+        last_turn = turn == len(convs) // 2 - 1
+        if not per_conversation or last_turn:
+            samples.append(Sample(
+                id=cid if per_conversation else f"{cid}_{turn}",
+                prompt=question,
+                answers=[answer],
+                image=image,
+                image_id=image_name or video_name or None,
+                video=video,
+                metadata={"conversation_id": cid, "turn": turn, "history": [list(h) for h in history], **extra},
+            ))
+        history.append([question, answer])
+    return samples
 
 
 # ---------------------------------------------------------- images from bytes
@@ -591,7 +634,7 @@ def read_pope(question_files: str | os.PathLike | Sequence[str | os.PathLike], i
                 id=f"{split}_{qid}",
                 prompt=_with_answer_prompt(text, answer_prompt),
                 answers=[label],
-                image=os.path.join(image_dir, image_name),
+                image=_inside(image_dir, image_name, path, f"question {qid!r}"),
                 image_id=image_name,
                 question_type=split,
                 metadata={"split": split, "question_id": qid, "question": text},
@@ -727,6 +770,7 @@ def read_mmbench(tsv_file: str | os.PathLike, image_dir: str | os.PathLike, circ
     image_dir = _check_image_dir(image_dir)
     old_limit = csv.field_size_limit(2**31 - 1)  # base64 images are far over csv's 128 KiB default
     rows: list[dict] = []
+    line_of: dict[int, int] = {}  # index -> its line: a repeated index would merge two questions' predictions
     image_of: dict[int, str] = {}  # index -> image path
     decoded: dict[bytes, str] = {}  # sha1 of a base64 cell -> image path (copies repeat the cell)
     try:
@@ -748,6 +792,10 @@ def read_mmbench(tsv_file: str | os.PathLike, image_dir: str | os.PathLike, circ
                     row["index"] = int(row["index"])
                 except ValueError:
                     raise ValueError(f"{path}: line {n} has index {row['index']!r}, not an integer") from None
+                if row["index"] in line_of:
+                    raise ValueError(f"{path}: line {n} repeats index {row['index']} of line {line_of[row['index']]}; "
+                                     "every question needs its own index (its predictions and score are keyed by it)")
+                line_of[row["index"]] = n
                 cell = row.pop("image")
                 if len(cell) <= 64 and not _is_na(cell) and cell.strip().isdigit():
                     row["image_ref"] = int(cell)  # resolved below: the row may come later
@@ -847,6 +895,33 @@ def _parquet_rows(path: str, what: str, required: Sequence[str], optional: Seque
         raise ValueError(f"{what} {path} could not be read: {e}") from None
 
 
+def _cell(row: dict, column: str, kinds: type | tuple[type, ...], path: str, n: int, expected: str,
+          required: bool = False) -> Any:
+    """``row[column]`` when it is of ``kinds`` (None when null and not ``required``); otherwise an error
+    naming the file, the row (counted from 0 in the file) and the column. pyarrow hands back whatever the
+    file holds: a string where a list belongs would be read as a list of its characters."""
+    value = row.get(column)
+    if value is None and not required:
+        return None
+    if value is None or isinstance(value, bool) or not isinstance(value, kinds):
+        got = "null" if value is None else f"{value!r:.40} of type {type(value).__name__}"
+        raise ValueError(f"{path}: row {n}, column {column!r} holds {got}, expected {expected}; fix the file")
+    return value
+
+
+def _strings(row: dict, column: str, path: str, n: int, required: bool = False) -> list[str] | None:
+    """A list-of-strings cell (choices, captions), checked as ``_cell`` does, items included."""
+    values = _cell(row, column, list, path, n, "a list of strings", required)
+    for value in values or []:
+        if not isinstance(value, str):
+            raise ValueError(f"{path}: row {n}, column {column!r} holds a list with {value!r:.40} of type "
+                             f"{type(value).__name__}, expected a list of strings; fix the file")
+    return values
+
+
+_ID = (int, str)
+
+
 def _parquet_image(cell: Any, image_dir: str, path: str, rid: Any) -> str | None:
     """The image of a parquet cell (the ``datasets`` Image feature: a struct ``{bytes, path}``, or plain
     bytes) written to ``image_dir``; None for an empty cell."""
@@ -889,19 +964,22 @@ def read_scienceqa_parquet(files: str | os.PathLike | Sequence[str | os.PathLike
     samples, rows_seen = [], {}
     for path in paths:
         split = _split_of(path)
-        for row in _parquet_rows(path, "ScienceQA parquet file", ("image", "question", "choices", "answer"),
-                                 ("hint", "subject", "grade")):
+        rows = _parquet_rows(path, "ScienceQA parquet file", ("image", "question", "choices", "answer"),
+                             ("hint", "subject", "grade"))
+        for r, row in enumerate(rows):
             n = rows_seen[split] = rows_seen.get(split, -1) + 1
             sid = f"{split}_{n}"
-            choices = [str(c) for c in row["choices"] or []]
+            question = _cell(row, "question", str, path, r, "the question's text", required=True)
+            choices = _strings(row, "choices", path, r) or []
             if row["answer"] is None:
                 raise ValueError(f"{path}: row {n} has no answer")
-            answer = int(row["answer"])
+            answer = _cell(row, "answer", int, path, r, "the index of the right choice")
             if not 0 <= answer < len(choices):
                 raise ValueError(f"{path}: row {n} has answer {answer} but {len(choices)} choices")
-            samples.append(_scienceqa_sample(sid, row["question"], row.get("hint") or "", choices, answer,
+            hint, subject, grade = (_cell(row, c, str, path, r, "text or null") for c in ("hint", "subject", "grade"))
+            samples.append(_scienceqa_sample(sid, question, hint or "", choices, answer,
                                              _parquet_image(row["image"], image_dir, path, n),
-                                             row.get("subject") or "", row.get("grade") or "", split=split))
+                                             subject or "", grade or "", split=split))
     return _non_empty(samples, paths[0])
 
 
@@ -922,21 +1000,31 @@ def read_vqav2_parquet(files: str | os.PathLike | Sequence[str | os.PathLike],
     image_dir = _check_image_dir(image_dir)
     samples = []
     for path in paths:
-        for row in _parquet_rows(path, "VQAv2 parquet file", ("question_id", "question", "image"),
-                                 ("answers", "multiple_choice_answer", "answer_type", "question_type", "image_id")):
-            qid = row["question_id"]
-            answers = [str(a["answer"] if isinstance(a, dict) else a) for a in row.get("answers") or []]
-            answer_type = row.get("answer_type") or ""
+        for r, row in enumerate(_parquet_rows(path, "VQAv2 parquet file", ("question_id", "question", "image"),
+                                              ("answers", "multiple_choice_answer", "answer_type", "question_type",
+                                               "image_id"))):
+            qid = _cell(row, "question_id", _ID, path, r, "a question id", required=True)
+            question = _cell(row, "question", str, path, r, "the question's text", required=True)
+            answers = []
+            for a in _cell(row, "answers", list, path, r, "a list of {answer, ...} or of strings") or []:
+                answer = a.get("answer") if isinstance(a, dict) else a
+                if not isinstance(answer, str):
+                    raise ValueError(f"{path}: row {r}, column 'answers' holds {a!r:.60}, expected a list of "
+                                     "{answer, ...} or of strings; fix the file")
+                answers.append(answer)
+            target = _cell(row, "multiple_choice_answer", str, path, r, "the answer's text or null")
+            answer_type = _cell(row, "answer_type", str, path, r, "text or null") or ""
             metadata = {}
-            if answers or row.get("multiple_choice_answer") is not None:
-                metadata = {"answer_type": answer_type, "question_type": row.get("question_type") or ""}
-                if row.get("multiple_choice_answer") is not None:
-                    metadata = {"target": row["multiple_choice_answer"], **metadata}
+            if answers or target is not None:
+                metadata = {"answer_type": answer_type,
+                            "question_type": _cell(row, "question_type", str, path, r, "text or null") or ""}
+                if target is not None:
+                    metadata = {"target": target, **metadata}
             image = _parquet_image(row["image"], image_dir, path, qid)
-            image_id = row.get("image_id")
+            image_id = _cell(row, "image_id", _ID, path, r, "an image id or null")
             samples.append(Sample(
                 id=str(qid),
-                prompt=row["question"],
+                prompt=question,
                 answers=answers,
                 image=image,
                 image_id=str(image_id) if image_id is not None else
@@ -963,14 +1051,22 @@ def read_gqa_parquet(files: str | os.PathLike | Sequence[str | os.PathLike],
     paths = _files(files, "GQA instructions parquet file", ".parquet")
     image_paths = _files(image_files, "GQA images parquet file", ".parquet")
     image_dir = _check_image_dir(image_dir)
-    questions = [(path, row) for path in paths
-                 for row in _parquet_rows(path, "GQA instructions parquet file", ("id", "imageId", "question"),
-                                          ("answer", "fullAnswer", "types"))]
+    questions = []
+    for path in paths:
+        for r, row in enumerate(_parquet_rows(path, "GQA instructions parquet file", ("id", "imageId", "question"),
+                                              ("answer", "fullAnswer", "types"))):
+            _cell(row, "id", _ID, path, r, "a question id", required=True)
+            _cell(row, "imageId", _ID, path, r, "an image id", required=True)
+            _cell(row, "question", str, path, r, "the question's text", required=True)
+            for column in ("answer", "fullAnswer"):
+                _cell(row, column, str, path, r, "text or null")
+            _cell(row, "types", dict, path, r, "a {structural, semantic, detailed} struct or null")
+            questions.append((path, row))
     wanted = {str(row["imageId"]) for _, row in questions}
     image_of: dict[str, str] = {}
     for path in image_paths:
-        for row in _parquet_rows(path, "GQA images parquet file", ("id", "image")):
-            iid = str(row["id"])
+        for r, row in enumerate(_parquet_rows(path, "GQA images parquet file", ("id", "image"))):
+            iid = str(_cell(row, "id", _ID, path, r, "an image id", required=True))
             if iid in wanted and iid not in image_of:
                 image = _parquet_image(row["image"], image_dir, path, iid)
                 if image is not None:
@@ -1015,14 +1111,16 @@ def read_coco_captions_parquet(files: str | os.PathLike | Sequence[str | os.Path
     image_dir = _check_image_dir(image_dir)
     samples = []
     for path in paths:
-        for row in _parquet_rows(path, "COCO caption parquet file", ("question_id", "image"), ("answer",)):
-            filename = str(row["question_id"])
+        for r, row in enumerate(_parquet_rows(path, "COCO caption parquet file", ("question_id", "image"),
+                                              ("answer",))):
+            filename = str(_cell(row, "question_id", _ID, path, r, "the image's file name", required=True))
+            captions = _strings(row, "answer", path, r) or []
             digits = filename.rsplit("_", 1)[-1].split(".")[0]
             cid = str(int(digits)) if digits.isdigit() else filename
             samples.append(Sample(
                 id=cid,
                 prompt=COCO_CAPTION_PROMPT,
-                answers=[str(c).strip() for c in row.get("answer") or []],
+                answers=[c.strip() for c in captions],
                 image=_parquet_image(row["image"], image_dir, path, filename),
                 image_id=cid,
                 metadata={"filename": filename},
@@ -1364,7 +1462,8 @@ def _use_feature_files(samples: list[Sample], features_dir: str, pattern: str) -
     return samples
 
 
-def load_samples(spec: dict, base_dir: str | os.PathLike | None = None) -> list[Sample]:
+def load_samples(spec: dict, base_dir: str | os.PathLike | None = None,
+                 skipped: dict[str, str] | None = None) -> list[Sample]:
     """Read samples from ``spec = {"format": <name>, **reader_kwargs}``.
 
     e.g. ``{"format": "scienceqa", "root": "data/sqa", "split": "test"}``.
@@ -1376,6 +1475,9 @@ def load_samples(spec: dict, base_dir: str | os.PathLike | None = None) -> list[
     pre-extracted features (.safetensors, .npy or .pt, [n_visual, dim]) from there
     instead of encoding their images.  Video samples (tvqa, how2qa: image_id = the video's
     name) read one feature file per video instead, keeping their ``span`` and ``metadata["fps"]``.
+
+    ``skipped`` (a dict): readers that can leave out a malformed record (``read_llava``) do so and
+    record it there instead of raising (``--skip-bad``).
     """
     if "format" not in spec:
         raise ValueError(f"dataset spec has no 'format' key; formats: {sorted(FORMATS)}")
@@ -1397,8 +1499,12 @@ def load_samples(spec: dict, base_dir: str | os.PathLike | None = None) -> list[
         raise FileNotFoundError(f"features_dir not found: {_abs(features_dir)}")
     reader = FORMATS[fmt]
     try:
+        if "skipped" in kwargs:  # the caller's argument, not a data-spec key
+            raise TypeError("got an unexpected keyword argument 'skipped'")
         inspect.signature(reader).bind(**kwargs)
     except TypeError as e:
         raise ValueError(f"bad arguments for dataset format {fmt!r}: {e}") from None
+    if skipped is not None and "skipped" in inspect.signature(reader).parameters:
+        kwargs["skipped"] = skipped
     samples = reader(**kwargs)
     return _use_feature_files(samples, features_dir, features_pattern) if features_dir is not None else samples

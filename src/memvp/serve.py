@@ -18,7 +18,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -175,7 +175,7 @@ class Answerer:
                 result = explain(self.model, self.tokenizer, features, question, None, 0, self.max_new_tokens,
                                  self.template, self.max_length)
             except ValueError as e:  # e.g. no words to map, a visual grid that is not square
-                raise BadInput(f"No map for this question: {e}") from None
+                raise BadInput(str(e)) from None
         with tempfile.TemporaryDirectory(prefix="memvp-serve-") as tmp:
             out = plot_explanation(image, result, Path(tmp) / "map.png",
                                    region=grid_region(self.encoder, *image.size))
@@ -184,6 +184,48 @@ class Answerer:
 
 
 # ----------------------------------------------------------------------------- the page
+def ask_steps(answerer: Answerer, load: Callable[[Any], Image.Image], path, question, show_map
+              ) -> Iterator[tuple[str, str, Any]]:
+    """What the page shows after Ask, step by step: (answer, status line, map picture or None). A
+    problem with the map comes after the answer and says that it is the map that could not be drawn;
+    the answer stays on screen."""
+    start = time.perf_counter()
+    answer = ""
+    try:
+        image = load(path)
+        question = check_question(question)
+        answerer.prompt_ids(question)  # a too-long question fails before any work
+        yield "", "Answering…", None
+        features = answerer.features(image)
+        for answer in answerer.stream(question, features):
+            yield answer, "Answering…", None
+    except BadInput as e:
+        yield answer, f"⚠️ No answer: {e}", None
+        return
+    except Exception as e:  # a demo page shows one line; the server log keeps the traceback
+        traceback.print_exc(file=sys.stderr)
+        yield answer, f"⚠️ Something went wrong on the server: {type(e).__name__}: {e}", None
+        return
+    took = time.perf_counter() - start
+    done = f"Answered in {took:.1f} s." if answer else f"Answered in {took:.1f} s: the answer is empty."
+    if not show_map:
+        yield answer, done, None
+        return
+    yield answer, done + " Drawing the map…", None
+    start_map = time.perf_counter()
+    try:
+        picture = answerer.heatmap(image, question, features)
+    except BadInput as e:
+        yield answer, f"{done} ⚠️ The map could not be drawn: {e}", None
+        return
+    except Exception as e:
+        traceback.print_exc(file=sys.stderr)
+        yield (answer, f"{done} ⚠️ The map could not be drawn: something went wrong on the server "
+                       f"({type(e).__name__}: {e})", None)
+        return
+    yield answer, f"{done} Map drawn in {time.perf_counter() - start_map:.1f} s.", picture
+
+
 def build_app(model, tokenizer, encoder, *, max_new_tokens: int = 10, max_length: int = 128,
               max_upload_mb: float = MAX_UPLOAD_MB, max_pixels: int = MAX_PIXELS,
               template: str = DEFAULT_PROMPT_TEMPLATE, title: str = TITLE):
@@ -210,30 +252,7 @@ def build_app(model, tokenizer, encoder, *, max_new_tokens: int = 10, max_length
         return path, "Image ready: type a question and press **Ask**."
 
     def ask(path, question, show_map) -> Iterator[tuple[Any, str, Any]]:
-        start = time.perf_counter()
-        answer = ""
-        try:
-            image = _load(path)
-            question = check_question(question)
-            answerer.prompt_ids(question)  # a too-long question fails before any work
-            yield "", "Answering…", None
-            features = answerer.features(image)
-            for answer in answerer.stream(question, features):
-                yield answer, "Answering…", None
-            took = time.perf_counter() - start
-            done = f"Answered in {took:.1f} s." if answer else f"Answered in {took:.1f} s: the answer is empty."
-            if not show_map:
-                yield answer, done, None
-                return
-            yield answer, done + " Drawing the map…", None
-            start_map = time.perf_counter()
-            picture = answerer.heatmap(image, question, features)
-            yield answer, f"{done} Map drawn in {time.perf_counter() - start_map:.1f} s.", picture
-        except BadInput as e:
-            yield answer, f"⚠️ No answer: {e}", None
-        except Exception as e:  # a demo page shows one line; the server log keeps the traceback
-            traceback.print_exc(file=sys.stderr)
-            yield answer, f"⚠️ Something went wrong on the server: {type(e).__name__}: {e}", None
+        yield from ask_steps(answerer, _load, path, question, show_map)
 
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown(f"# {title}\n{INTRO}")
@@ -306,4 +325,5 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["BadInput", "read_upload", "check_question", "first_line", "Answerer", "build_app", "launch", "serve"]
+__all__ = ["BadInput", "read_upload", "check_question", "first_line", "Answerer", "ask_steps", "build_app", "launch",
+           "serve"]

@@ -399,6 +399,10 @@ def load_features(path: str | os.PathLike, feature_dim: int | None = None) -> to
     if feats.dim() != 2 or (feature_dim is not None and feats.shape[-1] != feature_dim):
         raise ValueError(f"features in {path} have shape {tuple(feats.shape)}, expected "
                          f"[n_visual, {feature_dim if feature_dim is not None else 'feature_dim'}]")
+    finite = torch.isfinite(feats)
+    if not finite.all():  # would make every answer empty, or the loss NaN, far from the cause
+        raise ValueError(f"features in {path}{'#' + key if key else ''} hold {int((~finite).sum())} NaN or infinite "
+                         f"value(s) of {feats.numel()}; re-extract them, or skip the sample with --skip-bad")
     return feats
 
 

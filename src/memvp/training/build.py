@@ -3,6 +3,7 @@ output directory checked, the models built or loaded, the samples' images encode
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -16,12 +17,20 @@ from ..methods import build_model, check_adapter_features, get_method, init_from
 from ..pretrained import cache_dir, load_language_model, load_vision_encoder
 from .config import DTYPES, TrainConfig
 
-def read_split(spec: dict | None, what: str, limit: int = 0) -> list[Sample]:
+def read_split(spec: dict | None, what: str, limit: int = 0, skip_bad: bool = False,
+               log: Callable[[str], None] = print) -> list[Sample]:
+    """The samples of a data spec; with ``skip_bad`` malformed records the reader can leave out (LLaVA
+    conversations) are skipped and listed in one log line instead of stopping the run."""
     if not spec:
         raise ValueError(f"no {what} given in the config")
     spec = dict(spec)
     base_dir = spec.pop("_base_dir", None)
-    samples = load_samples(spec, base_dir=base_dir)
+    skipped: dict[str, str] | None = {} if skip_bad else None
+    samples = load_samples(spec, base_dir=base_dir, skipped=skipped)
+    if skipped:
+        names = list(skipped)
+        listed = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        log(f"skipped {len(names)} malformed record(s) of {what}: {listed} (e.g. {skipped[names[0]]})")
     return samples[:limit] if limit > 0 else samples
 
 
@@ -33,6 +42,7 @@ def build(cfg: TrainConfig, samples: list[Sample] = ()):
     """(model, tokenizer, VisualInputs) as the config says (adapter loaded if given). The model is
     a MemVPModel or, for the baselines, an InputSpaceModel with the same interface. ``samples``
     size a ``precomputed`` vision encoder (their feature files)."""
+    check_frames_fit_entries(cfg, samples)  # before either model loads and any frame is decoded
     lm, tokenizer = load_language_model(cfg.language_model, dtype=DTYPES[cfg.model_dtype])
     example = next((s.features for s in samples if s.features is not None), None)
     encoder = load_vision_encoder(cfg.vision_encoder, cfg.vision, example_features=example,
@@ -60,6 +70,28 @@ def reads_videos(cfg: TrainConfig, samples: list[Sample] = ()) -> bool:
     """Whether the run's data are videos (a video format, or samples that hold videos)."""
     formats = {spec.get("format") for spec in (cfg.train_data, cfg.eval_data) if spec}
     return bool(formats & VIDEO_FORMATS) or any(s.is_video for s in samples)
+
+
+def check_frames_fit_entries(cfg: TrainConfig, samples: list[Sample] = ()) -> None:
+    """A video is ``num_frames`` visual tokens; MemVP holds at most ``num_entries`` of them. More would
+    fail at the first forward pass, after both models loaded and every frame was decoded: check it from
+    the config (or the adapter's config file) instead."""
+    method = get_method(cfg.method)
+    if method.section != "memvp" or not reads_videos(cfg, samples):
+        return
+    where = "memvp.num_entries"
+    if cfg.adapter:
+        try:  # an unreadable adapter is reported by check_adapter / load_adapter
+            entries = int(json.loads((Path(cfg.adapter) / "memvp_config.json").read_text())["config"]["num_entries"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        where = f"num_entries of the adapter {cfg.adapter}"
+    else:
+        entries = int(method.make_config(1, cfg.memvp).num_entries)
+    if cfg.num_frames > entries:
+        raise ValueError(f"num_frames={cfg.num_frames} is more than {where}={entries}: each video frame is one "
+                         f"visual token of MemVP's memory; set memvp.num_entries >= {cfg.num_frames}, or lower "
+                         "num_frames")
 
 
 def check_output_dir(out: Path) -> None:
@@ -124,5 +156,5 @@ def visual_feature_statistics(visual: VisualInputs, samples: list[Sample],
     return mean.float(), float(mean.pow(2).sum()) / max(squares / count, 1e-30)
 
 
-__all__ = ["read_split", "task_of", "build", "reads_videos", "check_output_dir", "prepare_samples",
-           "visual_feature_statistics"]
+__all__ = ["read_split", "task_of", "build", "reads_videos", "check_frames_fit_entries", "check_output_dir",
+           "prepare_samples", "visual_feature_statistics"]

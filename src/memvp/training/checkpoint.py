@@ -10,7 +10,7 @@ A checkpoint ``<output_dir>/checkpoint-<step>/`` holds
 * ``rng_state.bin``: python / numpy / torch (and CUDA) RNG states of every process, and the state the
   data sampler's generator had at the start of the current epoch;
 * ``trainer_state.json``: step, data position (epoch, batches of it consumed), loss curve and eval
-  history so far, the training config. Written last.
+  history so far, the training config, and the size and sha256 of every other file. Written last.
 
 The frozen language model is never written: Accelerate's ``save_state`` would write the whole model
 (all 135M parameters of SmolLM2, billions for a 7B LM) into every checkpoint, so this module saves
@@ -26,6 +26,8 @@ checkpoint); only the main process writes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -33,7 +35,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -72,10 +74,31 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_problem(path: Path) -> str | None:
+    """Why ``path`` can not be loaded (None when it can): for checkpoints written before checksums."""
+    try:
+        if path.suffix == ".safetensors":
+            load_file(str(path))
+        elif path.suffix == ".bin":
+            torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # any failure to load is damage: pickle, zip and safetensors errors differ
+        return f"{path.name} can not be loaded ({type(e).__name__})"
+    return None
+
+
 def checkpoint_problem(path: str | os.PathLike) -> str | None:
     """What is wrong with a checkpoint directory (None when it is intact): its trainer state must
-    parse, and every file it lists must have the size it was written with (a truncated copy or a
-    disk that filled up shows here, before anything is loaded)."""
+    parse, and every file it lists must have the size and sha256 it was written with (a truncated
+    copy, a disk that filled up or bytes damaged in place show here, before anything is loaded).
+    Checkpoints written before the checksums are loaded on trial instead."""
     path = Path(path)
     try:
         state = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
@@ -83,12 +106,19 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
         return f"no {TRAINER_STATE} in it"
     except (OSError, ValueError) as e:
         return f"{TRAINER_STATE} is damaged ({e})"
+    checksums = state.get("sha256")
     for name, size in (state.get("files") or {}).items():  # checkpoints before the manifest list none
         f = path / name
         if not f.is_file():
             return f"{name} is missing"
         if f.stat().st_size != size:
             return f"{name} is truncated ({f.stat().st_size} of {size} bytes)"
+        if checksums is None:
+            problem = _load_problem(f)
+            if problem:
+                return problem
+        elif _sha256(f) != checksums.get(name):
+            return f"{name} is damaged (its sha256 differs from the one recorded when it was written)"
     return None
 
 
@@ -119,6 +149,108 @@ def resolve_resume(resume: str, output_dir: str | os.PathLike) -> tuple[Path | N
         hint = f"resume from {earlier[-1]} instead" if earlier else "no earlier intact checkpoint: start afresh"
         raise ValueError(f"cannot resume from {path}: {problem}; {hint}")
     return path, []
+
+
+# ------------------------------------------------------------------------------ what may change on resume
+RESUME_HONOURED: dict[str, str] = {
+    "output_dir": "where this run writes (a checkpoint of another run may continue into a new folder)",
+    "resume": "which checkpoint to continue",
+    "max_steps": "the run stops at the new count; the learning-rate schedule is rebuilt for the new length",
+    "epochs": "as max_steps",
+    "warmup_ratio": "the learning-rate schedule is rebuilt with the new warm-up",
+    "lr": "the schedule continues from its step with the new peak value (lr(step) = lr x the schedule's factor); "
+          "the optimizer's moments are kept",
+    "projector_lr": "as lr, for the projector's group (switching it on or off is refused: the optimizer's groups "
+                    "would change)",
+    "max_grad_norm": "read at every step",
+    "eval_every": "read at every step", "save_every": "read at every step", "save_total_limit": "read at every save",
+    "diagnose_every": "read at every step", "measure_memory": "read at every step", "progress": "display only",
+    "eval_data": "evaluation only", "max_eval_samples": "evaluation only", "eval_batch_size": "evaluation only",
+    "max_new_tokens": "evaluation only", "do_sample": "evaluation only", "top_p": "evaluation only",
+    "temperature": "evaluation only", "score_skipped": "evaluation only",
+    "skip_bad": "the train set is still compared sample by sample, and counted after skipping",
+    "feature_cache": "where features are cached (keyed by encoder and file, so they are the same)",
+    "gradient_checkpointing": "memory against time; the same gradients",
+}
+"""TrainConfig keys a resumed run may change, and how it honours them. Every other key, including keys
+added later, must equal the checkpoint's: a new key is safe by default."""
+
+
+def data_fingerprint(samples: Sequence) -> str:
+    """sha256 of what training reads of a split: each sample's id, prompt, answers, target, earlier turns
+    and visual input (file names, not folders: a moved data set is the same data). Catches a train file
+    replaced by another of the same size."""
+    digest = hashlib.sha256()
+    for s in samples:
+        visual = [os.path.basename(p) if p else None for p in (s.image, s.video, s.features)]
+        record = [s.id, s.prompt, s.answers, s.target, s.metadata.get("history"), s.image_id, visual, s.span]
+        digest.update(json.dumps(record, default=str).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def _flatten(value: Any, prefix: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        if key != "_base_dir":  # the config file's folder: relative data paths are compared as written
+            flat.update(_flatten(item, f"{prefix}.{key}"))
+    return flat or {prefix: {}}
+
+
+def resume_changes(saved: dict, current: dict, defaults: dict) -> tuple[list[str], list[str]]:
+    """(refused, honoured) differences between a checkpoint's config and this run's, each as
+    ``key=old (this config: new)``; nested sections (memvp.num_entries, train_data.questions_file) by dotted
+    key. A key the checkpoint does not record (added since) is compared with its default."""
+    refused, honoured = [], []
+    for key in sorted(current):
+        old, new = saved.get(key, defaults.get(key)), current[key]
+        before, after = _flatten(old, key), _flatten(new, key)
+        differing = [k for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)]
+        if not differing:
+            continue
+        described = [f"{k}={before.get(k)!r} (this config: {after.get(k)!r})" for k in differing]
+        switched = key == "projector_lr" and (old is None) != (new is None)
+        (honoured if key in RESUME_HONOURED and not switched else refused).extend(described)
+    return refused, honoured
+
+
+def check_resume_config(saved_state: dict, cfg, train_fingerprint: str, where: Path,
+                        log: Callable[[str], None] = print) -> None:
+    """Refuse to resume when a setting that can not change mid-run (data, method, sizes, seed, ...)
+    differs from the checkpoint's, naming each; log the changes the run honours. Needs no model."""
+    defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                for f in dataclasses.fields(cfg)}
+    # Both as the checkpoint recorded its config: through JSON (tuples become lists, ...).
+    current, defaults = (json.loads(json.dumps(d)) for d in (dataclasses.asdict(cfg), defaults))
+    refused, honoured = resume_changes(saved_state.get("config", {}), current, defaults)
+    fresh = "set them back, or start afresh (another output_dir, or without --resume)"
+    if refused:
+        raise ValueError(f"cannot resume from {where}: settings that can not change mid-run differ from the "
+                         f"checkpoint's: {', '.join(refused)}; {fresh}")
+    recorded = saved_state.get("train_fingerprint")
+    if recorded is not None and recorded != train_fingerprint:
+        raise ValueError(f"cannot resume from {where}: the train set differs from the one it was trained on (the "
+                         f"same train_data spec, other samples: a data file was replaced or edited); restore the "
+                         f"data, or start afresh (another output_dir, or without --resume)")
+    step = saved_state.get("step", 0)
+    if cfg.max_steps and step > cfg.max_steps:
+        raise ValueError(f"cannot resume from {where}: it is at step {step}, past max_steps={cfg.max_steps}; "
+                         "give max_steps >= its step, or resume from an earlier checkpoint")
+    if honoured:
+        log(f"resuming with changed settings: {', '.join(honoured)}")
+
+
+def _honour_configured_lrs(optimizer, scheduler, configured: list[float]) -> None:
+    """Loading the optimizer and scheduler states brings back the learning rates of the run that wrote
+    them; keep this run's (its lr / projector_lr): the schedule continues at its step, scaled to them."""
+    if list(scheduler.base_lrs) == configured:
+        return  # unchanged: the loaded state as it was, bit for bit
+    lrs = [base * factor(scheduler.last_epoch) for base, factor in zip(configured, scheduler.lr_lambdas)]
+    for group, base, lr in zip(optimizer.param_groups, configured, lrs):
+        group["initial_lr"], group["lr"] = base, lr
+    scheduler.base_lrs, scheduler._last_lr = list(configured), lrs
 
 
 # ------------------------------------------------------------------------------ atomic directories
@@ -277,10 +409,13 @@ def save_checkpoint(accelerator, model, optimizer, scheduler, directory: str | o
         if accelerator.scaler is not None:
             torch.save(accelerator.scaler.state_dict(), tmp / SCALER)
         torch.save(rng, tmp / RNG)
-        # Last: a directory with trainer_state.json has everything else, and lists it with its sizes.
-        files = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
-        (tmp / TRAINER_STATE).write_text(json.dumps({**trainer_state, "files": files}, indent=1, sort_keys=True),
-                                         encoding="utf-8")
+        # Last: a directory with trainer_state.json has everything else, and lists it with its sizes
+        # and checksums (damage that keeps the size is found by resolve_resume too).
+        written = [f for f in sorted(tmp.iterdir()) if f.is_file()]
+        files = {f.name: f.stat().st_size for f in written}
+        checksums = {f.name: _sha256(f) for f in written}
+        (tmp / TRAINER_STATE).write_text(json.dumps({**trainer_state, "files": files, "sha256": checksums},
+                                                    indent=1, sort_keys=True), encoding="utf-8")
 
     with full_parameters(accelerator, model):
         if accelerator.is_main_process:
@@ -303,15 +438,26 @@ def load_training_state(accelerator, model, optimizer, scheduler, directory: str
     """Restore optimizer, scheduler, loss scaler and this process's RNG states from a checkpoint.
 
     Returns the sampler generator state of the checkpoint's epoch start. RNG states are per
-    process: resuming with another number of processes is allowed but not bit-exact.
+    process: resuming with another number of processes is allowed but not bit-exact. The learning
+    rates of this run's config are kept (``_honour_configured_lrs``).
     """
     directory = Path(directory)
-    _load_optimizer_state(accelerator, model, optimizer,
-                          torch.load(directory / OPTIMIZER, map_location="cpu", weights_only=True))
-    scheduler.load_state_dict(torch.load(directory / SCHEDULER, weights_only=True))
+    schedule = getattr(scheduler, "scheduler", scheduler)  # the LambdaLR inside Accelerate's wrapper
+    configured = list(schedule.base_lrs)
+
+    def load(name: str):
+        try:
+            return torch.load(directory / name, map_location="cpu", weights_only=True)
+        except Exception as e:  # damaged after resolve_resume checked it: still one line, not a pickle traceback
+            raise ValueError(f"cannot resume from {directory}: {name} can not be loaded ({type(e).__name__}); "
+                             "resume from an earlier checkpoint (resume=DIR) or start afresh") from None
+
+    _load_optimizer_state(accelerator, model, optimizer, load(OPTIMIZER))
+    scheduler.load_state_dict(load(SCHEDULER))
+    _honour_configured_lrs(optimizer, schedule, configured)
     if accelerator.scaler is not None and (directory / SCALER).is_file():
-        accelerator.scaler.load_state_dict(torch.load(directory / SCALER, weights_only=True))
-    rng = torch.load(directory / RNG, weights_only=True)
+        accelerator.scaler.load_state_dict(load(SCALER))
+    rng = load(RNG)
     states = rng["processes"]
     set_rng_state(states[accelerator.process_index % len(states)])
     return rng["sampler"]
@@ -319,4 +465,5 @@ def load_training_state(accelerator, model, optimizer, scheduler, directory: str
 
 __all__ = ["DataPosition", "list_checkpoints", "resolve_resume", "checkpoint_problem", "write_directory_atomically",
            "prune_checkpoints", "save_checkpoint", "load_trainable_weights", "load_training_state",
-           "read_trainer_state", "checkpoint_step", "full_parameters", "is_fsdp"]
+           "read_trainer_state", "checkpoint_step", "full_parameters", "is_fsdp", "RESUME_HONOURED",
+           "data_fingerprint", "resume_changes", "check_resume_config"]

@@ -84,7 +84,7 @@ def run_eval(cfg: TrainConfig, with_metrics: bool = True) -> dict:
         raise ValueError("give the adapter to evaluate: adapter=DIR")
     out = Path(cfg.output_dir)
     check_output_dir(out)
-    split = read_split(cfg.eval_data, "eval_data", cfg.max_eval_samples)  # before the models load
+    split = read_split(cfg.eval_data, "eval_data", cfg.max_eval_samples, cfg.skip_bad)  # before the models load
     check_adapter(cfg.adapter)
     model, tokenizer, visual = build(cfg, split)
     samples, skipped = prepare_samples(visual, split, cfg.skip_bad, "eval", task_of(cfg.eval_data))

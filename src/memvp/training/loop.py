@@ -38,8 +38,9 @@ from ..instruments import measure_scale
 from ..methods import check_adapter
 from ..peak_memory import PeakMemory
 from .build import build, check_output_dir, prepare_samples, read_split, task_of, visual_feature_statistics
-from .checkpoint import (DataPosition, checkpoint_step, full_parameters, is_fsdp, load_trainable_weights,
-                         load_training_state, read_trainer_state, resolve_resume, save_checkpoint)
+from .checkpoint import (DataPosition, check_resume_config, checkpoint_step, data_fingerprint, full_parameters,
+                         is_fsdp, load_trainable_weights, load_training_state, read_trainer_state, resolve_resume,
+                         save_checkpoint)
 from .config import TrainConfig
 from .distributed import (check_fsdp_names, check_launch, ddp_kwargs, fp32_trainable, one_writer_at_a_time, setup_fsdp,
                           skip_frozen_broadcast, use_cpu)
@@ -210,10 +211,8 @@ def _resume_dir(cfg: TrainConfig, out: Path, state) -> Path | None:
 
 def _check_resumable(saved: dict, cfg: TrainConfig, n_train: int, num_processes: int, where: Path,
                      log: Callable[[str], None]) -> None:
-    for key in ("batch_size", "grad_accum"):
-        if saved["config"][key] != getattr(cfg, key):
-            raise ValueError(f"cannot resume from {where}: it was trained with {key}={saved['config'][key]}, "
-                             f"this config has {key}={getattr(cfg, key)} (the data position would not match)")
+    """After the images are read (skip_bad may drop samples); the config was compared before the models
+    loaded (check_resume_config)."""
     if saved["train_samples"] != n_train:
         raise ValueError(f"cannot resume from {where}: it was trained on {saved['train_samples']} samples, "
                          f"this config gives {n_train}")
@@ -223,10 +222,10 @@ def _check_resumable(saved: dict, cfg: TrainConfig, n_train: int, num_processes:
 
 
 def _trainer_state(cfg: TrainConfig, step: int, batches: StepBatches, curve: list, history: list,
-                   num_processes: int) -> dict:
+                   num_processes: int, train_fingerprint: str) -> dict:
     return {"step": step, "epoch": batches.position.epoch, "batches": batches.position.batches,
             "curve": curve, "history": history, "train_samples": batches.n_samples,
-            "num_processes": num_processes, "config": dataclasses.asdict(cfg)}
+            "num_processes": num_processes, "config": dataclasses.asdict(cfg), "train_fingerprint": train_fingerprint}
 
 
 COMMON_SHARE_WARNING = 0.8
@@ -295,8 +294,13 @@ def train(cfg: TrainConfig) -> dict:
     if state.is_main_process:
         check_output_dir(out)
     # Data files are read and checked before the models load (seconds instead of minutes to an error).
-    train_split = read_split(cfg.train_data, "train_data", cfg.max_train_samples)
-    eval_split = read_split(cfg.eval_data, "eval_data", cfg.max_eval_samples) if cfg.eval_data else []
+    train_split = read_split(cfg.train_data, "train_data", cfg.max_train_samples, cfg.skip_bad, log)
+    eval_split = (read_split(cfg.eval_data, "eval_data", cfg.max_eval_samples, cfg.skip_bad, log)
+                  if cfg.eval_data else [])
+    train_fingerprint = data_fingerprint(train_split)
+    saved = read_trainer_state(resume_dir) if resume_dir else None
+    if saved:  # a changed config or train set is refused before the models load
+        check_resume_config(saved, cfg, train_fingerprint, resume_dir, log)
     for adapter in (cfg.adapter, cfg.init_from):
         if adapter:
             check_adapter(adapter)
@@ -329,7 +333,6 @@ def train(cfg: TrainConfig) -> dict:
     setup_fsdp(accelerator, model, cfg)
     skip_frozen_broadcast(accelerator, model)
     trainable, total = model.get_nb_trainable_parameters()  # before FSDP shards them
-    saved = read_trainer_state(resume_dir) if resume_dir else None
     if saved:
         _check_resumable(saved, cfg, len(encoded), accelerator.num_processes, resume_dir, log)
         load_trainable_weights(model, resume_dir)  # before FSDP shards the parameters
@@ -369,7 +372,8 @@ def train(cfg: TrainConfig) -> dict:
 
     def checkpoint_now() -> Path:
         path = save_checkpoint(accelerator, model, optimizer, scheduler, out / f"checkpoint-{step}",
-                               _trainer_state(cfg, step, batches, curve, history, accelerator.num_processes),
+                               _trainer_state(cfg, step, batches, curve, history, accelerator.num_processes,
+                                              train_fingerprint),
                                batches.epoch_state, keep=cfg.save_total_limit)
         if accelerator.is_main_process:
             _write_curve(out / "loss_curve.csv", curve)
