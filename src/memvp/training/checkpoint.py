@@ -160,6 +160,7 @@ RESUME_HONOURED: dict[str, str] = {
     "warmup_ratio": "the learning-rate schedule is rebuilt with the new warm-up",
     "lr": "the schedule continues from its step with the new peak value (lr(step) = lr x the schedule's factor); "
           "the optimizer's moments are kept",
+    "base_lr": "as lr (the effective lr is base_lr x global batch / 256)",
     "projector_lr": "as lr, for the projector's group (switching it on or off is refused: the optimizer's groups "
                     "would change)",
     "max_grad_norm": "read at every step",
@@ -167,7 +168,8 @@ RESUME_HONOURED: dict[str, str] = {
     "diagnose_every": "read at every step", "measure_memory": "read at every step", "progress": "display only",
     "eval_data": "evaluation only", "max_eval_samples": "evaluation only", "eval_batch_size": "evaluation only",
     "max_new_tokens": "evaluation only", "do_sample": "evaluation only", "top_p": "evaluation only",
-    "temperature": "evaluation only", "score_skipped": "evaluation only",
+    "temperature": "evaluation only", "score_skipped": "evaluation only", "num_beams": "evaluation only",
+    "choice_rule": "evaluation only", "dataloader_workers": "how batches are assembled, not which",
     "skip_bad": "the train set is still compared sample by sample, and counted after skipping",
     "feature_cache": "where features are cached (keyed by encoder and file, so they are the same)",
     "gradient_checkpointing": "memory against time; the same gradients",
