@@ -294,6 +294,12 @@ def test_vit_adapters_train_save_load_and_predict_through_the_cli(tiny, capsys):
             adapter.up.weight.zero_()
         zeroed = model(input_ids=ids, pixel_values=pixels).logits
     assert not torch.allclose(trained, zeroed, atol=1e-6)
+    # Gradient checkpointing covers the encoder (its layers recomputed in backward): the same training.
+    assert main(["train", str(root / "train.yaml"), *overrides[1:], f"output_dir={root / 'run-vit-ckpt'}",
+                 "gradient_checkpointing=true", "eval_data=null"]) == 0
+    checkpointed = load_file(str(root / "run-vit-ckpt" / "adapter" / "memvp_model.safetensors"))
+    assert checkpointed.keys() == state.keys()
+    assert all(torch.allclose(checkpointed[k], state[k], atol=1e-6) for k in state)
     with pytest.raises(ValueError, match="ViT adapters differ"):  # an encoder without them does not fit
         load_adapter(load_language_model(cfg["language_model"])[0], run / "adapter",
                      vision_encoder=load_vision_encoder(cfg["vision_encoder"]))

@@ -157,3 +157,25 @@ def test_official_clip_features_post_layernorm_imagenet_norm_and_squash():
     assert official.name != HFVisionEncoder(clip, processor).name and "ln_post" in official.name
     with pytest.raises(ValueError, match="vision.normalization must be one of"):
         HFVisionEncoder(clip, processor, normalization="imagenet-ish")
+
+
+def test_vit_adapter_gradients_are_the_same_with_gradient_checkpointing():
+    torch.manual_seed(0)
+    pixels = torch.randn(2, 3, 16, 16)
+
+    def grads(checkpointing: bool):
+        torch.manual_seed(0)
+        enc = HFVisionEncoder(CLIPVisionModel(CLIPVisionConfig(**TINY_VIT)), adapter_hidden=4, adapter_dropout=0.0)
+        with torch.no_grad():
+            for a in enc.adapters:
+                a.up.weight.normal_()
+        if checkpointing:
+            enc.gradient_checkpointing_enable()
+        enc.train()
+        enc(pixels).pow(2).sum().backward()
+        return enc, [p.grad for p in enc.parameters() if p.requires_grad]
+
+    enc, checkpointed = grads(True)
+    assert enc.model.is_gradient_checkpointing
+    _, plain = grads(False)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(checkpointed, plain))

@@ -360,16 +360,21 @@ def load_explainer(adapter: str | Path, vision_encoder: str, language_model: str
     """(MemVPModel in eval mode, tokenizer, vision encoder) for an adapter; clear errors on mismatch.
     ``vision_encoder`` and ``language_model`` must be those the adapter was trained with."""
     from .methods import check_adapter_features
+    from .methods.memvp import MemVPConfig
     from .methods.memvp.model import CONFIG_NAME, WEIGHTS_NAME, MemVPModel
     from .pretrained import load_language_model, load_vision_encoder
+    from .save_load import read_adapter
 
     adapter = Path(adapter)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (adapter / name).is_file():
             raise FileNotFoundError(f"{adapter / name} not found: {adapter} is not a MemVP adapter directory")
-    encoder = load_vision_encoder(vision_encoder)
+    meta, _, _ = read_adapter(adapter, CONFIG_NAME, WEIGHTS_NAME, "a MemVP adapter directory", MemVPConfig,
+                              weights=False)
+    # The vision options it was trained with (ViT adapters: their weights are in the adapter).
+    encoder = load_vision_encoder(vision_encoder, (meta.get("vision_encoder") or {}).get("options"))
     lm, tokenizer = load_language_model(language_model)
-    model = MemVPModel.from_pretrained(lm, adapter)
+    model = MemVPModel.from_pretrained(lm, adapter, vision_encoder=encoder if encoder.has_adapters else None)
     check_adapter_features(model, adapter, encoder.feature_dim, vision_encoder)
     return model.eval(), tokenizer, encoder.eval()
 

@@ -241,7 +241,11 @@ class HFVisionEncoder(VisionEncoder):
 
     def gradient_checkpointing_enable(self) -> None:
         """Checkpoint the tower's layers (non-reentrant: the adapters' gradients pass through them)."""
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "feature_layer": self.feature_layer, "adapter_hidden": self.adapter_hidden,
