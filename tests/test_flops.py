@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from memvp.flops import PaperSetting, analytic_layer_flops, format_table, measure, meta_model, paper_table
+from memvp.flops import PaperSetting, format_table, measure, meta_model, paper_table
+from memvp.methods import build_model
+
+
+def analytic_layer_flops(method: str, length, d, n=0, **options):
+    """Each method model's own formula (``analytic_layer_flops``), asked of a model on a meta T5."""
+    model = build_model(method, meta_model("t5", T5_TINY), 12, n or 16, **options)
+    return model.analytic_layer_flops(length, d, n)
+
+
+T5_TINY = dict(d_model=32, d_ff=128, d_kv=8, num_layers=2, num_decoder_layers=2, num_heads=4, vocab_size=64,
+               feed_forward_proj="relu", decoder_start_token_id=0)
 
 
 def test_analytic_formulas_by_hand():
@@ -14,12 +25,6 @@ def test_analytic_formulas_by_hand():
     assert analytic_layer_flops("memvp", 2, 3, 4) == 480 + 96
     # Input space is exactly text-only at length L + n (the formula is one sequence of L + n tokens).
     assert analytic_layer_flops("input_space", 7, 16, 5) == analytic_layer_flops("text_only", 12, 16)
-    with pytest.raises(ValueError, match="unknown method"):
-        analytic_layer_flops("llava", 1, 1)
-
-
-T5_TINY = dict(d_model=32, d_ff=128, d_kv=8, num_layers=2, num_decoder_layers=2, num_heads=4, vocab_size=64,
-               feed_forward_proj="relu", decoder_start_token_id=0)
 
 
 @pytest.mark.parametrize("method", ["text_only", "input_space", "memvp"])
@@ -30,7 +35,8 @@ def test_counted_encoder_flops_equal_the_formula_plus_lora(method):
     counted = measure(method, meta_model("t5", T5_TINY), length, n, visual_dim=12, baseline={"lora_r": r})
     tokens = length + n if method == "input_space" else length
     lora = 0 if method == "memvp" else layers * tokens * 8 * d * r
-    assert counted["encoder"] == layers * analytic_layer_flops(method, length, d, n) + lora
+    assert counted["encoder"] == layers * counted["analytic_layer"](length) + lora
+    assert counted["analytic_layer"](length) == analytic_layer_flops(method, length, d, n)
     assert counted["decoder"] > 0 and counted["total"] > counted["encoder"] + counted["decoder"]  # + LM head
 
 
@@ -41,6 +47,7 @@ def test_counted_llama_flops_differ_only_by_the_gated_ffn():
     counted = measure("memvp", meta_model("llama", cfg), length, n, visual_dim=12)
     gated_extra = layers * length * (3 * 2 * d * 80 - 16 * d * d)  # 3 matrices of d x d_ff vs 2 of d x 4d
     assert counted["decoder"] == layers * analytic_layer_flops("memvp", length, d, n) + gated_extra
+    assert counted["analytic_layer"](length) == analytic_layer_flops("memvp", length, d, n)
 
 
 def test_paper_table_orders_the_methods_as_the_paper():
@@ -77,7 +84,6 @@ def test_counted_adem_flops_equal_its_formula():
     silu(x) K^T and its product with V over N pooled entries: 4 N d (L + 1) per layer."""
     length, n, d, layers = 5, 16, 32, 2  # a 4 x 4 grid pooled at scales 1 and 2: N = 16 + 4 entries
     counted = measure("adem", meta_model("t5", T5_TINY), length, n, visual_dim=12)
-    assert counted["entries"] == 20
-    assert counted["encoder"] == layers * analytic_layer_flops("adem", length, d, n, entries=20)
-    assert analytic_layer_flops("adem", length, d, n, 20) - analytic_layer_flops("text_only", length + 1, d) == (
+    assert counted["encoder"] == layers * counted["analytic_layer"](length)
+    assert counted["analytic_layer"](length) - analytic_layer_flops("text_only", length + 1, d) == (
         4 * 20 * d * (length + 1))

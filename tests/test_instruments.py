@@ -36,7 +36,7 @@ def test_ffn_scale_reads_key_rows_and_value_columns_of_each_layer(arch, key, val
     assert cfg.key_norms[0] == pytest.approx(float(k.norm(dim=1).median()))
     assert cfg.value_norms[0] == pytest.approx(float(v.norm(dim=1).median()))
     d = mem.language_model.config.hidden_size
-    assert mem.sites[0].key_gain == pytest.approx(cfg.key_norms[0] / d ** 0.5)
+    assert mem.entry_gains[0][0] == pytest.approx(cfg.key_norms[0] / d ** 0.5)
 
 
 def test_ffn_scale_equals_its_equation_and_starts_as_the_frozen_lm():
@@ -80,7 +80,7 @@ def test_ffn_scale_survives_save_and_load_and_a_meta_device_build(tmp_path):
     other = tiny_model("llama", seed=5)  # other weights: the saved gains must win over re-reading
     loaded = type(mem).from_pretrained(other, tmp_path, allow_base_mismatch=True)
     assert loaded.memvp_config.key_norms == mem.memvp_config.key_norms
-    assert [s.key_gain for s in loaded.sites] == [s.key_gain for s in mem.sites]
+    assert loaded.entry_gains == mem.entry_gains
     assert torch.equal(loaded.visual_memory.output_gate, mem.visual_memory.output_gate)
     with torch.device("meta"):
         meta_lm = tiny_model("llama")

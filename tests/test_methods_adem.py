@@ -114,7 +114,7 @@ def test_global_token_goes_after_a_leading_bos_and_labels_shift():
     mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 0]])  # left-padded with BOS, right-padded without
     labels = torch.tensor([[-100, -100, -100, 8], [-100, -100, 7, -100]])
     feats = _feats()
-    inputs = model._inputs(ids, mask, feats, None, labels, position_ids=True)
+    inputs = model.lm_inputs(ids, mask, feats, None, labels)
     token = model.visual.global_tokens(feats)
     embed = model.language_model.get_input_embeddings()
     torch.testing.assert_close(inputs["inputs_embeds"][0, 2], token[0, 0])
@@ -124,7 +124,7 @@ def test_global_token_goes_after_a_leading_bos_and_labels_shift():
     assert inputs["labels"].tolist() == [[-100, -100, -100, -100, 8], [-100, -100, -100, 7, -100]]
     assert inputs["position_ids"].tolist() == [[0, 0, 1, 2, 3], [0, 1, 2, 3, 3]]
     # An image-less row: the slot is masked, in front of everything attended.
-    blind = model._inputs(ids, mask, feats, torch.tensor([False, True]))
+    blind = model.lm_inputs(ids, mask, feats, torch.tensor([False, True]), generation=True)
     assert blind["attention_mask"].tolist() == [[0, 0, 1, 1, 1], [1, 1, 1, 1, 0]]
 
 

@@ -8,7 +8,8 @@ import torch
 
 from memvp import MemVPConfig, get_memvp_model
 from memvp.methods import build_model, load_adapter
-from memvp.methods.input_space import BaselineConfig, InputSpaceModel, insert_visual_tokens
+from memvp.methods.common import insert_tokens
+from memvp.methods.input_space import BaselineConfig, InputSpaceModel
 from conftest import VOCAB, tiny_model, train_steps
 
 VIS_DIM, N_VIS = 12, 4
@@ -27,7 +28,8 @@ def test_insert_visual_tokens_keeps_each_row_one_contiguous_block():
                          [1, 1, 1, 0]])   # right-padded (training)
     labels = torch.tensor([[-100, -100, -100, 7], [-100, -100, 9, -100]])
     visual = -torch.ones(2, 2, d)
-    out, out_mask, out_labels = insert_visual_tokens(embeds, mask, visual, torch.ones(2, 2, dtype=torch.long), labels)
+    out, out_mask, out_labels = insert_tokens(embeds, mask, visual, torch.ones(2, 2, dtype=torch.long),
+                                               mask.argmax(dim=1), labels)
     assert out[..., 0].tolist() == [[1, 2, -1, -1, 3, 4], [-1, -1, 5, 6, 7, 8]]
     assert out_mask.tolist() == [[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]]
     assert out_labels.tolist() == [[-100, -100, -100, -100, -100, 7], [-100, -100, -100, -100, 9, -100]]

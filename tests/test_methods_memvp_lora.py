@@ -34,7 +34,7 @@ def test_joint_equals_memvp_alone_when_lora_is_zero(arch):
     joint = _joint(arch)
     alone = get_memvp_model(tiny_model(arch, dtype=torch.float64),
                             MemVPConfig(visual_dim=VIS, num_entries=N, dropout=0.0)).double().eval()
-    assert [s.key_gain for s in joint.sites] == [s.key_gain for s in alone.sites]  # FFN read through the wrappers
+    assert [k for k, _ in joint.entry_gains] == [k for k, _ in alone.entry_gains]  # FFN read through the wrappers
     _randomise([(n, p) for n, p in alone.visual_memory.named_parameters()])
     joint.visual_memory.load_state_dict(alone.visual_memory.state_dict())  # peft's LoRA starts at B = 0
     inputs, feats = lm_inputs(joint), torch.randn(2, 4, VIS, dtype=torch.float64)

@@ -226,7 +226,7 @@ def test_training_measures_the_features_common_share_and_centres_on_the_training
     assert json.loads((root / "centred" / "metrics.json").read_text())["visual_feature_common_share"] == share
     assert 0.0 < share < 1.0 and f"visual features: {100 * share:.1f}% of their energy is their common mean" in (
         plain_log.out + plain_log.err)
-    assert "(centred on it)" in centred_log.out + centred_log.err
+    assert "common mean; centred on it" in centred_log.out + centred_log.err
     saved = json.loads((root / "centred" / "adapter" / "memvp_config.json").read_text())
     cfg = yaml.safe_load((root / "train.yaml").read_text())
     visual = VisualInputs(load_vision_encoder(cfg["vision_encoder"]), cfg["feature_cache"])

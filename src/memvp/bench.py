@@ -31,10 +31,9 @@ from tqdm.auto import tqdm
 
 from .methods import build_model
 from .peak_memory import PeakMemory
-from .flops import METHOD_ORDER, analytic_layer_flops
+from .flops import METHOD_ORDER
 
 ANSWER_TOKENS = 4
-TARGETS = {"speedup_vs_input_space": 3.0, "slowdown_vs_text_only": 1.10, "memory_vs_input_space": 0.5}
 
 
 @dataclass
@@ -114,8 +113,8 @@ class Workload:
     labels: torch.Tensor
     visual_features: torch.Tensor
 
-    def inputs(self, method: str) -> dict:
-        feats = None if method == "text_only" else self.visual_features
+    def inputs(self, model) -> dict:
+        feats = self.visual_features if model.reads_images else None
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "visual_features": feats}
 
 
@@ -141,7 +140,7 @@ class MethodRunner:
 
     def train_step(self, w: Workload) -> None:
         self.model.train()
-        loss = self.model(**w.inputs(self.method), labels=w.labels, answer_logits_only=True).loss
+        loss = self.model(**w.inputs(self.model), labels=w.labels, answer_logits_only=True).loss
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -149,13 +148,13 @@ class MethodRunner:
     @torch.no_grad()
     def prefill(self, w: Workload):
         self.model.eval()
-        out = self.model(**w.inputs(self.method), use_cache=True, logits_to_keep=1)
+        out = self.model(**w.inputs(self.model), use_cache=True, logits_to_keep=1)
         return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
 
     @torch.no_grad()
     def generate(self, w: Workload, tokens: int) -> None:
         self.model.eval()
-        self.model.generate(**w.inputs(self.method), max_new_tokens=tokens, min_new_tokens=tokens,
+        self.model.generate(**w.inputs(self.model), max_new_tokens=tokens, min_new_tokens=tokens,
                             do_sample=False, pad_token_id=0)
 
 
@@ -208,21 +207,22 @@ def run_bench(cfg: BenchConfig, language_model: nn.Module | None = None) -> dict
             "peak_train_memory_bytes": peak, "kv_cache_bytes_per_sequence": kv,
             "trainable_parameters": trainable, "total_parameters": total,
         }
+    models = {r.method: r.model for r in runners}
     out = {"config": {k: v for k, v in asdict(cfg).items()}, "machine": machine_description(device),
            "model": {"name": cfg.model, "model_type": runners[0].model.config.model_type, "hidden_size": dim,
                      "layers": layers, "dtype": cfg.dtype},
-           "methods": results, "ratios": _ratios(results, cfg, dim)}
+           "methods": results, "ratios": _ratios(results, models, cfg, dim)}
     if cfg.sweep_lengths or cfg.sweep_n:
         out["sweep"] = _sweep(runners, cfg, vocab, device)
     return out
 
 
-def _ratios(results: dict, cfg: BenchConfig, dim: int) -> dict:
+def _ratios(results: dict, models: dict, cfg: BenchConfig, dim: int) -> dict:
     if not {"memvp", "input_space"} <= set(results):
         return {}
     mv, inp = results["memvp"], results["input_space"]
-    analytic = (analytic_layer_flops("input_space", cfg.text_length, dim, cfg.n_visual)
-                / analytic_layer_flops("memvp", cfg.text_length, dim, cfg.n_visual))
+    analytic = (models["input_space"].analytic_layer_flops(cfg.text_length, dim, cfg.n_visual)
+                / models["memvp"].analytic_layer_flops(cfg.text_length, dim, cfg.n_visual))
     ratios = {
         "analytic_input_space_over_memvp": analytic,
         "train_speedup_vs_input_space": inp["train_step_s"] / mv["train_step_s"],
@@ -338,4 +338,4 @@ def plot_sweep(result: dict, path: str | Path) -> None:
     atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
-__all__ = ["BenchConfig", "run_bench", "format_bench", "plot_sweep", "cache_bytes", "PeakMemory", "TARGETS"]
+__all__ = ["BenchConfig", "run_bench", "format_bench", "plot_sweep", "cache_bytes", "PeakMemory"]

@@ -1,7 +1,7 @@
 """FLOPs accounting: the paper's formulas (eq. 13-15) and torch's flop counter, side by side.
 
 Per transformer layer, with L text tokens, n visual tokens and width d (matmuls only, 2 FLOPs per
-multiply-add, an FFN of 4d, no biases or norms):
+multiply-add, an FFN of 4d, no biases or norms), each method model's ``analytic_layer_flops``:
 
     text only     4Ld(6d + L)                                  (eq. 13)
     input space   text only + 4nd(6d + n + 2L)                 (eq. 14: the sequence is L + n long)
@@ -27,22 +27,6 @@ from torch.utils.flop_counter import FlopCounterMode
 METHOD_ORDER = ("text_only", "input_space", "memvp")
 TABLE_METHODS = (*METHOD_ORDER, "adem")
 """``memvp flops`` adds ADEM-VL (the strongest successor) to the paper's three."""
-
-
-def analytic_layer_flops(method: str, length: float, dim: int, n_visual: int = 0, entries: int | None = None) -> float:
-    """FLOPs of one transformer layer for one sample (eq. 13-15; ADEM-VL with ``entries`` pooled
-    visual entries, default ``n_visual``)."""
-    base = 4 * length * dim * (6 * dim + length)
-    if method == "text_only":
-        return base
-    if method == "input_space":
-        return base + 4 * n_visual * dim * (6 * dim + n_visual + 2 * length)
-    if method == "memvp":
-        return base + 4 * n_visual * dim * length
-    if method == "adem":
-        tokens = length + 1  # the global visual token joins the text
-        return 4 * tokens * dim * (6 * dim + tokens) + 4 * (n_visual if entries is None else entries) * dim * tokens
-    raise ValueError(f"unknown method {method!r}; expected one of {list(TABLE_METHODS)}")
 
 
 @dataclass(frozen=True)
@@ -112,12 +96,13 @@ def _stack_flops(counts: dict[str, dict]) -> dict[str, int]:
 
 def measure(method: str, language_model: nn.Module, length: int, n_visual: int, visual_dim: int,
             memvp: dict | None = None, baseline: dict | None = None) -> dict[str, int]:
-    """Counted FLOPs of one sample's prefill: total, per stack, and per layer of the main stack."""
+    """Counted FLOPs of one sample's prefill: total, per stack, and per layer of the main stack; and the
+    method's analytic FLOPs of one layer (``analytic_layer(text_length)``, the model's own formula)."""
+    dim = int(language_model.config.hidden_size)
     from .methods import build_model
 
     model = build_model(method, language_model, visual_dim, n_visual,
                         memvp={"num_entries": n_visual, **(memvp or {})}, baseline=baseline)
-    entries = model.adem_config.num_entries if method == "adem" else n_visual
     device = next(language_model.parameters()).device
     ids = torch.zeros(1, length, dtype=torch.long, device=device)
     feats = torch.zeros(1, n_visual, visual_dim, device=device)
@@ -129,12 +114,13 @@ def measure(method: str, language_model: nn.Module, length: int, n_visual: int, 
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         # No attention mask: nothing is padded, and mask utilities read values (impossible on meta).
-        model(input_ids=ids, visual_features=None if method == "text_only" else feats, **kwargs)
+        model(input_ids=ids, visual_features=feats if model.reads_images else None, **kwargs)
     total = counter.get_total_flops()
     stacks = _stack_flops(counter.get_flop_counts())
     main = "encoder" if language_model.config.is_encoder_decoder else "decoder"
     _unwrap(model)
-    return {"total": total, **stacks, "main_stack": main, "main_stack_flops": stacks[main], "entries": entries}
+    return {"total": total, **stacks, "main_stack": main, "main_stack_flops": stacks[main],
+            "analytic_layer": lambda text_length: model.analytic_layer_flops(text_length, dim, n_visual)}
 
 
 def _unwrap(model: nn.Module) -> None:
@@ -154,10 +140,10 @@ def paper_table(settings=PAPER_SETTINGS) -> list[dict]:
         for method in TABLE_METHODS:
             counted = measure(method, lm, length, s.n_visual, s.visual_dim, memvp={"projector": s.projector},
                               baseline={"projector": s.projector})
-            n, entries = s.n_visual, counted["entries"]
+            analytic = counted["analytic_layer"]
             row["methods"][method] = {
-                "analytic_layers_at_mean_length": layers * analytic_layer_flops(method, s.text_length, dim, n, entries),
-                "analytic_layers": layers * analytic_layer_flops(method, length, dim, n, entries),
+                "analytic_layers_at_mean_length": layers * analytic(s.text_length),
+                "analytic_layers": layers * analytic(length),
                 "counted_layers": counted["main_stack_flops"],
                 "counted_total": counted["total"],
                 "counted_other_stack": counted["decoder" if counted["main_stack"] == "encoder" else "encoder"],
@@ -214,5 +200,5 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["analytic_layer_flops", "measure", "meta_model", "paper_table", "format_table", "instruction_table", "PAPER_SETTINGS",
+__all__ = ["measure", "meta_model", "paper_table", "format_table", "instruction_table", "PAPER_SETTINGS",
            "VIDEO_SETTINGS", "PaperSetting", "METHOD_ORDER", "TABLE_METHODS"]

@@ -1,7 +1,6 @@
 """Instruments: is the visual memory in the language model's own scale?
 
-Two numbers say whether MemVP reads the image without drowning the text (issue 11's lesson:
-tune nothing blind):
+Two numbers say whether MemVP reads the image without drowning the text (measure before tuning):
 
 * ``memory_to_ffn`` per MemVP layer: the length of what the memory adds to the FFN output, over the
   length of the FFN's own output (token average). Well under 1 is a whisper; far over 1 means the
@@ -66,7 +65,8 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> float:
 
 @torch.no_grad()
 def measure_scale(model, batch: dict[str, Any]) -> dict[str, Any]:
-    """Scale report of a MemVPModel on one batch (the keys that ``model(**batch)`` takes).
+    """Scale report of a model that ``supports_probing`` (MemVP) on one batch (the keys that
+    ``model(**batch)`` takes).
 
     Returns ``{"residual_ratio": [per layer], "memory_to_ffn": {site: ratio}, "positive_scores":
     {site: share}, "score_std": {site: ...}, "top_share": {site: ...}, "max_residual_ratio",
@@ -76,8 +76,8 @@ def measure_scale(model, batch: dict[str, Any]) -> dict[str, Any]:
     lm_keys.pop("answer_logits_only", None)
     mask = lm_keys.get("attention_mask")
     with _eval_mode(model):
-        model.set_visual_memory(batch.get("visual_features"), batch.get("has_image"),
-                                pixel_values=batch.get("pixel_values"))
+        model.set_visual_state(model.features_of(batch.get("visual_features"), batch.get("pixel_values")),
+                               batch.get("has_image"))
         try:
             with model.probing() as sites:
                 adapted = model.language_model(**lm_keys, output_hidden_states=True)

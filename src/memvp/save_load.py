@@ -140,7 +140,7 @@ def base_model_fingerprint(language_model: nn.Module, sites: list[str]) -> dict[
 def finish_loading(model: nn.Module, meta: dict, state: dict[str, torch.Tensor], weights_file: Path,
                    layers_name: str, is_trainable: bool, allow_base_mismatch: bool = False):
     """``from_pretrained``'s common end: refuse another base model, load the weights into ``model``
-    (a ``TrainableStateMixin``), freeze it for inference unless ``is_trainable``."""
+    (a ``methods.base.MethodModel``), freeze it for inference unless ``is_trainable``."""
     check_same_base(meta["base_model"], model.base_model_fingerprint(), weights_file.parent, layers_name,
                     allow_base_mismatch)
     model.load_trainable_state(state, source=str(weights_file))

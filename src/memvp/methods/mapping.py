@@ -86,13 +86,19 @@ def _adapter_model_class(path: Path) -> type:
     raise FileNotFoundError(f"{path} holds no adapter: expected {names} in it")
 
 
-def check_adapter(path: str | os.PathLike) -> None:
-    """Read an adapter directory's files without any model (seconds before a model load, not after):
-    a missing, damaged or truncated file raises naming it."""
+def adapter_config(path: str | os.PathLike):
+    """The method config an adapter directory was saved with (no weights read, no model built)."""
     path = Path(path)
     cls = _adapter_model_class(path)
-    read_adapter(path, cls.config_name, cls.weights_name, f"a {cls.__name__} adapter directory", cls.config_class,
-                 weights=False)  # the model load reads the tensors; a truncated file fails here already
+    _, config, _ = read_adapter(path, cls.config_name, cls.weights_name, f"a {cls.__name__} adapter directory",
+                                cls.config_class, weights=False)
+    return config
+
+
+def check_adapter(path: str | os.PathLike) -> None:
+    """Read an adapter directory's files without any model (seconds before a model load, not after):
+    a missing, damaged or truncated file raises naming it (its header must cover the whole weights file)."""
+    adapter_config(path)
 
 
 def load_adapter(language_model: nn.Module, path: str | os.PathLike, is_trainable: bool = False,
@@ -134,4 +140,5 @@ def check_adapter_features(model: nn.Module, adapter: str | os.PathLike, feature
 
 
 __all__ = ["Method", "METHODS", "register_method", "get_method", "build_model", "load_adapter", "check_adapter",
+           "adapter_config",
            "check_adapter_features", "init_from_adapter"]

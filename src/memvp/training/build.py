@@ -3,7 +3,6 @@ output directory checked, the models built or loaded, the samples' images encode
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -13,7 +12,7 @@ from accelerate import PartialState
 
 from ..data import VisualInputs
 from ..datasets import IMAGE_PATHS, VIDEO_FORMATS, Sample, load_samples
-from ..methods import build_model, check_adapter_features, get_method, init_from_adapter, load_adapter
+from ..methods import adapter_config, build_model, check_adapter_features, get_method, init_from_adapter, load_adapter
 from ..pretrained import cache_dir, load_language_model, load_vision_encoder
 from .config import DTYPES, TrainConfig
 
@@ -56,8 +55,9 @@ def build(cfg: TrainConfig, samples: list[Sample] = ()):
                              vision_encoder=attach)
         check_adapter_features(model, cfg.adapter, encoder.feature_dim, cfg.vision_encoder)
     else:
-        model = build_model(cfg.method, lm, encoder.feature_dim, encoder.num_tokens, memvp=cfg.memvp,
-                            baseline=cfg.baseline, adem=cfg.adem)
+        method = get_method(cfg.method)
+        model = build_model(cfg.method, lm, encoder.feature_dim, encoder.num_tokens,
+                            **{method.section: cfg.options_for(method)})
         if attach is not None:
             model.attach_vision_encoder(attach)
         if cfg.init_from:
@@ -73,25 +73,28 @@ def reads_videos(cfg: TrainConfig, samples: list[Sample] = ()) -> bool:
 
 
 def check_frames_fit_entries(cfg: TrainConfig, samples: list[Sample] = ()) -> None:
-    """A video is ``num_frames`` visual tokens; MemVP holds at most ``num_entries`` of them. More would
-    fail at the first forward pass, after both models loaded and every frame was decoded: check it from
-    the config (or the adapter's config file) instead."""
-    method = get_method(cfg.method)
-    if method.section != "memvp" or not reads_videos(cfg, samples):
+    """A video is ``num_frames`` visual tokens; a method with ``num_entries`` (MemVP) holds at most that
+    many. More would fail at the first forward pass, after both models loaded and every frame was
+    decoded: check it from the config (or the adapter's config file) instead."""
+    if not reads_videos(cfg, samples):
         return
-    where = "memvp.num_entries"
+    method = get_method(cfg.method)
+    where = f"{method.section}.num_entries"
     if cfg.adapter:
         try:  # an unreadable adapter is reported by check_adapter / load_adapter
-            entries = int(json.loads((Path(cfg.adapter) / "memvp_config.json").read_text())["config"]["num_entries"])
-        except (OSError, ValueError, KeyError, TypeError):
+            config = adapter_config(cfg.adapter)
+        except (OSError, ValueError):
             return
         where = f"num_entries of the adapter {cfg.adapter}"
+    elif method.tokens_field:  # sized by the encoder's token count: it always fits
+        return
     else:
-        entries = int(method.make_config(1, cfg.memvp).num_entries)
-    if cfg.num_frames > entries:
+        config = method.make_config(1, cfg.options_for(method))
+    entries = getattr(config, "num_entries", None)
+    if entries is not None and cfg.num_frames > int(entries):
         raise ValueError(f"num_frames={cfg.num_frames} is more than {where}={entries}: each video frame is one "
-                         f"visual token of MemVP's memory; set memvp.num_entries >= {cfg.num_frames}, or lower "
-                         "num_frames")
+                         f"visual token of the method's memory; set {method.section}.num_entries >= {cfg.num_frames}, "
+                         "or lower num_frames")
 
 
 def check_output_dir(out: Path) -> None:

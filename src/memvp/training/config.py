@@ -19,6 +19,8 @@ from ..vision import VisionOptions
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_LR = 3e-3
+SECTIONS = ("memvp", "baseline", "adem")
+"""Method sections that are TrainConfig fields; other registered sections live in ``method_options``."""
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -56,6 +58,9 @@ class TrainConfig:
     """MemVPConfig fields; ``visual_dim`` comes from the vision encoder."""
     baseline: dict = field(default_factory=dict)
     adem: dict = field(default_factory=dict)
+    method_options: dict = field(default_factory=dict)
+    """Options of methods registered outside this library, by their section (a YAML key named after a
+    registered method's section lands here)."""
     """AdemConfig fields for 'adem' (rank, scales, drop_ratio, ...); ``num_patches`` comes from the
     vision encoder."""
     """BaselineConfig fields for 'input_space' / 'text_only' (lora_r, lora_alpha, projector, ...)."""
@@ -208,9 +213,16 @@ class TrainConfig:
         checkers = {m.section: m for m in reversed(list(METHODS.values()))}  # the first registered per section
         checkers[method.section] = method  # the chosen method checks its own section
         for checker in checkers.values():
-            checker.make_config(1, getattr(self, checker.section))
+            checker.make_config(1, self.options_for(checker))
         if not method.reads_images:
             self.use_images = False
+
+    def options_for(self, method) -> dict:
+        """The options of a registered ``Method`` from its section (``memvp``, ``baseline``, ``adem``, or
+        ``method_options[section]`` for a method registered elsewhere)."""
+        if method.section in SECTIONS:
+            return getattr(self, method.section)
+        return self.method_options.get(method.section, {})
 
     @property
     def learning_rate(self) -> float:
@@ -257,6 +269,9 @@ class TrainConfig:
             except yaml.YAMLError:
                 raise ValueError(f"override {item!r}: the value is not valid YAML; quote it") from None
         known = {f.name for f in dataclasses.fields(cls)}
+        for section in {m.section for m in METHODS.values()} - known:  # a registered method's own section
+            if section in data:
+                data.setdefault("method_options", {})[section] = data.pop(section)
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown config key(s) {unknown}; valid keys: {sorted(known)}")

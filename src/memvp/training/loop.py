@@ -86,10 +86,10 @@ def _save_adapter_somewhere(model, directory: Path, card_info: dict) -> None:
                          f"are saved in {rescue} instead: move them where you want them") from None
 
 
-def _diagnose_now(cfg: TrainConfig, accelerator, step: int, total_steps: int) -> bool:
-    """MemVP runs measure their scale (instruments) now? Not under FSDP, whose sharded modules can
-    not be run outside the wrapped forward."""
-    if cfg.diagnose_every <= 0 or cfg.method != "memvp" or is_fsdp(accelerator):
+def _diagnose_now(cfg: TrainConfig, accelerator, model, step: int, total_steps: int) -> bool:
+    """Measure the memory's scale (instruments) now? Models that support probing (MemVP), not under
+    FSDP, whose sharded modules can not be run outside the wrapped forward."""
+    if cfg.diagnose_every <= 0 or not accelerator.unwrap_model(model).supports_probing or is_fsdp(accelerator):
         return False
     return step == 1 or step == total_steps or step % cfg.diagnose_every == 0
 
@@ -228,29 +228,17 @@ def _trainer_state(cfg: TrainConfig, step: int, batches: StepBatches, curve: lis
             "num_processes": num_processes, "config": dataclasses.asdict(cfg), "train_fingerprint": train_fingerprint}
 
 
-COMMON_SHARE_WARNING = 0.8
-"""Log a hint to centre the features when their common mean holds more of their energy than this."""
-
-
 def _feature_statistics(model, visual, samples: list[Sample], log: Callable[[str], None]) -> float | None:
     """An instrument and a statistic: how much of the training features' energy is their common mean
-    (logged, in metrics.json), and MemVP's feature_mean when ``center_features`` asks for it (not when
-    training on from an adapter that has one). Also with use_images=false (the ablation): its adapter then
-    reads images the same way if someone gives it some."""
+    (logged, in metrics.json); the model may keep the mean (MemVP's ``center_features``) and add a hint.
+    Also with use_images=false (the ablation): its adapter then reads images the same way if someone
+    gives it some."""
     stats = visual_feature_statistics(visual, samples)
     if stats is None:
         return None
     mean, share = stats
-    centring = getattr(model, "needs_feature_mean", False)
-    if centring:
-        model.set_feature_mean(mean)
-    hint = ""
-    memvp_config = getattr(model, "memvp_config", None)
-    if share > COMMON_SHARE_WARNING and memvp_config is not None and not memvp_config.center_features:
-        hint = ("; MemVP's keys and values will be near copies of each other, so retrieval cannot tell the entries "
-                "apart: memvp.center_features: true subtracts the mean (docs/memory_scale.md)")
-    log(f"visual features: {100 * share:.1f}% of their energy is their common mean"
-        + (" (centred on it)" if centring else "") + hint)
+    note = model.use_feature_statistics(mean, share)
+    log(f"visual features: {100 * share:.1f}% of their energy is their common mean" + (f"; {note}" if note else ""))
     return share
 
 
@@ -398,7 +386,7 @@ def train(cfg: TrainConfig) -> dict:
             now, seen = time.perf_counter(), batches.samples_seen()
             row = {"step": step, "epoch": batches.epoch_float(), "loss": loss, "lr": scheduler.get_last_lr()[0],
                    "samples_per_s": (seen - window_seen) / max(now - t_window, 1e-9)}
-            if _diagnose_now(cfg, accelerator, step, total_steps):
+            if _diagnose_now(cfg, accelerator, model, step, total_steps):
                 with accelerator.autocast():  # as the training forward (bf16 weights, fp32 norms)
                     report = measure_scale(accelerator.unwrap_model(model), micro_batches[0])
                 row.update(instruments.summary(report))

@@ -7,11 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...config import DictConfig, check_choice, check_field_types
+from ..common import check_target_layers
 
 _GLOBAL_TOKENS = ("mean", "first", "none")
-
-
-_LAYER_GROUPS = ("all", "encoder", "decoder")
 
 
 @dataclass
@@ -67,15 +65,7 @@ class AdemConfig(DictConfig):
         if not 0.0 <= float(self.drop_ratio) < 1.0:
             raise ValueError(f"AdemConfig.drop_ratio must be in [0, 1), got {self.drop_ratio}")
         check_choice("global_token", self.global_token, _GLOBAL_TOKENS, "AdemConfig")
-        t = self.target_layers
-        if isinstance(t, str):
-            check_choice("target_layers", t, _LAYER_GROUPS, "AdemConfig")
-        elif t is not None:
-            if not isinstance(t, (list, tuple)) or not t or not all(
-                    isinstance(i, int) and not isinstance(i, bool) for i in t):
-                raise ValueError("AdemConfig.target_layers must be 'all', 'encoder', 'decoder' or a non-empty "
-                                 f"list of layer indices, got {t!r}")
-            self.target_layers = list(t)
+        self.target_layers = check_target_layers(self.target_layers, "AdemConfig")
 
     @property
     def grid_sizes(self) -> list[int]:

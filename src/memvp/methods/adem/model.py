@@ -50,17 +50,14 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...architectures import FFNLayout, get_path, layout_for
-from ...save_load import base_model_fingerprint
-from ..common import (TrainableStateMixin, answer_only_loss, can_skip_lm_head, check_visual_features,
-                      init_projector, make_projector, target_layers)
+from ..base import FFNMemoryModel, read_entries
+from ..common import check_visual_features, init_projector, insert_tokens, make_projector
 from .config import AdemConfig
 
 CONFIG_NAME = "adem_config.json"
@@ -93,21 +90,9 @@ def fusion_weights(x: torch.Tensor, keys: torch.Tensor, num_dropped: int = 0) ->
 
 def fuse(x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_dropped: int = 0,
          scale: float = 1.0) -> torch.Tensor:
-    """alpha * drop(silu(x) K^T) V for x [B, L, d] and K, V [B or 1, N, d]: what one layer adds to
-    its MLP output.
-
-    x may also be [B * L, d] (OPT flattens tokens) or hold r copies of each sample in a row
-    (generate() expands prompts for beams with repeat_interleave): viewing x as
-    [entries batch, rows per sample, d] covers all three, since a sample's rows are contiguous."""
-    samples, d = keys.shape[0], x.shape[-1]
-    rows = x.numel() // d
-    if rows % samples:
-        raise ValueError(f"the visual entries hold {samples} samples but the MLP input {tuple(x.shape)} "
-                         "cannot be split into that many samples")
-    keys = keys.to(device=x.device, dtype=x.dtype)
-    values = values.to(device=x.device, dtype=x.dtype)
-    weights = fusion_weights(x.reshape(samples, rows // samples, d), keys, num_dropped)
-    return (scale * torch.matmul(weights, values)).reshape(x.shape)
+    """alpha * drop(silu(x) K^T) V for x [B, L, d] (or any shape of ``methods.base.per_sample_rows``)
+    and K, V [B or 1, N, d]: what one layer adds to its MLP output."""
+    return read_entries(x, keys, values, lambda rows, k: fusion_weights(rows, k, num_dropped), scale)
 
 
 class _GlobalToken(nn.Module):
@@ -182,36 +167,7 @@ def _has_image(has_image, batch: int, device) -> torch.Tensor:
     return has_image.bool()
 
 
-def insert_token(embeds: torch.Tensor, mask: torch.Tensor, token: torch.Tensor, token_mask: torch.Tensor,
-                 at: torch.Tensor, labels: torch.Tensor | None = None):
-    """Put one token [B, 1, d] at index ``at`` [B] of each row: (embeds, mask, labels) of length L + 1,
-    the token's mask ``token_mask`` [B] and its label -100."""
-    batch, length, dim = embeds.shape
-    j = torch.arange(length + 1, device=embeds.device).unsqueeze(0)  # [1, L + 1]
-    at = at.view(-1, 1)
-    is_token = j == at
-    source = torch.where(j < at, j, j - 1).clamp(0, length - 1)
-    out = torch.where(is_token.unsqueeze(-1), token.to(embeds.dtype).expand(-1, length + 1, -1),
-                      embeds.gather(1, source.unsqueeze(-1).expand(-1, -1, dim)))
-    out_mask = torch.where(is_token, token_mask.to(mask.dtype).view(-1, 1), mask.gather(1, source))
-    out_labels = None
-    if labels is not None:
-        out_labels = torch.where(is_token, torch.full_like(labels[:, :1], -100), labels.gather(1, source))
-    return out, out_mask, out_labels
-
-
-@dataclass
-class FusionSite:
-    """One hooked FFN: where its input (the query) and output are."""
-
-    name: str
-    layer: nn.Module
-    ffn_input: nn.Module
-    ffn_output: nn.Module
-    query: torch.Tensor | None = None
-
-
-class AdemModel(TrainableStateMixin, nn.Module):
+class AdemModel(FFNMemoryModel):
     """A frozen transformers language model with ADEM-VL fusion in its MLPs and one global visual token
     in its input.
 
@@ -226,59 +182,40 @@ class AdemModel(TrainableStateMixin, nn.Module):
 
     def __init__(self, language_model: nn.Module, config: AdemConfig):
         super().__init__()
-        self.language_model = language_model
-        self.layout: FFNLayout = layout_for(language_model)
         self.adem_config = config = AdemConfig.from_dict(config.to_dict())  # our own resolved copy
         if config.target_layers is None:
-            config.target_layers = "encoder" if self.layout.is_encoder_decoder else "decoder"
-        language_model.requires_grad_(False)
+            config.target_layers = "encoder" if language_model.config.is_encoder_decoder else "decoder"
+        self._setup_sites(language_model, config.target_layers)
         self._hidden_size = int(language_model.config.hidden_size)
-        self.sites = self._find_sites(config.target_layers)
         device = next(iter(language_model.parameters())).device
         self.visual = AdemVisual(config, self._hidden_size, device=device)
-        self._entries: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._stale = False  # forward/generate returned: its images are no longer in use (see _current_entries)
-        self._hook_sites()
-
-    @property
-    def visual_dim(self) -> int:
-        return self.adem_config.visual_dim
 
     @property
     def num_entries(self) -> int:
         return self.adem_config.num_entries
 
-    # ----------------------------------------------------------------------------- structure
-    def _find_sites(self, target: str | list[int]) -> list[FusionSite]:
-        return [FusionSite(name=f"{stack}.{i}", layer=layer, ffn_input=get_path(layer, self.layout.ffn_input),
-                           ffn_output=get_path(layer, self.layout.ffn_output))
-                for stack, i, layer in target_layers(self.language_model, self.layout, target)]
+    def analytic_layer_flops(self, length: float, dim: int, n_visual: int) -> float:
+        """The text at L + 1 (the global visual token joins it) + 4 N d (L + 1) for silu(x) K^T V over
+        the N pooled entries at every MLP (not in the paper)."""
+        tokens = length + 1
+        return super().analytic_layer_flops(tokens, dim, n_visual) + 4 * self.num_entries * dim * tokens
 
-    def _inject(self, index: int, module, args, output):
-        _, x = self._captured_query(index)
-        keys, values = self._current_entries()
+    # ----------------------------------------------------------------------------- entries and reading
+    def make_entries(self, visual_features: torch.Tensor | None, has_image: torch.Tensor | None) -> tuple:
+        return self.visual.entries(visual_features, has_image)
+
+    def read(self, index: int, x: torch.Tensor, entries, ffn_output: torch.Tensor) -> torch.Tensor:
+        keys, values = entries
         cfg = self.adem_config
-        return output + fuse(x, keys, values, cfg.num_dropped, cfg.output_scale).to(output.dtype)
+        return fuse(x, keys, values, cfg.num_dropped, cfg.output_scale)
 
-    def _current_entries(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self._visual_state_in_use():  # position entries only: no image
-            return self.visual.entries(None)
-        return self._entries
-
-    # ----------------------------------------------------------------------------- running
-    def set_visual_entries(self, visual_features: torch.Tensor | None = None,
-                           has_image: torch.Tensor | None = None) -> None:
-        """Compute the visual entries once for the next language-model calls (``forward`` and
-        ``generate`` do it); they stay until the next call, for gradient-checkpoint recomputation."""
-        self._stale = False
-        self._entries = self.visual.entries(visual_features, has_image)
-
+    # ----------------------------------------------------------------------------- the global token
     def _bos_token_id(self) -> int | None:
         bos = getattr(self.config, "bos_token_id", None)
         return bos if isinstance(bos, int) else None
 
-    def _inputs(self, input_ids, attention_mask, visual_features, has_image, labels=None,
-                position_ids: bool = False) -> dict:
+    def lm_inputs(self, input_ids, attention_mask, visual_features, has_image, labels=None,
+                  generation: bool = False, **kwargs: Any) -> dict:
         """LM keyword inputs: ids as they are, or embeddings with the global visual token after a
         leading BOS (or first). Image-less rows get the slot masked out, before their first attended
         token, so every row stays one contiguous attended block (left-padded generation and
@@ -301,58 +238,16 @@ class AdemModel(TrainableStateMixin, nn.Module):
             starts_with_bos = input_ids.gather(1, first.view(-1, 1)).view(-1) == bos
             at = first + (starts_with_bos & token_mask).long()
         encdec = bool(self.config.is_encoder_decoder)  # there labels belong to the decoder: unchanged
-        embeds, mask, shifted = insert_token(embeds, mask, token, token_mask, at, None if encdec else labels)
+        embeds, mask, shifted = insert_tokens(embeds, mask, token, token_mask.view(-1, 1), at,
+                                              None if encdec else labels)
         if attention_mask is None and has_image is None:
             mask = None  # nothing padded, nothing masked: as given (mask utilities can not read meta tensors)
         inputs = {"inputs_embeds": embeds, "attention_mask": mask, "labels": labels if encdec else shifted}
-        if position_ids and not encdec and _accepts(lm, "position_ids"):
+        if not generation and "position_ids" not in kwargs and not encdec and _accepts(lm, "position_ids"):
             # Counted over attended tokens: a masked slot (image-less row) shifts no position.
             if mask is not None:
                 inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
         return inputs
-
-    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                visual_features: torch.Tensor | None = None, has_image: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, answer_logits_only: bool = False,
-                pixel_values: torch.Tensor | None = None, **kwargs: Any):
-        """The language model's forward with the fusion in place.
-
-        ``answer_logits_only=True`` (with ``labels``, decoder-only LMs) evaluates the LM head only at
-        the labelled positions: the returned ``logits`` are [n_labelled, vocab], the loss is the same."""
-        visual_features = self._visual_features(visual_features, pixel_values, input_ids)
-        self.set_visual_entries(visual_features, has_image)
-        lm = self.language_model
-        try:
-            inputs = self._inputs(input_ids, attention_mask, visual_features, has_image, labels,
-                                  position_ids="position_ids" not in kwargs)
-            if answer_logits_only and inputs["labels"] is not None and can_skip_lm_head(lm):
-                return answer_only_loss(lm, **inputs, **kwargs)
-            return lm(**inputs, **kwargs)
-        finally:
-            self.release_visual_memory()
-
-    @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                 visual_features: torch.Tensor | None = None, has_image: torch.Tensor | None = None,
-                 pixel_values: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
-        """transformers' generate with the visual entries computed once for all decoding steps; the
-        global token is in the prompt, hence in the KV cache. Decoder-only output is the prompt ids +
-        new tokens, as MemVPModel's."""
-        visual_features = self._visual_features(visual_features, pixel_values, input_ids)
-        self.set_visual_entries(visual_features, has_image)
-        try:
-            inputs = self._inputs(input_ids, attention_mask, visual_features, has_image)
-            inputs.pop("labels")
-            out = self.language_model.generate(**inputs, **kwargs)
-        finally:
-            self.release_visual_memory()
-        if "inputs_embeds" in inputs and not self.config.is_encoder_decoder:
-            out = torch.cat([input_ids.to(out.device), out], dim=1)  # generate returned new tokens only
-        return out
-
-    # ----------------------------------------------------------------------------- save / load
-    def base_model_fingerprint(self) -> dict[str, Any]:
-        return base_model_fingerprint(self.language_model, [s.name for s in self.sites])
 
 
 def _accepts(module: nn.Module, name: str) -> bool:
@@ -369,5 +264,5 @@ def trainable_parameter_count(config: AdemConfig, hidden_size: int) -> int:
     return projections * projection + 2 * config.num_entries * hidden_size
 
 
-__all__ = ["AdemModel", "AdemVisual", "fuse", "fusion_weights", "insert_token", "pool_multiscale",
+__all__ = ["AdemModel", "AdemVisual", "fuse", "fusion_weights", "pool_multiscale",
            "trainable_parameter_count", "CONFIG_NAME", "WEIGHTS_NAME"]

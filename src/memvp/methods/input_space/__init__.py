@@ -1,6 +1,6 @@
 """The baselines MemVP replaces: input-space visual tokens + LoRA (LLaVA-LoRA), and text-only LoRA."""
 
 from .config import BaselineConfig
-from .model import InputSpaceModel, insert_visual_tokens
+from .model import InputSpaceModel
 
-__all__ = ["BaselineConfig", "InputSpaceModel", "insert_visual_tokens"]
+__all__ = ["BaselineConfig", "InputSpaceModel"]

@@ -21,8 +21,8 @@ from torch import nn
 
 from ...architectures import get_path, layout_for
 from ...save_load import base_model_fingerprint
-from ..common import (TrainableStateMixin, answer_only_loss, can_skip_lm_head, check_visual_features,
-                      init_projector, make_projector)
+from ..base import MethodModel
+from ..common import check_visual_features, init_projector, insert_tokens, make_projector
 from .config import BaselineConfig
 
 BASELINE_CONFIG_NAME = "baseline_config.json"
@@ -31,32 +31,7 @@ BASELINE_CONFIG_NAME = "baseline_config.json"
 BASELINE_WEIGHTS_NAME = "baseline_model.safetensors"
 
 
-def insert_visual_tokens(embeds: torch.Tensor, mask: torch.Tensor, visual: torch.Tensor,
-                         visual_mask: torch.Tensor, labels: torch.Tensor | None = None):
-    """Put n visual tokens right before each row's first attended text token.
-
-    Left-padded rows (generation) become [pads, visual, text] and right-padded ones (training)
-    [visual, text, pads], so every row stays one contiguous attended block and default position
-    ids and KV-cache continuation stay right. Returns (embeds, mask, labels) of length L + n;
-    labels are -100 on visual tokens."""
-    batch, length, dim = embeds.shape
-    n = visual.shape[1]
-    first = mask.long().argmax(dim=1, keepdim=True)                  # [B, 1]
-    j = torch.arange(length + n, device=embeds.device).unsqueeze(0)  # [1, L + n]
-    is_visual = (j >= first) & (j < first + n)
-    text_index = torch.where(j < first, j, j - n).clamp(0, length - 1)
-    visual_index = (j - first).clamp(0, n - 1)
-    out = torch.where(is_visual.unsqueeze(-1),
-                      visual.gather(1, visual_index.unsqueeze(-1).expand(-1, -1, dim)),
-                      embeds.gather(1, text_index.unsqueeze(-1).expand(-1, -1, dim)))
-    out_mask = torch.where(is_visual, visual_mask.to(mask.dtype).gather(1, visual_index), mask.gather(1, text_index))
-    out_labels = None
-    if labels is not None:
-        out_labels = torch.where(is_visual, torch.full_like(labels[:, :1], -100), labels.gather(1, text_index))
-    return out, out_mask, out_labels
-
-
-class InputSpaceModel(TrainableStateMixin, nn.Module):
+class InputSpaceModel(MethodModel):
     """A frozen LM tuned with LoRA (peft); with ``method='input_space'`` projected visual tokens
     are prepended to its input (LLaVA), with ``'text_only'`` the visual input is ignored."""
 
@@ -88,10 +63,18 @@ class InputSpaceModel(TrainableStateMixin, nn.Module):
         return self.peft_model.get_base_model()
 
     @property
+    def reads_images(self) -> bool:
+        return self.baseline_config.method == "input_space"
+
+    @property
     def visual_dim(self) -> int | None:
         """The feature size of the visual features it reads; None for text_only, which reads none."""
-        cfg = self.baseline_config
-        return cfg.visual_dim if cfg.method == "input_space" else None
+        return self.baseline_config.visual_dim if self.reads_images else None
+
+    def analytic_layer_flops(self, length: float, dim: int, n_visual: int) -> float:
+        """Eq. 14 with the visual tokens (the sequence is L + n long); eq. 13 for text only."""
+        text = super().analytic_layer_flops(length, dim, n_visual)
+        return text + 4 * n_visual * dim * (6 * dim + n_visual + 2 * length) if self.reads_images else text
 
     # ----------------------------------------------------------------------------- inputs
     def visual_tokens(self, visual_features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -103,8 +86,10 @@ class InputSpaceModel(TrainableStateMixin, nn.Module):
             z = F.layer_norm(z, z.shape[-1:])
         return self.projector(z).to(dtype)
 
-    def _inputs(self, input_ids, attention_mask, visual_features, has_image, labels=None) -> dict:
-        """LM keyword inputs: ids as they are, or embeddings with the visual tokens in front."""
+    def lm_inputs(self, input_ids, attention_mask, visual_features, has_image, labels=None,
+                  generation: bool = False, **kwargs: Any) -> dict:
+        """LM keyword inputs: ids as they are, or embeddings with the visual tokens right before each
+        row's first attended text token (``common.insert_tokens``)."""
         if self.projector is None or visual_features is None:
             return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         embeds = self.language_model.get_input_embeddings()(input_ids)
@@ -122,34 +107,10 @@ class InputSpaceModel(TrainableStateMixin, nn.Module):
         else:  # image-less samples: their visual tokens are masked out (LLaVA feeds none)
             has_image = torch.as_tensor(has_image, device=embeds.device)
             visual_mask = has_image.to(attention_mask.dtype).view(-1, 1).expand(batch, n)
-        embeds, attention_mask, shifted = insert_visual_tokens(embeds, attention_mask, visual, visual_mask,
-                                                               None if encdec else labels)
+        first = attention_mask.long().argmax(dim=1)
+        embeds, attention_mask, shifted = insert_tokens(embeds, attention_mask, visual, visual_mask, first,
+                                                        None if encdec else labels)
         return {"inputs_embeds": embeds, "attention_mask": attention_mask, "labels": labels if encdec else shifted}
-
-    # ----------------------------------------------------------------------------- running
-    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                visual_features: torch.Tensor | None = None, has_image: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, answer_logits_only: bool = False,
-                pixel_values: torch.Tensor | None = None, **kwargs: Any):
-        visual_features = self._visual_features(visual_features, pixel_values, input_ids)
-        inputs = self._inputs(input_ids, attention_mask, visual_features, has_image, labels)
-        lm = self.language_model
-        if answer_logits_only and inputs["labels"] is not None and can_skip_lm_head(lm):
-            return answer_only_loss(lm, **inputs, **kwargs)
-        return lm(**inputs, **kwargs)
-
-    @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                 visual_features: torch.Tensor | None = None, has_image: torch.Tensor | None = None,
-                 pixel_values: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
-        """transformers' generate; decoder-only output is prompt ids + new tokens, as MemVPModel's."""
-        visual_features = self._visual_features(visual_features, pixel_values, input_ids)
-        inputs = self._inputs(input_ids, attention_mask, visual_features, has_image)
-        inputs.pop("labels")
-        out = self.language_model.generate(**inputs, **kwargs)
-        if "inputs_embeds" in inputs and not self.config.is_encoder_decoder:
-            out = torch.cat([input_ids.to(out.device), out], dim=1)  # generate returned new tokens only
-        return out
 
     def remove_hooks(self) -> nn.Module:
         """Take the LoRA layers out again and return the language model as it was."""
@@ -163,4 +124,4 @@ class InputSpaceModel(TrainableStateMixin, nn.Module):
                                                             for i in range(len(get_path(base, path)))])
 
 
-__all__ = ["InputSpaceModel", "insert_visual_tokens", "BASELINE_CONFIG_NAME", "BASELINE_WEIGHTS_NAME"]
+__all__ = ["InputSpaceModel", "BASELINE_CONFIG_NAME", "BASELINE_WEIGHTS_NAME"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...config import DictConfig, check_choice, check_field_types
-from ..common import PROJECTORS
+from ..common import PROJECTORS, check_target_layers
 
 
 
@@ -15,9 +15,6 @@ _INSERT_INTO = ("keys_values", "keys", "values")
 
 
 _POSITION_MODES = ("add", "concat")
-
-
-_LAYER_GROUPS = ("all", "encoder", "decoder")
 
 
 _VISUAL_TOKENS = ("local", "global")
@@ -136,16 +133,7 @@ class MemVPConfig(DictConfig):
             raise ValueError(f"MemVPConfig.projector_hidden must be positive, got {self.projector_hidden}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"MemVPConfig.dropout must be in [0, 1), got {self.dropout}")
-        t = self.target_layers
-        if isinstance(t, str):
-            check_choice("target_layers", t, _LAYER_GROUPS)
-        elif t is not None:
-            if not isinstance(t, (list, tuple)) or not t or not all(isinstance(i, int) for i in t):
-                raise ValueError(
-                    "MemVPConfig.target_layers must be 'all', 'encoder', 'decoder' or a non-empty "
-                    f"list of layer indices, got {t!r}"
-                )
-            self.target_layers = list(t)
+        self.target_layers = check_target_layers(self.target_layers, "MemVPConfig")
 
 
 __all__ = ["MemVPConfig"]

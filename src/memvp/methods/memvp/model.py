@@ -16,20 +16,20 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...architectures import FFNLayout, find_path, get_path, layout_for
-from ...save_load import base_model_fingerprint
-from ..common import (TrainableStateMixin, answer_only_loss, can_skip_lm_head, check_visual_features,
-                      init_projector, make_projector, target_layers)
+from ...architectures import find_path
+from ..base import FFNMemoryModel, read_entries
+from ..common import check_visual_features, init_projector, make_projector
 from .config import MemVPConfig
 
 CONFIG_NAME = "memvp_config.json"
+COMMON_SHARE_WARNING = 0.8
+"""Hint at centring the features when their common mean holds more of their energy than this."""
 
 
 WEIGHTS_NAME = "memvp_model.safetensors"
@@ -157,27 +157,19 @@ def retrieve(x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, activati
              scale: float, dropout: float = 0.0, training: bool = False,
              blocked: torch.Tensor | None = None, key_gain: float = 1.0) -> torch.Tensor:
     """s * phi(x (g K)^T) V for x [B, L, d] and K, V [B or 1, n, d]: the visual part of eq. 6 / eq. 12
-    (``key_gain`` g scales the keys; fold a value gain into ``scale``).
+    (``key_gain`` g scales the keys; fold a value gain into ``scale``). x may be any shape of
+    ``methods.base.per_sample_rows`` (OPT's flattened tokens, beams).
 
     ``blocked`` ([B or 1, n] bool) sets phi(x K_i^T) = 0 for those entries (the knowledge
     distortion of the paper's Fig. 6).
-
-    x may also be [B * L, d] (OPT flattens tokens) or hold r copies of each sample in a row
-    (generate() expands prompts for beams with repeat_interleave): viewing x as
-    [memory batch, rows per sample, d] covers all three, since a sample's rows are contiguous.
     """
-    samples, d = keys.shape[0], x.shape[-1]
-    rows = x.numel() // d
-    if rows % samples:
-        raise ValueError(f"the visual memory holds {samples} samples but the FFN input {tuple(x.shape)} "
-                         "cannot be split into that many samples")
-    keys = keys.to(device=x.device, dtype=x.dtype)
-    values = values.to(device=x.device, dtype=x.dtype)
-    weights = activation(retrieval_scores(x.reshape(samples, rows // samples, d), keys, key_gain))
-    weights = F.dropout(weights, dropout, training)
-    if blocked is not None:
-        weights = weights.masked_fill(blocked.to(weights.device).unsqueeze(1), 0.0)
-    return (scale * torch.matmul(weights, values)).reshape(x.shape)
+    def weights_of(rows: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        weights = F.dropout(activation(retrieval_scores(rows, k, key_gain)), dropout, training)
+        if blocked is not None:
+            weights = weights.masked_fill(blocked.to(weights.device).unsqueeze(1), 0.0)
+        return weights
+
+    return read_entries(x, keys, values, weights_of, scale)
 
 
 def retrieval_scores(x: torch.Tensor, keys: torch.Tensor, key_gain: float = 1.0) -> torch.Tensor:
@@ -185,53 +177,37 @@ def retrieval_scores(x: torch.Tensor, keys: torch.Tensor, key_gain: float = 1.0)
     return torch.matmul(x, keys.transpose(-1, -2)) * key_gain
 
 
-@dataclass
-class FFNSite:
-    """One hooked FFN: where its input and output are, and which position table it reads."""
-
-    name: str
-    layer: nn.Module
-    ffn_input: nn.Module
-    ffn_output: nn.Module
-    activation: nn.Module
-    table: int
-    key_gain: float = 1.0
-    value_gain: float = 1.0
-    query: torch.Tensor | None = None
-
-
 _NORM_CLASS = re.compile(r"(LayerNorm|RMSNorm)$")
 
 
-class MemVPModel(TrainableStateMixin, nn.Module):
+class MemVPModel(FFNMemoryModel):
     """A frozen transformers language model whose FFNs read a visual key/value memory.
 
     ``model(input_ids=..., attention_mask=..., visual_features=[B, n_vis, visual_dim], labels=...)``
     returns the language model's output. ``visual_features=None`` means no sample has an image;
-    ``has_image`` ([B] bool) marks image-less samples inside a batch.
+    ``has_image`` ([B] bool) marks image-less samples inside a batch; ``blocked_entries`` ([B, n]
+    bool) zeroes those entries' retrieval weight in every layer (paper Fig. 6).
     """
 
     config_class, config_name, weights_name = MemVPConfig, CONFIG_NAME, WEIGHTS_NAME
     config_attr, layers_name = "memvp_config", "MemVP layers"
+    supports_probing = True
+    state_keys = ("blocked_entries",)
 
     def __init__(self, language_model: nn.Module, config: MemVPConfig,
                  vision_encoder: nn.Module | None = None):
         super().__init__()
-        self.language_model = language_model
         self.vision_encoder = None
-        self.layout: FFNLayout = layout_for(language_model)
-        lm_config = language_model.config
         self.memvp_config = config = type(config).from_dict(config.to_dict())  # our own resolved copy
-        encdec = self.layout.is_encoder_decoder
+        encdec = bool(language_model.config.is_encoder_decoder)
         if config.share_position_embeddings is None:
             config.share_position_embeddings = not encdec
         if config.target_layers is None:
             config.target_layers = "encoder" if encdec else "decoder"
-
-        language_model.requires_grad_(False)
-        self._hidden_size = int(lm_config.hidden_size)
-        self.sites = self._find_sites(config.target_layers, config.share_position_embeddings)
-        self._size_entries(config)
+        self._setup_sites(language_model, config.target_layers, config.share_position_embeddings)
+        self._hidden_size = int(language_model.config.hidden_size)
+        # Per MemVP layer: (a_k, a_v), the FFN's key-row and value-column lengths / sqrt(d) ('ffn'), or 1.
+        self.entry_gains = self._size_entries(config)
         device = next(iter(language_model.parameters())).device
         self.visual_memory = VisualMemory(config, self._hidden_size, len(self.sites),
                                           config.share_position_embeddings, device=device)
@@ -239,32 +215,34 @@ class MemVPModel(TrainableStateMixin, nn.Module):
             for module in language_model.modules():
                 if _NORM_CLASS.search(type(module).__name__):
                     module.requires_grad_(True)
-        self._entries: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._blocked: torch.Tensor | None = None
-        self._stale = False  # forward/generate returned: its images are no longer in use (see _site_entries)
         self._bypass = False  # instruments: run the frozen LM through the same modules
         self._probe: dict | None = None  # instruments: per-site statistics of the next forward
-        self._hook_sites()
         if vision_encoder is not None:
             self.attach_vision_encoder(vision_encoder)
 
-    @property
-    def visual_dim(self) -> int:
-        """The feature size of the visual features it reads."""
-        return self.memvp_config.visual_dim
+    # ----------------------------------------------------------------------------- capabilities
+    def analytic_layer_flops(self, length: float, dim: int, n_visual: int) -> float:
+        """Eq. 15: the text's FLOPs + 4ndL for n more FFN key/value entries."""
+        return super().analytic_layer_flops(length, dim, n_visual) + 4 * n_visual * dim * length
+
+    def use_feature_statistics(self, mean: torch.Tensor, share: float) -> str | None:
+        """Keep the training mean when ``center_features`` asks for it (not when training on from an
+        adapter that has one); hint at centring when one shared direction holds most of the energy."""
+        config = self.memvp_config
+        if self.needs_feature_mean:
+            self.set_feature_mean(mean)
+            return "centred on it"
+        if share > COMMON_SHARE_WARNING and not config.center_features:
+            return ("MemVP's keys and values will be near copies of each other, so retrieval cannot tell the "
+                    "entries apart: memvp.center_features: true subtracts the mean (docs/memory_scale.md)")
+        return None
 
     # ----------------------------------------------------------------------------- structure
-    def _find_sites(self, target: str | list[int], shared: bool) -> list[FFNSite]:
-        return [FFNSite(name=f"{stack}.{i}", layer=layer, ffn_input=get_path(layer, self.layout.ffn_input),
-                        ffn_output=get_path(layer, self.layout.ffn_output),
-                        activation=get_path(layer, self.layout.activation), table=0 if shared else index)
-                for index, (stack, i, layer) in enumerate(target_layers(self.language_model, self.layout, target))]
-
-    def _size_entries(self, config: MemVPConfig) -> None:
+    def _size_entries(self, config: MemVPConfig) -> list[tuple[float, float]]:
         """memory_scale='ffn': per-site key/value gains from the FFN's own weights (read once, then
-        kept in the config so that a saved adapter reloads with the same gains)."""
+        kept in the config so that a saved adapter reloads with the same gains); 1 with 'paper'."""
         if config.memory_scale != "ffn":
-            return
+            return [(1.0, 1.0)] * len(self.sites)
         if config.key_norms is None or config.value_norms is None:
             keys, values = [], []
             for site in self.sites:
@@ -281,35 +259,51 @@ class MemVPModel(TrainableStateMixin, nn.Module):
                 raise ValueError(f"MemVPConfig.key_norms/value_norms have {len(keys)}/{len(values)} entries "
                                  f"but the model has {len(self.sites)} MemVP layers")
         root_d = float(self._hidden_size) ** 0.5
-        for site, k, v in zip(self.sites, keys, values):
-            site.key_gain, site.value_gain = float(k) / root_d, float(v) / root_d
-
-    def _inject(self, index: int, module, args, output):
-        site, x = self._captured_query(index)
-        if self._bypass:
-            return output
-        keys, values = self._site_entries(site)
-        key_gain, scale = self.site_gains(index)
-        delta = retrieve(x, keys, values, site.activation, scale,
-                         self.memvp_config.dropout, self.training, self._blocked, key_gain)
-        if self._probe is not None:
-            self._probe["sites"].append(_site_stats(x, keys, site.name, site.activation,
-                                                                   key_gain, delta, output))
-        return output + delta.to(output.dtype)
+        return [(float(k) / root_d, float(v) / root_d) for k, v in zip(keys, values)]
 
     def site_gains(self, index: int) -> tuple[Any, Any]:
         """(key gain, output scale) of MemVP layer ``index``: 1 and s with memory_scale='paper'; with
         'ffn' a_k * exp(learned log gain) and s * a_v * learned gate (tensors, so gradients reach them)."""
-        site, memory = self.sites[index], self.visual_memory
-        scale = self.memvp_config.output_scale * site.value_gain
+        key_gain, value_gain = self.entry_gains[index]
+        memory = self.visual_memory
+        scale = self.memvp_config.output_scale * value_gain
         if memory.output_gate is None:
-            return site.key_gain, scale
-        return site.key_gain * memory.key_log_gain[index].exp(), scale * memory.output_gate[index]
+            return key_gain, scale
+        return key_gain * memory.key_log_gain[index].exp(), scale * memory.output_gate[index]
 
-    def _site_entries(self, site: FFNSite) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self._visual_state_in_use():  # position entries only: no image
-            return self.visual_memory.entries(None, site.table)
-        return self._entries[site.table]
+    # ----------------------------------------------------------------------------- entries and reading
+    def make_entries(self, visual_features: torch.Tensor | None, has_image: torch.Tensor | None,
+                     blocked_entries: torch.Tensor | None = None) -> tuple[list, torch.Tensor | None]:
+        """(keys and values of every position table, the blocked-entries mask or None)."""
+        prompts = self.visual_memory.prompts(visual_features, has_image)
+        tables = [self.visual_memory.entries(prompts, t) for t in range(self.visual_memory.num_tables)]
+        n_entries = tables[0][0].shape[1]
+        if blocked_entries is not None and blocked_entries.shape[-1] != n_entries:
+            raise ValueError(f"blocked_entries must have {n_entries} entries per sample (the visual "
+                             f"memory's size), got shape {tuple(blocked_entries.shape)}")
+        return tables, None if blocked_entries is None else blocked_entries.bool()
+
+    def read(self, index: int, x: torch.Tensor, entries, ffn_output: torch.Tensor) -> torch.Tensor | None:
+        if self._bypass:
+            return None
+        site = self.sites[index]
+        tables, blocked = entries
+        keys, values = tables[site.table]
+        key_gain, scale = self.site_gains(index)
+        delta = retrieve(x, keys, values, site.activation, scale, self.memvp_config.dropout, self.training,
+                         blocked, key_gain)
+        if self._probe is not None:
+            self._probe["sites"].append(_site_stats(x, keys, site.name, site.activation, key_gain, delta, ffn_output))
+        return delta
+
+    def set_visual_memory(self, visual_features: torch.Tensor | None = None,
+                          has_image: torch.Tensor | None = None,
+                          blocked_entries: torch.Tensor | None = None,
+                          pixel_values: torch.Tensor | None = None) -> None:
+        """Compute the visual memory once for the next language-model calls (``forward`` and
+        ``generate`` do it for you); it stays until the next call."""
+        self.set_visual_state(self.features_of(visual_features, pixel_values), has_image,
+                              blocked_entries=blocked_entries)
 
     @property
     def needs_feature_mean(self) -> bool:
@@ -322,28 +316,6 @@ class MemVPModel(TrainableStateMixin, nn.Module):
         if features.shape[-1] != self.visual_dim:
             raise ValueError(f"features for the mean must end in visual_dim={self.visual_dim}, got {tuple(features.shape)}")
         self.visual_memory.set_feature_mean(features.reshape(-1, self.visual_dim).float().mean(dim=0))
-
-    # ----------------------------------------------------------------------------- running
-    def set_visual_memory(self, visual_features: torch.Tensor | None = None,
-                          has_image: torch.Tensor | None = None,
-                          blocked_entries: torch.Tensor | None = None,
-                          pixel_values: torch.Tensor | None = None) -> None:
-        """Compute the visual memory once for the next language-model calls.
-
-        It stays in place until the next call (so gradient-checkpoint recomputation during
-        backward sees the same memory); ``forward`` and ``generate`` call this for you.
-        ``blocked_entries`` ([B, entries] bool) zeroes the retrieval weight of those entries in
-        every layer (Fig. 6 distortion).
-        """
-        prompts = self.visual_memory.prompts(self._visual_features(visual_features, pixel_values), has_image)
-        self._stale = False
-        self._entries = [self.visual_memory.entries(prompts, t)
-                         for t in range(self.visual_memory.num_tables)]
-        n_entries = self._entries[0][0].shape[1]
-        if blocked_entries is not None and blocked_entries.shape[-1] != n_entries:
-            raise ValueError(f"blocked_entries must have {n_entries} entries per sample (the visual "
-                             f"memory's size), got shape {tuple(blocked_entries.shape)}")
-        self._blocked = None if blocked_entries is None else blocked_entries.bool()
 
     # ----------------------------------------------------------------------------- instruments
     @contextlib.contextmanager
@@ -366,41 +338,6 @@ class MemVPModel(TrainableStateMixin, nn.Module):
             yield
         finally:
             self._bypass = False
-
-    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                visual_features: torch.Tensor | None = None, has_image: torch.Tensor | None = None,
-                pixel_values: torch.Tensor | None = None, answer_logits_only: bool = False,
-                blocked_entries: torch.Tensor | None = None, **kwargs: Any):
-        """The language model's forward with the visual memory in place.
-
-        ``answer_logits_only=True`` (with ``labels``, decoder-only LMs) evaluates the LM head only at
-        the labelled positions: the returned ``logits`` are [n_labelled, vocab], the loss is the same.
-        """
-        self.set_visual_memory(self._visual_features(visual_features, pixel_values, input_ids), has_image,
-                               blocked_entries)
-        lm = self.language_model
-        try:
-            if answer_logits_only and kwargs.get("labels") is not None and can_skip_lm_head(lm):
-                return answer_only_loss(lm, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-            return lm(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        finally:
-            self.release_visual_memory()
-
-    @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                 visual_features: torch.Tensor | None = None, has_image: torch.Tensor | None = None,
-                 pixel_values: torch.Tensor | None = None, blocked_entries: torch.Tensor | None = None,
-                 **kwargs: Any):
-        """transformers' ``generate`` with the visual memory computed once for all decoding steps."""
-        self.set_visual_memory(self._visual_features(visual_features, pixel_values, input_ids), has_image,
-                               blocked_entries)
-        try:
-            return self.language_model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        finally:
-            self.release_visual_memory()
-
-    def base_model_fingerprint(self) -> dict[str, Any]:
-        return base_model_fingerprint(self.language_model, [s.name for s in self.sites])
 
 
 def _median_neuron_length(linear: nn.Module | None, hidden_size: int, side: str) -> float | None:
