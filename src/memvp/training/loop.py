@@ -24,6 +24,7 @@ import functools
 import math
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -260,15 +261,83 @@ def _train_loader(cfg: TrainConfig, tokenizer, visual, samples: list[Sample], en
     return loader, generator
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Train, evaluate, save; returns the final metrics (also written to output_dir/metrics.json).
+@dataclass
+class DataSplits:
+    """The samples a run trains and evaluates on, read and checked before the models load."""
 
-    Run it as one process or under ``accelerate launch`` / ``torchrun``: only the main process
-    prints and writes files; every process returns the same metrics.
-    """
+    train: list[Sample]
+    eval: list[Sample]
+    train_skipped: dict = field(default_factory=dict)
+    eval_skipped: dict = field(default_factory=dict)
+    eval_split: list[Sample] = field(default_factory=list)
+    """The eval split as read (skipped samples included: they are scored as wrong or dropped)."""
+    n_encoded: int = 0
+    n_truncated: int = 0
+    common_share: float | None = None
+    task: str | None = None
+
+
+@dataclass
+class Run:
+    """A training run between ``setup`` and ``finish``: what its steps read and update."""
+
+    cfg: TrainConfig
+    out: Path
+    log: Callable[[str], None]
+    accelerator: Any
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    tokenizer: Any
+    visual: Any
+    batches: StepBatches
+    data: DataSplits
+    total_steps: int
+    encoder_decoder: bool
+    train_fingerprint: str
+    parameters: tuple[int, int]
+    step: int = 0
+    curve: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+    scale_reports: list[dict] = field(default_factory=list)
+    last_checkpoint: Path | None = None
+    memory: PeakMemory | None = None
+    memory_step: int = 0
+    peak_bytes: int | None = None
+    eval_seconds: float = 0.0
+    t_start: float = field(default_factory=time.perf_counter)
+    window: tuple[int, float] = (0, 0.0)
+    """(samples seen, time) at the last logged step: the samples/s of the next one."""
+    seen_start: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+def _read_data(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[list[Sample], list[Sample]]:
+    """The train and eval splits; data files are read and checked before the models load (seconds
+    instead of minutes to an error)."""
+    train_split = read_split(cfg.train_data, "train_data", cfg.max_train_samples, cfg.skip_bad, log)
+    eval_split = (read_split(cfg.eval_data, "eval_data", cfg.max_eval_samples, cfg.skip_bad, log)
+                  if cfg.eval_data else [])
+    return train_split, eval_split
+
+
+def _schedule(cfg: TrainConfig, optimizer, total_steps: int):
+    from transformers import get_scheduler
+
+    name = f"{cfg.lr_schedule}_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule
+    return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+                         num_training_steps=total_steps)
+
+
+def setup(cfg: TrainConfig) -> Run:
+    """Everything before the first step: data, models, Accelerate, optimizer, and a checkpoint's
+    state when resuming (a changed config or train set refused before the models load)."""
     from accelerate import Accelerator, PartialState
     from accelerate.utils import DataLoaderConfiguration
-    from transformers import get_scheduler, set_seed
+    from transformers import set_seed
 
     cpu = use_cpu()
     state = PartialState(cpu=cpu)
@@ -278,16 +347,12 @@ def train(cfg: TrainConfig) -> dict:
     resume_dir = _resume_dir(cfg, out, state)
     if cfg.resume and resume_dir is None:
         log(f"resume={cfg.resume}: no checkpoint in {out} yet, starting from step 0")
-
     if state.is_main_process:
         check_output_dir(out)
-    # Data files are read and checked before the models load (seconds instead of minutes to an error).
-    train_split = read_split(cfg.train_data, "train_data", cfg.max_train_samples, cfg.skip_bad, log)
-    eval_split = (read_split(cfg.eval_data, "eval_data", cfg.max_eval_samples, cfg.skip_bad, log)
-                  if cfg.eval_data else [])
+    train_split, eval_split = _read_data(cfg, log)
     train_fingerprint = data_fingerprint(train_split)
     saved = read_trainer_state(resume_dir) if resume_dir else None
-    if saved:  # a changed config or train set is refused before the models load
+    if saved:
         check_resume_config(saved, cfg, train_fingerprint, resume_dir, log)
     for adapter in (cfg.adapter, cfg.init_from):
         if adapter:
@@ -295,24 +360,26 @@ def train(cfg: TrainConfig) -> dict:
     set_seed(cfg.seed)
     with one_writer_at_a_time(state):
         model, tokenizer, visual = build(cfg, train_split)
-        train_samples, train_skipped = prepare_samples(visual, train_split, cfg.skip_bad, "train", task_of(cfg.train_data), log)
+        train_samples, train_skipped = prepare_samples(visual, train_split, cfg.skip_bad, "train",
+                                                       task_of(cfg.train_data), log)
         eval_samples, eval_skipped = (prepare_samples(visual, eval_split, cfg.skip_bad, "eval", task_of(cfg.eval_data), log)
                                       if eval_split else ([], {}))
+    data = DataSplits(train_samples, eval_samples, train_skipped, eval_skipped, eval_split,
+                      task=task_of(cfg.eval_data) if cfg.eval_data else None)
     if visual.pixels and cfg.use_images:
         log("the vision encoder has ViT adapters, which train with the method: its images are encoded in every "
             "training step (no feature cache)")
-    common_share = _feature_statistics(model, visual, train_samples, log)
+    data.common_share = _feature_statistics(model, visual, train_samples, log)
     fp32_trainable(model, cfg)
     encoder_decoder = bool(model.config.is_encoder_decoder)
     encoded = [encode_sample(tokenizer, s, cfg.max_length, cfg.prompt_template) for s in train_samples]
-    n_truncated = sum(e.truncated > 0 for e in encoded)
-    if n_truncated:
-        log(describe_truncation(n_truncated, len(encoded), cfg.max_length))
+    data.n_encoded, data.n_truncated = len(encoded), sum(e.truncated > 0 for e in encoded)
+    if data.n_truncated:
+        log(describe_truncation(data.n_truncated, len(encoded), cfg.max_length))
 
     loader, generator = _train_loader(cfg, tokenizer, visual, train_samples, encoded, encoder_decoder)
     steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
-
     # split_batches: batch_size is global, and the scheduler steps once per optimizer step (without
     # it Accelerate steps it num_processes times per step).
     accelerator = Accelerator(cpu=cpu, mixed_precision=cfg.precision,
@@ -320,24 +387,20 @@ def train(cfg: TrainConfig) -> dict:
                               kwargs_handlers=[ddp_kwargs(cfg, train_samples)])
     setup_fsdp(accelerator, model, cfg)
     skip_frozen_broadcast(accelerator, model)
-    trainable, total = model.get_nb_trainable_parameters()  # before FSDP shards them
+    parameters = model.get_nb_trainable_parameters()  # before FSDP shards them
     if saved:
         _check_resumable(saved, cfg, len(encoded), accelerator.num_processes, resume_dir, log)
         load_trainable_weights(model, resume_dir)  # before FSDP shards the parameters
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    global_batch = cfg.batch_size * cfg.grad_accum
-    log(f"effective lr {cfg.learning_rate:.4g}" + (f" = base_lr {cfg.base_lr:g} x global batch {global_batch} / 256"
-                                                     if cfg.base_lr is not None else ""))
+    log(f"effective lr {cfg.learning_rate:.4g}" + (f" = base_lr {cfg.base_lr:g} x global batch "
+                                                     f"{cfg.batch_size * cfg.grad_accum} / 256" if cfg.base_lr is not None else ""))
     optimizer = make_optimizer(model, cfg)
-    scheduler = get_scheduler(f"{cfg.lr_schedule}_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule,
-                              optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
+    scheduler = _schedule(cfg, optimizer, total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     check_fsdp_names(accelerator, model)
-    task = task_of(cfg.eval_data) if cfg.eval_data else None
 
-    step, curve, history, last_checkpoint = 0, [], [], resume_dir
+    step, curve, history = 0, [], []
     position, epoch_state = None, None  # a fresh run: the data's start, the shuffle's seed state
     if saved:  # last thing before the loop: it restores the RNG states
         epoch_state = load_training_state(accelerator, model, optimizer, scheduler, resume_dir)
@@ -346,119 +409,167 @@ def train(cfg: TrainConfig) -> dict:
         log(f"resumed from {resume_dir} at step {step}")
     batches = StepBatches(accelerator, loader, generator, cfg.grad_accum, len(encoded), cfg.batch_size,
                           position, epoch_state)
-    seen_start = window_seen = batches.samples_seen()
-    t_start = t_window = time.perf_counter()
-    eval_seconds = 0.0
-    bar = tqdm(total=total_steps, initial=step, desc="training",
-               disable=not (cfg.progress and accelerator.is_main_process))
-    model.train()
-    steps = iter(batches)
-    scale_reports: list[dict] = []
-    # The second step of this run: the first one also allocates the optimizer's state.
-    memory = PeakMemory(accelerator.device, tune_glibc=False) if cfg.measure_memory else None
-    memory_step, peak_bytes = step + min(2, total_steps - step) - 1, None
+    run = Run(cfg, out, log, accelerator, model, optimizer, scheduler, tokenizer, visual, batches, data, total_steps,
+              encoder_decoder, train_fingerprint, parameters, step=step, curve=curve, history=history,
+              last_checkpoint=resume_dir)
+    run.seen_start = batches.samples_seen()
+    run.window = (run.seen_start, run.t_start)
+    if cfg.measure_memory:  # the run's second step: the first one also allocates the optimizer's state
+        run.memory = PeakMemory(accelerator.device, tune_glibc=False)
+        run.memory_step = step + min(2, total_steps - step) - 1
+    return run
 
-    def checkpoint_now() -> Path:
-        path = save_checkpoint(accelerator, model, optimizer, scheduler, out / f"checkpoint-{step}",
-                               _trainer_state(cfg, step, batches, curve, history, accelerator.num_processes,
-                                              train_fingerprint),
-                               batches.epoch_state, keep=cfg.save_total_limit)
-        if accelerator.is_main_process:
-            _write_curve(out / "loss_curve.csv", curve)
-        return path
 
+def take_step(run: Run, micro_batches: list[dict]) -> dict:
+    """One optimizer step (its memory measured when it is the one to measure); the loss curve's row.
+    A non-finite loss stops the run before it touches the weights."""
+    step = functools.partial(_optimizer_step, run.accelerator, run.model, run.optimizer, run.scheduler,
+                             micro_batches, run.encoder_decoder, run.cfg.max_grad_norm)
+    if run.memory is not None and run.step == run.memory_step:
+        losses: list[float] = []
+        run.peak_bytes = run.memory.measure(lambda: losses.append(step()))
+        loss = losses[0]
+    else:
+        loss = step()
+    if not math.isfinite(loss):
+        kept = f"the last good checkpoint is {run.last_checkpoint}" if run.last_checkpoint else "no checkpoint was written"
+        raise FloatingPointError(f"non-finite loss {loss} at step {run.step + 1}; the weights were not updated and "
+                                 f"{kept}. Lower the learning rate, or use bf16 instead of fp16")
+    run.step += 1
+    now, seen = time.perf_counter(), run.batches.samples_seen()
+    row = {"step": run.step, "epoch": run.batches.epoch_float(), "loss": loss, "lr": run.scheduler.get_last_lr()[0],
+           "samples_per_s": (seen - run.window[0]) / max(now - run.window[1], 1e-9)}
+    run.window = (seen, now)
+    return row
+
+
+def diagnose(run: Run, micro_batches: list[dict], row: dict) -> str | None:
+    """Measure the memory's scale on the step's first micro-batch when the cadence says so (its
+    summary joins the row); returns a warning when the memory dominates."""
+    if not _diagnose_now(run.cfg, run.accelerator, run.model, run.step, run.total_steps):
+        return None
+    with run.accelerator.autocast():  # as the training forward (bf16 weights, fp32 norms)
+        report = measure_scale(run.accelerator.unwrap_model(run.model), micro_batches[0])
+    row.update(instruments.summary(report))
+    run.scale_reports.append({"step": run.step, **report})
+    return instruments.warning(report, f"at step {run.step}")
+
+
+def evaluate_now(run: Run) -> dict:
+    """Predictions on the eval split and their metrics; the evaluation's time is kept out of the
+    training seconds (accuracy against training time)."""
+    t_eval = time.perf_counter()
+    train_seconds = t_eval - run.t_start - run.eval_seconds
+    predictions = evaluate_distributed(run.accelerator, run.model, run.tokenizer, run.visual, run.data.eval, run.cfg)
+    metrics = score_split(run.data.task, run.data.eval_split, predictions, run.data.eval_skipped, run.cfg)
+    spent = time.perf_counter() - t_eval
+    run.eval_seconds += spent
+    run.window = (run.window[0], run.window[1] + spent)
+    run.model.train()
+    return {"predictions": predictions, "metrics": metrics, "train_seconds": train_seconds}
+
+
+def checkpoint(run: Run) -> Path:
+    """A checkpoint of this step (atomic; the loss curve so far beside it)."""
+    run.last_checkpoint = save_checkpoint(
+        run.accelerator, run.model, run.optimizer, run.scheduler, run.out / f"checkpoint-{run.step}",
+        _trainer_state(run.cfg, run.step, run.batches, run.curve, run.history, run.accelerator.num_processes,
+                       run.train_fingerprint),
+        run.batches.epoch_state, keep=run.cfg.save_total_limit)
+    if run.is_main:
+        _write_curve(run.out / "loss_curve.csv", run.curve)
+    return run.last_checkpoint
+
+
+def _due(every: int, run: Run) -> bool:
+    """A cadence (eval_every, save_every) falls on this step, which is not the last (finish does that)."""
+    return bool(every) and run.step % every == 0 and run.step < run.total_steps
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train, evaluate, save; returns the final metrics (also written to output_dir/metrics.json).
+
+    Run it as one process or under ``accelerate launch`` / ``torchrun``: only the main process
+    prints and writes files; every process returns the same metrics.
+    """
+    run = setup(cfg)
+    bar = tqdm(total=run.total_steps, initial=run.step, desc="training", disable=not (cfg.progress and run.is_main))
+    run.model.train()
+    steps = iter(run.batches)
     with stop_signals() as received:
-        while step < total_steps:
+        while run.step < run.total_steps:
             micro_batches = next(steps)
-            run_step = functools.partial(_optimizer_step, accelerator, model, optimizer, scheduler, micro_batches,
-                                         encoder_decoder, cfg.max_grad_norm)
-            if memory is not None and step == memory_step:
-                losses: list[float] = []
-                peak_bytes = memory.measure(lambda: losses.append(run_step()))
-                loss = losses[0]
-            else:
-                loss = run_step()
-            if not math.isfinite(loss):
-                kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written"
-                raise FloatingPointError(f"non-finite loss {loss} at step {step + 1}; the weights were not updated and "
-                                         f"{kept}. Lower the learning rate, or use bf16 instead of fp16")
-            step += 1
-            now, seen = time.perf_counter(), batches.samples_seen()
-            row = {"step": step, "epoch": batches.epoch_float(), "loss": loss, "lr": scheduler.get_last_lr()[0],
-                   "samples_per_s": (seen - window_seen) / max(now - t_window, 1e-9)}
-            if _diagnose_now(cfg, accelerator, model, step, total_steps):
-                with accelerator.autocast():  # as the training forward (bf16 weights, fp32 norms)
-                    report = measure_scale(accelerator.unwrap_model(model), micro_batches[0])
-                row.update(instruments.summary(report))
-                scale_reports.append({"step": step, **report})
-                message = instruments.warning(report, f"at step {step}")
-                if message and accelerator.is_main_process:
-                    bar.write(message)
-            curve.append(row)
-            window_seen, t_window = seen, now
+            row = take_step(run, micro_batches)
+            warning = diagnose(run, micro_batches, row)
+            if warning and run.is_main:
+                bar.write(warning)
+            run.curve.append(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", sps=f"{row['samples_per_s']:.1f}")
             bar.update(1)
-            if cfg.eval_every and eval_samples and step % cfg.eval_every == 0 and step < total_steps:
-                t_eval = time.perf_counter()
-                predictions = evaluate_distributed(accelerator, model, tokenizer, visual, eval_samples, cfg)
-                # "train_seconds": training time so far, evaluations left out (accuracy against seconds).
-                history.append({"step": step, "train_seconds": t_eval - t_start - eval_seconds,
-                                **score_split(task, eval_split, predictions, eval_skipped, cfg)})
-                eval_seconds += time.perf_counter() - t_eval
-                t_window += time.perf_counter() - t_eval
-                model.train()
+            if _due(cfg.eval_every, run) and run.data.eval:
+                evaluation = evaluate_now(run)
+                run.history.append({"step": run.step, "train_seconds": evaluation["train_seconds"],
+                                    **evaluation["metrics"]})
             # After the evaluation: sampled decoding draws random numbers, and a resumed run continues
             # from the states saved here.
-            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                last_checkpoint = checkpoint_now()
-            stop = stop_requested(received, accelerator) if step < total_steps else None
+            if _due(cfg.save_every, run):
+                checkpoint(run)
+            stop = stop_requested(received, run.accelerator) if run.step < run.total_steps else None
             if stop:  # Ctrl-C / SIGTERM: keep this step's state, then stop
-                if last_checkpoint is None or checkpoint_step(last_checkpoint) != step:
-                    last_checkpoint = checkpoint_now()
+                if run.last_checkpoint is None or checkpoint_step(run.last_checkpoint) != run.step:
+                    checkpoint(run)
                 bar.close()
-                raise TrainingInterrupted(stop, step, total_steps, last_checkpoint)
+                raise TrainingInterrupted(stop, run.step, run.total_steps, run.last_checkpoint)
     bar.close()
-    train_seconds = time.perf_counter() - t_start - eval_seconds
+    return finish(run)
 
-    memvp = accelerator.unwrap_model(model)
+
+def finish(run: Run) -> dict:
+    """Save the adapter and the loss curve, evaluate, write metrics.json; the run's metrics."""
+    cfg, accelerator, data = run.cfg, run.accelerator, run.data
+    train_seconds = time.perf_counter() - run.t_start - run.eval_seconds
+    model = accelerator.unwrap_model(run.model)
     card_info = {"method": cfg.method, "training data": {k: v for k, v in (cfg.train_data or {}).items()
                                                           if not k.startswith("_")},
-                 "training": {"steps": step, "batch_size": cfg.batch_size * cfg.grad_accum,
+                 "training": {"steps": run.step, "batch_size": cfg.batch_size * cfg.grad_accum,
                               "lr": cfg.learning_rate, "seed": cfg.seed}}
-    with full_parameters(accelerator, model):
-        if accelerator.is_main_process:
-            _save_adapter_somewhere(memvp, out / "adapter", card_info)
-            _write_curve(out / "loss_curve.csv", curve)
-    seen = batches.samples_seen()
+    with full_parameters(accelerator, run.model):
+        if run.is_main:
+            _save_adapter_somewhere(model, run.out / "adapter", card_info)
+            _write_curve(run.out / "loss_curve.csv", run.curve)
+    seen = run.batches.samples_seen()
+    trainable, total = run.parameters
     result: dict[str, Any] = {
-        "steps": step, "train_samples": len(encoded), "samples_seen": seen, "train_seconds": train_seconds,
-        "train_samples_per_s": (seen - seen_start) / train_seconds, "final_loss": curve[-1]["loss"] if curve else None,
-        "trainable_parameters": trainable, "total_parameters": total, "truncated_prompts": n_truncated,
-        "method": cfg.method, "use_images": cfg.use_images, "history": history, "num_processes": accelerator.num_processes,
+        "steps": run.step, "train_samples": data.n_encoded, "samples_seen": seen, "train_seconds": train_seconds,
+        "train_samples_per_s": (seen - run.seen_start) / train_seconds,
+        "final_loss": run.curve[-1]["loss"] if run.curve else None, "trainable_parameters": trainable,
+        "total_parameters": total, "truncated_prompts": data.n_truncated, "method": cfg.method,
+        "use_images": cfg.use_images, "history": run.history, "num_processes": accelerator.num_processes,
     }
-    if common_share is not None:
-        result["visual_feature_common_share"] = common_share
-    if memory is not None:
-        result["peak_step_memory_bytes"] = peak_bytes
-    if train_skipped["count"]:
-        result["skipped"] = train_skipped
-    if scale_reports:  # the last measurement in full, the earlier ones as their summaries
-        result["scale"] = scale_reports[-1]
-        result["scale_history"] = [{"step": r["step"], **instruments.summary(r)} for r in scale_reports]
-    if eval_samples:
-        predictions = evaluate_distributed(accelerator, model, tokenizer, visual, eval_samples, cfg)
-        result["eval"] = score_split(task, eval_split, predictions, eval_skipped, cfg)
-        result["eval"]["truncated_prompts"] = report_eval_truncation(tokenizer, eval_samples, cfg, log)
-        if accelerator.is_main_process:
-            write_json(out / "predictions_eval.json", predictions)
-        if accelerator.is_main_process and not is_fsdp(accelerator):  # FSDP: the card keeps no metrics (sharded)
+    if data.common_share is not None:
+        result["visual_feature_common_share"] = data.common_share
+    if run.memory is not None:
+        result["peak_step_memory_bytes"] = run.peak_bytes
+    if data.train_skipped["count"]:
+        result["skipped"] = data.train_skipped
+    if run.scale_reports:  # the last measurement in full, the earlier ones as their summaries
+        result["scale"] = run.scale_reports[-1]
+        result["scale_history"] = [{"step": r["step"], **instruments.summary(r)} for r in run.scale_reports]
+    if data.eval:
+        evaluation = evaluate_now(run)
+        result["eval"] = evaluation["metrics"]
+        result["eval"]["truncated_prompts"] = report_eval_truncation(run.tokenizer, data.eval, cfg, run.log)
+        if run.is_main:
+            write_json(run.out / "predictions_eval.json", evaluation["predictions"])
+        if run.is_main and not is_fsdp(accelerator):  # FSDP: the card keeps no metrics (sharded)
             metrics = {k: v for k, v in result["eval"].items() if not isinstance(v, dict) or k == "per_type"}
-            memvp.write_model_card(out / "adapter", {**card_info, "evaluation data": {
+            model.write_model_card(run.out / "adapter", {**card_info, "evaluation data": {
                 k: v for k, v in cfg.eval_data.items() if not k.startswith("_")}, "metrics": metrics})
-    if accelerator.is_main_process:
-        write_json(out / "metrics.json", result)
+    if run.is_main:
+        write_json(run.out / "metrics.json", result)
     accelerator.wait_for_everyone()
     return result
 
 
-__all__ = ["train", "param_groups", "make_optimizer", "decays", "StepBatches"]
+__all__ = ["train", "setup", "take_step", "diagnose", "evaluate_now", "checkpoint", "finish", "Run", "DataSplits",
+           "param_groups", "make_optimizer", "decays", "StepBatches"]
