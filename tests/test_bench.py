@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import torch
+from conftest import tiny_model
 
 from memvp.bench import BenchConfig, cache_bytes, format_bench, plot_sweep, run_bench
 from memvp.cli import main
-from conftest import tiny_model
 
 
 def test_bench_measures_every_method_and_the_kv_cache_exactly(tmp_path):

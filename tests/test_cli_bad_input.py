@@ -17,9 +17,9 @@ from safetensors.torch import load_file, save_file
 import memvp.training.build as build_module
 import memvp.training.loop as loop_module
 from memvp import load_features, load_image
-from memvp.training import checkpoint
 from memvp.cli import main
 from memvp.datasets import load_samples
+from memvp.training import checkpoint
 
 
 def _one_error_line(capsys, *needles: str) -> str:

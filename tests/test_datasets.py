@@ -28,10 +28,10 @@ from memvp.datasets import (
     read_mme,
     read_pope,
     read_scienceqa,
-    scienceqa_prompt,
     read_scienceqa_parquet,
     read_vqav2,
     read_vqav2_parquet,
+    scienceqa_prompt,
 )
 
 FIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "datasets")

@@ -9,13 +9,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_model
 from PIL import Image
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
-from transformers import PreTrainedTokenizerFast
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
-from conftest import tiny_model
 from memvp import MemVPConfig, get_memvp_model
+from memvp.cli import main
 from memvp.data import DEFAULT_PROMPT_TEMPLATE, encode_sample
 from memvp.datasets import Sample
 from memvp.explain import (
@@ -29,7 +36,6 @@ from memvp.explain import (
     similarity_maps,
     top_entries,
 )
-from memvp.cli import main
 from memvp.explain_plot import plot_explanation
 from memvp.recipes.scenes import Scene, SceneObject, draw_scene
 
@@ -100,12 +106,9 @@ def test_encode_prompt_is_the_training_prompt():
 def test_words_with_the_real_smollm2_tokenizer():
     from transformers import AutoTokenizer
 
-    from memvp.pretrained import cache_dir
+    from memvp.pretrained import smollm2_path
 
-    path = cache_dir() / "smollm2-135m-instruct"
-    if not (path / "tokenizer_config.json").is_file():
-        pytest.skip("SmolLM2 not converted yet (memvp.pretrained.smollm2_path() makes it)")
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(smollm2_path())  # converted from the GGUF on first use (~20 s)
     enc = encode_prompt(tok, "Is the yellowish thingamajig left-most?")
     assert [w.text for w in enc.words] == ["Is", "the", "yellowish", "thingamajig", "left-most"]
     assert max(len(w.tokens) for w in enc.words) > 1  # some word is several subword tokens

@@ -9,8 +9,8 @@ from PIL import Image
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from memvp import HFVisionEncoder, load_image
-from memvp.vision import PrecomputedFeatures
 from memvp.feature_cache import FeatureCache
+from memvp.vision import PrecomputedFeatures
 
 
 class CountingEncoder(HFVisionEncoder):
@@ -218,6 +218,7 @@ def test_an_index_entry_its_shard_lacks_is_encoded_again(tmp_path):
     """Issue 24.1: an entry pointing at a shard that does not hold it (or at a missing shard) was a bare
     KeyError in every later run; now it counts as missing."""
     import json
+
     import memvp.feature_cache as feature_cache
 
     cache = FeatureCache(tmp_path, NumberEncoder(), batch_size=1)
@@ -243,8 +244,9 @@ def test_disk_full_names_the_folder_and_the_room_needed_and_keeps_earlier_shards
     """Issue 24.2: a full disk was a SafetensorError traceback and lost every feature encoded by the run."""
     import errno
 
-    import memvp.feature_cache as feature_cache
     from safetensors import SafetensorError
+
+    import memvp.feature_cache as feature_cache
 
     real_save, calls = feature_cache.save_file, [0]
 

@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import lm_inputs, tiny_model
 
 from memvp import MemVPConfig, get_memvp_model
-from memvp.save_load import model_card
 from memvp.instruments import RESIDUAL_WARNING, format_report, measure_scale, summary, warning
-from conftest import lm_inputs, tiny_model
+from memvp.save_load import model_card
 
 VIS_DIM, N_VIS = 12, 4
 

@@ -8,9 +8,9 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import VOCAB, tiny_model, train_steps
 
 from memvp.methods.adem import AdemConfig, AdemModel, fusion_weights, trainable_parameter_count
-from conftest import VOCAB, tiny_model, train_steps
 
 VIS_DIM, GRID = 12, 4
 N_PATCH = GRID * GRID  # scales [1, 2] on a 4 x 4 grid: 16 + 4 = 20 entries

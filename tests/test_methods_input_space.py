@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import VOCAB, tiny_model, train_steps
 
 from memvp import MemVPConfig, get_memvp_model
 from memvp.methods import build_model, load_adapter
 from memvp.methods.common import insert_tokens
 from memvp.methods.input_space import BaselineConfig, InputSpaceModel
-from conftest import VOCAB, tiny_model, train_steps
 
 VIS_DIM, N_VIS = 12, 4
 

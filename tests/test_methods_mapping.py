@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import tiny_model
+
 from memvp import MemVPConfig, MemVPModel
 from memvp.methods import METHODS, Method, build_model, check_adapter, get_method, load_adapter, register_method
 from memvp.methods.input_space import BaselineConfig, InputSpaceModel

@@ -7,10 +7,10 @@ import json
 
 import pytest
 import torch
+from conftest import VOCAB, lm_inputs, tiny_model
 from transformers import BertConfig, BertModel
 
 from memvp import ARCHITECTURES, FFNLayout, MemVPConfig, get_memvp_model, register_architecture
-from conftest import VOCAB, lm_inputs, tiny_model
 
 VIS_DIM = 12
 

@@ -11,10 +11,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ALL_ARCHS, GATED, lm_inputs, tiny_model
 from torch import nn
 
 from memvp import MemVPConfig, get_memvp_model
-from conftest import ALL_ARCHS, GATED, lm_inputs, tiny_model
 
 N_VIS, N_ENTRIES, VIS_DIM = 4, 5, 12
 

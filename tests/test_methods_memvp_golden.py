@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import lm_inputs, tiny_model
 
 from memvp import MemVPConfig, get_memvp_model
-from conftest import lm_inputs, tiny_model
 
 GOLDEN_DIR = Path(__file__).parent / "data" / "golden"
 # family -> (tiny model of conftest, MemVPConfig fields beyond the common ones)
@@ -113,7 +113,7 @@ def test_outputs_match_the_golden_file(family, scale):
     # The memory's contribution alone, to 1e-4 of its size (float64 makes that far above noise).
     for key in ("memory_delta", "no_image_delta"):
         atol = 1e-4 * float(want[key].abs().max())
-        torch.testing.assert_close(got[key], want[key], atol=atol, rtol=1e-4, msg=lambda m: f"{key}:\n{m}")
+        torch.testing.assert_close(got[key], want[key], atol=atol, rtol=1e-4, msg=lambda m: f"{key}:\n{m}")  # noqa: B023 (used at once)
     # The stored numbers do depend on the memory and on the image.
     assert want["memory_delta"].abs().max() > 1e-4
     assert (want["memory_delta"] - want["no_image_delta"]).abs().max() > 1e-4

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import lm_inputs, tiny_model, train_steps
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import lm_inputs, tiny_model, train_steps
 from memvp import MemVPConfig, get_memvp_model
 from memvp.methods import build_model, load_adapter
 from memvp.methods.memvp_lora import MemVPLoraConfig, MemVPLoraModel

@@ -37,6 +37,7 @@ def test_quick_demo_trains_every_arm_and_writes_the_table(tmp_path, capsys):
     assert "MemVP's residual norm / the frozen LM's" in printed
     # --compare measures each arm's peak training-step memory (the second step) and prints it.
     import torch
+
     from memvp.peak_memory import PeakMemory
 
     readable = PeakMemory(torch.device("cpu"), tune_glibc=False).available  # Linux: a real reading per arm

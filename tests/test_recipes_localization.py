@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_explain import char_tokenizer, memvp_model
 
 from memvp.datasets import read_vqav2
 from memvp.explain import encode_prompt, generate_answer, similarity_maps
 from memvp.metrics import normalize_vqa_answer
 from memvp.recipes.localization import evaluate_localization, named_color, object_cells
 from memvp.recipes.scenes import COLORS, IMAGE_PATTERN, Scene, SceneObject, generate_dataset, load_scenes
-from test_explain import char_tokenizer, memvp_model
 
 
 def test_object_cells_and_named_color():
@@ -123,3 +123,17 @@ def test_evaluate_localization(tmp_path):
     assert again["records"] == records  # seeded, deterministic
 
 
+
+
+def test_evaluate_demo_reads_the_demo_layout_and_loads_the_adapter(tiny):
+    """The documented route to docs/explain.md's numbers: a demo-layout data folder and a trained adapter."""
+    from memvp.cli import main
+    from memvp.recipes.localization import evaluate_demo
+
+    assert main(["train", str(tiny / "train.yaml"), "max_steps=1", "eval_data=null",
+                 f"output_dir={tiny / 'run-localization'}"]) == 0
+    result = evaluate_demo(tiny / "data", tiny / "run-localization" / "adapter", max_questions=4, seed=0,
+                           language_model=str(tiny / "lm"), vision_encoder=str(tiny / "vit"), progress=False)
+    assert result["overall"]["questions"] == len(result["records"]) == 4
+    assert {r["type"] for r in result["records"]} <= {"shape", "horizontal", "vertical"}
+    assert result["question_types"] == ["shape", "horizontal", "vertical"] and result["seed"] == 0

@@ -10,8 +10,17 @@ from PIL import Image
 
 from memvp.cli import main
 from memvp.datasets import load_samples
-from memvp.recipes.videos import (ANSWERS, CLIP_FRAMES, NUM_FRAMES, QUESTIONS, SIZE, _draw, generate_videos, story_accuracy,
-                                  story_frames)
+from memvp.recipes.videos import (
+    ANSWERS,
+    CLIP_FRAMES,
+    NUM_FRAMES,
+    QUESTIONS,
+    SIZE,
+    _draw,
+    generate_videos,
+    story_accuracy,
+    story_frames,
+)
 from memvp.vision import VideoClip, read_frames
 
 PER_UNIT = CLIP_FRAMES // NUM_FRAMES

@@ -7,11 +7,11 @@ import os
 import pytest
 import safetensors.torch
 import torch
+from conftest import lm_inputs, tiny_model
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from memvp import HFVisionEncoder, MemVPConfig, MemVPModel, get_memvp_model
 from memvp.methods.memvp.model import CONFIG_NAME, WEIGHTS_NAME
-from conftest import lm_inputs, tiny_model
 
 CFG = MemVPConfig(visual_dim=12, num_entries=6, dropout=0.0, train_layernorms=True)
 

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-
-from memvp.explain import encode_prompt, generate_answer, load_explainer
-from memvp.cli import build_parser, main
-from memvp.serve import Answerer, BadInput, check_question, first_line, read_upload
 from test_explain import saved  # noqa: F401  (a fixture, used by name below)
+
+from memvp.cli import build_parser, main
+from memvp.explain import encode_prompt, generate_answer, load_explainer
+from memvp.serve import Answerer, BadInput, check_question, first_line, read_upload
 
 QUESTION = "What shape is the red object?"
 MAX_NEW_TOKENS = 10
@@ -170,7 +170,7 @@ def _listening(port: int) -> set[str]:
 def server(files):
     """``python -m memvp.cli serve`` (= ``memvp serve``) on a free port of 127.0.0.1; always stopped."""
     port = _free_port()
-    log = open(files / "server.log", "w")
+    log = open(files / "server.log", "w")  # noqa: SIM115 (the server writes it until the fixture ends)
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(files / "gradio-tmp"),
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "memvp.cli", "serve", "--adapter", str(files / "adapter"),

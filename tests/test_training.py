@@ -8,9 +8,9 @@ import os
 import pytest
 import torch
 import yaml
+from conftest import word_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import word_tokenizer
 from memvp.cli import main
 from memvp.peak_memory import PeakMemory
 from memvp.training import loop

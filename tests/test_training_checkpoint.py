@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 
 import memvp.training.checkpoint as checkpoint
 import memvp.training.loop as loop_module
-from memvp.training.checkpoint import list_checkpoints, write_directory_atomically
 from memvp.cli import main
+from memvp.training.checkpoint import list_checkpoints, write_directory_atomically
 
 ARGS = ["memvp.dropout=0.1", "batch_size=6", "grad_accum=2", "save_every=2", "save_total_limit=2",
         "eval_every=3", "max_eval_samples=6"]

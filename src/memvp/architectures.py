@@ -12,8 +12,8 @@ Stacks are paths relative to ``model.base_model`` (so both LlamaModel and LlamaF
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 

@@ -18,6 +18,7 @@ every method alike. Measured per method:
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import platform
 import statistics
@@ -29,9 +30,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .flops import METHOD_ORDER
 from .methods import build_model
 from .peak_memory import PeakMemory
-from .flops import METHOD_ORDER
 
 ANSWER_TOKENS = 4
 
@@ -163,7 +164,7 @@ def _interleaved(runners: list[MethodRunner], op, warmup: int, repeats: int, dev
     times: dict[str, list[float]] = {r.method: [] for r in runners}
     for round_ in range(warmup + repeats):
         for r in runners:
-            seconds = _timed(lambda: op(r), device)
+            seconds = _timed(functools.partial(op, r), device)
             if round_ >= warmup:
                 times[r.method].append(seconds)
             if bar is not None:
@@ -198,7 +199,7 @@ def run_bench(cfg: BenchConfig, language_model: nn.Module | None = None) -> dict
     for r in runners:
         m = r.method
         decode_seconds = max(gen_n[m] - gen_1[m], 1e-9)
-        peak = memory.measure(lambda: r.train_step(w))
+        peak = memory.measure(functools.partial(r.train_step, w))
         kv = cache_bytes(r.prefill(w)) / cfg.batch_size
         trainable, total = r.model.get_nb_trainable_parameters()
         results[m] = {
@@ -247,8 +248,8 @@ def _sweep(runners: list[MethodRunner], cfg: BenchConfig, vocab: int, device) ->
     rows = []
     for axis, value, length, n in tqdm(points, desc="sweep", disable=not cfg.progress):
         w = make_workload(vocab, cfg.batch_size, length, n, cfg.visual_dim, device, cfg.seed)
-        train = _interleaved(runners, lambda r: r.train_step(w), 1, cfg.sweep_repeats, device)
-        prefill = _interleaved(runners, lambda r: r.prefill(w), 1, cfg.sweep_repeats, device)
+        train = _interleaved(runners, functools.partial(MethodRunner.train_step, w=w), 1, cfg.sweep_repeats, device)
+        prefill = _interleaved(runners, functools.partial(MethodRunner.prefill, w=w), 1, cfg.sweep_repeats, device)
         rows.append({"axis": axis, "value": value, "text_length": length, "n_visual": n,
                      "train_step_s": train, "prefill_s": prefill})
     return {"rows": rows}

@@ -8,7 +8,6 @@ import json
 import os
 import shlex
 import sys
-
 from pathlib import Path
 
 from .recipes import DEMO_VISION_ENCODER as DEMO_VISION
@@ -235,9 +234,9 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(args.output_dir, quick=args.quick, compare=args.compare,
                      arms=args.arms.split(",") if args.arms else None)
         elif args.command == "train":
-            from .training import train
-
             from accelerate import PartialState
+
+            from .training import train
 
             result = train(_config(args))
             if PartialState().is_main_process:  # under accelerate launch / torchrun: print once

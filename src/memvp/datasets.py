@@ -49,8 +49,9 @@ import math
 import os
 import re
 import string
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from .atomic import atomic_write
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -186,14 +187,14 @@ class SimilarityMaps:
 
     @classmethod
     def from_layers(cls, encoded: EncodedPrompt, site_names: list[str], per_layer: np.ndarray,
-                    words: list[Word], absolute: bool = False) -> "SimilarityMaps":
+                    words: list[Word], absolute: bool = False) -> SimilarityMaps:
         if absolute:
             per_layer = np.abs(per_layer)
         token_maps = per_layer.mean(axis=0)
         word_maps = np.stack([token_maps[list(w.tokens)].mean(axis=0) for w in words])
         return cls(encoded, site_names, per_layer, token_maps, words, word_maps, absolute)
 
-    def magnitude(self) -> "SimilarityMaps":
+    def magnitude(self) -> SimilarityMaps:
         """The same maps of |phi|: how much of each entry's value is read, whatever the sign.
 
         With SiLU / GELU, phi of a very negative similarity is ~0 like phi of 0, so when every

@@ -19,8 +19,9 @@ import json
 import re
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from filelock import FileLock

@@ -3,7 +3,7 @@ computed once per batch (``MemVPModel.generate``)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm

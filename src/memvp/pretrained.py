@@ -12,10 +12,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .vision import _package_dir
+
+if TYPE_CHECKING:
+    from .vision import VisionOptions
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -87,7 +91,7 @@ def load_language_model(name_or_path: str, dtype: torch.dtype = torch.float32):
     return model, tokenizer
 
 
-def load_vision_encoder(name_or_path: str, options: "VisionOptions | dict | None" = None,
+def load_vision_encoder(name_or_path: str, options: VisionOptions | dict | None = None,
                         example_features: str | None = None, num_frames: int = 0):
     """``"efficientnet-lite0"`` (``"efficientnet-lite0:block6,head"`` picks the layers, see
     ``EfficientNetLite0Encoder``), a local CLIP / SigLIP model directory (tower + image processor), or
@@ -101,9 +105,8 @@ def load_vision_encoder(name_or_path: str, options: "VisionOptions | dict | None
     from .vision import FrameEncoder, PrecomputedFeatures, VisionOptions, load_features
 
     options = options if isinstance(options, VisionOptions) else VisionOptions.from_dict(options or {})
-    if name_or_path == "precomputed" or name_or_path.split(":")[0] == "efficientnet-lite0":
-        if not options.is_default:
-            raise ValueError(f"the vision options {_changed(options)} apply to CLIP / SigLIP encoders, not to "
+    if (name_or_path == "precomputed" or name_or_path.split(":")[0] == "efficientnet-lite0") and not options.is_default:
+        raise ValueError(f"the vision options {_changed(options)} apply to CLIP / SigLIP encoders, not to "
                              f"vision_encoder={name_or_path!r}; remove them from the 'vision' section")
     if name_or_path == "precomputed":
         if example_features is None:
@@ -128,7 +131,13 @@ def _load_image_encoder(name_or_path: str, options, with_projection: bool):
     if name_or_path.split(":")[0] == "efficientnet-lite0":  # "efficientnet-lite0[:block6,head]"
         layers = name_or_path.partition(":")[2]
         return EfficientNetLite0Encoder(layers=layers.split(",") if layers else ("head",))
-    from transformers import AutoConfig, AutoImageProcessor, CLIPVisionModel, CLIPVisionModelWithProjection, SiglipVisionModel
+    from transformers import (
+        AutoConfig,
+        AutoImageProcessor,
+        CLIPVisionModel,
+        CLIPVisionModelWithProjection,
+        SiglipVisionModel,
+    )
 
     path = Path(name_or_path)
     if not path.exists():

@@ -16,6 +16,7 @@ from torch import nn
 
 from .atomic import atomic_write, atomic_write_text
 
+
 def write_adapter(directory: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict,
                   config_name: str, weights_name: str) -> None:
     """Trainable weights (safetensors) then the config JSON, each file atomically: a directory with

@@ -17,9 +17,10 @@ import importlib.util
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -311,7 +312,7 @@ class EfficientNetLite0Encoder(VisionEncoder):
         self.feature_dim = sum(dims)
         self.num_tokens = 49
 
-    def train(self, mode: bool = True) -> "EfficientNetLite0Encoder":
+    def train(self, mode: bool = True) -> EfficientNetLite0Encoder:
         super().train(mode)
         self.model.eval()  # frozen: BatchNorm keeps its ImageNet statistics
         return self

@@ -39,8 +39,14 @@ from torch import nn
 from ..architectures import FFNLayout, get_path, layout_for
 from ..atomic import atomic_write_text
 from ..save_load import base_model_fingerprint, finish_loading, model_card, read_adapter, write_adapter
-from .common import (CAN_SEE_BACKWARD, answer_only_loss, can_skip_lm_head, enable_gradient_checkpointing,
-                     in_backward, target_layers)
+from .common import (
+    CAN_SEE_BACKWARD,
+    answer_only_loss,
+    can_skip_lm_head,
+    enable_gradient_checkpointing,
+    in_backward,
+    target_layers,
+)
 
 
 @runtime_checkable

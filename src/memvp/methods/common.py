@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-
 PROJECTORS = ("linear", "mlp", "mlp2x_gelu")
 
 

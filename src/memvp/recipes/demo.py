@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 from ..atomic import atomic_write, atomic_write_text
+from ..training import TrainConfig, train
 from . import DEMO_VISION_ENCODER
 from .scenes import IMAGE_PATTERN, generate_dataset
-from ..training import TrainConfig, train
 
 SINGLE_OBJECT = {"num_objects": 1, "question_types": ["shape", "horizontal", "vertical"], "questions_per_scene": 3}
 FULL = {"scenes": {"n_train": 2400, "n_val": 10, "n_test": 200, **SINGLE_OBJECT},
@@ -76,8 +76,7 @@ def demo_train_config(data_dir: str | Path, quick: bool = False, seed: int = 0, 
 ARMS = {
     "no_visual_prompts": ("w/o visual prompts", {"method": "memvp", "use_images": False}),
     "text_only": ("text-only LoRA", {"method": "text_only"}),
-    # lr 0.01 diverged for input-space LoRA on this task (loss 0.40 at step 20, 2.84 at step 48, measured);
-    # 2e-3 is what stop 9 used for it. One value, not a sweep.
+    # lr 0.01 diverged for input-space LoRA on this task (docs/benchmarks.md); 2e-3, one value, not a sweep.
     "input_space": ("input-space LoRA", {"method": "input_space", "lr": 2e-3}),
     "memvp": ("MemVP", {"method": "memvp"}),
     "adem": ("ADEM-VL-style", {"method": "adem"}),  # not in the default arms: --arms adem,memvp

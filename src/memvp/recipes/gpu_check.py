@@ -15,7 +15,6 @@ a few minutes, on random-init models (no weights to download).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import statistics

@@ -5,8 +5,9 @@ scene geometry, and answers with the hottest entries blocked against randomly bl
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from ..data import DEFAULT_PROMPT_TEMPLATE
 from ..datasets import Sample
 from ..explain import WORD, generate_answer, hottest_cells, load_explainer, similarity_maps, top_entries
 from . import DEMO_VISION_ENCODER
+
 
 def object_cells(scene, obj, side: int) -> np.ndarray:
     """[side, side] bool: grid cells holding at least one pixel of ``obj``, drawn as the demo draws it."""

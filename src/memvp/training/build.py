@@ -4,8 +4,8 @@ output directory checked, the models built or loaded, the samples' images encode
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from accelerate import PartialState
@@ -15,6 +15,7 @@ from ..datasets import IMAGE_PATHS, VIDEO_FORMATS, Sample, load_samples
 from ..methods import adapter_config, build_model, check_adapter_features, get_method, init_from_adapter, load_adapter
 from ..pretrained import cache_dir, load_language_model, load_vision_encoder
 from .config import DTYPES, TrainConfig
+
 
 def read_split(spec: dict | None, what: str, limit: int = 0, skip_bad: bool = False,
                log: Callable[[str], None] = print) -> list[Sample]:

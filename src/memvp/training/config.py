@@ -232,7 +232,7 @@ class TrainConfig:
         return DEFAULT_LR if self.lr is None else self.lr
 
     @classmethod
-    def from_yaml(cls, path: str | Path | None, overrides: list[str] = ()) -> "TrainConfig":
+    def from_yaml(cls, path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
         data: dict[str, Any] = {}
         if path is not None:
             path = Path(path)

@@ -12,6 +12,7 @@ from ..datasets import Sample
 from .checkpoint import is_fsdp
 from .config import TrainConfig
 
+
 def use_cpu() -> bool:
     """Whether Accelerate must be told to use the CPU: ``accelerate launch --cpu``, or several
     processes but no GPU. In the latter case Accelerate would otherwise treat torchrun-launched

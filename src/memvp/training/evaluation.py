@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..atomic import atomic_write_text
 from ..data import describe_truncation, encode_sample
@@ -18,6 +19,7 @@ from .build import build, check_output_dir, prepare_samples, read_split, task_of
 from .checkpoint import is_fsdp
 from .config import TrainConfig
 from .distributed import SyncedGenerate
+
 
 def report_eval_truncation(tokenizer, samples: list[Sample], cfg: TrainConfig, log: Callable[[str], None]) -> int:
     """Prompts that generation will cut from the left (predict leaves max_new_tokens for the answer),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Raised by ``train`` on SIGINT / SIGTERM once the checkpoint of the step just finished is written
     (a KeyboardInterrupt, so code that stops on Ctrl-C still does)."""

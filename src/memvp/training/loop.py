@@ -24,9 +24,10 @@ import functools
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -39,14 +40,33 @@ from ..instruments import measure_scale
 from ..methods import check_adapter
 from ..peak_memory import PeakMemory
 from .build import build, check_output_dir, prepare_samples, read_split, task_of, visual_feature_statistics
-from .checkpoint import (DataPosition, check_resume_config, checkpoint_step, data_fingerprint, full_parameters,
-                         is_fsdp, load_trainable_weights, load_training_state, read_trainer_state, resolve_resume,
-                         save_checkpoint)
+from .checkpoint import (
+    DataPosition,
+    check_resume_config,
+    checkpoint_step,
+    data_fingerprint,
+    full_parameters,
+    is_fsdp,
+    load_trainable_weights,
+    load_training_state,
+    read_trainer_state,
+    resolve_resume,
+    save_checkpoint,
+)
 from .config import TrainConfig
-from .distributed import (check_fsdp_names, check_launch, ddp_kwargs, fp32_trainable, one_writer_at_a_time, setup_fsdp,
-                          skip_frozen_broadcast, use_cpu)
+from .distributed import (
+    check_fsdp_names,
+    check_launch,
+    ddp_kwargs,
+    fp32_trainable,
+    one_writer_at_a_time,
+    setup_fsdp,
+    skip_frozen_broadcast,
+    use_cpu,
+)
 from .evaluation import evaluate_distributed, report_eval_truncation, score_split, write_json
 from .interrupt import TrainingInterrupted, stop_requested, stop_signals
+
 
 def decays(name: str, param: torch.nn.Parameter) -> bool:
     """Whether weight decay applies: not to biases and 1-d tensors (gates, gains, norms), as timm's

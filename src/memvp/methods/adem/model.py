@@ -243,10 +243,10 @@ class AdemModel(FFNMemoryModel):
         if attention_mask is None and has_image is None:
             mask = None  # nothing padded, nothing masked: as given (mask utilities can not read meta tensors)
         inputs = {"inputs_embeds": embeds, "attention_mask": mask, "labels": labels if encdec else shifted}
-        if not generation and "position_ids" not in kwargs and not encdec and _accepts(lm, "position_ids"):
+        if (not generation and mask is not None and "position_ids" not in kwargs and not encdec
+                and _accepts(lm, "position_ids")):
             # Counted over attended tokens: a masked slot (image-less row) shifts no position.
-            if mask is not None:
-                inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
         return inputs
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from ...config import DictConfig, check_choice, check_field_types
 from ..common import PROJECTORS
 
+
 @dataclass
 class BaselineConfig(DictConfig):
     """An input-space (LLaVA-LoRA) or text-only baseline."""

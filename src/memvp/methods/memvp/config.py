@@ -9,8 +9,6 @@ from typing import Any
 from ...config import DictConfig, check_choice, check_field_types
 from ..common import PROJECTORS, check_target_layers
 
-
-
 _INSERT_INTO = ("keys_values", "keys", "values")
 
 
