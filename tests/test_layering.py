@@ -15,9 +15,9 @@ import memvp
 PACKAGE = Path(memvp.__file__).parent
 LAYERS = [
     {"atomic", "config", "architectures", "peak_memory"},
-    {"save_load", "vision"},
-    {"methods", "feature_cache", "pretrained", "datasets", "metrics", "instruments"},
-    {"data", "evaluate"},
+    {"save_load", "vision", "metrics"},
+    {"methods", "feature_cache", "pretrained", "datasets", "instruments"},
+    {"data"},
     {"predict"},
     {"training"},
     {"flops", "bench", "explain", "explain_plot", "serve"},

@@ -10,8 +10,7 @@ from typing import Any, Callable
 
 from ..atomic import atomic_write_text
 from ..data import describe_truncation, encode_sample
-from ..datasets import Sample
-from ..evaluate import score
+from ..datasets import Sample, score
 from ..methods import check_adapter
 from ..predict import predict
 from .build import build, check_output_dir, prepare_samples, read_split, task_of
