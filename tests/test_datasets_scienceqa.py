@@ -51,6 +51,15 @@ def test_scienceqa_captions_join_the_context_as_the_official_eval(tmp_path):
     assert with_both == "Question: Q?\nContext: Hint here. A caption.\nOptions: (A) a (B) b\nResponse:"
 
 
+def test_scienceqa_captions_file_resolves_against_the_config_folder(monkeypatch, tmp_path):
+    """The shipped configs give ``captions_file: ../data/scienceqa/captions.json`` beside ``root``: both are
+    relative to the config's folder, wherever the command runs."""
+    monkeypatch.chdir(tmp_path)
+    (s,) = load_samples({"format": "scienceqa", "root": "scienceqa", "split": "test",
+                         "captions_file": "scienceqa/captions.json"}, base_dir=FIX)
+    assert "Context: A map.\n" in s.prompt
+
+
 def test_scienceqa_test_split_and_relative_root(monkeypatch):
     monkeypatch.chdir(FIX)
     (s,) = read_scienceqa("scienceqa", "test")

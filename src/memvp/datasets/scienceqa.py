@@ -136,7 +136,7 @@ def score_scienceqa(samples: Sequence[Sample], predictions: Mapping[str, str], r
         "has_image_context": s.metadata["has_image_context"]} for s in samples], rule)
 
 
-register_format(DatasetFormat("scienceqa", read_scienceqa, {"root"},
+register_format(DatasetFormat("scienceqa", read_scienceqa, {"root", "captions_file"},
                               "root/images/<split>/<pid>/<image>", score_scienceqa))
 register_format(DatasetFormat("scienceqa_parquet", read_scienceqa_parquet, {"files", "image_dir"},
                               io.PARQUET_IMAGES, score_scienceqa))
