@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerFast
 
 from conftest import tiny_model
 from memvp import MemVPConfig, get_memvp_model
-from memvp.data import DEFAULT_PROMPT_TEMPLATE, encode_sample
+from memvp.inputs import DEFAULT_PROMPT_TEMPLATE, encode_sample
 from memvp.datasets import Sample
 from memvp.explain import (
     blocked_mask,

@@ -23,7 +23,8 @@ from PIL import Image
 
 from memvp.explain import encode_prompt, generate_answer, load_explainer
 from memvp.cli import build_parser, main
-from memvp.serve import Answerer, BadInput, check_question, first_line, read_upload
+from memvp.generation import first_line
+from memvp.serve import Answerer, BadInput, check_question, read_upload
 from test_explain import saved  # noqa: F401  (a fixture, used by name below)
 
 QUESTION = "What shape is the red object?"

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from accelerate import PartialState
 
-from ..data import VisualInputs
+from ..inputs import VisualInputs
 from ..datasets import FORMATS, Sample, get_format, load_samples
 from ..methods import build_model, check_adapter_features, get_method, init_from_adapter, load_adapter
 from ..pretrained import cache_dir, load_language_model, load_vision_encoder
