@@ -6,33 +6,34 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Mapping, Sequence
 
 import pytest
 
-from memvp.datasets import FORMATS, DatasetFormat, Sample, get_format, load_samples, register_format, score
-from memvp.datasets.io import absolute, field, inside, json_lines, non_empty
+from memvp.datasets import FORMATS, DatasetFormat, Sample, get_format, io, load_samples, register_format, score
 
 
 def read_shapes(questions_file: str, image_dir: str) -> list[Sample]:
-    """One question per line: ``{"id", "image", "question", "answer"}``."""
-    path, image_dir = absolute(questions_file), absolute(image_dir)
+    """One question per line: {"id", "image", "question", "answer"}."""
+    path, image_dir = io.absolute(questions_file), io.absolute(image_dir)
     samples = []
-    for n, q in json_lines(path, "shapes questions file"):
-        qid = field(q, "id", path, f"line {n}")
-        image = field(q, "image", path, qid)
-        samples.append(Sample(id=str(qid), prompt=field(q, "question", path, qid),
-                              answers=[field(q, "answer", path, qid)],
-                              image=inside(image_dir, image, path, f"question {qid!r}"), image_id=image))
-    return non_empty(samples, path)
+    for n, q in io.json_lines(path, "shapes questions file"):  # errors name the file and the line
+        qid = io.field(q, "id", path, f"line {n}")
+        image = io.field(q, "image", path, qid)
+        samples.append(Sample(id=str(qid), prompt=io.field(q, "question", path, qid),
+                              answers=[io.field(q, "answer", path, qid)],
+                              image=io.inside(image_dir, image, path, f"question {qid!r}"), image_id=image))
+    return io.non_empty(samples, path)
 
 
-def score_shapes(samples, predictions, rule) -> dict:
+def score_shapes(samples: Sequence[Sample], predictions: Mapping[str, str], rule: str) -> dict:
+    """samples: those with a prediction; predictions: sample id -> the model's answer."""
     right = [predictions[s.id].strip().lower() == s.answers[0] for s in samples]
     return {"accuracy": 100.0 * sum(right) / len(right), "count": len(right)}
 
 
 SHAPES = DatasetFormat("shapes", read_shapes, {"questions_file", "image_dir"}, "image_dir/<image> of each question",
-                       score_shapes)
+                       score_shapes)  # a module of memvp/datasets/ passes it to register_format where it is defined
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pkgutil
+import sys
 
 import pytest
 
@@ -86,3 +88,12 @@ def test_a_format_is_registered_once_with_path_keys_its_reader_takes():
                                          r"its reader"):
         register_format(DatasetFormat("gqa2", read_gqa, {"questions_file", "image_root"}, "-", score_exact_match))
     assert "gqa2" not in FORMATS
+
+
+def test_every_module_of_the_package_is_imported_so_its_formats_register():
+    """A new family module needs no import added anywhere: the package imports all of its modules."""
+    import memvp.datasets
+
+    modules = [m.name for m in pkgutil.iter_modules(memvp.datasets.__path__)]
+    assert {"scienceqa", "vqav2", "video", "registry"} <= set(modules)
+    assert all(f"memvp.datasets.{name}" in sys.modules for name in modules)

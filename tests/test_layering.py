@@ -1,5 +1,5 @@
-"""The package depends only downward: core <- data / metrics <- training / generation <-
-bench / explain <- recipes <- cli. Every import of every module (function-level ones too) is read
+"""The package depends only downward: core <- metrics <- datasets <- inputs <- generation <-
+training <- bench / explain <- recipes <- cli. Every import of every module (function-level ones too) is read
 from the source, so a shortcut upward (the core importing the demo, a method importing training)
 fails here."""
 
