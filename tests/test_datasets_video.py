@@ -17,14 +17,13 @@ import pytest
 
 from memvp.datasets import (
     FORMATS,
-    IMAGE_PATHS,
     how2qa_correct_position,
     load_samples,
     read_how2qa,
     read_llava,
     read_tvqa,
+    score,
 )
-from memvp.evaluate import TASKS, score
 from memvp.metrics import multiple_choice_accuracy
 
 TVQA_QUESTIONS = [
@@ -315,7 +314,8 @@ def test_multiple_choice_accuracy_by_hand():
 
 
 def test_score_tvqa_and_how2qa(tmp_path, tvqa):
-    assert {"tvqa", "how2qa"} <= set(TASKS) and {"tvqa", "how2qa"} <= set(FORMATS) <= set(IMAGE_PATHS)
+    for name in ("tvqa", "how2qa"):
+        assert FORMATS[name].is_video and FORMATS[name].image_paths.startswith("video_dir/")
     q, _ = tvqa
     samples = read_tvqa(q)  # answers B (bbt), E (friends), A (house)
     preds = {"7": "The answer is B.", "8": "The answer is (E)", "9": "B"}

@@ -23,7 +23,7 @@ from transformers import (
 
 from memvp import MemVPConfig, get_memvp_model
 from memvp.cli import main
-from memvp.data import DEFAULT_PROMPT_TEMPLATE, encode_sample
+from memvp.inputs import DEFAULT_PROMPT_TEMPLATE, encode_sample
 from memvp.datasets import Sample
 from memvp.explain import (
     blocked_mask,

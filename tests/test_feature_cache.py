@@ -139,7 +139,7 @@ def test_a_file_rewritten_in_place_is_encoded_again(tmp_path):
     errors still name the plain path."""
     import os
 
-    from memvp.data import VisualInputs
+    from memvp.inputs import VisualInputs
     from memvp.datasets import Sample
 
     paths = _images(tmp_path, 2)

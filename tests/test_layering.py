@@ -1,5 +1,5 @@
-"""The package depends only downward: core <- data / metrics <- training / generation <-
-bench / explain <- recipes <- cli. Every import of every module (function-level ones too) is read
+"""The package depends only downward: core <- metrics <- datasets <- inputs <- generation <-
+training <- bench / explain <- recipes <- cli. Every import of every module (function-level ones too) is read
 from the source, so a shortcut upward (the core importing the demo, a method importing training)
 fails here."""
 
@@ -15,10 +15,10 @@ import memvp
 PACKAGE = Path(memvp.__file__).parent
 LAYERS = [
     {"atomic", "config", "architectures", "peak_memory"},
-    {"save_load", "vision"},
-    {"methods", "feature_cache", "pretrained", "datasets", "metrics", "instruments"},
-    {"data", "evaluate"},
-    {"predict"},
+    {"save_load", "vision", "metrics"},
+    {"methods", "feature_cache", "pretrained", "datasets", "instruments"},
+    {"inputs"},
+    {"generation"},
     {"training"},
     {"flops", "bench", "explain", "explain_plot", "serve"},
     {"recipes"},

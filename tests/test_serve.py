@@ -24,7 +24,8 @@ from test_explain import saved  # noqa: F401  (a fixture, used by name below)
 
 from memvp.cli import build_parser, main
 from memvp.explain import encode_prompt, generate_answer, load_explainer
-from memvp.serve import Answerer, BadInput, check_question, first_line, read_upload
+from memvp.generation import first_line
+from memvp.serve import Answerer, BadInput, check_question, read_upload
 
 QUESTION = "What shape is the red object?"
 MAX_NEW_TOKENS = 10

@@ -211,7 +211,7 @@ def test_training_measures_the_features_common_share_and_centres_on_the_training
     """Every run with images logs how much of the features' energy is their common mean (metrics.json:
     visual_feature_common_share); center_features fills MemVP's feature_mean from the training split,
     saved with the adapter, and a high share without it gets a hint."""
-    from memvp.data import VisualInputs
+    from memvp.inputs import VisualInputs
     from memvp.datasets import Sample, load_samples
     from memvp.pretrained import load_vision_encoder
     from memvp.training.build import visual_feature_statistics

@@ -13,7 +13,7 @@ from PIL import Image
 from transformers import BartConfig, BartForConditionalGeneration, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from memvp import HFVisionEncoder, MemVPConfig, get_memvp_model
-from memvp.data import VisualInputs
+from memvp.inputs import VisualInputs
 from memvp.datasets import Sample
 from memvp.vision import FrameEncoder, PrecomputedFeatures, VideoClip, frame_indices, load_frame_features, read_frames
 

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import DEFAULT_PROMPT_TEMPLATE, encode_sample
 from .datasets import Sample
+from .generation import first_line
+from .inputs import DEFAULT_PROMPT_TEMPLATE, encode_sample
 from .instruments import measure_scale
 
 WORD = re.compile(r"\w+(?:['’-]\w+)*")
@@ -278,7 +279,7 @@ def generate_answer(model, tokenizer, input_ids: Sequence[int], visual_features:
     finally:
         model.train(was_training)
     new = out[0] if model.config.is_encoder_decoder else out[0, ids.shape[1]:]
-    return tokenizer.decode(new, skip_special_tokens=True).strip().split("\n")[0].strip()
+    return first_line(tokenizer.decode(new, skip_special_tokens=True))
 
 
 @dataclass

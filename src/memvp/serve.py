@@ -24,8 +24,9 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .data import DEFAULT_PROMPT_TEMPLATE
 from .explain import encode_prompt, explain, grid_region, load_explainer
+from .generation import first_line
+from .inputs import DEFAULT_PROMPT_TEMPLATE
 from .vision import load_image
 
 DEFAULT_HOST = "127.0.0.1"
@@ -85,11 +86,6 @@ def check_question(question: str | None) -> str:
     if not question:
         raise BadInput("Type a question about the image.")
     return question
-
-
-def first_line(text: str) -> str:
-    """The answer as ``predict`` / ``explain.generate_answer`` cut it: stripped, first line only."""
-    return text.strip().split("\n")[0].strip()
 
 
 # ----------------------------------------------------------------------------- answering
@@ -326,5 +322,4 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["BadInput", "read_upload", "check_question", "first_line", "Answerer", "ask_steps", "build_app", "launch",
-           "serve"]
+__all__ = ["BadInput", "read_upload", "check_question", "Answerer", "ask_steps", "build_app", "launch", "serve"]

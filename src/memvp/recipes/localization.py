@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import DEFAULT_PROMPT_TEMPLATE
+from ..inputs import DEFAULT_PROMPT_TEMPLATE
 from ..datasets import Sample
 from ..explain import WORD, generate_answer, hottest_cells, load_explainer, similarity_maps, top_entries
 from . import DEMO_VISION_ENCODER

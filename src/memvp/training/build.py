@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
-from ..data import VisualInputs
-from ..datasets import IMAGE_PATHS, VIDEO_FORMATS, Sample, load_samples
+from ..datasets import FORMATS, Sample, get_format, load_samples
+from ..inputs import VisualInputs
 from ..methods import adapter_config, build_model, check_adapter_features, get_method, init_from_adapter, load_adapter
 from ..pretrained import cache_dir, load_language_model, load_vision_encoder
 from .config import DTYPES, TrainConfig
@@ -70,7 +70,7 @@ def build(cfg: TrainConfig, samples: list[Sample] = ()):
 def reads_videos(cfg: TrainConfig, samples: list[Sample] = ()) -> bool:
     """Whether the run's data are videos (a video format, or samples that hold videos)."""
     formats = {spec.get("format") for spec in (cfg.train_data, cfg.eval_data) if spec}
-    return bool(formats & VIDEO_FORMATS) or any(s.is_video for s in samples)
+    return any(FORMATS[f].is_video for f in formats if f in FORMATS) or any(s.is_video for s in samples)
 
 
 def check_frames_fit_entries(cfg: TrainConfig, samples: list[Sample] = ()) -> None:
@@ -115,14 +115,15 @@ def prepare_samples(visual: VisualInputs, samples: list[Sample], skip_bad: bool,
              log: Callable[[str], None] = print) -> tuple[list[Sample], dict]:
     """(the samples whose images or feature files could be read, a report of the skipped ones:
     count, ids, and each unreadable file's error, for metrics.json)."""
+    fmt = get_format(data_format)
     try:
         kept, bad = visual.prepare(samples, skip_bad=skip_bad)
     except FileNotFoundError as e:
         if "image not found" not in str(e) and "video not found" not in str(e):
             raise
-        raise FileNotFoundError(f"{e} ({data_format} finds images at {IMAGE_PATHS[data_format]}; "
+        raise FileNotFoundError(f"{e} ({data_format} finds images at {fmt.image_paths}; "
                                 "--skip-bad skips missing ones)") from None
-    if data_format in VIDEO_FORMATS and not any(s.has_image for s in samples):
+    if fmt.is_video and not any(s.has_image for s in samples):
         log(f"warning: no {what} sample ({data_format}) has a video or a feature file, so the model sees no "
             "visual input; set video_dir or features_dir in the data spec")
     kept_ids = {s.id for s in kept}

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from ..config import check_field_types
-from ..data import DEFAULT_PROMPT_TEMPLATE
+from ..inputs import DEFAULT_PROMPT_TEMPLATE
 from ..methods import METHODS, get_method
 from ..metrics import CHOICE_RULES
 from ..vision import VisionOptions

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_text
-from ..data import describe_truncation, encode_sample
-from ..datasets import Sample
-from ..evaluate import score
+from ..inputs import describe_truncation, encode_sample
+from ..datasets import Sample, score
 from ..methods import check_adapter
-from ..predict import predict
+from ..generation import predict
 from .build import build, check_output_dir, prepare_samples, read_split, task_of
 from .checkpoint import is_fsdp
 from .config import TrainConfig

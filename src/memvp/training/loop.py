@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from .. import instruments
 from ..atomic import atomic_write_text
-from ..data import collate_training, describe_truncation, encode_sample
+from ..inputs import collate_training, describe_truncation, encode_sample
 from ..datasets import Sample
 from ..instruments import measure_scale
 from ..methods import check_adapter

@@ -1,6 +1,6 @@
 """From samples to model inputs: prompt/answer tokens with answer-only labels, and visual features.
 
-Depends on the sample schema (``datasets.py``), the vision side and the feature cache; knows nothing
+Depends on the sample schema (``datasets/schema.py``), the vision side and the feature cache; knows nothing
 of training or the CLI.
 """
 

@@ -1,5 +1,6 @@
 """Batched generation for samples: greedy or top-p, transformers' KV cache, the visual memory
-computed once per batch (``MemVPModel.generate``)."""
+computed once per batch (``MemVPModel.generate``); the answer is the generated text's first line
+(:func:`first_line`, also what ``memvp explain`` and ``memvp serve`` show)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,13 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .data import DEFAULT_PROMPT_TEMPLATE, VisualInputs, collate_prompts, encode_sample
+from .inputs import DEFAULT_PROMPT_TEMPLATE, VisualInputs, collate_prompts, encode_sample
 from .datasets import Sample
+
+
+def first_line(text: str) -> str:
+    """The answer in a generated text: stripped, cut at the first line break."""
+    return text.strip().split("\n")[0].strip()
 
 
 @torch.no_grad()
@@ -36,6 +42,5 @@ def predict(model, tokenizer, samples: Sequence[Sample], visual: VisualInputs | 
                                    pad_token_id=tokenizer.pad_token_id, **sampling)
         new = generated if encoder_decoder else generated[:, batch["input_ids"].shape[1]:]
         for s, row in zip(chunk, new):
-            text = tokenizer.decode(row, skip_special_tokens=True).strip()
-            out[s.id] = text.split("\n")[0].strip()
+            out[s.id] = first_line(tokenizer.decode(row, skip_special_tokens=True))
     return out

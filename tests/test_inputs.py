@@ -1,8 +1,8 @@
-"""memvp.data: prompt/answer encoding (mirrors src/memvp/data.py)."""
+"""memvp.inputs: prompt/answer encoding (mirrors src/memvp/inputs.py)."""
 
 from __future__ import annotations
 
-from memvp.data import encode_sample
+from memvp.inputs import encode_sample
 from memvp.datasets import Sample
 
 
@@ -63,7 +63,7 @@ def _labelled_text(tok, enc) -> list[str]:
 
 
 def test_chat_template_labels_every_assistant_turn():
-    from memvp.data import CHAT, collate_training
+    from memvp.inputs import CHAT, collate_training
 
     tok = _byte_tokenizer(CHATML)
     enc = encode_sample(tok, CONVERSATION, max_length=512, template=CHAT)
@@ -86,7 +86,7 @@ def test_chat_template_labels_every_assistant_turn():
 
 
 def test_vicuna_v1_without_a_chat_template():
-    from memvp.data import CHAT, VICUNA_SYSTEM
+    from memvp.inputs import CHAT, VICUNA_SYSTEM
 
     tok = _byte_tokenizer(None)
     enc = encode_sample(tok, CONVERSATION, max_length=512, template=CHAT)
