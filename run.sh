@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Quick start: `bash run.sh demo` runs the main job, `bash run.sh test` runs the test suite.
-# Both create ./.venv on first use and install everything into it.
+# Quick start: `bash run.sh demo` runs the main job, `bash run.sh test` runs the test suite
+# (`bash run.sh lint`: ruff's lint and format checks, as CI runs them).
+# Each creates ./.venv on first use and installs everything into it.
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${MEMVP_VENV:-.venv}"
@@ -42,5 +43,6 @@ cmd="${1:-}"
 case "$cmd" in
   demo) setup; exec "$VENV/bin/memvp" demo "$@" ;;
   test) browser; setup; exec "$VENV/bin/python" -m pytest -q "$@" ;;
-  *) echo "usage: bash run.sh demo|test [args...]" >&2; exit 2 ;;
+  lint) setup; "$VENV/bin/ruff" check src tests scripts && exec "$VENV/bin/ruff" format --check src tests scripts ;;
+  *) echo "usage: bash run.sh demo|test|lint [args...]" >&2; exit 2 ;;
 esac

@@ -5,6 +5,7 @@ Needs the data of a finished ``memvp demo`` in runs/demo/data (``"data_dir"`` pi
 the JSON holds TrainConfig fields, ``memvp`` keys are merged into the demo's. Writes runs/variants/NAME
 and prints one RESULT line with the held-out accuracy per question type.
 """
+
 import dataclasses
 import json
 import sys
@@ -15,8 +16,23 @@ from memvp.training import train
 name, overrides = sys.argv[1], json.loads(sys.argv[2] if len(sys.argv) > 2 else "{}")
 data_dir = overrides.pop("data_dir", "runs/demo/data")
 base = demo_train_config(data_dir)
-cfg = dataclasses.replace(base, output_dir=f"runs/variants/{name}", memvp={**base.memvp, **overrides.pop("memvp", {})},
-                          progress=False, **overrides)
+cfg = dataclasses.replace(
+    base,
+    output_dir=f"runs/variants/{name}",
+    memvp={**base.memvp, **overrides.pop("memvp", {})},
+    progress=False,
+    **overrides,
+)
 result = train(cfg)
-print("RESULT", name, json.dumps({"overall": result["eval"]["overall"], "per_type": result["eval"]["per_type"],
-                                  "train_s": round(result["train_seconds"]), "final_loss": result["final_loss"]}))
+print(
+    "RESULT",
+    name,
+    json.dumps(
+        {
+            "overall": result["eval"]["overall"],
+            "per_type": result["eval"]["per_type"],
+            "train_s": round(result["train_seconds"]),
+            "final_loss": result["final_loss"],
+        }
+    ),
+)

@@ -41,6 +41,19 @@ def write_parquet(path, columns: dict, types: dict):
 
 
 def scienceqa_columns(rows):
-    keys = ["image", "question", "choices", "answer", "hint", "task", "grade", "subject", "topic", "category",
-            "skill", "lecture", "solution"]
+    keys = [
+        "image",
+        "question",
+        "choices",
+        "answer",
+        "hint",
+        "task",
+        "grade",
+        "subject",
+        "topic",
+        "category",
+        "skill",
+        "lecture",
+        "solution",
+    ]
     return {k: [r[i] for r in rows] for i, k in enumerate(keys)}

@@ -12,8 +12,19 @@ from memvp.cli import main
 
 
 def test_bench_measures_every_method_and_the_kv_cache_exactly(tmp_path):
-    cfg = BenchConfig(model="tiny", batch_size=2, text_length=6, n_visual=10, visual_dim=12, repeats=1,
-                      decode_tokens=3, sweep_lengths=(4, 8), sweep_n=(5,), sweep_repeats=1, progress=False)
+    cfg = BenchConfig(
+        model="tiny",
+        batch_size=2,
+        text_length=6,
+        n_visual=10,
+        visual_dim=12,
+        repeats=1,
+        decode_tokens=3,
+        sweep_lengths=(4, 8),
+        sweep_n=(5,),
+        sweep_repeats=1,
+        progress=False,
+    )
     result = run_bench(cfg, language_model=tiny_model("llama"))
     methods = result["methods"]
     assert list(methods) == ["text_only", "input_space", "memvp"]
@@ -37,8 +48,17 @@ def test_bench_measures_every_method_and_the_kv_cache_exactly(tmp_path):
 def test_bench_runs_adem_through_the_registry():
     """ADEM-VL's bench row: its one global token is in the KV cache (L + 1 positions), its pooled
     entries are not."""
-    cfg = BenchConfig(model="tiny", batch_size=2, text_length=6, n_visual=16, visual_dim=12, repeats=1,
-                      decode_tokens=2, methods=("memvp", "adem"), progress=False)
+    cfg = BenchConfig(
+        model="tiny",
+        batch_size=2,
+        text_length=6,
+        n_visual=16,
+        visual_dim=12,
+        repeats=1,
+        decode_tokens=2,
+        methods=("memvp", "adem"),
+        progress=False,
+    )
     methods = run_bench(cfg, language_model=tiny_model("llama"))["methods"]
     per_token = 2 * 2 * 2 * 8 * 4
     assert methods["adem"]["kv_cache_bytes_per_sequence"] == 7 * per_token
@@ -55,9 +75,13 @@ def test_flops_command_writes_the_paper_table(tmp_path, capsys):
     assert main(["flops", "--output", str(tmp_path / "f.json")]) == 0
     written = json.loads((tmp_path / "f.json").read_text())
     rows = written["paper_table"]
-    assert [(r["model"], r["task"]) for r in rows] == [("LLaMA-7B", "ScienceQA"), ("LLaMA-13B", "ScienceQA"),
-                                                      ("T5-base", "VQAv2"), ("BART-base", "VQAv2"),
-                                                      ("BART-base", "TVQA video")]
+    assert [(r["model"], r["task"]) for r in rows] == [
+        ("LLaMA-7B", "ScienceQA"),
+        ("LLaMA-13B", "ScienceQA"),
+        ("T5-base", "VQAv2"),
+        ("BART-base", "VQAv2"),
+        ("BART-base", "TVQA video"),
+    ]
     video = rows[-1]  # Table 8: 64 frame features, the FFN-only overhead of MemVP next to input space
     assert (video["n_visual"], video["measured_length"]) == (64, 160)
     gap = video["methods"]["input_space"]["analytic_layers"] - video["methods"]["memvp"]["analytic_layers"]

@@ -36,23 +36,28 @@ def _one_error_line(capsys, *needles: str) -> str:
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Fail the test if a language model gets loaded: the error must come before it."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("the language model was loaded before the bad input was reported")
+
     monkeypatch.setattr(build_module, "load_language_model", refuse)
 
 
 # ------------------------------------------------------------------------------------- config
-@pytest.mark.parametrize("override, needle", [
-    ("max_steps=abc", "max_steps must be a whole number"),
-    ("max_length=abc", "max_length must be a whole number"),
-    ("seed=abc", "seed must be a whole number"),
-    ("lr=fast", "lr must be a number"),
-    ("progress=maybe", "progress must be true or false"),
-    ("memvp=64", "memvp must be a mapping"),
-    ("memvp.num_entries=x", "MemVPConfig.num_entries must be a whole number"),
-    ("baseline.lora_r=1.5", "BaselineConfig.lora_r must be a whole number"),
-    ("batch_size.x=1", "batch_size is not a section"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("max_steps=abc", "max_steps must be a whole number"),
+        ("max_length=abc", "max_length must be a whole number"),
+        ("seed=abc", "seed must be a whole number"),
+        ("lr=fast", "lr must be a number"),
+        ("progress=maybe", "progress must be true or false"),
+        ("memvp=64", "memvp must be a mapping"),
+        ("memvp.num_entries=x", "MemVPConfig.num_entries must be a whole number"),
+        ("baseline.lora_r=1.5", "BaselineConfig.lora_r must be a whole number"),
+        ("batch_size.x=1", "batch_size is not a section"),
+    ],
+)
 def test_wrong_types_name_the_key(tiny, capsys, no_model_load, override, needle):
     assert main(["train", str(tiny / "train.yaml"), override]) == 2
     _one_error_line(capsys, needle)
@@ -122,9 +127,13 @@ def test_missing_image_hints_at_image_pattern(tiny, tmp_path, capsys):
 # ------------------------------------------------------------------------------------- adapters
 def _damaged_adapters(adapter, root):
     weights, config = "memvp_model.safetensors", "memvp_config.json"
-    cases = {"truncated": (weights, (adapter / weights).read_bytes()[:100]), "empty": (weights, b""),
-             "tail_cut": (weights, (adapter / weights).read_bytes()[:-8]),  # header intact, data short
-             "not_json": (config, b"{not json"), "not_an_adapter": (config, b"{}")}
+    cases = {
+        "truncated": (weights, (adapter / weights).read_bytes()[:100]),
+        "empty": (weights, b""),
+        "tail_cut": (weights, (adapter / weights).read_bytes()[:-8]),  # header intact, data short
+        "not_json": (config, b"{not json"),
+        "not_an_adapter": (config, b"{}"),
+    }
     for name, (file, content) in cases.items():
         shutil.copytree(adapter, root / name)
         (root / name / file).write_bytes(content)
@@ -183,7 +192,9 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     assert found == tmp_path / "checkpoint-2"
     assert len(notes) == 2 and "checkpoint-6 is damaged: trainable.safetensors is truncated" in notes[0]
     assert "checkpoint-4 is damaged: trainer_state.json is damaged" in notes[1]
-    with pytest.raises(ValueError, match="checkpoint-6: trainable.safetensors is truncated .* resume from .*checkpoint-2"):
+    with pytest.raises(
+        ValueError, match="checkpoint-6: trainable.safetensors is truncated .* resume from .*checkpoint-2"
+    ):
         checkpoint.resolve_resume(str(tmp_path / "checkpoint-6"), tmp_path)
 
 
@@ -229,8 +240,14 @@ def test_skipped_questions_are_counted_listed_and_scored_wrong(tiny, tmp_path, c
     image.rename(tmp_path / "moved.png")
     try:
         assert main(["train", cfg, *common, f"output_dir={tmp_path / 'run'}"]) == 0
-        eval_args = ["eval", cfg, "--adapter", str(tmp_path / "run" / "adapter"), "--skip-bad",
-                     f"feature_cache={tmp_path / 'cache'}"]
+        eval_args = [
+            "eval",
+            cfg,
+            "--adapter",
+            str(tmp_path / "run" / "adapter"),
+            "--skip-bad",
+            f"feature_cache={tmp_path / 'cache'}",
+        ]
         assert main([*eval_args, f"output_dir={tmp_path / 'wrong'}"]) == 0
         assert main([*eval_args, f"output_dir={tmp_path / 'drop'}", "score_skipped=drop"]) == 0
     finally:
@@ -252,17 +269,28 @@ def test_pre_extracted_features_from_the_cli(tiny, tmp_path):
     """features_dir + vision_encoder=precomputed: no image is opened, no encoder loaded."""
     feats = tmp_path / "feats"
     feats.mkdir()
-    spec = {"format": "vqav2", "questions_file": str(tiny / "data" / "questions_train.json"),
-            "annotations_file": str(tiny / "data" / "annotations_train.json"), "image_dir": str(tmp_path / "none"),
-            "features_dir": str(feats), "features_pattern": "img{image_id}.pt"}
+    spec = {
+        "format": "vqav2",
+        "questions_file": str(tiny / "data" / "questions_train.json"),
+        "annotations_file": str(tiny / "data" / "annotations_train.json"),
+        "image_dir": str(tmp_path / "none"),
+        "features_dir": str(feats),
+        "features_pattern": "img{image_id}.pt",
+    }
     samples = load_samples(spec)
     g = torch.Generator().manual_seed(0)
     for image_id in {s.image_id for s in samples}:
         torch.save(torch.randn(5, 12, generator=g), feats / f"img{image_id}.pt")
     assert all(s.image is None and s.features == str(feats / f"img{s.image_id}.pt") for s in samples)
     out = tmp_path / "run"
-    overrides = [f"train_data={json.dumps(spec)}", "eval_data=null", "vision_encoder=precomputed",
-                 f"output_dir={out}", "max_steps=2", f"feature_cache={tmp_path / 'cache'}"]
+    overrides = [
+        f"train_data={json.dumps(spec)}",
+        "eval_data=null",
+        "vision_encoder=precomputed",
+        f"output_dir={out}",
+        "max_steps=2",
+        f"feature_cache={tmp_path / 'cache'}",
+    ]
     assert main(["train", str(tiny / "train.yaml"), *overrides]) == 0
     config = json.loads((out / "adapter" / "memvp_config.json").read_text())
     assert config["config"]["visual_dim"] == 12
@@ -317,16 +345,28 @@ def test_non_finite_pre_extracted_features_are_refused_naming_the_file_and_skipp
 
     feats = tmp_path / "feats"
     feats.mkdir()
-    spec = {"format": "vqav2", "questions_file": str(tiny / "data" / "questions_train.json"),
-            "annotations_file": str(tiny / "data" / "annotations_train.json"), "image_dir": str(tmp_path / "none"),
-            "features_dir": str(feats), "features_pattern": "img{image_id}.npy"}
+    spec = {
+        "format": "vqav2",
+        "questions_file": str(tiny / "data" / "questions_train.json"),
+        "annotations_file": str(tiny / "data" / "annotations_train.json"),
+        "image_dir": str(tmp_path / "none"),
+        "features_dir": str(feats),
+        "features_pattern": "img{image_id}.npy",
+    }
     image_ids = sorted({s.image_id for s in load_samples(spec)}, key=int)
     for image_id in image_ids:
         np.save(feats / f"img{image_id}.npy", np.ones((5, 12), dtype=np.float32))
     broken = feats / f"img{image_ids[1]}.npy"
     np.save(broken, bad.numpy())
-    args = ["train", str(tiny / "train.yaml"), f"train_data={json.dumps(spec)}", "eval_data=null",
-            "vision_encoder=precomputed", "max_steps=1", f"feature_cache={tmp_path / 'cache'}"]
+    args = [
+        "train",
+        str(tiny / "train.yaml"),
+        f"train_data={json.dumps(spec)}",
+        "eval_data=null",
+        "vision_encoder=precomputed",
+        "max_steps=1",
+        f"feature_cache={tmp_path / 'cache'}",
+    ]
     assert main([*args, f"output_dir={tmp_path / 'run'}"]) == 2
     _one_error_line(capsys, str(broken), "NaN or infinite", "--skip-bad")
     assert main([*args, f"output_dir={tmp_path / 'skipped'}", "--skip-bad"]) == 0
@@ -336,42 +376,76 @@ def test_non_finite_pre_extracted_features_are_refused_naming_the_file_and_skipp
 
 def _llava_file(tiny, path, extra: list) -> dict:
     """A LLaVA conversation file of the tiny run's training scenes, plus ``extra`` entries."""
-    entries = [{"id": f"scene{k}", "image": f"COCO_train_{k:012d}.png", "conversations": [
-        {"from": "human", "value": "<image>\nWhat shape is the red object?"}, {"from": "gpt", "value": "square"}]}
-        for k in range(1, 5)]
+    entries = [
+        {
+            "id": f"scene{k}",
+            "image": f"COCO_train_{k:012d}.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat shape is the red object?"},
+                {"from": "gpt", "value": "square"},
+            ],
+        }
+        for k in range(1, 5)
+    ]
     path.write_text(json.dumps(entries + extra))
     return {"format": "llava", "json_file": str(path), "image_dir": str(tiny / "data" / "images")}
 
 
 def test_malformed_llava_message_names_the_conversation_and_skip_bad_lists_it(tiny, tmp_path, capsys):
     """Issue 24.7: an AttributeError traceback (exit 1), with --skip-bad too."""
-    extra = [{"id": "bad-string", "conversations": ["hello", {"from": "gpt", "value": "x"}]},
-             {"id": "bad-null", "conversations": [{"from": "human", "value": "q"}, None]},
-             {"id": "escapes", "image": "../../../etc/passwd", "conversations": [
-                 {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}]
+    extra = [
+        {"id": "bad-string", "conversations": ["hello", {"from": "gpt", "value": "x"}]},
+        {"id": "bad-null", "conversations": [{"from": "human", "value": "q"}, None]},
+        {
+            "id": "escapes",
+            "image": "../../../etc/passwd",
+            "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}],
+        },
+    ]
     spec = _llava_file(tiny, tmp_path / "llava.json", extra)
-    args = ["train", str(tiny / "train.yaml"), f"train_data={json.dumps(spec)}", "eval_data=null", "max_steps=1",
-            f"feature_cache={tmp_path / 'cache'}"]
+    args = [
+        "train",
+        str(tiny / "train.yaml"),
+        f"train_data={json.dumps(spec)}",
+        "eval_data=null",
+        "max_steps=1",
+        f"feature_cache={tmp_path / 'cache'}",
+    ]
     with pytest.MonkeyPatch.context() as m:  # refused before the models load
         m.setattr(build_module, "load_language_model", lambda *a, **k: pytest.fail("the model loaded first"))
         assert main([*args, f"output_dir={tmp_path / 'run'}"]) == 2
-    _one_error_line(capsys, str(tmp_path / "llava.json"), "conversation 'bad-string'", "message 0 is 'hello'",
-                    "--skip-bad")
+    _one_error_line(
+        capsys, str(tmp_path / "llava.json"), "conversation 'bad-string'", "message 0 is 'hello'", "--skip-bad"
+    )
     assert main([*args, f"output_dir={tmp_path / 'skipped'}", "--skip-bad"]) == 0
     out = capsys.readouterr().out
-    assert ("skipped 3 malformed record(s) of train_data: conversation 'bad-string', conversation 'bad-null', "
-            "conversation 'escapes' (e.g.") in out
+    assert (
+        "skipped 3 malformed record(s) of train_data: conversation 'bad-string', conversation 'bad-null', "
+        "conversation 'escapes' (e.g."
+    ) in out
     assert json.loads((tmp_path / "skipped" / "metrics.json").read_text())["train_samples"] == 4
 
 
 def test_more_frames_than_memvp_entries_fails_before_any_model_loads(tiny, tmp_path, capsys, no_model_load):
     """Issue 24.8: found only after both models loaded and every frame was decoded (~60 GB at 224 px)."""
     questions = tmp_path / "tvqa_train.jsonl"
-    questions.write_text("\n".join(json.dumps({"qid": k, "q": "Who?", "a0": "x", "a1": "y", "answer_idx": 0,
-                                               "vid_name": f"clip{k}", "ts": "1.0-2.0"}) for k in range(3)) + "\n")
+    questions.write_text(
+        "\n".join(
+            json.dumps(
+                {"qid": k, "q": "Who?", "a0": "x", "a1": "y", "answer_idx": 0, "vid_name": f"clip{k}", "ts": "1.0-2.0"}
+            )
+            for k in range(3)
+        )
+        + "\n"
+    )
     spec = {"format": "tvqa", "questions_file": str(questions)}
-    args = ["train", str(tiny / "train.yaml"), f"train_data={json.dumps(spec)}", "eval_data=null",
-            f"output_dir={tmp_path / 'run'}"]
+    args = [
+        "train",
+        str(tiny / "train.yaml"),
+        f"train_data={json.dumps(spec)}",
+        "eval_data=null",
+        f"output_dir={tmp_path / 'run'}",
+    ]
     assert main([*args, "num_frames=32"]) == 2  # the tiny config's memvp.num_entries is 16
     _one_error_line(capsys, "num_frames=32 is more than memvp.num_entries=16", "set memvp.num_entries >= 32")
     assert main([*args, "num_frames=8", "memvp.num_entries=4"]) == 2
@@ -381,5 +455,6 @@ def test_more_frames_than_memvp_entries_fails_before_any_model_loads(tiny, tmp_p
     from memvp.training.build import check_frames_fit_entries
 
     check_frames_fit_entries(TrainConfig.from_yaml(tiny / "train.yaml", ["num_frames=32"]))
-    check_frames_fit_entries(TrainConfig.from_yaml(tiny / "train.yaml", [f"train_data={json.dumps(spec)}",
-                                                                         "num_frames=16"]))
+    check_frames_fit_entries(
+        TrainConfig.from_yaml(tiny / "train.yaml", [f"train_data={json.dumps(spec)}", "num_frames=16"])
+    )

@@ -18,16 +18,28 @@ REPO = Path(__file__).parent.parent
 CONFIGS, FIXTURES = REPO / "configs", Path(__file__).parent / "fixtures" / "datasets"
 STAND_INS = {  # format -> the path keys of its spec, and the fixture files for them
     "scienceqa": {"root": FIXTURES / "scienceqa", "captions_file": FIXTURES / "scienceqa" / "captions.json"},
-    "vqav2": {"questions_file": FIXTURES / "vqav2" / "questions.json",
-              "annotations_file": FIXTURES / "vqav2" / "annotations.json", "image_dir": FIXTURES / "vqav2",
-              "features_dir": FIXTURES / "vqav2"},
-    "gqa": {"questions_file": FIXTURES / "gqa" / "testdev_balanced_questions.json", "image_dir": FIXTURES / "gqa",
-            "features_dir": FIXTURES / "gqa"},
-    "coco_captions": {"karpathy_file": FIXTURES / "coco" / "dataset_coco.json", "image_root": FIXTURES / "coco",
-                      "features_dir": FIXTURES / "coco"},
+    "vqav2": {
+        "questions_file": FIXTURES / "vqav2" / "questions.json",
+        "annotations_file": FIXTURES / "vqav2" / "annotations.json",
+        "image_dir": FIXTURES / "vqav2",
+        "features_dir": FIXTURES / "vqav2",
+    },
+    "gqa": {
+        "questions_file": FIXTURES / "gqa" / "testdev_balanced_questions.json",
+        "image_dir": FIXTURES / "gqa",
+        "features_dir": FIXTURES / "gqa",
+    },
+    "coco_captions": {
+        "karpathy_file": FIXTURES / "coco" / "dataset_coco.json",
+        "image_root": FIXTURES / "coco",
+        "features_dir": FIXTURES / "coco",
+    },
     "llava": {"json_file": FIXTURES / "llava" / "conversations.json", "image_dir": FIXTURES / "llava"},
-    "tvqa": {"questions_file": FIXTURES / "tvqa" / "tvqa_val.jsonl", "features_dir": FIXTURES / "tvqa" / "features",
-             "subtitles_file": FIXTURES / "tvqa" / "tvqa_preprocessed_subtitles.jsonl"},
+    "tvqa": {
+        "questions_file": FIXTURES / "tvqa" / "tvqa_val.jsonl",
+        "features_dir": FIXTURES / "tvqa" / "features",
+        "subtitles_file": FIXTURES / "tvqa" / "tvqa_preprocessed_subtitles.jsonl",
+    },
     "how2qa": {"questions_file": FIXTURES / "how2qa" / "how2QA_val_release.csv", "features_dir": FIXTURES / "how2qa"},
 }
 PATHS = sorted(CONFIGS.glob("*.yaml"))
@@ -45,12 +57,15 @@ def test_config_parses_to_its_yaml_and_its_data_specs_load(path):
     for key, spec in specs.items():
         assert parsed.pop(key) == {"_base_dir": str(CONFIGS.resolve()), **spec}, key
         files = {k: v for k, v in STAND_INS[spec["format"]].items() if k in spec}
-        assert set(spec) - {"format", "split", "image_pattern", "per_conversation", "features_pattern"} == set(files), key
+        assert set(spec) - {"format", "split", "image_pattern", "per_conversation", "features_pattern"} == set(files), (
+            key
+        )
         for k in files:
             assert (CONFIGS / spec[k]).resolve().is_relative_to(REPO / "data"), (key, k)
         split = {"coco_captions": "test"}.get(spec["format"], spec.get("split"))  # the fixture's one image
-        samples = read_split({**spec, **{k: str(v) for k, v in files.items()}, **({"split": split} if split else {})},
-                             key)
+        samples = read_split(
+            {**spec, **{k: str(v) for k, v in files.items()}, **({"split": split} if split else {})}, key
+        )
         assert samples and all(s.answers and s.target for s in samples), key
     assert parsed == {**{k: v for k, v in defaults.items() if k not in specs}, **raw}
     method = get_method(raw.get("method", "memvp"))
@@ -62,28 +77,82 @@ def test_config_parses_to_its_yaml_and_its_data_specs_load(path):
 
 # What a reproduction depends on, per config: the paper (Tables 5, 7, appendix A/B) and, for LLaMA, the
 # official code (scripts/finetuning_sqa_*.sh, train.py, eval.py, util/datasets.py, clip/model.py).
-LLAMA = {"learning_rate": 9e-3 * 32 / 256, "batch_size": 32, "grad_accum": 1, "epochs": 20, "warmup_ratio": 0.1,
-         "lr_schedule": "cosine", "adam_betas": [0.9, 0.95], "weight_decay": 0.02, "max_length": 512, "seed": 0,
-         "drop_last": True, "max_new_tokens": 1, "choice_rule": "memvp", "prompt_template": "{prompt}",
-         "vision": {"feature_layer": -2, "post_layernorm": True, "normalization": "imagenet", "resize": "squash",
-                    "adapter_hidden": 12, "adapter_scale": 0.1, "adapter_dropout": 0.1}}
-MEMVP_LLAMA = {"memory_scale": "paper", "visual_scale": 0.01, "output_scale": 0.1, "projector": "mlp",
-               "projector_hidden": 128, "dropout": 0.1, "share_position_embeddings": True}
-TABLE5 = {"learning_rate": 1e-3, "batch_size": 512, "grad_accum": 1, "epochs": 20, "vision_encoder": "precomputed",
-          "warmup_ratio": 0.1, "lr_schedule": "linear", "adam_eps": 1e-6, "weight_decay": 0.01, "max_grad_norm": 5.0,
-          "num_beams": 5}
-MEMVP_TABLE5 = {"num_entries": 240, "projector": "linear", "memory_scale": "paper", "visual_scale": 0.01,
-                "train_layernorms": True, "target_layers": "encoder", "share_position_embeddings": False}
+LLAMA = {
+    "learning_rate": 9e-3 * 32 / 256,
+    "batch_size": 32,
+    "grad_accum": 1,
+    "epochs": 20,
+    "warmup_ratio": 0.1,
+    "lr_schedule": "cosine",
+    "adam_betas": [0.9, 0.95],
+    "weight_decay": 0.02,
+    "max_length": 512,
+    "seed": 0,
+    "drop_last": True,
+    "max_new_tokens": 1,
+    "choice_rule": "memvp",
+    "prompt_template": "{prompt}",
+    "vision": {
+        "feature_layer": -2,
+        "post_layernorm": True,
+        "normalization": "imagenet",
+        "resize": "squash",
+        "adapter_hidden": 12,
+        "adapter_scale": 0.1,
+        "adapter_dropout": 0.1,
+    },
+}
+MEMVP_LLAMA = {
+    "memory_scale": "paper",
+    "visual_scale": 0.01,
+    "output_scale": 0.1,
+    "projector": "mlp",
+    "projector_hidden": 128,
+    "dropout": 0.1,
+    "share_position_embeddings": True,
+}
+TABLE5 = {
+    "learning_rate": 1e-3,
+    "batch_size": 512,
+    "grad_accum": 1,
+    "epochs": 20,
+    "vision_encoder": "precomputed",
+    "warmup_ratio": 0.1,
+    "lr_schedule": "linear",
+    "adam_eps": 1e-6,
+    "weight_decay": 0.01,
+    "max_grad_norm": 5.0,
+    "num_beams": 5,
+}
+MEMVP_TABLE5 = {
+    "num_entries": 240,
+    "projector": "linear",
+    "memory_scale": "paper",
+    "visual_scale": 0.01,
+    "train_layernorms": True,
+    "target_layers": "encoder",
+    "share_position_embeddings": False,
+}
 RECIPES = {
     "scienceqa_llama.yaml": ({**LLAMA, "method": "memvp"}, {**MEMVP_LLAMA, "num_entries": 320}),
     "scienceqa_llama13b.yaml": ({**LLAMA, "method": "memvp"}, {**MEMVP_LLAMA, "num_entries": 400}),
     "scienceqa_llama2_7b.yaml": ({**LLAMA, "method": "memvp"}, {**MEMVP_LLAMA, "num_entries": 320}),
-    "scienceqa_llava_lora.yaml": ({**LLAMA, "method": "input_space"},
-                                  {"lora_r": 6, "lora_target_modules": ["q_proj", "v_proj"], "projector": "mlp"}),
-    **{f"{task}_{lm}.yaml": ({**TABLE5, "method": "memvp"}, MEMVP_TABLE5)
-       for task in ("vqav2", "gqa", "coco") for lm in ("t5", "bart")},
-    **{f"{task}_bart.yaml": ({"learning_rate": 1e-3, "batch_size": 64, "epochs": 20, "num_frames": 64,
-                              "vision_encoder": "precomputed"}, MEMVP_TABLE5) for task in ("tvqa", "how2qa")},
+    "scienceqa_llava_lora.yaml": (
+        {**LLAMA, "method": "input_space"},
+        {"lora_r": 6, "lora_target_modules": ["q_proj", "v_proj"], "projector": "mlp"},
+    ),
+    **{
+        f"{task}_{lm}.yaml": ({**TABLE5, "method": "memvp"}, MEMVP_TABLE5)
+        for task in ("vqav2", "gqa", "coco")
+        for lm in ("t5", "bart")
+    },
+    **{
+        f"{task}_bart.yaml": (
+            {"learning_rate": 1e-3, "batch_size": 64, "epochs": 20, "num_frames": 64, "vision_encoder": "precomputed"},
+            MEMVP_TABLE5,
+        )
+        for task in ("tvqa", "how2qa")
+    },
 }
 
 

@@ -7,8 +7,8 @@ import json
 import os
 
 import pytest
-
 from dataset_files import FIX, IMAGE_TYPE, image_cell, png, write_parquet
+
 from memvp.datasets import COCO_CAPTION_PROMPT, read_coco_captions, read_coco_captions_parquet
 
 
@@ -31,18 +31,32 @@ def test_coco_captions_splits():
 
 def test_coco_empty_split(tmp_path):
     f = tmp_path / "dataset_coco.json"
-    f.write_text(json.dumps({"images": [{"filepath": "a", "filename": "b.jpg", "split": "train", "cocoid": 1,
-                                         "sentences": [{"raw": "x"}]}]}))
+    f.write_text(
+        json.dumps(
+            {
+                "images": [
+                    {"filepath": "a", "filename": "b.jpg", "split": "train", "cocoid": 1, "sentences": [{"raw": "x"}]}
+                ]
+            }
+        )
+    )
     with pytest.raises(ValueError, match=r"split 'test' of .*dataset_coco\.json has no samples"):
         read_coco_captions(f, tmp_path, "test")
 
 
 def test_coco_captions_parquet_lmms_lab_layout(tmp_path):
     img = png("yellow")
-    f = write_parquet(tmp_path / "val-00000-of-00002.parquet", {
-        "question_id": ["COCO_val2014_000000391895.jpg"], "image": [image_cell(img)],
-        "question": [COCO_CAPTION_PROMPT], "answer": [["A man riding a bike. ", "A person on a bicycle."]],
-        "id": [0]}, {"image": IMAGE_TYPE})
+    f = write_parquet(
+        tmp_path / "val-00000-of-00002.parquet",
+        {
+            "question_id": ["COCO_val2014_000000391895.jpg"],
+            "image": [image_cell(img)],
+            "question": [COCO_CAPTION_PROMPT],
+            "answer": [["A man riding a bike. ", "A person on a bicycle."]],
+            "id": [0],
+        },
+        {"image": IMAGE_TYPE},
+    )
     (s,) = read_coco_captions_parquet(f, tmp_path / "img")
     assert (s.id, s.image_id, s.prompt) == ("391895", "391895", COCO_CAPTION_PROMPT)
     assert s.answers == ["A man riding a bike.", "A person on a bicycle."]

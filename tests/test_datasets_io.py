@@ -8,8 +8,8 @@ import re
 
 import pyarrow as pa
 import pytest
-
 from dataset_files import FIX, IMAGE_TYPE, SQA_TYPES, VQA, image_cell, png, scienceqa_columns, write_parquet
+
 from memvp.datasets import (
     read_coco_captions_parquet,
     read_gqa,
@@ -25,22 +25,47 @@ from memvp.datasets import (
 def test_image_paths_may_not_leave_image_dir(tmp_path):
     """Issue 24: '../../etc/passwd' was opened, then reported as an unreadable image. Absolute paths are
     read where they are; a relative path must stay inside image_dir (symlinks inside it are followed)."""
-    conversation = lambda cid, image: {"id": cid, "image": image, "conversations": [  # noqa: E731
-        {"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A"}]}
+    conversation = lambda cid, image: {
+        "id": cid,
+        "image": image,
+        "conversations": [  # noqa: E731
+            {"from": "human", "value": "Q?"},
+            {"from": "gpt", "value": "A"},
+        ],
+    }
     f = tmp_path / "llava.json"
-    f.write_text(json.dumps([conversation("in", "sub/../a.jpg"), conversation("abs", "/data/b.jpg"),
-                             conversation("out", "../../etc/passwd")]))
+    f.write_text(
+        json.dumps(
+            [
+                conversation("in", "sub/../a.jpg"),
+                conversation("abs", "/data/b.jpg"),
+                conversation("out", "../../etc/passwd"),
+            ]
+        )
+    )
     images = tmp_path / "images"
-    with pytest.raises(ValueError, match=r"conversation 'out': the path '\.\./\.\./etc/passwd' leaves image_dir "
-                                         rf"{re.escape(str(images))}; give a path inside image_dir"):
+    with pytest.raises(
+        ValueError,
+        match=r"conversation 'out': the path '\.\./\.\./etc/passwd' leaves image_dir "
+        rf"{re.escape(str(images))}; give a path inside image_dir",
+    ):
         read_llava(f, images)
     skipped = {}
     inside, absolute = read_llava(f, images, skipped=skipped)
     assert inside.image == str(images / "sub/../a.jpg") and absolute.image == "/data/b.jpg"
     assert list(skipped) == ["conversation 'out'"]
     video = tmp_path / "video.json"
-    video.write_text(json.dumps([{"id": "v", "video": "../clip.mp4", "conversations": [
-        {"from": "human", "value": "<video>Q?"}, {"from": "gpt", "value": "A"}]}]))
+    video.write_text(
+        json.dumps(
+            [
+                {
+                    "id": "v",
+                    "video": "../clip.mp4",
+                    "conversations": [{"from": "human", "value": "<video>Q?"}, {"from": "gpt", "value": "A"}],
+                }
+            ]
+        )
+    )
     with pytest.raises(ValueError, match=r"conversation 'v': the path '\.\./clip\.mp4' leaves video_dir"):
         read_llava(video, images)
     pope = tmp_path / "coco_pope_random.json"
@@ -68,8 +93,11 @@ def test_missing_and_malformed_files(tmp_path):
 
 def test_parquet_errors(tmp_path):
     f = write_parquet(tmp_path / "train-00000-of-00001.parquet", {"question": ["q"]}, {})
-    with pytest.raises(ValueError, match=r"train-00000-of-00001\.parquet: ScienceQA parquet file has no column\(s\) "
-                                         r"\['image', 'choices', 'answer'\]; its columns: \['question'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"train-00000-of-00001\.parquet: ScienceQA parquet file has no column\(s\) "
+        r"\['image', 'choices', 'answer'\]; its columns: \['question'\]",
+    ):
         read_scienceqa_parquet(f, tmp_path / "img")
     (tmp_path / "fake.parquet").write_text("not parquet")
     with pytest.raises(ValueError, match=r"VQAv2 parquet file .*fake\.parquet is not a readable parquet file"):
@@ -79,10 +107,16 @@ def test_parquet_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"COCO caption parquet file: no \*\.parquet file in .*empty"):
         (tmp_path / "empty").mkdir()
         read_coco_captions_parquet(tmp_path / "empty", tmp_path / "img")
-    f = write_parquet(tmp_path / "x.parquet", {"question_id": ["a.jpg"], "image": [{"bytes": None, "path": "a.jpg"}]},
-                       {"image": IMAGE_TYPE})
-    with pytest.raises(ValueError, match=r"x\.parquet: row 'a\.jpg' has an image without bytes, only the relative "
-                                         r"path 'a\.jpg'"):
+    f = write_parquet(
+        tmp_path / "x.parquet",
+        {"question_id": ["a.jpg"], "image": [{"bytes": None, "path": "a.jpg"}]},
+        {"image": IMAGE_TYPE},
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"x\.parquet: row 'a\.jpg' has an image without bytes, only the relative "
+        r"path 'a\.jpg'",
+    ):
         read_coco_captions_parquet(f, tmp_path / "img")
 
 
@@ -90,31 +124,70 @@ def test_parquet_values_of_the_wrong_type_name_the_row_and_column(tmp_path):
     """Issue 24.9: `answers` stored as a string became a list of its characters, a null question was asked
     as "None"; now each is an error naming the file, the row and the column."""
     cell = image_cell(png("red"))
-    vqa = {"question_id": [1, 2], "question": ["Is it red?", None], "image": [cell, cell],
-           "answers": [["yes"] * 10, ["no"] * 10], "multiple_choice_answer": ["yes", "no"]}
+    vqa = {
+        "question_id": [1, 2],
+        "question": ["Is it red?", None],
+        "image": [cell, cell],
+        "answers": [["yes"] * 10, ["no"] * 10],
+        "multiple_choice_answer": ["yes", "no"],
+    }
     cases = [
-        ("vqa-null-question", read_vqav2_parquet, vqa, {"image": IMAGE_TYPE},
-         r"row 1, column 'question' holds null, expected the question's text"),
-        ("vqa-answers-string", read_vqav2_parquet, {**vqa, "question": ["a?", "b?"], "answers": ["yes", "no"]},
-         {"image": IMAGE_TYPE}, r"row 0, column 'answers' holds 'yes' of type str, expected a list"),
-        ("vqa-target-number", read_vqav2_parquet, {**vqa, "question": ["a?", "b?"], "multiple_choice_answer": [1, 2]},
-         {"image": IMAGE_TYPE}, r"row 0, column 'multiple_choice_answer' holds 1 of type int"),
-        ("coco-captions-string", read_coco_captions_parquet,
-         {"question_id": ["COCO_val2014_000000000001.jpg"], "image": [cell], "answer": ["A red square."]},
-         {"image": IMAGE_TYPE}, r"row 0, column 'answer' holds 'A red square\.' of type str, expected a list"),
-        ("sqa-null-question", read_scienceqa_parquet, scienceqa_columns([
-            (cell, "Which?", ["a", "b"], 0, "", "", "g1", "s", "", "", "", "", ""),
-            (cell, None, ["a", "b"], 0, "", "", "g1", "s", "", "", "", "", "")]),
-         {**SQA_TYPES, "question": pa.string()}, r"row 1, column 'question' holds null"),
-        ("sqa-choices-string", read_scienceqa_parquet, scienceqa_columns([
-            (cell, "Which?", "ab", 0, "", "", "g1", "s", "", "", "", "", "")]),
-         {**SQA_TYPES, "choices": pa.string()}, r"row 0, column 'choices' holds 'ab' of type str, expected a list"),
+        (
+            "vqa-null-question",
+            read_vqav2_parquet,
+            vqa,
+            {"image": IMAGE_TYPE},
+            r"row 1, column 'question' holds null, expected the question's text",
+        ),
+        (
+            "vqa-answers-string",
+            read_vqav2_parquet,
+            {**vqa, "question": ["a?", "b?"], "answers": ["yes", "no"]},
+            {"image": IMAGE_TYPE},
+            r"row 0, column 'answers' holds 'yes' of type str, expected a list",
+        ),
+        (
+            "vqa-target-number",
+            read_vqav2_parquet,
+            {**vqa, "question": ["a?", "b?"], "multiple_choice_answer": [1, 2]},
+            {"image": IMAGE_TYPE},
+            r"row 0, column 'multiple_choice_answer' holds 1 of type int",
+        ),
+        (
+            "coco-captions-string",
+            read_coco_captions_parquet,
+            {"question_id": ["COCO_val2014_000000000001.jpg"], "image": [cell], "answer": ["A red square."]},
+            {"image": IMAGE_TYPE},
+            r"row 0, column 'answer' holds 'A red square\.' of type str, expected a list",
+        ),
+        (
+            "sqa-null-question",
+            read_scienceqa_parquet,
+            scienceqa_columns(
+                [
+                    (cell, "Which?", ["a", "b"], 0, "", "", "g1", "s", "", "", "", "", ""),
+                    (cell, None, ["a", "b"], 0, "", "", "g1", "s", "", "", "", "", ""),
+                ]
+            ),
+            {**SQA_TYPES, "question": pa.string()},
+            r"row 1, column 'question' holds null",
+        ),
+        (
+            "sqa-choices-string",
+            read_scienceqa_parquet,
+            scienceqa_columns([(cell, "Which?", "ab", 0, "", "", "g1", "s", "", "", "", "", "")]),
+            {**SQA_TYPES, "choices": pa.string()},
+            r"row 0, column 'choices' holds 'ab' of type str, expected a list",
+        ),
     ]
     for name, reader, columns, types, message in cases:
         f = write_parquet(tmp_path / f"{name}.parquet", columns, types)
         with pytest.raises(ValueError, match=rf"{name}\.parquet: {message}"):
             reader(f, tmp_path / "img")
-    q = write_parquet(tmp_path / "gqa-null-question.parquet", {"id": ["1"], "imageId": ["n1"], "question": [None]},
-                       {"question": pa.string()})
+    q = write_parquet(
+        tmp_path / "gqa-null-question.parquet",
+        {"id": ["1"], "imageId": ["n1"], "question": [None]},
+        {"question": pa.string()},
+    )
     with pytest.raises(ValueError, match=r"gqa-null-question\.parquet: row 0, column 'question' holds null"):
         read_gqa_parquet(q, q, tmp_path / "img")

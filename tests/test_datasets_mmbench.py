@@ -7,27 +7,36 @@ import hashlib
 import os
 
 import pytest
-
 from dataset_files import FIXTURES, MMB, png
+
 from memvp.datasets import Sample, read_mmbench, score
 
 
 def test_mmbench_rotations_prompts_and_images(tmp_path):
     samples = read_mmbench(os.path.join(MMB, "originals.tsv"), tmp_path / "img")
     # 4 + 2 + 3 options -> 9 rotations, ids in MMBench's own numbering (index + r * 1e6)
-    assert [s.id for s in samples] == ["0", "1000000", "2000000", "3000000", "1", "1000001", "2", "1000002",
-                                       "2000002"]
+    assert [s.id for s in samples] == ["0", "1000000", "2000000", "3000000", "1", "1000001", "2", "1000002", "2000002"]
     first, rot1 = samples[0], samples[1]
-    assert first.prompt == ("What color is the square?\nA. blue\nB. red\nC. green\nD. yellow\n"
-                            "Answer with the option's letter from the given choices directly.")
-    assert rot1.prompt == ("What color is the square?\nA. red\nB. green\nC. yellow\nD. blue\n"
-                           "Answer with the option's letter from the given choices directly.")
+    assert first.prompt == (
+        "What color is the square?\nA. blue\nB. red\nC. green\nD. yellow\n"
+        "Answer with the option's letter from the given choices directly."
+    )
+    assert rot1.prompt == (
+        "What color is the square?\nA. red\nB. green\nC. yellow\nD. blue\n"
+        "Answer with the option's letter from the given choices directly."
+    )
     # the answer letter follows its option ("red")
     assert [s.answers for s in samples[:4]] == [["B"], ["A"], ["D"], ["C"]]
     assert first.question_type == "attribute_recognition"
-    assert rot1.metadata == {"circular_group": "0", "rotation": 1, "index": 0, "num_choices": 4,
-                             "choices": ["red", "green", "yellow", "blue"], "category": "attribute_recognition",
-                             "l2_category": "finegrained_perception (instance-level)"}
+    assert rot1.metadata == {
+        "circular_group": "0",
+        "rotation": 1,
+        "index": 0,
+        "num_choices": 4,
+        "choices": ["red", "green", "yellow", "blue"],
+        "category": "attribute_recognition",
+        "l2_category": "finegrained_perception (instance-level)",
+    }
     # hint first; options end at the first empty cell (pandas' NA)
     two = samples[4]
     assert two.prompt.startswith("The image shows a day in July.\nWhich is warmer?\nA. summer\nB. winter\n")
@@ -41,8 +50,11 @@ def test_mmbench_rotations_prompts_and_images(tmp_path):
     with open(first.image, "rb") as f:
         assert f.read() == png("red")
     # single pass
-    assert [s.id for s in read_mmbench(os.path.join(MMB, "originals.tsv"), tmp_path / "img", circular=False)] == \
-        ["0", "1", "2"]
+    assert [s.id for s in read_mmbench(os.path.join(MMB, "originals.tsv"), tmp_path / "img", circular=False)] == [
+        "0",
+        "1",
+        "2",
+    ]
 
 
 def test_mmbench_file_with_circular_copies(tmp_path):
@@ -70,8 +82,11 @@ def test_mmbench_errors(tmp_path):
     with pytest.raises(ValueError, match=r"question 0 refers to the image of question 7, which is not in the file"):
         read_mmbench(f, tmp_path / "img")
     f.write_text(head + "4\tq?\tx\ty\tA\tiVBORw0KGgo=\n" + "4\tanother q?\tx\ty\tB\tiVBORw0KGgo=\n")
-    with pytest.raises(ValueError, match=r"mmb\.tsv: line 3 repeats index 4 of line 2; every question needs its own "
-                                         r"index"):  # issue 24.6: the two questions became one, one prediction lost
+    with pytest.raises(
+        ValueError,
+        match=r"mmb\.tsv: line 3 repeats index 4 of line 2; every question needs its own "
+        r"index",
+    ):  # issue 24.6: the two questions became one, one prediction lost
         read_mmbench(f, tmp_path / "img")
     f.write_text("index\tquestion\tanswer\n0\tq?\tA\n")
     with pytest.raises(ValueError, match=r"mmb\.tsv: MMBench TSV has no column\(s\) \['A', 'image'\]"):
@@ -85,8 +100,10 @@ def test_mmbench_errors(tmp_path):
 
 def test_mmbench_test_file_without_answers(tmp_path):
     f = tmp_path / "mmbench_test.tsv"
-    f.write_text("index\tquestion\thint\tA\tB\timage\tcategory\n"
-                 f"3\tq?\tnan\tx\ty\t{base64.b64encode(png('red')).decode()}\tocr\n")
+    f.write_text(
+        "index\tquestion\thint\tA\tB\timage\tcategory\n"
+        f"3\tq?\tnan\tx\ty\t{base64.b64encode(png('red')).decode()}\tocr\n"
+    )
     a, b = read_mmbench(f, tmp_path / "img")
     assert a.answers == b.answers == [] and a.target is None and a.metadata["l2_category"] == ""
 

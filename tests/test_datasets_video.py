@@ -27,33 +27,78 @@ from memvp.datasets import (
 from memvp.metrics import multiple_choice_accuracy
 
 TVQA_QUESTIONS = [
-    {"a0": "A pen", "a1": "A cup", "a2": "A book", "a3": "A phone", "a4": "A laptop", "answer_idx": 1,
-     "q": "What is Sheldon holding when he talks to Leonard?", "qid": 7, "show_name": "The Big Bang Theory",
-     "ts": "60.69-74.88", "vid_name": "s01e02_seg02_clip_03"},
-    {"a0": "Monica", "a1": "Rachel", "a2": "Phoebe", "a3": "Ross", "a4": "Joey", "answer_idx": 4,
-     "q": "Who opens the door?", "qid": 8, "show_name": "Friends",
-     "ts": "NaN-NaN", "vid_name": "friends_s01e02_seg02_clip_03"},
-    {"a0": "Yes", "a1": "No", "a2": "Maybe", "a3": "Later", "a4": "Never", "answer_idx": 0,
-     "q": "Does House leave?", "qid": 9, "show_name": "House M.D.",
-     "ts": "12.5-", "vid_name": "house_s02e05_seg02_clip_11"},
+    {
+        "a0": "A pen",
+        "a1": "A cup",
+        "a2": "A book",
+        "a3": "A phone",
+        "a4": "A laptop",
+        "answer_idx": 1,
+        "q": "What is Sheldon holding when he talks to Leonard?",
+        "qid": 7,
+        "show_name": "The Big Bang Theory",
+        "ts": "60.69-74.88",
+        "vid_name": "s01e02_seg02_clip_03",
+    },
+    {
+        "a0": "Monica",
+        "a1": "Rachel",
+        "a2": "Phoebe",
+        "a3": "Ross",
+        "a4": "Joey",
+        "answer_idx": 4,
+        "q": "Who opens the door?",
+        "qid": 8,
+        "show_name": "Friends",
+        "ts": "NaN-NaN",
+        "vid_name": "friends_s01e02_seg02_clip_03",
+    },
+    {
+        "a0": "Yes",
+        "a1": "No",
+        "a2": "Maybe",
+        "a3": "Later",
+        "a4": "Never",
+        "answer_idx": 0,
+        "q": "Does House leave?",
+        "qid": 9,
+        "show_name": "House M.D.",
+        "ts": "12.5-",
+        "vid_name": "house_s02e05_seg02_clip_11",
+    },
 ]
 SUBTITLES = [
-    {"vid_name": "s01e02_seg02_clip_03", "sub": [
-        {"text": "(Sheldon:) Before the span.", "start": 10.0, "end": 12.0},
-        {"text": "(Leonard:) Starts before, ends inside.", "start": 59.0, "end": 61.0},
-        {"text": "(Sheldon:) Inside.", "start": 65.0, "end": 67.5},
-        {"text": "(Penny:) After the span.", "start": 75.0, "end": 78.0}]},
-    {"vid_name": "friends_s01e02_seg02_clip_03", "sub": [
-        {"text": "(Monica:) Hi.", "start": 1.0, "end": 2.0},
-        {"text": "(Joey:) How you doin'?", "start": 3.0, "end": 4.0}]},
+    {
+        "vid_name": "s01e02_seg02_clip_03",
+        "sub": [
+            {"text": "(Sheldon:) Before the span.", "start": 10.0, "end": 12.0},
+            {"text": "(Leonard:) Starts before, ends inside.", "start": 59.0, "end": 61.0},
+            {"text": "(Sheldon:) Inside.", "start": 65.0, "end": 67.5},
+            {"text": "(Penny:) After the span.", "start": 75.0, "end": 78.0},
+        ],
+    },
+    {
+        "vid_name": "friends_s01e02_seg02_clip_03",
+        "sub": [
+            {"text": "(Monica:) Hi.", "start": 1.0, "end": 2.0},
+            {"text": "(Joey:) How you doin'?", "start": 3.0, "end": 4.0},
+        ],
+    },
     {"vid_name": "house_s02e05_seg02_clip_11", "sub": [{"text": "(House:) No.", "start": 0.5, "end": 1.5}]},
 ]
 HOW2QA_ROWS = [  # video_id, [start:end], wrong1, wrong2, wrong3, question, correct (the released columns)
     ["NOuQuofjk44", "[7.2:18.0]", "10", "12", "16", "how many knife is there?", "1"],
     ["piYcgGdO8_w", "[134.15:181.52]", "White", "Grey", "Red", "What is the color of the sheet?", "Brown"],
     ["DQ6wpOD-h7g", "[43.5:60.0]", "Powerpoint", "Word", "Access", "What program is used in this clip?", "Excel"],
-    ["DUEyiEnMVj4", "[12.6:13.2]", 'his channel is "graphix"', "digitaldezignz", "graphics co.",
-     "What is the name of this speaker's video channel?", 'his channel is "whatsdev"'],
+    [
+        "DUEyiEnMVj4",
+        "[12.6:13.2]",
+        'his channel is "graphix"',
+        "digitaldezignz",
+        "graphics co.",
+        "What is the name of this speaker's video channel?",
+        'his channel is "whatsdev"',
+    ],
     ["dnUFgR92F8M", "[121.56:121.56]", "Pink", "Yellow", "White", "What is the color of the petals?", "Red"],
     ["AhVO0dkTl78", "[NaN:98.17]", "a sedum", "a maple", "a daisy", "what is the spiky plant called", "a cactus"],
 ]
@@ -91,18 +136,26 @@ def test_tvqa_prompts_answers_spans_and_subtitles_inside_the_span(tvqa):
         "Question: What is Sheldon holding when he talks to Leonard?\n"
         "Context: (Leonard:) Starts before, ends inside. (Sheldon:) Inside.\n"
         "Options: (A) A pen (B) A cup (C) A book (D) A phone (E) A laptop\n"
-        "Response:The answer is")
+        "Response:The answer is"
+    )
     assert [s.answers for s in samples] == [["B"], ["E"], ["A"]]
     assert [s.target for s in samples] == ["B", "E", "A"]
     assert bbt.span == (60.69, 74.88)
     assert friends.span is None and house.span is None  # "NaN-NaN", "12.5-": no usable span
     # no span: the whole clip's subtitles
-    assert friends.prompt == ("Question: Who opens the door?\nContext: (Monica:) Hi. (Joey:) How you doin'?\n"
-                              "Options: (A) Monica (B) Rachel (C) Phoebe (D) Ross (E) Joey\nResponse:The answer is")
+    assert friends.prompt == (
+        "Question: Who opens the door?\nContext: (Monica:) Hi. (Joey:) How you doin'?\n"
+        "Options: (A) Monica (B) Rachel (C) Phoebe (D) Ross (E) Joey\nResponse:The answer is"
+    )
     assert [s.question_type for s in samples] == ["The Big Bang Theory", "Friends", "House M.D."]
-    assert bbt.metadata == {"num_choices": 5, "choices": ["A pen", "A cup", "A book", "A phone", "A laptop"],
-                            "vid_name": "s01e02_seg02_clip_03", "show_name": "The Big Bang Theory",
-                            "ts": "60.69-74.88", "fps": 3.0}
+    assert bbt.metadata == {
+        "num_choices": 5,
+        "choices": ["A pen", "A cup", "A book", "A phone", "A laptop"],
+        "vid_name": "s01e02_seg02_clip_03",
+        "show_name": "The Big Bang Theory",
+        "ts": "60.69-74.88",
+        "fps": 3.0,
+    }
     assert all(s.image is None and s.video is None and s.features is None for s in samples)  # no video_dir
     assert [s.image_id for s in samples] == [r["vid_name"] for r in TVQA_QUESTIONS]
 
@@ -110,13 +163,17 @@ def test_tvqa_prompts_answers_spans_and_subtitles_inside_the_span(tvqa):
 def test_tvqa_without_subtitles_or_clipping(tvqa):
     q, subs = tvqa
     bbt = read_tvqa(q)[0]
-    assert bbt.prompt == ("Question: What is Sheldon holding when he talks to Leonard?\nContext: N/A\n"
-                          f"Options: {_options(TVQA_QUESTIONS[0][f'a{i}'] for i in range(5))}\n"
-                          "Response:The answer is")
+    assert bbt.prompt == (
+        "Question: What is Sheldon holding when he talks to Leonard?\nContext: N/A\n"
+        f"Options: {_options(TVQA_QUESTIONS[0][f'a{i}'] for i in range(5))}\n"
+        "Response:The answer is"
+    )
     whole = read_tvqa(q, subtitles_file=subs, clip_to_span=False, fps=None)[0]
     assert whole.span is None and "fps" not in whole.metadata
-    assert "Context: (Sheldon:) Before the span. (Leonard:) Starts before, ends inside. (Sheldon:) Inside. " \
-           "(Penny:) After the span.\n" in whole.prompt
+    assert (
+        "Context: (Sheldon:) Before the span. (Leonard:) Starts before, ends inside. (Sheldon:) Inside. "
+        "(Penny:) After the span.\n" in whole.prompt
+    )
 
 
 def test_tvqa_video_paths_folder_extension_or_as_given(tmp_path, tvqa):
@@ -149,8 +206,12 @@ def test_tvqa_load_samples_relative_paths_and_feature_files(tmp_path, tvqa):
     (tmp_path / "videos").mkdir()
     (tmp_path / "videos" / "s01e02_seg02_clip_03.mp4").write_bytes(b"")
     (tmp_path / "feats").mkdir()
-    spec = {"format": "tvqa", "questions_file": "tvqa_val.jsonl", "video_dir": "videos",
-            "subtitles_file": "tvqa_preprocessed_subtitles.jsonl"}
+    spec = {
+        "format": "tvqa",
+        "questions_file": "tvqa_val.jsonl",
+        "video_dir": "videos",
+        "subtitles_file": "tvqa_preprocessed_subtitles.jsonl",
+    }
     samples = load_samples(spec, base_dir=tmp_path)
     assert samples[0].video == str(tmp_path / "videos" / "s01e02_seg02_clip_03.mp4")
     assert "Context: (Leonard:)" in samples[0].prompt
@@ -192,11 +253,21 @@ def test_tvqa_bad_input_names_file_and_record(tmp_path, tvqa):
 
 # ------------------------------------------------------------------------- LLaVA-style videos
 LLAVA_VIDEO = [  # LLaVA-NeXT-Video's layout: "video" instead of "image", the token in the human turn
-    {"id": "v1", "video": "clips/v1.mp4", "conversations": [
-        {"from": "human", "value": "<video>\nWhich shape appears last?"}, {"from": "gpt", "value": "circle"},
-        {"from": "human", "value": "And first?"}, {"from": "gpt", "value": "square"}]},
-    {"id": "i1", "image": "coco/1.jpg", "conversations": [
-        {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "a cat"}]},
+    {
+        "id": "v1",
+        "video": "clips/v1.mp4",
+        "conversations": [
+            {"from": "human", "value": "<video>\nWhich shape appears last?"},
+            {"from": "gpt", "value": "circle"},
+            {"from": "human", "value": "And first?"},
+            {"from": "gpt", "value": "square"},
+        ],
+    },
+    {
+        "id": "i1",
+        "image": "coco/1.jpg",
+        "conversations": [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "a cat"}],
+    },
     {"id": "t1", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
 ]
 
@@ -210,16 +281,28 @@ def test_llava_video_conversations_read_as_videos(tmp_path):
     v0, v1, image, text = read_llava(f, tmp_path / "images", video_dir=tmp_path / "videos")
     assert v0.prompt == "Which shape appears last?" and v0.answers == ["circle"] and v1.prompt == "And first?"
     assert v0.video == v1.video == str(tmp_path / "videos" / "clips" / "v1.mp4") and v0.image is None
-    assert v0.image_id == "clips/v1.mp4" and v0.is_video and v0.has_image and v1.metadata["history"] == [
-        ["Which shape appears last?", "circle"]]
+    assert (
+        v0.image_id == "clips/v1.mp4"
+        and v0.is_video
+        and v0.has_image
+        and v1.metadata["history"] == [["Which shape appears last?", "circle"]]
+    )
     assert image.image == str(tmp_path / "images" / "coco" / "1.jpg") and image.video is None and not image.is_video
     assert not text.has_image and not text.is_video
     # video_dir defaults to image_dir, as LLaVA-NeXT's video_folder sits beside image_folder
     assert read_llava(f, tmp_path / "media")[0].video == str(tmp_path / "media" / "clips" / "v1.mp4")
     # pre-extracted per-video features: the samples stay video samples, so a run samples num_frames rows
     (tmp_path / "feats").mkdir()
-    feats = load_samples({"format": "llava", "json_file": str(f), "image_dir": "images", "features_dir": "feats",
-                          "features_pattern": "{image_id}.npy"}, base_dir=tmp_path)
+    feats = load_samples(
+        {
+            "format": "llava",
+            "json_file": str(f),
+            "image_dir": "images",
+            "features_dir": "feats",
+            "features_pattern": "{image_id}.npy",
+        },
+        base_dir=tmp_path,
+    )
     assert feats[0].features == str(tmp_path / "feats" / "clips" / "v1.mp4.npy") and feats[0].video is None
     cfg = TrainConfig(train_data={"format": "llava"})
     assert reads_videos(cfg, feats[:2]) and not reads_videos(cfg, feats[2:])
@@ -246,16 +329,21 @@ def test_how2qa_prompts_order_spans_and_videos(tmp_path):
         choices.insert(at, correct)
         assert s.answers == ["ABCD"[at]] and s.metadata["choices"] == choices
         assert s.metadata["choices"]["ABCD".index(s.answers[0])] == correct
-        assert s.prompt == (f"Question: {question}\nContext: N/A\nOptions: {_options(choices)}\n"
-                            "Response:The answer is")
+        assert s.prompt == (f"Question: {question}\nContext: N/A\nOptions: {_options(choices)}\nResponse:The answer is")
         assert s.image_id == vid and s.metadata["vid_name"] == vid and s.question_type == ""
         assert s.metadata["num_choices"] == 4 and "fps" not in s.metadata
     # the correct answer is not always first (the file lists it last, apart from the wrong ones)
     assert len({s.answers[0] for s in samples}) > 1
     assert samples[0].prompt.endswith("Response:The answer is")
     assert samples[3].metadata["choices"].count('his channel is "whatsdev"') == 1  # CSV quoting undone
-    assert [s.span for s in samples] == [(7.2, 18.0), (134.15, 181.52), (43.5, 60.0), (12.6, 13.2),
-                                         (121.56, 121.56), None]
+    assert [s.span for s in samples] == [
+        (7.2, 18.0),
+        (134.15, 181.52),
+        (43.5, 60.0),
+        (12.6, 13.2),
+        (121.56, 121.56),
+        None,
+    ]
     assert samples[0].video == str(tmp_path / "videos" / "NOuQuofjk44.webm")
     assert samples[1].video == str(tmp_path / "videos" / "piYcgGdO8_w")
     assert samples[2].video == str(tmp_path / "videos" / "DQ6wpOD-h7g")
@@ -264,9 +352,13 @@ def test_how2qa_prompts_order_spans_and_videos(tmp_path):
 
 def test_how2qa_option_order_is_fixed_and_spread():
     # documented: sha256 of "video_id|[start:end]|question", first 8 bytes big-endian, mod 4
-    assert how2qa_correct_position("NOuQuofjk44|[7.2:18.0]|how many knife is there?") == \
-        int.from_bytes(__import__("hashlib").sha256(b"NOuQuofjk44|[7.2:18.0]|how many knife is there?")
-                       .digest()[:8], "big") % 4
+    assert (
+        how2qa_correct_position("NOuQuofjk44|[7.2:18.0]|how many knife is there?")
+        == int.from_bytes(
+            __import__("hashlib").sha256(b"NOuQuofjk44|[7.2:18.0]|how many knife is there?").digest()[:8], "big"
+        )
+        % 4
+    )
     counts = Counter(how2qa_correct_position(f"vid{i}|[0.0:1.0]|q{i}") for i in range(400))
     assert set(counts) == {0, 1, 2, 3} and min(counts.values()) > 60
 
@@ -275,9 +367,17 @@ def test_how2qa_load_samples_header_row_features_and_split_names(tmp_path):
     header = ["vid_id", "timesteps", "a2", "a3", "a4", "question", "a1"]  # as pandas would save it
     _how2qa_csv(tmp_path / "how2QA_test_public_release.csv", [header, *HOW2QA_ROWS[:2]])
     (tmp_path / "f").mkdir()
-    samples = load_samples({"format": "how2qa", "questions_file": "how2QA_test_public_release.csv",
-                            "video_dir": "v", "features_dir": "f", "features_pattern": "{image_id}.npy",
-                            "fps": 1}, base_dir=tmp_path)
+    samples = load_samples(
+        {
+            "format": "how2qa",
+            "questions_file": "how2QA_test_public_release.csv",
+            "video_dir": "v",
+            "features_dir": "f",
+            "features_pattern": "{image_id}.npy",
+            "fps": 1,
+        },
+        base_dir=tmp_path,
+    )
     assert [s.id for s in samples] == ["test_public_0", "test_public_1"]
     assert samples[0].features == str(tmp_path / "f" / "NOuQuofjk44.npy") and samples[0].video is None
     assert samples[0].span == (7.2, 18.0) and samples[0].metadata["fps"] == 1.0
@@ -305,8 +405,11 @@ def test_multiple_choice_accuracy_by_hand():
         {"prediction": "A cup, I think", "answer": "B", "num_choices": 5, "question_type": "Castle"},  # no letter
         {"prediction": "E", "answer": "E", "num_choices": 5, "question_type": "Castle"},
     ]
-    assert multiple_choice_accuracy(records) == {"overall": 75.0, "count": 4,
-                                                 "per_type": {"Castle": 50.0, "Friends": 100.0}}
+    assert multiple_choice_accuracy(records) == {
+        "overall": 75.0,
+        "count": 4,
+        "per_type": {"Castle": 50.0, "Friends": 100.0},
+    }
     out_of_range = [{"prediction": "The answer is E", "answer": "E", "num_choices": 4}]
     assert multiple_choice_accuracy(out_of_range) == {"overall": 0.0, "count": 1, "per_type": {"": 0.0}}
     empty = multiple_choice_accuracy([])
@@ -320,8 +423,10 @@ def test_score_tvqa_and_how2qa(tmp_path, tvqa):
     samples = read_tvqa(q)  # answers B (bbt), E (friends), A (house)
     preds = {"7": "The answer is B.", "8": "The answer is (E)", "9": "B"}
     assert score("tvqa", samples, preds) == {
-        "overall": 200 / 3, "count": 3,
-        "per_type": {"Friends": 100.0, "House M.D.": 0.0, "The Big Bang Theory": 100.0}}
+        "overall": 200 / 3,
+        "count": 3,
+        "per_type": {"Friends": 100.0, "House M.D.": 0.0, "The Big Bang Theory": 100.0},
+    }
     assert score("tvqa", samples, {"7": "B"})["count"] == 1  # only the predicted samples
     how2qa = read_how2qa(_how2qa_csv(tmp_path / "how2QA_val_release.csv", HOW2QA_ROWS[:4]))
     preds = {s.id: s.answers[0] for s in how2qa[:3]}

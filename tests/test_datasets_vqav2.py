@@ -8,14 +8,15 @@ import os
 
 import pyarrow as pa
 import pytest
-
 from dataset_files import FIXTURES, IMAGE_TYPE, VQA, image_cell, png, write_parquet
+
 from memvp.datasets import read_vqav2, read_vqav2_parquet, score
 
 
 def test_vqav2_answers_target_and_paths():
-    samples = read_vqav2(os.path.join(VQA, "questions.json"), os.path.join(VQA, "annotations.json"),
-                         "/data/coco/val2014")
+    samples = read_vqav2(
+        os.path.join(VQA, "questions.json"), os.path.join(VQA, "annotations.json"), "/data/coco/val2014"
+    )
     assert [s.id for s in samples] == ["42000", "42001", "73000"]
     s = samples[0]
     assert s.prompt == "What color is the umbrella?"
@@ -47,20 +48,27 @@ def test_vqav2_custom_pattern_and_missing_annotation(tmp_path):
 
 def test_vqav2_parquet_lmms_lab_layout(tmp_path):
     img = png("green")
-    answers_type = pa.list_(pa.struct([("answer", pa.string()), ("answer_confidence", pa.string()),
-                                       ("answer_id", pa.int64())]))
-    humans = [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1}
-              for i, a in enumerate(["red", "red", "dark red", "red", "maroon", "red", "red", "red", "red", "pink"])]
-    f = write_parquet(tmp_path / "data" / "validation-00000-of-00068.parquet", {
-        "question_type": ["what color is the", "is the"],
-        "multiple_choice_answer": ["red", "yes"],
-        "answers": [humans, [{"answer": "yes", "answer_confidence": "yes", "answer_id": 1}] * 10],
-        "image_id": [42, 42],
-        "answer_type": ["other", "yes/no"],
-        "question_id": [42000, 42001],
-        "question": ["What color is the umbrella?", "Is it raining?"],
-        "image": [image_cell(img, "COCO_val2014_000000000042.jpg")] * 2,
-    }, {"answers": answers_type, "image": IMAGE_TYPE})
+    answers_type = pa.list_(
+        pa.struct([("answer", pa.string()), ("answer_confidence", pa.string()), ("answer_id", pa.int64())])
+    )
+    humans = [
+        {"answer": a, "answer_confidence": "yes", "answer_id": i + 1}
+        for i, a in enumerate(["red", "red", "dark red", "red", "maroon", "red", "red", "red", "red", "pink"])
+    ]
+    f = write_parquet(
+        tmp_path / "data" / "validation-00000-of-00068.parquet",
+        {
+            "question_type": ["what color is the", "is the"],
+            "multiple_choice_answer": ["red", "yes"],
+            "answers": [humans, [{"answer": "yes", "answer_confidence": "yes", "answer_id": 1}] * 10],
+            "image_id": [42, 42],
+            "answer_type": ["other", "yes/no"],
+            "question_id": [42000, 42001],
+            "question": ["What color is the umbrella?", "Is it raining?"],
+            "image": [image_cell(img, "COCO_val2014_000000000042.jpg")] * 2,
+        },
+        {"answers": answers_type, "image": IMAGE_TYPE},
+    )
     a, b = read_vqav2_parquet(f, tmp_path / "img")
     assert (a.id, a.prompt, a.question_type) == ("42000", "What color is the umbrella?", "other")
     assert a.answers == [h["answer"] for h in humans] and a.target == "red"
@@ -68,12 +76,26 @@ def test_vqav2_parquet_lmms_lab_layout(tmp_path):
     assert a.image_id == b.image_id == "42"
     assert a.image == b.image == str(tmp_path / "img" / f"{hashlib.sha256(img).hexdigest()}.png")
     # test-dev: no answers
-    f = write_parquet(tmp_path / "data" / "testdev-00000-of-00001.parquet", {
-        "question_type": [None], "multiple_choice_answer": [None], "answers": [None], "image_id": [262144],
-        "answer_type": [None], "question_id": [262144000], "question": ["Is the ball flying?"],
-        "image": [image_cell(img)],
-    }, {"answers": answers_type, "image": IMAGE_TYPE, "question_type": pa.string(),
-        "multiple_choice_answer": pa.string(), "answer_type": pa.string()})
+    f = write_parquet(
+        tmp_path / "data" / "testdev-00000-of-00001.parquet",
+        {
+            "question_type": [None],
+            "multiple_choice_answer": [None],
+            "answers": [None],
+            "image_id": [262144],
+            "answer_type": [None],
+            "question_id": [262144000],
+            "question": ["Is the ball flying?"],
+            "image": [image_cell(img)],
+        },
+        {
+            "answers": answers_type,
+            "image": IMAGE_TYPE,
+            "question_type": pa.string(),
+            "multiple_choice_answer": pa.string(),
+            "answer_type": pa.string(),
+        },
+    )
     (t,) = read_vqav2_parquet(f, tmp_path / "img")
     assert t.answers == [] and t.target is None and t.question_type == "" and t.metadata == {}
 
@@ -85,7 +107,10 @@ def test_vqav2_score_is_the_official_vqa_accuracy():
     # Each target (multiple_choice_answer) is given by 7 of the 10 humans: min(#matches / 3, 1) = 1
     # on every leave-one-out subset, so the targets score exactly 100 overall and per type.
     assert score("vqav2", vqa, {s.id: s.target for s in vqa}) == {
-        "overall": 100.0, "count": 3, "per_type": {"number": 100.0, "other": 100.0, "yes/no": 100.0}}
+        "overall": 100.0,
+        "count": 3,
+        "per_type": {"number": 100.0, "other": 100.0, "yes/no": 100.0},
+    }
     # One human of 10 gave the answer: 9 subsets count 1/3, the one without that human 0 -> 0.3.
     # Predictions are normalised first: "Pink" -> "pink", "No!" -> "no", "Two." -> "2", "three" -> "3".
     result = score("vqav2", vqa, dict(zip(ids, ["Pink", "No!", "Two."])))
@@ -105,21 +130,30 @@ def test_vqav2_json_and_parquet_give_the_same_samples_and_targets(tmp_path):
     path, content-addressed), and an annotated row needs its multiple_choice_answer as an annotation does."""
     from_json = read_vqav2(os.path.join(VQA, "questions.json"), os.path.join(VQA, "annotations.json"), "/images")
     questions = json.loads((FIXTURES / "vqav2" / "questions.json").read_text())["questions"]
-    annotations = {a["question_id"]: a for a in
-                   json.loads((FIXTURES / "vqav2" / "annotations.json").read_text())["annotations"]}
+    annotations = {
+        a["question_id"]: a for a in json.loads((FIXTURES / "vqav2" / "annotations.json").read_text())["annotations"]
+    }
     annotated = [annotations[q["question_id"]] for q in questions]
-    columns = {**{k: [q[k] for q in questions] for k in ("question_id", "question", "image_id")},
-               "image": [image_cell(png("red"))] * len(questions),
-               "answers": [[h["answer"] for h in a["answers"]] for a in annotated],
-               **{k: [a[k] for a in annotated] for k in ("multiple_choice_answer", "answer_type", "question_type")}}
+    columns = {
+        **{k: [q[k] for q in questions] for k in ("question_id", "question", "image_id")},
+        "image": [image_cell(png("red"))] * len(questions),
+        "answers": [[h["answer"] for h in a["answers"]] for a in annotated],
+        **{k: [a[k] for a in annotated] for k in ("multiple_choice_answer", "answer_type", "question_type")},
+    }
     f = write_parquet(tmp_path / "validation-00000-of-00001.parquet", columns, {"image": IMAGE_TYPE})
     from_parquet = read_vqav2_parquet(f, tmp_path / "img")
     fields = lambda s: (s.id, s.prompt, s.answers, s.target, s.image_id, s.question_type, s.metadata)  # noqa: E731
     assert [fields(s) for s in from_parquet] == [fields(s) for s in from_json]
     assert from_parquet[0].metadata["target"] == "red"
-    no_target = write_parquet(tmp_path / "no_target.parquet", {**columns, "multiple_choice_answer": ["red", None, "2"]},
-                              {"image": IMAGE_TYPE, "multiple_choice_answer": pa.string()})
-    with pytest.raises(ValueError, match=r"no_target\.parquet: row 1, column 'multiple_choice_answer' holds null, "
-                                         r"expected the answer's text \(the training target of a question with "
-                                         r"answers\)"):
+    no_target = write_parquet(
+        tmp_path / "no_target.parquet",
+        {**columns, "multiple_choice_answer": ["red", None, "2"]},
+        {"image": IMAGE_TYPE, "multiple_choice_answer": pa.string()},
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"no_target\.parquet: row 1, column 'multiple_choice_answer' holds null, "
+        r"expected the answer's text \(the training target of a question with "
+        r"answers\)",
+    ):
         read_vqav2_parquet(no_target, tmp_path / "img")

@@ -23,7 +23,6 @@ from transformers import (
 
 from memvp import MemVPConfig, get_memvp_model
 from memvp.cli import main
-from memvp.inputs import DEFAULT_PROMPT_TEMPLATE, encode_sample
 from memvp.datasets import Sample
 from memvp.explain import (
     blocked_mask,
@@ -37,6 +36,7 @@ from memvp.explain import (
     top_entries,
 )
 from memvp.explain_plot import plot_explanation
+from memvp.inputs import DEFAULT_PROMPT_TEMPLATE, encode_sample
 from memvp.recipes.scenes import Scene, SceneObject, draw_scene
 
 CHARS = "abcdefghijklmnopqrstuvwxyzAWIH ?:\n"
@@ -56,13 +56,23 @@ def memvp_model(n_entries: int = 12, visual_dim: int = 8, lm=None, **config):
     """Tiny Llama + MemVP with lambda = s = 1 and random position embeddings, so that the memory
     visibly changes the model (the paper's initialisation adds nothing before training)."""
     lm = lm if lm is not None else tiny_model("llama")
-    model = get_memvp_model(lm, MemVPConfig(visual_dim=visual_dim, num_entries=n_entries, memory_scale="paper", visual_scale=1.0,
-                                            output_scale=1.0, **config))
+    model = get_memvp_model(
+        lm,
+        MemVPConfig(
+            visual_dim=visual_dim,
+            num_entries=n_entries,
+            memory_scale="paper",
+            visual_scale=1.0,
+            output_scale=1.0,
+            **config,
+        ),
+    )
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         model.visual_memory.key_position.copy_(torch.randn(model.visual_memory.key_position.shape, generator=g))
         model.visual_memory.value_position.copy_(
-            0.5 * torch.randn(model.visual_memory.value_position.shape, generator=g))
+            0.5 * torch.randn(model.visual_memory.value_position.shape, generator=g)
+        )
     return model.eval()
 
 
@@ -77,11 +87,23 @@ def test_group_words_joins_subword_tokens_and_skips_punctuation():
     offsets = [(0, 0), (0, 4), (4, 10), (10, 13), (13, 17), (17, 20), (20, 24), (24, 31), (31, 32), (32, 33)]
     words = group_words(question, offsets)
     assert [(w.text, w.tokens) for w in words] == [
-        ("What", (1,)), ("shape", (2,)), ("is", (3,)), ("the", (4,)), ("orange", (5, 6)), ("object", (7,))]
+        ("What", (1,)),
+        ("shape", (2,)),
+        ("is", (3,)),
+        ("the", (4,)),
+        ("orange", (5, 6)),
+        ("object", (7,)),
+    ]
     # The question inside a template: word spans shift by where the question starts.
     shifted = [(s + 3, e + 3) for s, e in offsets[1:]]
     assert [w.tokens for w in group_words(question, shifted, question_start=3)] == [
-        (0,), (1,), (2,), (3,), (4, 5), (6,)]
+        (0,),
+        (1,),
+        (2,),
+        (3,),
+        (4, 5),
+        (6,),
+    ]
 
 
 def test_encode_prompt_is_the_training_prompt():
@@ -149,8 +171,10 @@ def test_similarity_is_phi_of_ffn_input_and_visual_prompt_without_position():
     # Our own capture of the FFN inputs during an ordinary forward with the memory in place.
     ids = torch.tensor([maps.encoded.input_ids])
     seen = []
-    hooks = [layer.mlp.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
-             for layer in model.language_model.model.layers]
+    hooks = [
+        layer.mlp.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        for layer in model.language_model.model.layers
+    ]
     try:
         with torch.no_grad():
             model(input_ids=ids, attention_mask=torch.ones_like(ids), visual_features=feats)
@@ -186,8 +210,12 @@ _FFN_INPUTS = {
     "bart": lambda lm: [layer.fc1 for layer in lm.model.encoder.layers],
     "t5-gated": lambda lm: [block.layer[1].DenseReluDense for block in lm.encoder.block],
 }
-_PHI = {"gpt2": lambda x: F.gelu(x, approximate="tanh"), "opt": F.relu, "bart": F.gelu,
-        "t5-gated": lambda x: F.gelu(x, approximate="tanh")}
+_PHI = {
+    "gpt2": lambda x: F.gelu(x, approximate="tanh"),
+    "opt": F.relu,
+    "bart": F.gelu,
+    "t5-gated": lambda x: F.gelu(x, approximate="tanh"),
+}
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "opt", "bart", "t5-gated"])
@@ -206,8 +234,10 @@ def test_other_architectures(arch):
     if model.config.is_encoder_decoder:
         batch["decoder_input_ids"] = torch.tensor([[model.config.decoder_start_token_id]])
     seen = []
-    hooks = [m.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
-             for m in _FFN_INPUTS[arch](model.language_model)]
+    hooks = [
+        m.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        for m in _FFN_INPUTS[arch](model.language_model)
+    ]
     try:
         with torch.no_grad():
             full = model(**batch).logits
@@ -278,8 +308,9 @@ def test_blocking_top_k_equals_removing_those_entries_from_memory():
         plain = model(input_ids=ids, visual_features=feats).logits
     torch.testing.assert_close(blocked, reference, rtol=1e-4, atol=1e-5)
     assert (blocked - plain).abs().max() > 1e-3  # and it does change the output
-    assert result.answer_blocked == generate_answer(removed, tok, result.maps.encoded.input_ids, feats,
-                                                    max_new_tokens=4)
+    assert result.answer_blocked == generate_answer(
+        removed, tok, result.maps.encoded.input_ids, feats, max_new_tokens=4
+    )
     assert result.answer == generate_answer(model, tok, result.maps.encoded.input_ids, feats, max_new_tokens=4)
 
     with pytest.raises(ValueError, match="out of range"):
@@ -310,8 +341,7 @@ def test_plot_writes_a_png_atomically(tmp_path):
     with Image.open(out) as png:
         assert png.format == "PNG" and png.size[0] > 300
     assert sorted(p.name for p in tmp_path.iterdir()) == ["maps.png"]  # no temporary file left
-    plot_explanation(image, dataclasses.replace(result, maps=result.maps.magnitude(), blocked=[]),
-                     tmp_path / "abs.png")
+    plot_explanation(image, dataclasses.replace(result, maps=result.maps.magnitude(), blocked=[]), tmp_path / "abs.png")
     assert (tmp_path / "abs.png").stat().st_size > 0
 
 
@@ -321,30 +351,62 @@ def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("explain")
     torch.manual_seed(0)
     tok = char_tokenizer()
-    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48,
-                                      num_hidden_layers=2, num_attention_heads=4, eos_token_id=tok.eos_token_id,
-                                      pad_token_id=tok.pad_token_id))
+    lm = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    )
     lm.save_pretrained(root / "lm")
     tok.save_pretrained(root / "lm")
-    CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=2,
-                                     num_attention_heads=2, image_size=16, patch_size=4)).save_pretrained(root / "vit")
+    CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=16,
+            intermediate_size=24,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=4,
+        )
+    ).save_pretrained(root / "vit")
     CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(root / "vit")
     memvp_model(n_entries=16, visual_dim=16, lm=lm).save_pretrained(root / "adapter")
     memvp_model(n_entries=16, visual_dim=8, lm=lm).save_pretrained(root / "adapter8")
-    other = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=24, intermediate_size=32,
-                                         num_hidden_layers=2, num_attention_heads=4))
+    other = LlamaForCausalLM(
+        LlamaConfig(vocab_size=64, hidden_size=24, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4)
+    )
     memvp_model(n_entries=16, visual_dim=16, lm=other).save_pretrained(root / "foreign")
     draw_scene(Scene([SceneObject("red", "square", 60, 60), SceneObject("blue", "circle", 160, 150)])).save(
-        root / "scene.png")
+        root / "scene.png"
+    )
     (root / "broken.png").write_bytes(b"not a png")
     return root
 
 
 def _args(root, *extra):
-    return ["explain", "--adapter", str(root / "adapter"), "--image", str(root / "scene.png"),
-            "--question", QUESTION, "--language-model", str(root / "lm"),
-            "--vision-encoder", str(root / "vit"), "--output", str(root / "out.png"),
-            "--max-new-tokens", "3", *extra]
+    return [
+        "explain",
+        "--adapter",
+        str(root / "adapter"),
+        "--image",
+        str(root / "scene.png"),
+        "--question",
+        QUESTION,
+        "--language-model",
+        str(root / "lm"),
+        "--vision-encoder",
+        str(root / "vit"),
+        "--output",
+        str(root / "out.png"),
+        "--max-new-tokens",
+        "3",
+        *extra,
+    ]
 
 
 def test_explain_command(saved, capsys):
@@ -356,18 +418,21 @@ def test_explain_command(saved, capsys):
         assert png.format == "PNG"
 
 
-@pytest.mark.parametrize("extra, message", [
-    (("--image", "missing.png"), "image not found"),
-    (("--image", "broken.png"), "cannot read image"),
-    (("--adapter", "nowhere"), "not a MemVP adapter"),
-    (("--adapter", "adapter8"), "expects 8-d visual features"),
-    (("--adapter", "foreign"), "saved for a llama model"),
-    (("--max-length", "20"), "too long"),
-    (("--tokens", "green"), "not in the question"),
-    (("--block-top", "-1"), "block-top"),
-    (("--block-top", "17"), "cannot block 17"),
-    (("--question", " "), "empty"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--image", "missing.png"), "image not found"),
+        (("--image", "broken.png"), "cannot read image"),
+        (("--adapter", "nowhere"), "not a MemVP adapter"),
+        (("--adapter", "adapter8"), "expects 8-d visual features"),
+        (("--adapter", "foreign"), "saved for a llama model"),
+        (("--max-length", "20"), "too long"),
+        (("--tokens", "green"), "not in the question"),
+        (("--block-top", "-1"), "block-top"),
+        (("--block-top", "17"), "cannot block 17"),
+        (("--question", " "), "empty"),
+    ],
+)
 def test_explain_command_bad_input(saved, capsys, extra, message):
     flag, value = extra
     if flag in ("--image", "--adapter"):
@@ -378,8 +443,11 @@ def test_explain_command_bad_input(saved, capsys, extra, message):
 
 
 def test_grid_region_follows_the_centre_crop():
-    clip = type("E", (), {"image_processor": CLIPImageProcessor(size={"shortest_edge": 16},
-                                                                crop_size={"height": 16, "width": 16})})()
+    clip = type(
+        "E",
+        (),
+        {"image_processor": CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})},
+    )()
     assert grid_region(clip, 32, 16) == (8.0, 0.0, 24.0, 16.0)
     assert grid_region(clip, 40, 80) == (0.0, 20.0, 40.0, 60.0)
     assert grid_region(object(), 32, 16) == (0.0, 0.0, 32.0, 16.0)  # squashed whole (EfficientNet)

@@ -24,8 +24,9 @@ class CountingEncoder(HFVisionEncoder):
 
 def _encoder(seed=0):
     torch.manual_seed(seed)
-    cfg = CLIPVisionConfig(hidden_size=12, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=8, patch_size=4)
+    cfg = CLIPVisionConfig(
+        hidden_size=12, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, image_size=8, patch_size=4
+    )
     return CountingEncoder(CLIPVisionModel(cfg).eval())
 
 
@@ -63,8 +64,9 @@ def test_changed_encoder_gets_a_new_cache(tmp_path):
 
 def test_trainable_encoder_is_refused(tmp_path):
     torch.manual_seed(0)
-    cfg = CLIPVisionConfig(hidden_size=12, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=8, patch_size=4)
+    cfg = CLIPVisionConfig(
+        hidden_size=12, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, image_size=8, patch_size=4
+    )
     with pytest.raises(ValueError, match="frozen"):
         FeatureCache(tmp_path, HFVisionEncoder(CLIPVisionModel(cfg), adapter_hidden=4))
 
@@ -104,7 +106,7 @@ def test_cache_key_is_exact_and_independent_of_the_thread_count(tmp_path):
 
 def test_sixteen_bit_grayscale_png_is_scaled_not_clipped(tmp_path):
     """Issue 12.10: convert('RGB') clipped 16-bit values at 255, so the image came out white."""
-    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024)  # 0 .. 64512
+    ramp = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024  # 0 .. 64512
     path = tmp_path / "gray16.png"
     Image.fromarray(ramp).save(path)
     assert Image.open(path).mode.startswith("I")
@@ -139,8 +141,8 @@ def test_a_file_rewritten_in_place_is_encoded_again(tmp_path):
     errors still name the plain path."""
     import os
 
-    from memvp.inputs import VisualInputs
     from memvp.datasets import Sample
+    from memvp.inputs import VisualInputs
 
     paths = _images(tmp_path, 2)
     samples = [Sample(id=str(i), prompt="q", answers=["a"], image=str(p)) for i, p in enumerate(paths)]
@@ -257,8 +259,10 @@ def test_disk_full_names_the_folder_and_the_room_needed_and_keeps_earlier_shards
                 f.write(b"half a shard")
             if failure == "oserror":
                 raise OSError(errno.ENOSPC, "No space left on device")
-            raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
-                                  'message: "No space left on device" })')
+            raise SafetensorError(
+                "Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                'message: "No space left on device" })'
+            )
         real_save(tensors, path)
 
     monkeypatch.setattr(feature_cache, "save_file", fills_the_disk_on_the_third_shard)

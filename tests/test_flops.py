@@ -14,8 +14,17 @@ def analytic_layer_flops(method: str, length, d, n=0, **options):
     return model.analytic_layer_flops(length, d, n)
 
 
-T5_TINY = dict(d_model=32, d_ff=128, d_kv=8, num_layers=2, num_decoder_layers=2, num_heads=4, vocab_size=64,
-               feed_forward_proj="relu", decoder_start_token_id=0)
+T5_TINY = dict(
+    d_model=32,
+    d_ff=128,
+    d_kv=8,
+    num_layers=2,
+    num_decoder_layers=2,
+    num_heads=4,
+    vocab_size=64,
+    feed_forward_proj="relu",
+    decoder_start_token_id=0,
+)
 
 
 def test_analytic_formulas_by_hand():
@@ -41,8 +50,14 @@ def test_counted_encoder_flops_equal_the_formula_plus_lora(method):
 
 
 def test_counted_llama_flops_differ_only_by_the_gated_ffn():
-    cfg = dict(hidden_size=32, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=4, vocab_size=64)
+    cfg = dict(
+        hidden_size=32,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=64,
+    )
     length, n, d, layers = 6, 4, 32, 2
     counted = measure("memvp", meta_model("llama", cfg), length, n, visual_dim=12)
     gated_extra = layers * length * (3 * 2 * d * 80 - 16 * d * d)  # 3 matrices of d x d_ff vs 2 of d x 4d
@@ -51,9 +66,16 @@ def test_counted_llama_flops_differ_only_by_the_gated_ffn():
 
 
 def test_paper_table_orders_the_methods_as_the_paper():
-    setting = PaperSetting("tiny-llama", "llama", dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2,
-                                                       num_attention_heads=4, vocab_size=100),
-                           "fake", 16, 8, "ScienceQA", 8.5)
+    setting = PaperSetting(
+        "tiny-llama",
+        "llama",
+        dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4, vocab_size=100),
+        "fake",
+        16,
+        8,
+        "ScienceQA",
+        8.5,
+    )
     [row] = paper_table([setting])
     m = row["methods"]
     assert m["input_space"]["counted_total"] > m["memvp"]["counted_total"] > m["text_only"]["counted_total"]
@@ -67,8 +89,14 @@ def test_instruction_pair_counts_the_same_lora_on_both_sides():
     per adapted linear layer (q, k, v, o: d -> d; gate, up: d -> ff; down: ff -> d)."""
     from memvp.flops import instruction_table
 
-    cfg = dict(hidden_size=32, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=4, vocab_size=64)
+    cfg = dict(
+        hidden_size=32,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=64,
+    )
     lora = {"lora_r": 4, "lora_alpha": 8.0, "lora_target_modules": "all-linear", "projector": "mlp2x_gelu"}
     length, n, d, ff, r, layers = 6, 9, 32, 80, 4, 2
     pair = instruction_table(length, n, 12, config=cfg, lora=lora)
@@ -86,4 +114,5 @@ def test_counted_adem_flops_equal_its_formula():
     counted = measure("adem", meta_model("t5", T5_TINY), length, n, visual_dim=12)
     assert counted["encoder"] == layers * counted["analytic_layer"](length)
     assert counted["analytic_layer"](length) - analytic_layer_flops("text_only", length + 1, d) == (
-        4 * 20 * d * (length + 1))
+        4 * 20 * d * (length + 1)
+    )

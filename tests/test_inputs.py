@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from memvp.inputs import encode_sample
 from memvp.datasets import Sample
+from memvp.inputs import encode_sample
 
 
 class BosTokenizer:
@@ -37,16 +37,27 @@ def _byte_tokenizer(chat_template: str | None):
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
     fast.chat_template = chat_template
     return fast
 
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-CONVERSATION = Sample(id="c", prompt="And the size?", answers=["Small."],
-                      metadata={"history": [["What shape is it?", "A square."], ["Which colour?", "Red."]]})
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CONVERSATION = Sample(
+    id="c",
+    prompt="And the size?",
+    answers=["Small."],
+    metadata={"history": [["What shape is it?", "A square."], ["Which colour?", "Red."]]},
+)
 
 
 def _labelled_text(tok, enc) -> list[str]:
@@ -69,8 +80,13 @@ def test_chat_template_labels_every_assistant_turn():
     enc = encode_sample(tok, CONVERSATION, max_length=512, template=CHAT)
     full = tok.decode(enc.prompt_ids + enc.answer_ids)
     assert full == tok.apply_chat_template(
-        [{"role": r, "content": c} for u, a in [*CONVERSATION.metadata["history"], ["And the size?", "Small."]]
-         for r, c in (("user", u), ("assistant", a))], tokenize=False)
+        [
+            {"role": r, "content": c}
+            for u, a in [*CONVERSATION.metadata["history"], ["And the size?", "Small."]]
+            for r, c in (("user", u), ("assistant", a))
+        ],
+        tokenize=False,
+    )
     assert _labelled_text(tok, enc) == ["A square.<|im_end|>\n", "Red.<|im_end|>\n", "Small.<|im_end|>\n"]
     # The generation prompt is the training sequence up to the last answer.
     prompt = encode_sample(tok, CONVERSATION, max_length=512, template=CHAT, with_answer=False)
@@ -92,7 +108,8 @@ def test_vicuna_v1_without_a_chat_template():
     enc = encode_sample(tok, CONVERSATION, max_length=512, template=CHAT)
     assert tok.decode(enc.prompt_ids + enc.answer_ids) == (  # BOS only where the tokenizer adds one (not here)
         f"{VICUNA_SYSTEM} USER: What shape is it? ASSISTANT: A square.</s> USER: Which colour? ASSISTANT: Red.</s>"
-        " USER: And the size? ASSISTANT: Small.</s>")
+        " USER: And the size? ASSISTANT: Small.</s>"
+    )
     assert _labelled_text(tok, enc) == [" A square.</s>", " Red.</s>", " Small.</s>"]
 
 
@@ -102,8 +119,20 @@ def _metaspace_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = ["<unk>", "<s>", "</s>", "▁Question:", "▁Q?", "▁Response:", "▁Response:The", "▁The", "▁answer", "▁is",
-             "▁B.", "▁B"]
+    words = [
+        "<unk>",
+        "<s>",
+        "</s>",
+        "▁Question:",
+        "▁Q?",
+        "▁Response:",
+        "▁Response:The",
+        "▁The",
+        "▁answer",
+        "▁is",
+        "▁B.",
+        "▁B",
+    ]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
@@ -113,8 +142,14 @@ def test_the_answer_is_tokenized_after_the_prompt_as_the_official_code():
     """ScienceQA's official example is tokenize("...Response:The answer is B.") with the labels after the
     prompt's own tokens: the answer's first word reads as it does inside the example, not alone."""
     tok = _metaspace_tokenizer()
-    sample = Sample(id="s", prompt="Question: Q?\nResponse:", answers=["B"], answer_separator="",
-                    answer_prefix="The answer is", metadata={"target": "The answer is B."})
+    sample = Sample(
+        id="s",
+        prompt="Question: Q?\nResponse:",
+        answers=["B"],
+        answer_separator="",
+        answer_prefix="The answer is",
+        metadata={"target": "The answer is B."},
+    )
     enc = encode_sample(tok, sample, max_length=32, template="{prompt}")
     example = tok("Question: Q?\nResponse:The answer is B.")["input_ids"]
     assert enc.prompt_ids + enc.answer_ids == example + [tok.eos_token_id]

@@ -20,8 +20,9 @@ def _ffn_model(arch="llama", **cfg):
     return get_memvp_model(tiny_model(arch), MemVPConfig(visual_dim=VIS_DIM, num_entries=N_VIS, dropout=0.0, **cfg))
 
 
-@pytest.mark.parametrize("arch,key,value", [("llama", "mlp.up_proj", "mlp.down_proj"), ("gpt2", None, None),
-                                            ("bart", "fc1", "fc2")])
+@pytest.mark.parametrize(
+    "arch,key,value", [("llama", "mlp.up_proj", "mlp.down_proj"), ("gpt2", None, None), ("bart", "fc1", "fc2")]
+)
 def test_ffn_scale_reads_key_rows_and_value_columns_of_each_layer(arch, key, value):
     mem = _ffn_model(arch)
     cfg = mem.memvp_config
@@ -30,20 +31,23 @@ def test_ffn_scale_reads_key_rows_and_value_columns_of_each_layer(arch, key, val
         layer = mem.language_model.transformer.h[0]
         k, v = layer.mlp.c_fc.weight.t(), layer.mlp.c_proj.weight
     else:
-        layers = (mem.language_model.model.layers if arch == "llama" else mem.language_model.model.encoder.layers)
+        layers = mem.language_model.model.layers if arch == "llama" else mem.language_model.model.encoder.layers
         k = layers[0].get_submodule(key).weight
         v = layers[0].get_submodule(value).weight.t()
     assert cfg.key_norms[0] == pytest.approx(float(k.norm(dim=1).median()))
     assert cfg.value_norms[0] == pytest.approx(float(v.norm(dim=1).median()))
     d = mem.language_model.config.hidden_size
-    assert mem.entry_gains[0][0] == pytest.approx(cfg.key_norms[0] / d ** 0.5)
+    assert mem.entry_gains[0][0] == pytest.approx(cfg.key_norms[0] / d**0.5)
 
 
 def test_ffn_scale_equals_its_equation_and_starts_as_the_frozen_lm():
     """FFN + s g a_v sum_i phi(a_k e^t <x, u_i + p^k_i>) (u_i + p^v_i), u = RMS-normalised f(LN(z))."""
     base = tiny_model("llama", dtype=torch.float64)
-    mem = get_memvp_model(copy.deepcopy(base), MemVPConfig(visual_dim=VIS_DIM, num_entries=N_VIS + 1,
-                                                           dropout=0.0)).double().eval()
+    mem = (
+        get_memvp_model(copy.deepcopy(base), MemVPConfig(visual_dim=VIS_DIM, num_entries=N_VIS + 1, dropout=0.0))
+        .double()
+        .eval()
+    )
     inputs = lm_inputs(base, batch=1)
     feats = torch.randn(1, N_VIS, VIS_DIM, dtype=torch.float64) * 30
     with torch.no_grad():
@@ -60,7 +64,7 @@ def test_ffn_scale_equals_its_equation_and_starts_as_the_frozen_lm():
         assert s == pytest.approx(1 / (N_VIS + 1) ** 0.5)
         ref = copy.deepcopy(base)
         for i, layer in enumerate(ref.model.layers):
-            ak, av = mem.memvp_config.key_norms[i] / d ** 0.5, mem.memvp_config.value_norms[i] / d ** 0.5
+            ak, av = mem.memvp_config.key_norms[i] / d**0.5, mem.memvp_config.value_norms[i] / d**0.5
             keys = ak * vm.key_log_gain[i].exp() * (u + vm.key_position[0])
             values = av * (u + vm.value_position[0])
             original, act = layer.mlp.forward, layer.mlp.act_fn
@@ -115,8 +119,13 @@ def test_measure_scale_sees_a_silent_memory_and_a_dominating_one():
     assert loud["max_memory_to_ffn"] > 1.0
     assert "dominates the residual stream" in warning(loud, "at step 3")
     assert "warning above 2" in format_report(loud)
-    assert set(summary(loud)) == {"residual_ratio_max", "memory_to_ffn_max", "memory_to_ffn_mean",
-                                  "positive_scores_mean", "top_share_mean"}
+    assert set(summary(loud)) == {
+        "residual_ratio_max",
+        "memory_to_ffn_max",
+        "memory_to_ffn_mean",
+        "positive_scores_mean",
+        "top_share_mean",
+    }
     # The memory was not left behind: the next plain forward has the memory and no probe.
     assert mem._probe is None and not mem._bypass
 

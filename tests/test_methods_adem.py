@@ -142,7 +142,8 @@ def test_training_a_few_steps_lowers_the_loss_and_only_adem_trains(arch):
         labels[:, -2:] = ids[:, -2:]
         batch = {"input_ids": ids, "labels": labels}
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
-        "visual." + n for n, _ in model.visual.named_parameters()}
+        "visual." + n for n, _ in model.visual.named_parameters()
+    }
     losses = train_steps(model, 12, 1e-1, **batch, visual_features=feats, answer_logits_only=True)
     assert losses[-1] < losses[0] - 0.3, losses  # random labels: ln(64) = 4.16 at start
     for n, p in model.language_model.named_parameters():
@@ -177,8 +178,12 @@ def test_save_load_round_trip_and_another_base_is_refused(tmp_path):
     assert loaded.adem_config == model.adem_config and not any(p.requires_grad for p in loaded.parameters())
     ids, feats = torch.randint(3, VOCAB, (2, 5)), _feats()
     with torch.no_grad():
-        torch.testing.assert_close(loaded(input_ids=ids, visual_features=feats).logits,
-                                   model(input_ids=ids, visual_features=feats).logits, rtol=0, atol=0)
+        torch.testing.assert_close(
+            loaded(input_ids=ids, visual_features=feats).logits,
+            model(input_ids=ids, visual_features=feats).logits,
+            rtol=0,
+            atol=0,
+        )
     trainable = AdemModel.from_pretrained(tiny_model("llama"), tmp_path / "a", is_trainable=True)
     assert trainable.get_nb_trainable_parameters()[0] > 0
     with pytest.raises(ValueError, match="other weights"):
@@ -202,9 +207,10 @@ def test_batched_left_padded_generation_matches_one_by_one(arch):
         batched = model.generate(input_ids=ids, attention_mask=mask, visual_features=feats, has_image=has_image, **kw)
         assert batched[:, :width].tolist() == ids.tolist()  # prompt (as given, padded) + new tokens
         for row, single in enumerate(prompts):
-            alone = model.generate(input_ids=single, visual_features=feats[row:row + 1],
-                                   has_image=has_image[row:row + 1], **kw)
-            assert batched[row, width:].tolist() == alone[0, single.shape[1]:].tolist(), (row, extra)
+            alone = model.generate(
+                input_ids=single, visual_features=feats[row : row + 1], has_image=has_image[row : row + 1], **kw
+            )
+            assert batched[row, width:].tolist() == alone[0, single.shape[1] :].tolist(), (row, extra)
 
 
 def test_generate_with_kv_cache_matches_full_forwards_and_entries_are_built_once():
@@ -237,10 +243,17 @@ def test_config_round_trip_and_clear_errors():
     assert AdemConfig.from_json(cfg.to_json()) == cfg
     assert cfg.grid_sizes == [7, 4, 1] and cfg.num_entries == 49 + 16 + 1
     assert AdemConfig(visual_dim=8, num_patches=10, scales=[1]).num_entries == 10
-    for bad, match in [({"scales": [2, 2]}, "distinct"), ({"scales": []}, "scales"), ({"scales": [0]}, "scales"),
-                       ({"num_patches": 10}, "square"), ({"drop_ratio": 1.0}, r"\[0, 1\)"),
-                       ({"global_token": "cls"}, "global_token"), ({"rank": 0}, "rank"),
-                       ({"target_layers": []}, "target_layers"), ({"bogus": 1}, "Unknown")]:
+    for bad, match in [
+        ({"scales": [2, 2]}, "distinct"),
+        ({"scales": []}, "scales"),
+        ({"scales": [0]}, "scales"),
+        ({"num_patches": 10}, "square"),
+        ({"drop_ratio": 1.0}, r"\[0, 1\)"),
+        ({"global_token": "cls"}, "global_token"),
+        ({"rank": 0}, "rank"),
+        ({"target_layers": []}, "target_layers"),
+        ({"bogus": 1}, "Unknown"),
+    ]:
         with pytest.raises(ValueError, match=match):
             AdemConfig.from_dict({"visual_dim": 8, **bad})
     model = _adem()

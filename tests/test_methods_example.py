@@ -63,15 +63,38 @@ def mean_entry():
 
 def test_a_new_method_trains_saves_loads_and_evaluates_through_the_cli(tiny, mean_entry, capsys):
     run = tiny / "run-mean-entry"
-    assert main(["train", str(tiny / "train.yaml"), "method=mean_entry", "mean_entry.target_layers=[1]",
-                 "max_steps=2", f"output_dir={run}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(tiny / "train.yaml"),
+                "method=mean_entry",
+                "mean_entry.target_layers=[1]",
+                "max_steps=2",
+                f"output_dir={run}",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     d = 32  # the tiny Llama's width; 12-d CLIP features (conftest)
     assert metrics["method"] == "mean_entry" and metrics["trainable_parameters"] == 2 * (16 * d + d) + 1
     assert "scale" not in metrics  # no probing: the instruments are MemVP's
     saved = json.loads((run / "adapter" / "mean_entry_config.json").read_text())
     assert saved["config"] == {"visual_dim": 16, "target_layers": [1]} and saved["base_model"]["sites"] == ["decoder.1"]
-    assert main(["eval", str(tiny / "train.yaml"), "--adapter", str(run / "adapter"), "method=mean_entry",
-                 f"output_dir={tiny / 'eval-mean-entry'}"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(tiny / "train.yaml"),
+                "--adapter",
+                str(run / "adapter"),
+                "method=mean_entry",
+                f"output_dir={tiny / 'eval-mean-entry'}",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tiny / "eval-mean-entry" / "predictions.json").read_text()) == json.loads(
-        (run / "predictions_eval.json").read_text())
+        (run / "predictions_eval.json").read_text()
+    )

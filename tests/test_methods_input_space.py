@@ -24,12 +24,17 @@ def _input_space(arch="llama", **overrides):
 def test_insert_visual_tokens_keeps_each_row_one_contiguous_block():
     d = 2
     embeds = torch.arange(1, 9, dtype=torch.float).view(2, 4, 1).expand(-1, -1, d)  # rows 1..4, 5..8
-    mask = torch.tensor([[0, 0, 1, 1],    # left-padded (generation)
-                         [1, 1, 1, 0]])   # right-padded (training)
+    mask = torch.tensor(
+        [
+            [0, 0, 1, 1],  # left-padded (generation)
+            [1, 1, 1, 0],
+        ]
+    )  # right-padded (training)
     labels = torch.tensor([[-100, -100, -100, 7], [-100, -100, 9, -100]])
     visual = -torch.ones(2, 2, d)
-    out, out_mask, out_labels = insert_tokens(embeds, mask, visual, torch.ones(2, 2, dtype=torch.long),
-                                               mask.argmax(dim=1), labels)
+    out, out_mask, out_labels = insert_tokens(
+        embeds, mask, visual, torch.ones(2, 2, dtype=torch.long), mask.argmax(dim=1), labels
+    )
     assert out[..., 0].tolist() == [[1, 2, -1, -1, 3, 4], [-1, -1, 5, 6, 7, 8]]
     assert out_mask.tolist() == [[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]]
     assert out_labels.tolist() == [[-100, -100, -100, -100, -100, 7], [-100, -100, -100, -100, 9, -100]]
@@ -81,7 +86,7 @@ def test_batched_left_padded_generation_matches_one_by_one(arch):
         if encdec:
             assert batched[row, : alone.shape[1]].tolist() == alone[0].tolist()
         else:  # prompt (as given, padded) + new tokens, like MemVPModel.generate
-            assert batched[row, 5:].tolist() == alone[0, single.shape[1]:].tolist()
+            assert batched[row, 5:].tolist() == alone[0, single.shape[1] :].tolist()
             assert batched[row, :5].tolist() == ids[row].tolist()
 
 
@@ -102,9 +107,13 @@ def test_text_only_ignores_images_and_trains_lora_only():
 @pytest.mark.parametrize("arch", ["llama", "t5-relu"])
 def test_every_method_learns_a_few_steps(method, arch):
     torch.manual_seed(0)
-    model = build_model(method, tiny_model(arch), visual_dim=VIS_DIM,
-                        memvp={"num_entries": N_VIS, "dropout": 0.0, "memory_scale": "paper", "visual_scale": 1.0, "output_scale": 1.0},
-                        baseline={"lora_dropout": 0.0, "lora_r": 4})
+    model = build_model(
+        method,
+        tiny_model(arch),
+        visual_dim=VIS_DIM,
+        memvp={"num_entries": N_VIS, "dropout": 0.0, "memory_scale": "paper", "visual_scale": 1.0, "output_scale": 1.0},
+        baseline={"lora_dropout": 0.0, "lora_r": 4},
+    )
     ids = torch.randint(3, VOCAB, (4, 6))
     feats = torch.randn(4, N_VIS, VIS_DIM)
     if model.config.is_encoder_decoder:
@@ -140,8 +149,9 @@ def test_save_load_round_trip_and_dispatch(tmp_path):
     assert isinstance(loaded, InputSpaceModel) and not any(p.requires_grad for p in loaded.parameters())
     ids, feats = torch.randint(3, VOCAB, (2, 5)), torch.randn(2, N_VIS, VIS_DIM)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(input_ids=ids, visual_features=feats).logits,
-                                   model(input_ids=ids, visual_features=feats).logits)
+        torch.testing.assert_close(
+            loaded(input_ids=ids, visual_features=feats).logits, model(input_ids=ids, visual_features=feats).logits
+        )
     memvp = get_memvp_model(tiny_model("llama"), MemVPConfig(visual_dim=VIS_DIM, num_entries=N_VIS))
     memvp.save_pretrained(tmp_path / "m")
     assert type(load_adapter(tiny_model("llama"), tmp_path / "m")).__name__ == "MemVPModel"

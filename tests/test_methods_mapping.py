@@ -41,8 +41,9 @@ def test_a_registered_method_trains_saves_and_loads_through_the_registry(tmp_pat
         loaded = load_adapter(tiny_model("llama"), tmp_path / "a")
         ids, feats = torch.randint(3, 64, (1, 5)), torch.randn(1, 4, 8)
         with torch.no_grad():
-            torch.testing.assert_close(loaded(input_ids=ids, visual_features=feats).logits,
-                                       model(input_ids=ids, visual_features=feats).logits)
+            torch.testing.assert_close(
+                loaded(input_ids=ids, visual_features=feats).logits, model(input_ids=ids, visual_features=feats).logits
+            )
         with pytest.raises(ValueError, match="Unknown MemVPConfig key"):
             TrainConfig(method="memvp_keys", memvp={"entries": 3})
     finally:
@@ -55,7 +56,8 @@ def test_options_of_the_wrong_section_fail_before_any_model():
     with pytest.raises(ValueError, match="Unknown MemVPConfig key\\(s\\) \\['lora_r'\\]"):
         TrainConfig(memvp={"lora_r": 4})
     assert get_method("input_space").make_config(5, {"lora_r": 3}) == BaselineConfig(
-        method="input_space", visual_dim=5, lora_r=3)
+        method="input_space", visual_dim=5, lora_r=3
+    )
 
 
 def test_an_adapter_directory_is_recognised_by_its_files(tmp_path):
@@ -63,7 +65,10 @@ def test_an_adapter_directory_is_recognised_by_its_files(tmp_path):
     build_model("memvp", tiny_model("llama"), 8, memvp={"num_entries": 4}).save_pretrained(tmp_path / "m")
     assert isinstance(load_adapter(tiny_model("llama"), tmp_path / "t"), InputSpaceModel)
     assert isinstance(load_adapter(tiny_model("llama"), tmp_path / "m"), MemVPModel)
-    with pytest.raises(FileNotFoundError, match="holds no adapter: expected memvp_config.json \\(MemVPModel\\) or "
-                                                "memvp_lora_config.json \\(MemVPLoraModel\\) or "
-                                                "baseline_config.json \\(InputSpaceModel\\)"):
+    with pytest.raises(
+        FileNotFoundError,
+        match="holds no adapter: expected memvp_config.json \\(MemVPModel\\) or "
+        "memvp_lora_config.json \\(MemVPLoraModel\\) or "
+        "baseline_config.json \\(InputSpaceModel\\)",
+    ):
         check_adapter(tmp_path)

@@ -109,8 +109,13 @@ def test_memory_is_built_once_per_call_when_shared():
     inputs = lm_inputs(mem.language_model)
     _logits(mem, inputs, visual_features=torch.randn(2, 4, VIS_DIM))
     assert len(calls) == 1
-    mem.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                 visual_features=torch.randn(2, 4, VIS_DIM), max_new_tokens=4, do_sample=False)
+    mem.generate(
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        visual_features=torch.randn(2, 4, VIS_DIM),
+        max_new_tokens=4,
+        do_sample=False,
+    )
     assert len(calls) == 2  # once for the whole generation, not once per decoding step
 
 
@@ -119,8 +124,9 @@ def test_generate_with_kv_cache_matches_full_forward(arch):
     mem = _mem(arch, target_layers="all") if arch.startswith("t5") else _mem(arch)
     ids = lm_inputs(mem.language_model, batch=2)["input_ids"]
     feats = torch.randn(2, 4, VIS_DIM)
-    out = mem.generate(input_ids=ids, attention_mask=torch.ones_like(ids), visual_features=feats,
-                       max_new_tokens=5, do_sample=False)
+    out = mem.generate(
+        input_ids=ids, attention_mask=torch.ones_like(ids), visual_features=feats, max_new_tokens=5, do_sample=False
+    )
     # Greedy check without cache: each generated token is the argmax of a full forward.
     with torch.no_grad():
         if arch.startswith("t5"):
@@ -131,8 +137,15 @@ def test_generate_with_kv_cache_matches_full_forward(arch):
             for t in range(ids.shape[1], out.shape[1]):
                 logits = mem(input_ids=out[:, :t], visual_features=feats).logits
                 assert torch.equal(logits[:, -1].argmax(-1), out[:, t])
-    beams = mem.generate(input_ids=ids, attention_mask=torch.ones_like(ids), visual_features=feats,
-                         max_new_tokens=3, num_beams=2, num_return_sequences=2, do_sample=False)
+    beams = mem.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        visual_features=feats,
+        max_new_tokens=3,
+        num_beams=2,
+        num_return_sequences=2,
+        do_sample=False,
+    )
     assert beams.shape[0] == 4
 
 
@@ -188,14 +201,23 @@ def test_bad_inputs_get_clear_errors():
 
 
 def test_unknown_architecture_lists_supported_and_registration_works():
-    bert = BertModel(BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                intermediate_size=24))
+    bert = BertModel(
+        BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24)
+    )
     with pytest.raises(ValueError) as err:
         get_memvp_model(bert, MemVPConfig(visual_dim=4))
     assert "'bert'" in str(err.value) and "llama" in str(err.value) and "register_architecture" in str(err.value)
     try:
-        register_architecture("bert", FFNLayout({"decoder": "encoder.layer"}, "intermediate.dense",
-                                                "output.dense", "intermediate.intermediate_act_fn", gated=False))
+        register_architecture(
+            "bert",
+            FFNLayout(
+                {"decoder": "encoder.layer"},
+                "intermediate.dense",
+                "output.dense",
+                "intermediate.intermediate_act_fn",
+                gated=False,
+            ),
+        )
         mem = get_memvp_model(bert, MemVPConfig(visual_dim=4, num_entries=3))
         assert len(mem.sites) == 1
         out = mem(input_ids=torch.tensor([[1, 2, 3]]), visual_features=torch.randn(1, 3, 4))
@@ -210,8 +232,14 @@ def test_config_json_round_trip_and_validation():
     assert again == cfg
     with pytest.raises(ValueError, match="Unknown MemVPConfig key"):
         MemVPConfig.from_dict({**json.loads(cfg.to_json()), "num_entires": 3})
-    for bad in ({"projector": "conv"}, {"insert_into": "both"}, {"position_mode": "mul"},
-                {"target_layers": "middle"}, {"num_entries": 0}, {"dropout": 1.5}):
+    for bad in (
+        {"projector": "conv"},
+        {"insert_into": "both"},
+        {"position_mode": "mul"},
+        {"target_layers": "middle"},
+        {"num_entries": 0},
+        {"dropout": 1.5},
+    ):
         with pytest.raises(ValueError):
             MemVPConfig(visual_dim=4, **bad)
 
@@ -220,18 +248,20 @@ def test_meta_device_model_builds_without_weights():
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     with torch.device("meta"):
-        lm = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
-                                                          num_hidden_layers=2, num_attention_heads=4))
+        lm = AutoModelForCausalLM.from_config(
+            LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4)
+        )
     mem = get_memvp_model(lm, MemVPConfig(visual_dim=VIS_DIM, num_entries=6))
     assert mem.visual_memory.key_position.is_meta
-    out = mem(input_ids=torch.ones(1, 3, dtype=torch.long, device="meta"),
-              visual_features=torch.randn(1, 4, VIS_DIM, device="meta"))
+    out = mem(
+        input_ids=torch.ones(1, 3, dtype=torch.long, device="meta"),
+        visual_features=torch.randn(1, 4, VIS_DIM, device="meta"),
+    )
     assert out.logits.shape == (1, 3, 64) and out.logits.is_meta
 
 
 def test_bf16_language_model_keeps_fp32_memory():
-    mem = get_memvp_model(tiny_model("llama", dtype=torch.bfloat16),
-                          MemVPConfig(visual_dim=VIS_DIM, num_entries=6))
+    mem = get_memvp_model(tiny_model("llama", dtype=torch.bfloat16), MemVPConfig(visual_dim=VIS_DIM, num_entries=6))
     assert mem.visual_memory.key_position.dtype == torch.float32
     inputs = lm_inputs(mem.language_model)
     out = mem(**inputs, visual_features=torch.randn(2, 4, VIS_DIM), labels=inputs["input_ids"])
@@ -260,11 +290,9 @@ def test_deepcopy_gives_an_independent_model():
         twin.visual_memory.value_position.mul_(3)
     inputs = lm_inputs(mem.language_model)
     feats = torch.randn(2, 4, VIS_DIM)
-    assert not torch.allclose(_logits(mem, inputs, visual_features=feats),
-                              _logits(twin, inputs, visual_features=feats))
+    assert not torch.allclose(_logits(mem, inputs, visual_features=feats), _logits(twin, inputs, visual_features=feats))
     assert twin.remove_hooks() is twin.language_model
-    torch.testing.assert_close(twin.language_model(**inputs).logits,
-                               tiny_model("llama")(**inputs).logits)
+    torch.testing.assert_close(twin.language_model(**inputs).logits, tiny_model("llama")(**inputs).logits)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
@@ -304,8 +332,14 @@ def test_text_and_image_batches_must_match():
     with pytest.raises(ValueError, match="one row of features per prompt"):
         mem.generate(**inputs, visual_features=torch.randn(3, 4, VIS_DIM), max_new_tokens=1)
     # Beam search expands the prompts inside generate(): one row per prompt is still right.
-    out = mem.generate(**inputs, visual_features=torch.randn(2, 4, VIS_DIM), max_new_tokens=2, num_beams=2,
-                       do_sample=False, pad_token_id=0)
+    out = mem.generate(
+        **inputs,
+        visual_features=torch.randn(2, 4, VIS_DIM),
+        max_new_tokens=2,
+        num_beams=2,
+        do_sample=False,
+        pad_token_id=0,
+    )
     assert out.shape[0] == 2
 
 
@@ -344,7 +378,9 @@ def test_global_features_give_one_visual_prompt_of_the_mean():
 
 
 def test_blocked_entries_are_removed_from_the_memory():
-    cfg = MemVPConfig(visual_dim=VIS_DIM, num_entries=4, memory_scale="paper", visual_scale=1.0, output_scale=1.0, dropout=0.0)
+    cfg = MemVPConfig(
+        visual_dim=VIS_DIM, num_entries=4, memory_scale="paper", visual_scale=1.0, output_scale=1.0, dropout=0.0
+    )
     model = get_memvp_model(tiny_model("llama").double(), cfg).double().eval()
     with torch.no_grad():
         model.visual_memory.value_position.normal_(0, 0.5)
@@ -358,7 +394,9 @@ def test_blocked_entries_are_removed_from_the_memory():
         vm = model.visual_memory
         for b in range(2):
             keep = ~blocked[b]
-            small = get_memvp_model(tiny_model("llama").double(), MemVPConfig(**{**cfg.to_dict(), "num_entries": int(keep.sum())}))
+            small = get_memvp_model(
+                tiny_model("llama").double(), MemVPConfig(**{**cfg.to_dict(), "num_entries": int(keep.sum())})
+            )
             small = small.double().eval()
             small.visual_memory.projector.load_state_dict(vm.projector.state_dict())
             small.visual_memory.key_position.copy_(vm.key_position[:, keep])

@@ -73,8 +73,17 @@ def _add_gated_reference(ffn: nn.Module, keys: torch.Tensor, values: torch.Tenso
 
 
 def _memvp(base, shared: bool, projector: str = "mlp"):
-    cfg = MemVPConfig(visual_dim=VIS_DIM, num_entries=N_ENTRIES, memory_scale="paper", visual_scale=0.7, output_scale=0.9,
-                      projector=projector, projector_hidden=8, share_position_embeddings=shared, dropout=0.0)
+    cfg = MemVPConfig(
+        visual_dim=VIS_DIM,
+        num_entries=N_ENTRIES,
+        memory_scale="paper",
+        visual_scale=0.7,
+        output_scale=0.9,
+        projector=projector,
+        projector_hidden=8,
+        share_position_embeddings=shared,
+        dropout=0.0,
+    )
     mem = get_memvp_model(copy.deepcopy(base), cfg).double().eval()
     with torch.no_grad():  # random p^v too, so every part of K and V matters
         mem.visual_memory.key_position.normal_(0, 0.5)
@@ -113,5 +122,5 @@ def test_untrained_memvp_changes_nothing_visible():
     mem = get_memvp_model(copy.deepcopy(base), MemVPConfig(visual_dim=VIS_DIM, num_entries=N_ENTRIES)).eval()
     inputs = lm_inputs(base)
     with torch.no_grad():
-        diff = (mem(**inputs, visual_features=torch.randn(2, N_VIS, VIS_DIM)).logits - base(**inputs).logits)
+        diff = mem(**inputs, visual_features=torch.randn(2, N_VIS, VIS_DIM)).logits - base(**inputs).logits
     assert diff.abs().max() < 1e-3

@@ -51,8 +51,15 @@ def build_case(family: str, scale: str):
     arch, extra = FAMILIES[family]
     lm = tiny_model(arch, dtype=torch.float64)
     base = tiny_model(arch, dtype=torch.float64)  # the same seed: an untouched copy of the frozen LM
-    cfg = MemVPConfig(visual_dim=VIS_DIM, num_entries=N_ENTRIES, memory_scale=scale, projector_hidden=8,
-                      visual_scale=0.5, dropout=0.0, **extra)
+    cfg = MemVPConfig(
+        visual_dim=VIS_DIM,
+        num_entries=N_ENTRIES,
+        memory_scale=scale,
+        projector_hidden=8,
+        visual_scale=0.5,
+        dropout=0.0,
+        **extra,
+    )
     model = get_memvp_model(lm, cfg).double().eval()
     with torch.no_grad():
         # One generator per parameter, seeded by its name: adding or reordering parameters leaves
@@ -77,8 +84,13 @@ def compute_case(family: str, scale: str) -> dict:
         logits = model(**inputs, visual_features=feats).logits
         no_image = model(**inputs, visual_features=None).logits
         plain = base(**inputs).logits
-    out = {"logits": _slice(logits), "no_image_logits": _slice(no_image), "lm_logits": _slice(plain),
-           "memory_delta": _slice(logits - plain), "no_image_delta": _slice(no_image - plain)}
+    out = {
+        "logits": _slice(logits),
+        "no_image_logits": _slice(no_image),
+        "lm_logits": _slice(plain),
+        "memory_delta": _slice(logits - plain),
+        "no_image_delta": _slice(no_image - plain),
+    }
     names = sorted(n for n, p in model.named_parameters() if p.requires_grad)
     out["trainable_names"] = names
     out["trainable"] = torch.tensor(model.get_nb_trainable_parameters()[0])
@@ -101,8 +113,13 @@ def test_outputs_match_the_golden_file(family, scale):
     got = compute_case(family, scale)
     assert sorted(got) == sorted(want), "stored keys differ: regenerate with make_golden.py?"
     # The bare LM first: if it moved, the tiny model itself changed (e.g. transformers' init), not MemVP.
-    torch.testing.assert_close(got["lm_logits"], want["lm_logits"], atol=1e-5, rtol=1e-4,
-                               msg=lambda m: f"the tiny {family} LM itself changed (not MemVP):\n{m}")
+    torch.testing.assert_close(
+        got["lm_logits"],
+        want["lm_logits"],
+        atol=1e-5,
+        rtol=1e-4,
+        msg=lambda m: f"the tiny {family} LM itself changed (not MemVP):\n{m}",
+    )
     assert got["trainable_names"] == want["trainable_names"]
     assert int(got["trainable"]) == int(want["trainable"])
     if scale == "ffn":

@@ -17,8 +17,9 @@ VIS, N = 8, 6
 
 
 def _joint(arch: str, **options) -> MemVPLoraModel:
-    cfg = MemVPLoraConfig(visual_dim=VIS, num_entries=N, dropout=0.0, lora_r=4, lora_alpha=8, lora_dropout=0.0,
-                          **options)
+    cfg = MemVPLoraConfig(
+        visual_dim=VIS, num_entries=N, dropout=0.0, lora_r=4, lora_alpha=8, lora_dropout=0.0, **options
+    )
     return MemVPLoraModel(tiny_model(arch, dtype=torch.float64), cfg).double().eval()
 
 
@@ -32,8 +33,11 @@ def _randomise(params) -> None:
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
 def test_joint_equals_memvp_alone_when_lora_is_zero(arch):
     joint = _joint(arch)
-    alone = get_memvp_model(tiny_model(arch, dtype=torch.float64),
-                            MemVPConfig(visual_dim=VIS, num_entries=N, dropout=0.0)).double().eval()
+    alone = (
+        get_memvp_model(tiny_model(arch, dtype=torch.float64), MemVPConfig(visual_dim=VIS, num_entries=N, dropout=0.0))
+        .double()
+        .eval()
+    )
     assert [k for k, _ in joint.entry_gains] == [k for k, _ in alone.entry_gains]  # FFN read through the wrappers
     _randomise([(n, p) for n, p in alone.visual_memory.named_parameters()])
     joint.visual_memory.load_state_dict(alone.visual_memory.state_dict())  # peft's LoRA starts at B = 0
@@ -51,9 +55,14 @@ def test_joint_equals_lora_alone_when_the_memory_is_silent(arch):
     lora_params = [(n, p) for n, p in joint.language_model.named_parameters() if "lora_" in n]
     assert lora_params and all(p.requires_grad for _, p in lora_params)
     _randomise(lora_params)  # the visual memory keeps its zero gates: it adds nothing
-    peft_lm = get_peft_model(tiny_model(arch, dtype=torch.float64),
-                             LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear",
-                                        task_type=TaskType.CAUSAL_LM)).get_base_model().eval()
+    peft_lm = (
+        get_peft_model(
+            tiny_model(arch, dtype=torch.float64),
+            LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type=TaskType.CAUSAL_LM),
+        )
+        .get_base_model()
+        .eval()
+    )
     peft_lm.load_state_dict(dict(joint.language_model.state_dict()), strict=True)
     inputs, feats = lm_inputs(joint), torch.randn(2, 4, VIS, dtype=torch.float64)
     with torch.no_grad():
@@ -63,8 +72,12 @@ def test_joint_equals_lora_alone_when_the_memory_is_silent(arch):
 
 
 def test_trains_both_and_saves_one_adapter(tmp_path):
-    model = build_model("memvp_lora", tiny_model("llama"), VIS, memvp={"num_entries": N, "lora_r": 4, "dropout": 0.0,
-                                                                       "lora_dropout": 0.0})
+    model = build_model(
+        "memvp_lora",
+        tiny_model("llama"),
+        VIS,
+        memvp={"num_entries": N, "lora_r": 4, "dropout": 0.0, "lora_dropout": 0.0},
+    )
     names = set(model.trainable_state_dict())
     assert any("lora_A" in n for n in names) and any(n.startswith("visual_memory.projector") for n in names)
     assert "visual_memory.output_gate" in names
@@ -74,13 +87,17 @@ def test_trains_both_and_saves_one_adapter(tmp_path):
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert all("lora_" not in n and not n.startswith("visual_memory") for n in frozen)
     model.eval().save_pretrained(tmp_path / "a")
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["README.md", "memvp_lora_config.json",
-                                                                  "memvp_lora_model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        "README.md",
+        "memvp_lora_config.json",
+        "memvp_lora_model.safetensors",
+    ]
     loaded = load_adapter(tiny_model("llama"), tmp_path / "a")
     assert isinstance(loaded, MemVPLoraModel)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(**inputs, visual_features=feats).logits,
-                                   model(**inputs, visual_features=feats).logits)
+        torch.testing.assert_close(
+            loaded(**inputs, visual_features=feats).logits, model(**inputs, visual_features=feats).logits
+        )
     with pytest.raises(ValueError, match="saved for a llama model"):
         load_adapter(tiny_model("llama", seed=3), tmp_path / "a")
 
@@ -89,14 +106,28 @@ def test_table9_trainable_parameters_on_a_meta_vicuna_7b():
     """Vicuna-7B + CLIP-ViT-L/14@336: LoRA r=128 on q,k,v,o,gate,up,down (319,815,680), mlp2x_gelu
     1024 -> 4096 -> 4096 (20,979,712), position embeddings 2 x 576 x 4096 (4,718,592): 346M in the paper."""
     with torch.device("meta"):
-        lm = LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
-                                          num_hidden_layers=32, num_attention_heads=32))
+        lm = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=32000,
+                hidden_size=4096,
+                intermediate_size=11008,
+                num_hidden_layers=32,
+                num_attention_heads=32,
+            )
+        )
     model = build_model("memvp_lora", lm, 1024, memvp={"num_entries": 576, "projector": "mlp2x_gelu"})
     counts = {"lora": 0, "projector": 0, "positions": 0, "gates": 0}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            key = ("lora" if "lora_" in name else "projector" if ".projector." in name
-                   else "positions" if "position" in name else "gates")
+            key = (
+                "lora"
+                if "lora_" in name
+                else "projector"
+                if ".projector." in name
+                else "positions"
+                if "position" in name
+                else "gates"
+            )
             counts[key] += p.numel()
     assert counts == {"lora": 319_815_680, "projector": 20_979_712, "positions": 4_718_592, "gates": 64}
     trainable, _ = model.get_nb_trainable_parameters()

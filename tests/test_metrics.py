@@ -171,10 +171,8 @@ def test_gqa_accuracy():
 # ------------------------------------------------------------------------------- CIDEr-D
 def test_ptb_tokenize():
     assert ptb_tokenize("A man's dog, on the grass.") == "a man 's dog on the grass"
-    assert ptb_tokenize('He "can\'t" (won\'t) -- ok...') == "he ca n't wo n't ok"
-    assert ptb_tokenize("A black-and-white cat; 3.5 & 1,000 cats!") == (
-        "a black-and-white cat 3.5 & 1,000 cats"
-    )
+    assert ptb_tokenize("He \"can't\" (won't) -- ok...") == "he ca n't wo n't ok"
+    assert ptb_tokenize("A black-and-white cat; 3.5 & 1,000 cats!") == ("a black-and-white cat 3.5 & 1,000 cats")
 
 
 def test_cider_d_hand_values():
@@ -246,12 +244,32 @@ def test_pope_metrics_hand_values():
         _pope("Yes.", "no", "popular"),
     ]
     got = pope_metrics(records)
-    assert got["per_split"]["random"] == {"accuracy": 50.0, "precision": 50.0, "recall": 50.0, "f1": 50.0,
-                                          "yes_ratio": 50.0, "TP": 1, "FP": 1, "TN": 1, "FN": 1, "count": 4}
+    assert got["per_split"]["random"] == {
+        "accuracy": 50.0,
+        "precision": 50.0,
+        "recall": 50.0,
+        "f1": 50.0,
+        "yes_ratio": 50.0,
+        "TP": 1,
+        "FP": 1,
+        "TN": 1,
+        "FN": 1,
+        "count": 4,
+    }
     popular = got["per_split"]["popular"]
     # accuracy 1/4; precision 1/(1+3); recall 1/1; F1 = 2 * 25 * 100 / 125 = 40; yes-ratio 4/4
-    assert popular == {"accuracy": 25.0, "precision": 25.0, "recall": 100.0, "f1": pytest.approx(40.0),
-                       "yes_ratio": 100.0, "TP": 1, "FP": 3, "TN": 0, "FN": 0, "count": 4}
+    assert popular == {
+        "accuracy": 25.0,
+        "precision": 25.0,
+        "recall": 100.0,
+        "f1": pytest.approx(40.0),
+        "yes_ratio": 100.0,
+        "TP": 1,
+        "FP": 3,
+        "TN": 0,
+        "FN": 0,
+        "count": 4,
+    }
     assert list(got["per_split"]) == ["popular", "random"]
     # the top level is the mean over the splits
     assert got["accuracy"] == 37.5 and got["precision"] == 37.5 and got["recall"] == 75.0
@@ -299,20 +317,37 @@ def _mme(prediction, answer, subtask, image):
 def test_mme_scores_hand_values():
     records = [
         # existence: 3 of 4 questions right (75), 1 of 2 images with both right (50) -> 125
-        _mme("Yes", "Yes", "existence", "a"), _mme("No, there is not.", "No", "existence", "a"),
-        _mme("yes", "Yes", "existence", "b"), _mme("Yes", "No", "existence", "b"),
+        _mme("Yes", "Yes", "existence", "a"),
+        _mme("No, there is not.", "No", "existence", "a"),
+        _mme("yes", "Yes", "existence", "b"),
+        _mme("Yes", "No", "existence", "b"),
         # artwork: "There is" reads as other (wrong) -> acc 50, acc+ 0 -> 50
-        _mme("There is", "Yes", "artwork", "c"), _mme("no", "No", "artwork", "c"),
+        _mme("There is", "Yes", "artwork", "c"),
+        _mme("no", "No", "artwork", "c"),
         # code_reasoning (cognition): both right -> 200
-        _mme("Yes", "yes", "code_reasoning", "d"), _mme("No", "no", "code_reasoning", "d"),
+        _mme("Yes", "yes", "code_reasoning", "d"),
+        _mme("No", "no", "code_reasoning", "d"),
         # a subtask that is neither perception nor cognition is listed, not summed
-        _mme("Yes", "Yes", "custom", "e"), _mme("Yes", "No", "custom", "e"),
+        _mme("Yes", "Yes", "custom", "e"),
+        _mme("Yes", "No", "custom", "e"),
     ]
     got = mme_scores(records)
-    assert got["per_subtask"]["existence"] == {"acc": 75.0, "acc_plus": 50.0, "score": 125.0, "count": 4,
-                                               "images": 2, "other": 0}
-    assert got["per_subtask"]["artwork"] == {"acc": 50.0, "acc_plus": 0.0, "score": 50.0, "count": 2,
-                                             "images": 1, "other": 1}
+    assert got["per_subtask"]["existence"] == {
+        "acc": 75.0,
+        "acc_plus": 50.0,
+        "score": 125.0,
+        "count": 4,
+        "images": 2,
+        "other": 0,
+    }
+    assert got["per_subtask"]["artwork"] == {
+        "acc": 50.0,
+        "acc_plus": 0.0,
+        "score": 50.0,
+        "count": 2,
+        "images": 1,
+        "other": 1,
+    }
     assert got["per_subtask"]["code_reasoning"]["score"] == 200.0
     assert got["per_subtask"]["custom"]["score"] == 50.0
     assert got["perception"] == 175.0 and got["cognition"] == 200.0 and got["count"] == 10
@@ -325,19 +360,30 @@ def test_mme_scores_hand_values():
 
 # ------------------------------------------------------------------------------- MMBench
 def _mmb(prediction, answer, group, rotation, category="cat", l2="l2", n=4):
-    return {"prediction": prediction, "answer": answer, "num_choices": n, "group": group, "rotation": rotation,
-            "category": category, "l2_category": l2}
+    return {
+        "prediction": prediction,
+        "answer": answer,
+        "num_choices": n,
+        "group": group,
+        "rotation": rotation,
+        "category": category,
+        "l2_category": l2,
+    }
 
 
 def test_mmbench_circular_accuracy_hand_values():
     records = [
         # question 0: 4 rotations, all right (letters read as ScienceQA's extract_choice_letter does)
-        _mmb("B", "B", "0", 0, "attr", "FP-S"), _mmb("A. red", "A", "0", 1, "attr", "FP-S"),
-        _mmb("The answer is D.", "D", "0", 2, "attr", "FP-S"), _mmb("(C)", "C", "0", 3, "attr", "FP-S"),
+        _mmb("B", "B", "0", 0, "attr", "FP-S"),
+        _mmb("A. red", "A", "0", 1, "attr", "FP-S"),
+        _mmb("The answer is D.", "D", "0", 2, "attr", "FP-S"),
+        _mmb("(C)", "C", "0", 3, "attr", "FP-S"),
         # question 1: right at rotation 0, a failed rotation -> wrong
-        _mmb("A", "A", "1", 0, "phys", "AR", n=2), _mmb("A", "B", "1", 1, "phys", "AR", n=2),
+        _mmb("A", "A", "1", 0, "phys", "AR", n=2),
+        _mmb("A", "B", "1", 1, "phys", "AR", n=2),
         # question 2: wrong at rotation 0 only; a letter beyond the options is wrong
-        _mmb("D", "A", "2", 0, "attr", "FP-S", n=3), _mmb("C", "C", "2", 1, "attr", "FP-S", n=3),
+        _mmb("D", "A", "2", 0, "attr", "FP-S", n=3),
+        _mmb("C", "C", "2", 1, "attr", "FP-S", n=3),
         _mmb("B", "B", "2", 2, "attr", "FP-S", n=3),
     ]
     got = mmbench_accuracy(records)

@@ -42,8 +42,9 @@ def test_memvp_on_smollm2_forward_backward(vision, smollm2):
     model = get_memvp_model(lm, MemVPConfig(visual_dim=1280, num_entries=64))
     assert len(model.sites) == 30
     lm_before = {k: v.clone() for k, v in lm.state_dict().items() if "layers.0." in k}
-    batch = tokenizer(["Who is in the photo? An astronaut.", "What animal is this? A cat."],
-                      return_tensors="pt", padding=True)
+    batch = tokenizer(
+        ["Who is in the photo? An astronaut.", "What animal is this? A cat."], return_tensors="pt", padding=True
+    )
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     model.train()
     out = model(**batch, visual_features=feats, labels=labels)

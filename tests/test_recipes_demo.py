@@ -14,8 +14,9 @@ from memvp.recipes.demo import SINGLE_OBJECT
 def test_quick_demo_trains_every_arm_and_writes_the_table(tmp_path, capsys):
     assert main(["demo", "--quick", "--compare", "--output-dir", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    assert ("| question type | answer prior | w/o visual prompts | text-only LoRA | input-space LoRA | MemVP |"
-            in printed)
+    assert (
+        "| question type | answer prior | w/o visual prompts | text-only LoRA | input-space LoRA | MemVP |" in printed
+    )
     result = json.loads((tmp_path / "results.json").read_text())
     assert [r[0] for r in result["rows"]] == [*SINGLE_OBJECT["question_types"], "overall"]
     runs = result["runs"]
@@ -41,8 +42,10 @@ def test_quick_demo_trains_every_arm_and_writes_the_table(tmp_path, capsys):
     from memvp.peak_memory import PeakMemory
 
     readable = PeakMemory(torch.device("cpu"), tune_glibc=False).available  # Linux: a real reading per arm
-    assert all(isinstance(runs[a]["peak_step_memory_bytes"], int) if readable
-               else runs[a]["peak_step_memory_bytes"] is None for a in arms)
+    assert all(
+        isinstance(runs[a]["peak_step_memory_bytes"], int) if readable else runs[a]["peak_step_memory_bytes"] is None
+        for a in arms
+    )
     assert "| peak training-step memory (MiB) | |" in printed
     assert (tmp_path / "input_space" / "adapter" / "baseline_model.safetensors").is_file()
     # A second run (the default arms) reuses the generated data set instead of drawing it again.

@@ -11,8 +11,16 @@ from memvp.recipes.scenes import generate_dataset, load_scenes
 
 
 def test_llava_files_hold_captions_conversations_and_held_out_questions(tmp_path):
-    generate_dataset(tmp_path, n_train=4, n_val=1, n_test=2, questions_per_scene=1, num_objects=1,
-                     question_types=["shape"], progress=False)
+    generate_dataset(
+        tmp_path,
+        n_train=4,
+        n_val=1,
+        n_test=2,
+        questions_per_scene=1,
+        num_objects=1,
+        question_types=["shape"],
+        progress=False,
+    )
     files = write_llava_files(tmp_path, seed=0)
     train = load_scenes(tmp_path / "scenes_train.json")
     captions = read_llava(files["captions"], tmp_path / "images")
@@ -21,8 +29,11 @@ def test_llava_files_hold_captions_conversations_and_held_out_questions(tmp_path
     chats = read_llava(files["conversations"], tmp_path / "images", per_conversation=True)
     assert len(chats) == 4 and all(len(s.metadata["history"]) == 2 for s in chats)  # three turns each
     raw = json.loads(files["conversations"].read_text())
-    assert all(c["conversations"][0]["value"].startswith("<image>\n") and
-               not c["conversations"][2]["value"].startswith("<image>") for c in raw)
+    assert all(
+        c["conversations"][0]["value"].startswith("<image>\n")
+        and not c["conversations"][2]["value"].startswith("<image>")
+        for c in raw
+    )
     held_out = read_llava(files["held_out"], tmp_path / "images")
     assert len(held_out) == 2 * (1 + len(QUESTIONS)) and all(s.image for s in held_out)
     test = load_scenes(tmp_path / "scenes_test.json")
@@ -31,9 +42,17 @@ def test_llava_files_hold_captions_conversations_and_held_out_questions(tmp_path
 
 
 def test_scoring_needs_the_right_word_and_no_wrong_one(tmp_path):
-    generate_dataset(tmp_path, n_train=1, n_val=1, n_test=1, questions_per_scene=1, num_objects=1,
-                     question_types=["shape"], progress=False)
-    (image_id, scene), = load_scenes(tmp_path / "scenes_test.json").items()
+    generate_dataset(
+        tmp_path,
+        n_train=1,
+        n_val=1,
+        n_test=1,
+        questions_per_scene=1,
+        num_objects=1,
+        question_types=["shape"],
+        progress=False,
+    )
+    ((image_id, scene),) = load_scenes(tmp_path / "scenes_test.json").items()
     scenes = {image_id: scene}
     obj = scene.objects[0]
     other = "circle" if obj.shape == "square" else "square"

@@ -36,16 +36,21 @@ class GridColours(torch.nn.Module):
     def encode(self, paths):
         out = []
         for p in paths:
-            rgb = torch.tensor(np.asarray(Image.open(p).convert("RGB").resize((3, 3), Image.BOX)),
-                               dtype=torch.float32).reshape(9, 3) / 255.0
-            out.append(torch.cat([rgb, rgb ** 2, torch.ones(9, 2)], dim=1))
+            rgb = (
+                torch.tensor(
+                    np.asarray(Image.open(p).convert("RGB").resize((3, 3), Image.BOX)), dtype=torch.float32
+                ).reshape(9, 3)
+                / 255.0
+            )
+            out.append(torch.cat([rgb, rgb**2, torch.ones(9, 2)], dim=1))
         return torch.stack(out)
 
 
 def test_evaluate_localization(tmp_path):
     generate_dataset(tmp_path, n_train=1, n_val=1, n_test=3, questions_per_scene=6, progress=False)
-    samples = read_vqav2(tmp_path / "questions_test.json", tmp_path / "annotations_test.json",
-                         tmp_path / "images", IMAGE_PATTERN)
+    samples = read_vqav2(
+        tmp_path / "questions_test.json", tmp_path / "annotations_test.json", tmp_path / "images", IMAGE_PATTERN
+    )
     samples = [s for s in samples if s.metadata["question_type"] in ("shape", "horizontal", "vertical")]
     scenes = load_scenes(tmp_path / "scenes_test.json")
     model, tok, encoder = memvp_model(n_entries=9), char_tokenizer(), GridColours()
@@ -53,16 +58,24 @@ def test_evaluate_localization(tmp_path):
     for i, s in enumerate(samples):
         if i % 2 == 0:
             feats = encoder.encode([s.image])
-            answer = generate_answer(model, tok, encode_prompt(tok, s.prompt, max_length=77).input_ids, feats,
-                                     max_new_tokens=3)
+            answer = generate_answer(
+                model, tok, encode_prompt(tok, s.prompt, max_length=77).input_ids, feats, max_new_tokens=3
+            )
             samples[i] = dataclasses.replace(s, metadata={**s.metadata, "target": answer})
-    result = evaluate_localization(model, tok, encoder.encode, samples, scenes, k=2, seed=0, max_length=80,
-                                   progress=False)
+    result = evaluate_localization(
+        model, tok, encoder.encode, samples, scenes, k=2, seed=0, max_length=80, progress=False
+    )
     overall, records = result["overall"], result["records"]
     assert overall["questions"] == len(records) == len(samples) == 9
     assert overall["correct_answers"] == sum(r["correct"] for r in records) >= 5
-    chance = np.mean([object_cells(scenes[int(s.image_id)], scenes[int(s.image_id)].find(
-        named_color(s.prompt, list(COLORS))), 3).mean() for s in samples])
+    chance = np.mean(
+        [
+            object_cells(
+                scenes[int(s.image_id)], scenes[int(s.image_id)].find(named_color(s.prompt, list(COLORS))), 3
+            ).mean()
+            for s in samples
+        ]
+    )
     assert overall["chance_rate"] == pytest.approx(chance)
     # Each record, recomputed: the object's cells, the answer, the hits of the colour word's map and
     # of the mean map (phi, and |phi|), the top-2 entries of the mean map and how many lie on the object.
@@ -98,19 +111,27 @@ def test_evaluate_localization(tmp_path):
     # The summary: every rate is its count over the records (overall and per question type).
     def expected_rates(rs):
         correct = [r for r in rs if r["correct"]]
-        out = {"questions": len(rs), "accuracy": len(correct) / len(rs), "correct_answers": len(correct),
-               "chance_rate": pytest.approx(np.mean([r["chance"] for r in rs])),
-               "changed_by_random2": sum(r["answer_random_blocked"] != r["answer"] for r in correct)}
-        out["changed_by_random2_rate"] = (out["changed_by_random2"] / len(correct) if correct else pytest.approx(
-            float("nan"), nan_ok=True))
+        out = {
+            "questions": len(rs),
+            "accuracy": len(correct) / len(rs),
+            "correct_answers": len(correct),
+            "chance_rate": pytest.approx(np.mean([r["chance"] for r in rs])),
+            "changed_by_random2": sum(r["answer_random_blocked"] != r["answer"] for r in correct),
+        }
+        out["changed_by_random2_rate"] = (
+            out["changed_by_random2"] / len(correct) if correct else pytest.approx(float("nan"), nan_ok=True)
+        )
         for mode in ("phi", "abs"):
             changed = sum(r[f"{mode}_answer_top_blocked"] != r["answer"] for r in correct)
-            out[mode] = {"color_word_hit_rate": np.mean([r[f"{mode}_color_hit"] for r in rs]),
-                         "mean_map_hit_rate": np.mean([r[f"{mode}_mean_hit"] for r in rs]),
-                         "top2_cells_on_object": sum(r[f"{mode}_top_on_object"] for r in rs) / (2 * len(rs)),
-                         "changed_by_top2": changed,
-                         "changed_by_top2_rate": (changed / len(correct) if correct else pytest.approx(
-                             float("nan"), nan_ok=True))}
+            out[mode] = {
+                "color_word_hit_rate": np.mean([r[f"{mode}_color_hit"] for r in rs]),
+                "mean_map_hit_rate": np.mean([r[f"{mode}_mean_hit"] for r in rs]),
+                "top2_cells_on_object": sum(r[f"{mode}_top_on_object"] for r in rs) / (2 * len(rs)),
+                "changed_by_top2": changed,
+                "changed_by_top2_rate": (
+                    changed / len(correct) if correct else pytest.approx(float("nan"), nan_ok=True)
+                ),
+            }
         return out
 
     assert result["k"] == 2 and overall == expected_rates(records)
@@ -118,11 +139,10 @@ def test_evaluate_localization(tmp_path):
     assert sorted(by_type) == sorted({s.metadata["question_type"] for s in samples})
     for t, rates in by_type.items():
         assert rates == expected_rates([r for r in records if r["type"] == t])
-    again = evaluate_localization(model, tok, encoder.encode, samples, scenes, k=2, seed=0, max_length=80,
-                                  progress=False)
+    again = evaluate_localization(
+        model, tok, encoder.encode, samples, scenes, k=2, seed=0, max_length=80, progress=False
+    )
     assert again["records"] == records  # seeded, deterministic
-
-
 
 
 def test_evaluate_demo_reads_the_demo_layout_and_loads_the_adapter(tiny):
@@ -130,10 +150,27 @@ def test_evaluate_demo_reads_the_demo_layout_and_loads_the_adapter(tiny):
     from memvp.cli import main
     from memvp.recipes.localization import evaluate_demo
 
-    assert main(["train", str(tiny / "train.yaml"), "max_steps=1", "eval_data=null",
-                 f"output_dir={tiny / 'run-localization'}"]) == 0
-    result = evaluate_demo(tiny / "data", tiny / "run-localization" / "adapter", max_questions=4, seed=0,
-                           language_model=str(tiny / "lm"), vision_encoder=str(tiny / "vit"), progress=False)
+    assert (
+        main(
+            [
+                "train",
+                str(tiny / "train.yaml"),
+                "max_steps=1",
+                "eval_data=null",
+                f"output_dir={tiny / 'run-localization'}",
+            ]
+        )
+        == 0
+    )
+    result = evaluate_demo(
+        tiny / "data",
+        tiny / "run-localization" / "adapter",
+        max_questions=4,
+        seed=0,
+        language_model=str(tiny / "lm"),
+        vision_encoder=str(tiny / "vit"),
+        progress=False,
+    )
     assert result["overall"]["questions"] == len(result["records"]) == 4
     assert {r["type"] for r in result["records"]} <= {"shape", "horizontal", "vertical"}
     assert result["question_types"] == ["shape", "horizontal", "vertical"] and result["seed"] == 0

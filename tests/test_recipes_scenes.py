@@ -118,8 +118,9 @@ def test_vqav2_layout(dataset):
             assert (a["question_id"], a["image_id"]) == (q["question_id"], q["image_id"])
             assert a["question_type"] == a["answer_type"] in QUESTION_TYPES
             assert [x["answer_id"] for x in a["answers"]] == list(range(1, 11))
-            assert all(x["answer"] == a["multiple_choice_answer"] and x["answer_confidence"] == "yes"
-                       for x in a["answers"])
+            assert all(
+                x["answer"] == a["multiple_choice_answer"] and x["answer_confidence"] == "yes" for x in a["answers"]
+            )
         split_images = {q["image_id"] for q in qs["questions"]}
         split_questions = {q["question_id"] for q in qs["questions"]}
         assert len(split_questions) == len(qs["questions"])
@@ -147,8 +148,7 @@ def test_deterministic(dataset, tmp_path):
 
 
 def test_balanced_and_non_overlapping(tmp_path):
-    summary = generate_dataset(tmp_path, n_train=60, n_val=0, n_test=0, questions_per_scene=4, seed=3,
-                               progress=False)
+    summary = generate_dataset(tmp_path, n_train=60, n_val=0, n_test=0, questions_per_scene=4, seed=3, progress=False)
     by_type = summary["splits"]["train"]["by_type"]
     total = sum(by_type.values())
     assert total >= 0.99 * 240
@@ -156,8 +156,8 @@ def test_balanced_and_non_overlapping(tmp_path):
     for scene in load_scenes(tmp_path / "scenes_train.json").values():
         pixels = np.asarray(draw_scene(scene))
         for i, a in enumerate(scene.objects):
-            assert (pixels == COLORS[a.color]).all(-1).sum() > 0.75 * a.size ** 2  # nothing painted over it
-            for b in scene.objects[i + 1:]:
+            assert (pixels == COLORS[a.color]).all(-1).sum() > 0.75 * a.size**2  # nothing painted over it
+            for b in scene.objects[i + 1 :]:
                 assert max(abs(a.x - b.x), abs(a.y - b.y)) >= a.size + MIN_GAP
 
 

@@ -67,10 +67,12 @@ def test_last_clips_end_with_the_answer_shape(answer):
 
 def test_generated_set_reads_as_llava_video_conversations_and_scores_per_story(tmp_path):
     generate_videos(tmp_path, n_train=6, n_test=3, seed=0, progress=False)
-    samples = load_samples({"format": "llava", "json_file": str(tmp_path / "llava_val.json"),
-                            "image_dir": str(tmp_path / "videos")})
-    tvqa = load_samples({"format": "tvqa", "questions_file": str(tmp_path / "tvqa_val.jsonl"),
-                         "video_dir": str(tmp_path / "videos")})
+    samples = load_samples(
+        {"format": "llava", "json_file": str(tmp_path / "llava_val.json"), "image_dir": str(tmp_path / "videos")}
+    )
+    tvqa = load_samples(
+        {"format": "tvqa", "questions_file": str(tmp_path / "tvqa_val.jsonl"), "video_dir": str(tmp_path / "videos")}
+    )
     conversations = json.loads((tmp_path / "llava_val.json").read_text())
     stories = [c["story"] for c in conversations]
     assert stories == [s.question_type for s in tvqa] == ["grow", "last", "count"]
@@ -85,8 +87,9 @@ def test_generated_set_reads_as_llava_video_conversations_and_scores_per_story(t
 
 def test_generated_set_reads_as_tvqa_and_decodes_to_its_frames(tmp_path):
     summary = generate_videos(tmp_path, n_train=6, n_test=3, seed=0, progress=False)
-    samples = load_samples({"format": "tvqa", "questions_file": str(tmp_path / "tvqa_train.jsonl"),
-                            "video_dir": str(tmp_path / "videos")})
+    samples = load_samples(
+        {"format": "tvqa", "questions_file": str(tmp_path / "tvqa_train.jsonl"), "video_dir": str(tmp_path / "videos")}
+    )
     assert len(samples) == 6 and summary["n_test"] == 3
     for s in samples:
         right = s.metadata["choices"]["ABCDE".index(s.answers[0])]

@@ -39,8 +39,7 @@ def test_round_trip_gives_identical_logits(tmp_path):
     assert not any(p.requires_grad for p in loaded.parameters())
     inputs, feats = lm_inputs(mem.language_model), torch.randn(2, 4, 12)
     with torch.no_grad():
-        assert torch.equal(mem(**inputs, visual_features=feats).logits,
-                           loaded(**inputs, visual_features=feats).logits)
+        assert torch.equal(mem(**inputs, visual_features=feats).logits, loaded(**inputs, visual_features=feats).logits)
     trainable = MemVPModel.from_pretrained(tiny_model("llama"), tmp_path, is_trainable=True)
     assert trainable.get_nb_trainable_parameters() == mem.get_nb_trainable_parameters()
     assert trainable.memvp_config == mem.memvp_config
@@ -53,8 +52,9 @@ def test_loading_onto_another_model_fails_clearly(tmp_path):
     _trained("llama").save_pretrained(tmp_path / "llama")
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    wider = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=64,
-                                                         num_hidden_layers=2, num_attention_heads=4))
+    wider = AutoModelForCausalLM.from_config(
+        LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    )
     with pytest.raises(ValueError, match="hidden_size=32.*hidden_size=48"):
         MemVPModel.from_pretrained(wider, tmp_path / "llama")
     with pytest.raises(FileNotFoundError, match="not a MemVPModel adapter directory"):
@@ -63,8 +63,9 @@ def test_loading_onto_another_model_fails_clearly(tmp_path):
 
 def test_vision_adapters_are_saved_and_required(tmp_path):
     torch.manual_seed(0)
-    vit_cfg = CLIPVisionConfig(hidden_size=12, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
-                               image_size=8, patch_size=4)
+    vit_cfg = CLIPVisionConfig(
+        hidden_size=12, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, image_size=8, patch_size=4
+    )
     enc = HFVisionEncoder(CLIPVisionModel(vit_cfg), adapter_hidden=4)
     mem = get_memvp_model(tiny_model("llama"), CFG, vision_encoder=enc)
     with torch.no_grad():
@@ -79,8 +80,9 @@ def test_vision_adapters_are_saved_and_required(tmp_path):
     pixels = torch.randn(1, 3, 8, 8)
     ids = torch.tensor([[5, 6, 7]])
     with torch.no_grad():
-        torch.testing.assert_close(mem.eval()(input_ids=ids, pixel_values=pixels).logits,
-                                   loaded(input_ids=ids, pixel_values=pixels).logits)
+        torch.testing.assert_close(
+            mem.eval()(input_ids=ids, pixel_values=pixels).logits, loaded(input_ids=ids, pixel_values=pixels).logits
+        )
 
 
 def test_failed_save_leaves_previous_adapter_intact(tmp_path, monkeypatch):

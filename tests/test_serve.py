@@ -132,15 +132,27 @@ def test_binds_to_localhost_by_default():
     assert args.host == "127.0.0.1"
 
 
-@pytest.mark.parametrize("extra, message", [
-    (("--adapter", "nowhere"), "not a MemVP adapter"),
-    (("--port", "70000"), "--port must be"),
-    (("--max-new-tokens", "200"), "must exceed --max-new-tokens"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--adapter", "nowhere"), "not a MemVP adapter"),
+        (("--port", "70000"), "--port must be"),
+        (("--max-new-tokens", "200"), "must exceed --max-new-tokens"),
+    ],
+)
 def test_serve_bad_options_exit_2_with_one_line(files, capsys, extra, message):
     flag, value = extra
-    argv = ["serve", "--adapter", str(files / "adapter"), "--language-model", str(files / "lm"),
-            "--vision-encoder", str(files / "vit"), flag, str(files / value) if flag == "--adapter" else value]
+    argv = [
+        "serve",
+        "--adapter",
+        str(files / "adapter"),
+        "--language-model",
+        str(files / "lm"),
+        "--vision-encoder",
+        str(files / "vit"),
+        flag,
+        str(files / value) if flag == "--adapter" else value,
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and message in err.strip().splitlines()[-1]
@@ -172,12 +184,34 @@ def server(files):
     """``python -m memvp.cli serve`` (= ``memvp serve``) on a free port of 127.0.0.1; always stopped."""
     port = _free_port()
     log = open(files / "server.log", "w")  # noqa: SIM115 (the server writes it until the fixture ends)
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(files / "gradio-tmp"),
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "memvp.cli", "serve", "--adapter", str(files / "adapter"),
-               "--language-model", str(files / "lm"), "--vision-encoder", str(files / "vit"),
-               "--port", str(port), "--max-new-tokens", str(MAX_NEW_TOKENS), "--max-pixels", str(MAX_PIXELS),
-               "--max-upload-mb", str(MAX_UPLOAD_MB)]
+    env = {
+        **os.environ,
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "GRADIO_TEMP_DIR": str(files / "gradio-tmp"),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "memvp.cli",
+        "serve",
+        "--adapter",
+        str(files / "adapter"),
+        "--language-model",
+        str(files / "lm"),
+        "--vision-encoder",
+        str(files / "vit"),
+        "--port",
+        str(port),
+        "--max-new-tokens",
+        str(MAX_NEW_TOKENS),
+        "--max-pixels",
+        str(MAX_PIXELS),
+        "--max-upload-mb",
+        str(MAX_UPLOAD_MB),
+    ]
     proc = subprocess.Popen(command, cwd=files, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -193,8 +227,10 @@ def server(files):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"memvp serve did not answer on {url} within {STARTUP_S} s:\n"
-                            f"{(files / 'server.log').read_text()[-3000:]}")
+                pytest.fail(
+                    f"memvp serve did not answer on {url} within {STARTUP_S} s:\n"
+                    f"{(files / 'server.log').read_text()[-3000:]}"
+                )
             time.sleep(0.5)
         yield url, port
     finally:
@@ -214,17 +250,26 @@ def browser():
         from selenium.webdriver.chrome.service import Service
     except ImportError:
         pytest.fail("the browser test needs selenium (pip install -r requirements.txt)")
-    binary = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
-                  None)
+    binary = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
     driver_path = shutil.which("chromedriver") or next(
-        (p for p in ("/usr/lib/chromium/chromedriver", "/usr/bin/chromedriver") if os.path.exists(p)), None)
+        (p for p in ("/usr/lib/chromium/chromedriver", "/usr/bin/chromedriver") if os.path.exists(p)), None
+    )
     if binary is None or driver_path is None:
-        pytest.fail("the browser test needs headless Chromium and its driver, not found on PATH: "
-                    "apt-get install -y chromium chromium-driver (Debian; run.sh does this when it can)")
+        pytest.fail(
+            "the browser test needs headless Chromium and its driver, not found on PATH: "
+            "apt-get install -y chromium chromium-driver (Debian; run.sh does this when it can)"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--no-proxy-server", "--window-size=1280,1000", "--disable-extensions"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--no-proxy-server",
+        "--window-size=1280,1000",
+        "--disable-extensions",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
     try:
@@ -308,8 +353,11 @@ def test_browser_upload_ask_and_read_the_answer(server, browser, files, expected
     page.ask(QUESTION, show_map=True)
     page.wait_status("Map drawn")
     assert page.answer() == expected
-    page.wait.until(lambda d: d.execute_script(
-        "const i = document.querySelector('#heatmap img'); return i && i.complete && i.naturalWidth > 100;"))
+    page.wait.until(
+        lambda d: d.execute_script(
+            "const i = document.querySelector('#heatmap img'); return i && i.complete && i.naturalWidth > 100;"
+        )
+    )
     shot = os.environ.get("MEMVP_SERVE_SCREENSHOT")
     if shot:
         browser.execute_script("window.scrollTo(0, 0)")

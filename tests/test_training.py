@@ -23,8 +23,14 @@ def test_train_save_load_predict_eval(tiny, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 8 and metrics["train_samples"] == 36
     curve = (run / "loss_curve.csv").read_text().splitlines()
-    assert curve[0] == ("step,epoch,loss,lr,samples_per_s,residual_ratio_max,memory_to_ffn_max,"
-                        "memory_to_ffn_mean,positive_scores_mean,top_share_mean") and len(curve) == 9
+    assert (
+        curve[0]
+        == (
+            "step,epoch,loss,lr,samples_per_s,residual_ratio_max,memory_to_ffn_max,"
+            "memory_to_ffn_mean,positive_scores_mean,top_share_mean"
+        )
+        and len(curve) == 9
+    )
     losses = [float(line.split(",")[2]) for line in curve[1:]]
     assert losses[-1] < losses[0]
     # The instruments ran at the first and the last step (diagnose_every=50 > 8 steps) and nowhere else.
@@ -40,23 +46,42 @@ def test_train_save_load_predict_eval(tiny, capsys):
     # The adapter folder is ready to share: a model card with base model, method, data and metrics.
     card = (run / "adapter" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: memvp\nbase_model: " + str(root / "lm"))
-    assert "# memvp adapter for " + str(root / "lm") in card and f"- trainable parameters: {metrics['trainable_parameters']:,d}" in card
+    assert (
+        "# memvp adapter for " + str(root / "lm") in card
+        and f"- trainable parameters: {metrics['trainable_parameters']:,d}" in card
+    )
     assert "questions_train.json" in card and "questions_test.json" in card
     assert f'"overall": {metrics["eval"]["overall"]}' in card
 
-    assert main(["eval", str(root / "train.yaml"), "--adapter", str(run / "adapter"),
-                 f"output_dir={root / 'eval'}"]) == 0
+    assert (
+        main(["eval", str(root / "train.yaml"), "--adapter", str(run / "adapter"), f"output_dir={root / 'eval'}"]) == 0
+    )
     assert json.loads((root / "eval" / "predictions.json").read_text()) == train_predictions
     assert json.loads((root / "eval" / "eval_metrics.json").read_text()) == metrics["eval"]
-    assert main(["predict", str(root / "train.yaml"), "--adapter", str(run / "adapter"),
-                 f"output_dir={root / 'pred'}"]) == 0
+    assert (
+        main(["predict", str(root / "train.yaml"), "--adapter", str(run / "adapter"), f"output_dir={root / 'pred'}"])
+        == 0
+    )
     assert json.loads((root / "pred" / "predictions.json").read_text()) == train_predictions
+
     # Sampling options reach generate: a nucleus of one token (top_p -> 0) is greedy decoding whatever
     # the temperature; a very hot, full nucleus (seeded) draws nearly uniform words instead.
     def sampled(name, *options):
         torch.manual_seed(0)
-        assert main(["predict", str(root / "train.yaml"), "--adapter", str(run / "adapter"),
-                     f"output_dir={root / name}", "do_sample=true", *options]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    str(root / "train.yaml"),
+                    "--adapter",
+                    str(run / "adapter"),
+                    f"output_dir={root / name}",
+                    "do_sample=true",
+                    *options,
+                ]
+            )
+            == 0
+        )
         return json.loads((root / name / "predictions.json").read_text())
 
     assert sampled("nucleus1", "top_p=1e-9", "temperature=2.0") == train_predictions
@@ -70,17 +95,27 @@ def test_train_save_load_predict_eval(tiny, capsys):
 def test_baselines_train_and_evaluate_through_the_same_commands(tiny, capsys, method):
     root = tiny
     run = root / f"run-{method}"
-    assert main(["train", str(root / "train.yaml"), f"method={method}", f"output_dir={run}",
-                 "baseline.lora_r=4"]) == 0
+    assert main(["train", str(root / "train.yaml"), f"method={method}", f"output_dir={run}", "baseline.lora_r=4"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["method"] == method and metrics["use_images"] == (method == "input_space")
     losses = [float(line.split(",")[2]) for line in (run / "loss_curve.csv").read_text().splitlines()[1:]]
     assert losses[-1] < losses[0]
     # eval finds the method from the adapter directory alone and reproduces the predictions.
-    assert main(["eval", str(root / "train.yaml"), "--adapter", str(run / "adapter"),
-                 f"output_dir={root / ('eval-' + method)}"]) == 0
-    assert (json.loads((root / f"eval-{method}" / "predictions.json").read_text())
-            == json.loads((run / "predictions_eval.json").read_text()))
+    assert (
+        main(
+            [
+                "eval",
+                str(root / "train.yaml"),
+                "--adapter",
+                str(run / "adapter"),
+                f"output_dir={root / ('eval-' + method)}",
+            ]
+        )
+        == 0
+    )
+    assert json.loads((root / f"eval-{method}" / "predictions.json").read_text()) == json.loads(
+        (run / "predictions_eval.json").read_text()
+    )
     assert main(["train", str(root / "train.yaml"), "method=llava"]) == 2
     assert "method must be one of" in capsys.readouterr().err
 
@@ -88,8 +123,19 @@ def test_baselines_train_and_evaluate_through_the_same_commands(tiny, capsys, me
 def test_measure_memory_reports_one_step_and_leaves_training_as_it_was(tiny, monkeypatch):
     root = tiny
     for name, extra in (("plain", []), ("measured", ["measure_memory=true"])):
-        assert main(["train", str(root / "train.yaml"), f"output_dir={root / name}", "max_steps=3",
-                     "eval_data=null", *extra]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    str(root / "train.yaml"),
+                    f"output_dir={root / name}",
+                    "max_steps=3",
+                    "eval_data=null",
+                    *extra,
+                ]
+            )
+            == 0
+        )
     plain, measured = (json.loads((root / n / "metrics.json").read_text()) for n in ("plain", "measured"))
     assert "peak_step_memory_bytes" not in plain
     curve = lambda n: [line.split(",")[2] for line in (root / n / "loss_curve.csv").read_text().splitlines()[1:]]
@@ -105,9 +151,22 @@ def test_measure_memory_reports_one_step_and_leaves_training_as_it_was(tiny, mon
     steps_started = []
     real_step = loop._optimizer_step
     monkeypatch.setattr(loop, "_optimizer_step", lambda *a, **k: steps_started.append(1) or real_step(*a, **k))
-    monkeypatch.setattr(PeakMemory, "measure", lambda self, fn: measured_steps.append(len(steps_started) + 1) or fn() or 4321)
-    assert main(["train", str(root / "train.yaml"), f"output_dir={root / 'spy'}", "max_steps=3",
-                 "eval_data=null", "measure_memory=true"]) == 0
+    monkeypatch.setattr(
+        PeakMemory, "measure", lambda self, fn: measured_steps.append(len(steps_started) + 1) or fn() or 4321
+    )
+    assert (
+        main(
+            [
+                "train",
+                str(root / "train.yaml"),
+                f"output_dir={root / 'spy'}",
+                "max_steps=3",
+                "eval_data=null",
+                "measure_memory=true",
+            ]
+        )
+        == 0
+    )
     assert measured_steps == [2]
     assert json.loads((root / "spy" / "metrics.json").read_text())["peak_step_memory_bytes"] == 4321
 
@@ -137,8 +196,9 @@ def test_bad_input_is_a_clear_error_with_nonzero_exit(tiny, capsys, tmp_path):
         (tmp_path / "moved.png").rename(image)
 
     # An adapter saved for another base model.
-    other = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=24, intermediate_size=32,
-                                         num_hidden_layers=2, num_attention_heads=4))
+    other = LlamaForCausalLM(
+        LlamaConfig(vocab_size=64, hidden_size=24, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4)
+    )
     from memvp import MemVPConfig, get_memvp_model
 
     get_memvp_model(other, MemVPConfig(visual_dim=16, num_entries=16)).save_pretrained(tmp_path / "foreign")
@@ -149,8 +209,19 @@ def test_bad_input_is_a_clear_error_with_nonzero_exit(tiny, capsys, tmp_path):
     # An empty split.
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps({"data_subtype": "test", "questions": []}))
-    assert main(["eval", cfg, "--adapter", str(root / "run" / "adapter"), f"eval_data.questions_file={empty}",
-                 "eval_data.annotations_file=null"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                cfg,
+                "--adapter",
+                str(root / "run" / "adapter"),
+                f"eval_data.questions_file={empty}",
+                "eval_data.annotations_file=null",
+            ]
+        )
+        == 2
+    )
     assert "no samples" in capsys.readouterr().err
 
 
@@ -163,8 +234,9 @@ def test_numbers_in_overrides_are_numbers():
         TrainConfig.from_yaml(None, ["lr=fast"])
 
 
-@pytest.mark.parametrize("bad", [{"max_steps": 0, "epochs": 0}, {"epochs": -1}, {"max_steps": -5},
-                                 {"diagnose_every": -1}])
+@pytest.mark.parametrize(
+    "bad", [{"max_steps": 0, "epochs": 0}, {"epochs": -1}, {"max_steps": -5}, {"diagnose_every": -1}]
+)
 def test_a_budget_that_trains_nothing_is_rejected_before_any_work(bad):
     """Issue 12.4: these used to train 1 step / a full epoch and overwrite the previous run."""
     from memvp.training import TrainConfig
@@ -202,8 +274,19 @@ def test_evaluation_reports_truncated_prompts(tiny, capsys, tmp_path):
     assert "(evaluation)" in printed
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["eval"]["truncated_prompts"] == metrics["eval"]["count"] == 12
-    assert main(["eval", cfg, "--adapter", str(tmp_path / "run" / "adapter"), "max_length=8",
-                 f"output_dir={tmp_path / 'eval'}"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                cfg,
+                "--adapter",
+                str(tmp_path / "run" / "adapter"),
+                "max_length=8",
+                f"output_dir={tmp_path / 'eval'}",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())["truncated_prompts"] == 12
 
 
@@ -211,8 +294,8 @@ def test_training_measures_the_features_common_share_and_centres_on_the_training
     """Every run with images logs how much of the features' energy is their common mean (metrics.json:
     visual_feature_common_share); center_features fills MemVP's feature_mean from the training split,
     saved with the adapter, and a high share without it gets a hint."""
-    from memvp.inputs import VisualInputs
     from memvp.datasets import Sample, load_samples
+    from memvp.inputs import VisualInputs
     from memvp.pretrained import load_vision_encoder
     from memvp.training.build import visual_feature_statistics
 
@@ -225,7 +308,8 @@ def test_training_measures_the_features_common_share_and_centres_on_the_training
     share = json.loads((root / "plain" / "metrics.json").read_text())["visual_feature_common_share"]
     assert json.loads((root / "centred" / "metrics.json").read_text())["visual_feature_common_share"] == share
     assert 0.0 < share < 1.0 and f"visual features: {100 * share:.1f}% of their energy is their common mean" in (
-        plain_log.out + plain_log.err)
+        plain_log.out + plain_log.err
+    )
     assert "common mean; centred on it" in centred_log.out + centred_log.err
     saved = json.loads((root / "centred" / "adapter" / "memvp_config.json").read_text())
     cfg = yaml.safe_load((root / "train.yaml").read_text())
@@ -261,8 +345,14 @@ def test_vit_adapters_train_save_load_and_predict_through_the_cli(tiny, capsys):
     from memvp.pretrained import load_language_model, load_vision_encoder
 
     root, run = tiny, tiny / "run-vit-adapters"
-    overrides = [f"output_dir={run}", "vision.adapter_hidden=4", "vision.adapter_dropout=0.0", "max_steps=3",
-                 "lr=0.05", f"feature_cache={root / 'no-cache-here'}"]
+    overrides = [
+        f"output_dir={run}",
+        "vision.adapter_hidden=4",
+        "vision.adapter_dropout=0.0",
+        "max_steps=3",
+        "lr=0.05",
+        f"feature_cache={root / 'no-cache-here'}",
+    ]
     assert main(["train", str(root / "train.yaml"), *overrides]) == 0
     out = capsys.readouterr().out
     assert "ViT adapters, which train with the method" in out and "effective lr 0.05" in out
@@ -275,8 +365,19 @@ def test_vit_adapters_train_save_load_and_predict_through_the_cli(tiny, capsys):
     meta = json.loads((run / "adapter" / "memvp_config.json").read_text())
     assert meta["vision_encoder"]["options"]["adapter_hidden"] == 4
 
-    assert main(["predict", str(root / "train.yaml"), "--adapter", str(run / "adapter"), *overrides[1:3],
-                 f"output_dir={root / 'pred-vit'}"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(root / "train.yaml"),
+                "--adapter",
+                str(run / "adapter"),
+                *overrides[1:3],
+                f"output_dir={root / 'pred-vit'}",
+            ]
+        )
+        == 0
+    )
     predictions = json.loads((root / "pred-vit" / "predictions.json").read_text())
     assert predictions == json.loads((run / "predictions_eval.json").read_text())
 
@@ -295,14 +396,28 @@ def test_vit_adapters_train_save_load_and_predict_through_the_cli(tiny, capsys):
         zeroed = model(input_ids=ids, pixel_values=pixels).logits
     assert not torch.allclose(trained, zeroed, atol=1e-6)
     # Gradient checkpointing covers the encoder (its layers recomputed in backward): the same training.
-    assert main(["train", str(root / "train.yaml"), *overrides[1:], f"output_dir={root / 'run-vit-ckpt'}",
-                 "gradient_checkpointing=true", "eval_data=null"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(root / "train.yaml"),
+                *overrides[1:],
+                f"output_dir={root / 'run-vit-ckpt'}",
+                "gradient_checkpointing=true",
+                "eval_data=null",
+            ]
+        )
+        == 0
+    )
     checkpointed = load_file(str(root / "run-vit-ckpt" / "adapter" / "memvp_model.safetensors"))
     assert checkpointed.keys() == state.keys()
     assert all(torch.allclose(checkpointed[k], state[k], atol=1e-6) for k in state)
     with pytest.raises(ValueError, match="ViT adapters differ"):  # an encoder without them does not fit
-        load_adapter(load_language_model(cfg["language_model"])[0], run / "adapter",
-                     vision_encoder=load_vision_encoder(cfg["vision_encoder"]))
+        load_adapter(
+            load_language_model(cfg["language_model"])[0],
+            run / "adapter",
+            vision_encoder=load_vision_encoder(cfg["vision_encoder"]),
+        )
 
 
 @pytest.fixture
@@ -335,8 +450,16 @@ def test_fp16_trains_with_a_gradient_scaler(tiny, cpu_fp16, capsys):
     scaled on every backward, unscaled before clipping, and the fp32 master weights learn."""
     scalers, options = cpu_fp16
     run = tiny / "run-fp16"
-    args = ["train", str(tiny / "train.yaml"), f"output_dir={run}", "precision=fp16", "model_dtype=float16",
-            "max_steps=4", "max_grad_norm=1.0", "eval_data=null"]
+    args = [
+        "train",
+        str(tiny / "train.yaml"),
+        f"output_dir={run}",
+        "precision=fp16",
+        "model_dtype=float16",
+        "max_steps=4",
+        "max_grad_norm=1.0",
+        "eval_data=null",
+    ]
     assert main(args) == 0
     (scaler,) = scalers
     assert scaler.is_enabled() and scaler.get_scale() == 65536.0  # no overflow: the scale stayed
@@ -347,6 +470,6 @@ def test_fp16_trains_with_a_gradient_scaler(tiny, cpu_fp16, capsys):
     weights = load_file(str(run / "adapter" / "memvp_model.safetensors"))
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in weights.values())
     # A scale that overflows fp16 gradients: those steps are skipped (weights kept) and the scale halves.
-    options["init_scale"] = 2.0 ** 60
+    options["init_scale"] = 2.0**60
     assert main([*args, f"output_dir={tiny / 'run-fp16-overflow'}", "max_steps=2"]) == 0
-    assert scalers[-1].get_scale() < 2.0 ** 60
+    assert scalers[-1].get_scale() < 2.0**60

@@ -25,13 +25,20 @@ import memvp.training.loop as loop_module
 from memvp.cli import main
 from memvp.training.checkpoint import list_checkpoints, write_directory_atomically
 
-ARGS = ["memvp.dropout=0.1", "batch_size=6", "grad_accum=2", "save_every=2", "save_total_limit=2",
-        "eval_every=3", "max_eval_samples=6"]
+ARGS = [
+    "memvp.dropout=0.1",
+    "batch_size=6",
+    "grad_accum=2",
+    "save_every=2",
+    "save_total_limit=2",
+    "eval_every=3",
+    "max_eval_samples=6",
+]
 
 # The same run in a child process that SIGKILLs itself half-way through writing checkpoint-6: the
 # first torch.save into its temporary directory leaves half a file, then the process dies (no
 # exception handler, no cleanup runs: as a kill -9 or a node failure).
-KILLED_WHILE_SAVING = '''
+KILLED_WHILE_SAVING = """
 import os, signal, sys
 import torch
 from memvp.cli import main
@@ -47,7 +54,7 @@ def save(obj, f, *args, **kwargs):
 
 torch.save = save
 sys.exit(main(sys.argv[1:]))
-'''
+"""
 
 
 def adapter(run: Path) -> dict[str, torch.Tensor]:
@@ -83,8 +90,13 @@ def test_run_killed_while_saving_resumes_to_the_same_result(tiny, uninterrupted,
     script = tmp_path / "killed_while_saving.py"
     script.write_text(KILLED_WHILE_SAVING)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, str(script), "train", str(tiny / "train.yaml"), f"output_dir={run}", *ARGS],
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script), "train", str(tiny / "train.yaml"), f"output_dir={run}", *ARGS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     # The half-written checkpoint stayed under its temporary name; the previous ones are complete.
     assert (run / ".checkpoint-6.tmp" / "optimizer.bin").is_file() and not (run / "checkpoint-6").exists()
@@ -119,8 +131,19 @@ def test_resume_latest_without_checkpoint_starts_fresh_and_bad_paths_fail(tiny, 
     assert main(["train", cfg, f"output_dir={run}", f"resume={run / 'adapter'}"]) == 2
     assert "is not a training checkpoint" in capsys.readouterr().err
     # The data position means nothing with another batch size.
-    assert main(["train", cfg, f"output_dir={tiny / 'x'}", *ARGS, "batch_size=4",
-                 f"resume={tiny / 'uninterrupted' / 'checkpoint-4'}"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                cfg,
+                f"output_dir={tiny / 'x'}",
+                *ARGS,
+                "batch_size=4",
+                f"resume={tiny / 'uninterrupted' / 'checkpoint-4'}",
+            ]
+        )
+        == 2
+    )
     assert "batch_size=6" in capsys.readouterr().err
 
 
@@ -133,12 +156,15 @@ def test_damaged_checkpoint_of_the_right_size_is_passed_over(tiny, uninterrupted
         shutil.rmtree(run / name) if (run / name).is_dir() else (run / name).unlink()
     optimizer = run / "checkpoint-6" / checkpoint.OPTIMIZER
     size = optimizer.stat().st_size
-    optimizer.write_bytes(torch.randint(0, 256, (size,), generator=torch.Generator().manual_seed(0),
-                                        dtype=torch.uint8).numpy().tobytes())
+    optimizer.write_bytes(
+        torch.randint(0, 256, (size,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy().tobytes()
+    )
     found, notes = checkpoint.resolve_resume("latest", run)
     assert found == run / "checkpoint-4"
-    assert notes == [f"{run / 'checkpoint-6'} is damaged: optimizer.bin is damaged (its sha256 differs from the one "
-                     "recorded when it was written); passed over"]
+    assert notes == [
+        f"{run / 'checkpoint-6'} is damaged: optimizer.bin is damaged (its sha256 differs from the one "
+        "recorded when it was written); passed over"
+    ]
     with pytest.raises(ValueError, match="optimizer.bin is damaged .* resume from .*checkpoint-4 instead"):
         checkpoint.resolve_resume(str(run / "checkpoint-6"), run)
     capsys.readouterr()
@@ -154,8 +180,9 @@ def test_checkpoint_without_checksums_that_does_not_load_is_damaged(tmp_path):
         d = tmp_path / f"checkpoint-{step}"
         d.mkdir()
         torch.save({"step": step}, d / checkpoint.OPTIMIZER)
-        (d / checkpoint.TRAINER_STATE).write_text(json.dumps(
-            {"files": {checkpoint.OPTIMIZER: (d / checkpoint.OPTIMIZER).stat().st_size}}))
+        (d / checkpoint.TRAINER_STATE).write_text(
+            json.dumps({"files": {checkpoint.OPTIMIZER: (d / checkpoint.OPTIMIZER).stat().st_size}})
+        )
     damaged = tmp_path / "checkpoint-4" / checkpoint.OPTIMIZER
     damaged.write_bytes(bytes(damaged.stat().st_size))
     found, notes = checkpoint.resolve_resume("latest", tmp_path)
@@ -168,23 +195,41 @@ def no_model_load(monkeypatch):
 
     def refuse(*args, **kwargs):
         raise AssertionError("the language model was loaded before the changed config was refused")
+
     monkeypatch.setattr(build_module, "load_language_model", refuse)
 
 
-@pytest.mark.parametrize("override, named", [
-    ("seed=1", "seed=0 (this config: 1)"),
-    ("memvp.num_entries=8", "memvp.num_entries=16 (this config: 8)"),
-    ("method=adem", "method='memvp' (this config: 'adem')"),
-    ("weight_decay=0.1", "weight_decay=0.02 (this config: 0.1)"),
-    ("max_train_samples=10", "max_train_samples=0 (this config: 10)"),
-    ("train_data.questions_file=data/questions_test.json train_data.annotations_file=data/annotations_test.json",
-     "train_data.questions_file='data/questions_train.json' (this config: 'data/questions_test.json')"),
-])
-def test_resume_refuses_settings_that_can_not_change_naming_them(tiny, uninterrupted, capsys, no_model_load,
-                                                                 override, named):
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("seed=1", "seed=0 (this config: 1)"),
+        ("memvp.num_entries=8", "memvp.num_entries=16 (this config: 8)"),
+        ("method=adem", "method='memvp' (this config: 'adem')"),
+        ("weight_decay=0.1", "weight_decay=0.02 (this config: 0.1)"),
+        ("max_train_samples=10", "max_train_samples=0 (this config: 10)"),
+        (
+            "train_data.questions_file=data/questions_test.json train_data.annotations_file=data/annotations_test.json",
+            "train_data.questions_file='data/questions_train.json' (this config: 'data/questions_test.json')",
+        ),
+    ],
+)
+def test_resume_refuses_settings_that_can_not_change_naming_them(
+    tiny, uninterrupted, capsys, no_model_load, override, named
+):
     """Issue 24.4: a resumed run ignored changed settings silently."""
-    assert main(["train", str(tiny / "train.yaml"), f"output_dir={tiny / 'changed'}", *ARGS, *override.split(),
-                 f"resume={uninterrupted / 'checkpoint-4'}"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                str(tiny / "train.yaml"),
+                f"output_dir={tiny / 'changed'}",
+                *ARGS,
+                *override.split(),
+                f"resume={uninterrupted / 'checkpoint-4'}",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "settings that can not change mid-run differ from the checkpoint's" in err[0]
     assert named in err[0] and "start afresh" in err[0]
@@ -203,8 +248,18 @@ def test_resume_refuses_another_train_file_of_the_same_size(tiny, uninterrupted,
     before = annotations.stat().st_size
     annotations.write_text(json.dumps(data, separators=(",", ":")))  # as the data set was written
     assert annotations.stat().st_size == before  # the same questions and answers, two of them swapped
-    assert main(["train", str(tmp_path / "train.yaml"), f"output_dir={tmp_path / 'run'}", *ARGS,
-                 f"resume={uninterrupted / 'checkpoint-4'}"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                str(tmp_path / "train.yaml"),
+                f"output_dir={tmp_path / 'run'}",
+                *ARGS,
+                f"resume={uninterrupted / 'checkpoint-4'}",
+            ]
+        )
+        == 2
+    )
     assert "the train set differs from the one it was trained on" in capsys.readouterr().err
 
 
@@ -214,8 +269,10 @@ def test_resume_honours_a_new_lr_and_max_steps(tiny, uninterrupted, capsys):
     start = uninterrupted / "checkpoint-4"
     rows = lambda run: [line.split(",") for line in curve(run)[1:]]  # noqa: E731  step, epoch, loss, lr
     old = rows(uninterrupted)
-    assert main(["train", str(tiny / "train.yaml"), f"output_dir={tiny / 'new-lr'}", *ARGS, "lr=0.5",
-                 f"resume={start}"]) == 0
+    assert (
+        main(["train", str(tiny / "train.yaml"), f"output_dir={tiny / 'new-lr'}", *ARGS, "lr=0.5", f"resume={start}"])
+        == 0
+    )
     assert "resuming with changed settings: lr=0.01 (this config: 0.5)" in capsys.readouterr().out
     new = rows(tiny / "new-lr")
     assert new[:4] == old[:4] and len(new) == 8  # the first 4 steps come from the checkpoint
@@ -226,8 +283,20 @@ def test_resume_honours_a_new_lr_and_max_steps(tiny, uninterrupted, capsys):
     assert not any(torch.equal(got[k], want[k]) for k in want if "position" in k)
 
     import math
-    assert main(["train", str(tiny / "train.yaml"), f"output_dir={tiny / 'longer'}", *ARGS, "max_steps=12",
-                 f"resume={start}"]) == 0
+
+    assert (
+        main(
+            [
+                "train",
+                str(tiny / "train.yaml"),
+                f"output_dir={tiny / 'longer'}",
+                *ARGS,
+                "max_steps=12",
+                f"resume={start}",
+            ]
+        )
+        == 0
+    )
     longer = rows(tiny / "longer")
     assert [int(r[0]) for r in longer] == list(range(1, 13))
     for r in longer[4:]:  # cosine over 12 steps from step 5 on (warmup 0)
@@ -250,6 +319,7 @@ def test_failed_write_leaves_the_previous_checkpoint(tmp_path):
         def write(tmp: Path) -> None:
             (tmp / "weights").write_text(content)
             (tmp / checkpoint.TRAINER_STATE).write_text("{}")
+
         write_directory_atomically(tmp_path / name, write)
 
     def crash_midway(tmp: Path) -> None:
@@ -309,13 +379,23 @@ def test_bf16_autocast_bf16_weights_and_gradient_checkpointing_train_and_resume(
     from accelerate.state import AcceleratorState
 
     cfg = str(tiny / "train.yaml")
-    args = ["precision=bf16", "model_dtype=bfloat16", "gradient_checkpointing=true", "memvp.train_layernorms=true",
-            "save_every=4", "eval_data=null"]
+    args = [
+        "precision=bf16",
+        "model_dtype=bfloat16",
+        "gradient_checkpointing=true",
+        "memvp.train_layernorms=true",
+        "save_every=4",
+        "eval_data=null",
+    ]
     AcceleratorState._reset_state()  # Accelerate keeps one mixed precision per process
     try:
         assert main(["train", cfg, f"output_dir={tiny / 'bf16'}", *args]) == 0
-        assert main(["train", cfg, f"output_dir={tiny / 'bf16-resumed'}", *args,
-                     f"resume={tiny / 'bf16' / 'checkpoint-4'}"]) == 0
+        assert (
+            main(
+                ["train", cfg, f"output_dir={tiny / 'bf16-resumed'}", *args, f"resume={tiny / 'bf16' / 'checkpoint-4'}"]
+            )
+            == 0
+        )
     finally:
         AcceleratorState._reset_state()
     weights = adapter(tiny / "bf16")

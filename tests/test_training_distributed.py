@@ -29,7 +29,7 @@ LOSS_ATOL = 1e-5
 # path (and memvp's FSDP branches: gathering weights and optimizer state, generation) on CPU, this
 # launcher reports the CPU launch to Accelerate as a GPU one, with the device kept on the CPU and
 # the settings of configs/accelerate/fsdp.yaml (sync_module_states off: that option needs a GPU).
-FSDP_ON_CPU = '''
+FSDP_ON_CPU = """
 import os, sys
 import torch.distributed
 from accelerate.state import PartialState
@@ -45,15 +45,20 @@ os.environ.update({
     "FSDP_SYNC_MODULE_STATES": "false", "FSDP_BACKWARD_PREFETCH": "BACKWARD_PRE"})
 from memvp.cli import main
 sys.exit(main(sys.argv[1:]))
-'''
+"""
 
 
 def torchrun(args: list[str], cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "FSDP_"))}
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           f"--nproc_per_node={nproc}", *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
 def curve(run: Path) -> list[list[float]]:
@@ -63,8 +68,10 @@ def curve(run: Path) -> list[list[float]]:
 
 
 def assert_same_training(run: Path, reference: Path) -> None:
-    got, want = load_file(str(run / "adapter" / "memvp_model.safetensors")), \
-        load_file(str(reference / "adapter" / "memvp_model.safetensors"))
+    got, want = (
+        load_file(str(run / "adapter" / "memvp_model.safetensors")),
+        load_file(str(reference / "adapter" / "memvp_model.safetensors")),
+    )
     assert got.keys() == want.keys()
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=0, atol=WEIGHTS_ATOL, msg=name)
@@ -117,12 +124,14 @@ def test_fsdp_on_cpu_matches_and_resumes_exactly(tiny, reference, tmp_path):
     whole = torch.load(reference / "checkpoint-4" / "optimizer.bin", weights_only=True)
     for i, name in enumerate(sharded["param_groups"][0]["params"]):
         for moment in ("exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(sharded["state"][name][moment].flatten(),
-                                       whole["state"][i][moment].flatten(), rtol=1e-4, atol=1e-7)
+            torch.testing.assert_close(
+                sharded["state"][name][moment].flatten(), whole["state"][i][moment].flatten(), rtol=1e-4, atol=1e-7
+            )
 
     resumed = tiny / "fsdp-resumed"
-    proc = torchrun([str(launcher), "train", "train.yaml", f"output_dir={resumed}", *COMMON,
-                     f"resume={run / 'checkpoint-4'}"], tiny)
+    proc = torchrun(
+        [str(launcher), "train", "train.yaml", f"output_dir={resumed}", *COMMON, f"resume={run / 'checkpoint-4'}"], tiny
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stdout
     a = load_file(str(run / "adapter" / "memvp_model.safetensors"))

@@ -34,8 +34,13 @@ def test_projector_lr_puts_the_projector_in_its_own_groups(method):
 
 def test_weight_decay_skips_biases_and_1d_tensors_as_timm():
     model = build_model("memvp", tiny_model("llama"), visual_dim=8, memvp={"num_entries": 4})
-    decay = {n: g["weight_decay"] for g in param_groups(model, TrainConfig(weight_decay=0.02))
-             for n, p in model.named_parameters() for q in g["params"] if p is q}
+    decay = {
+        n: g["weight_decay"]
+        for g in param_groups(model, TrainConfig(weight_decay=0.02))
+        for n, p in model.named_parameters()
+        for q in g["params"]
+        if p is q
+    }
     assert decay["visual_memory.key_position"] == decay["visual_memory.value_position"] == 0.02  # [1, n, d]
     assert decay["visual_memory.projector.0.weight"] == 0.02
     assert decay["visual_memory.projector.0.bias"] == decay["visual_memory.projector.2.bias"] == 0.0
@@ -89,7 +94,8 @@ def test_max_grad_norm_clips_the_step(max_grad_norm):
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # the step is the (clipped) gradient itself
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     batch = {"target": torch.tensor([3.0, 4.0, 0.0, 0.0]), "labels": torch.tensor([[0, 1]])}
-    _optimizer_step(accelerator, model, optimizer, scheduler, [batch], encoder_decoder=False,
-                    max_grad_norm=max_grad_norm)
+    _optimizer_step(
+        accelerator, model, optimizer, scheduler, [batch], encoder_decoder=False, max_grad_norm=max_grad_norm
+    )
     step = model.w.detach().norm().item()
     assert step == pytest.approx(5.0 if max_grad_norm == 0 else 0.5, rel=1e-5)

@@ -23,8 +23,9 @@ from transformers import (
 
 from memvp import HFVisionEncoder, MemVPConfig, PrecomputedFeatures, get_memvp_model, load_features, load_image
 
-TINY_VIT = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-                image_size=16, patch_size=4)
+TINY_VIT = dict(
+    hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4, image_size=16, patch_size=4
+)
 
 
 def _images(n=2, size=20):
@@ -96,13 +97,29 @@ def _count(mem):
 
 def _llama_with_clip(hidden, intermediate, layers, heads, n):
     with torch.device("meta"):
-        lm = AutoModelForCausalLM.from_config(LlamaConfig(
-            vocab_size=32000, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-            num_attention_heads=heads))
-        vit = CLIPVisionModel(CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                               num_attention_heads=16, patch_size=14, image_size=224))
+        lm = AutoModelForCausalLM.from_config(
+            LlamaConfig(
+                vocab_size=32000,
+                hidden_size=hidden,
+                intermediate_size=intermediate,
+                num_hidden_layers=layers,
+                num_attention_heads=heads,
+            )
+        )
+        vit = CLIPVisionModel(
+            CLIPVisionConfig(
+                hidden_size=1024,
+                intermediate_size=4096,
+                num_hidden_layers=24,
+                num_attention_heads=16,
+                patch_size=14,
+                image_size=224,
+            )
+        )
     enc = HFVisionEncoder(vit, adapter_hidden=12)
-    return get_memvp_model(lm, MemVPConfig(visual_dim=1024, num_entries=n, projector_hidden=128, memory_scale="paper"), enc)
+    return get_memvp_model(
+        lm, MemVPConfig(visual_dim=1024, num_entries=n, projector_hidden=128, memory_scale="paper"), enc
+    )
 
 
 # Hand counts: shared p^k, p^v (2 n d) + projector 1024 -> 128 -> d with biases
@@ -110,10 +127,13 @@ def _llama_with_clip(hidden, intermediate, layers, heads, n):
 _ADAPTERS = 23 * 2 * 1024 * 12
 
 
-@pytest.mark.parametrize("hidden,intermediate,layers,heads,n,paper", [
-    (4096, 11008, 32, 32, 320, 3.9e6),   # LLaMA-7B, Table 2
-    (5120, 13824, 40, 40, 400, 5.5e6),   # LLaMA-13B, Table 2
-])
+@pytest.mark.parametrize(
+    "hidden,intermediate,layers,heads,n,paper",
+    [
+        (4096, 11008, 32, 32, 320, 3.9e6),  # LLaMA-7B, Table 2
+        (5120, 13824, 40, 40, 400, 5.5e6),  # LLaMA-13B, Table 2
+    ],
+)
 def test_llama_parameter_counts_match_table_2(hidden, intermediate, layers, heads, n, paper):
     mem = _llama_with_clip(hidden, intermediate, layers, heads, n)
     expected = 2 * n * hidden + (1024 * 128 + 128 + 128 * hidden + hidden) + _ADAPTERS
@@ -123,11 +143,23 @@ def test_llama_parameter_counts_match_table_2(hidden, intermediate, layers, head
 
 def test_t5_and_bart_base_parameter_counts_match_table_1():
     with torch.device("meta"):
-        t5 = T5ForConditionalGeneration(T5Config(vocab_size=32128, d_model=768, d_ff=3072, num_layers=12,
-                                                 num_heads=12, d_kv=64, feed_forward_proj="relu"))
-        bart = BartForConditionalGeneration(BartConfig(
-            vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
-            decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072))
+        t5 = T5ForConditionalGeneration(
+            T5Config(
+                vocab_size=32128, d_model=768, d_ff=3072, num_layers=12, num_heads=12, d_kv=64, feed_forward_proj="relu"
+            )
+        )
+        bart = BartForConditionalGeneration(
+            BartConfig(
+                vocab_size=50265,
+                d_model=768,
+                encoder_layers=6,
+                decoder_layers=6,
+                encoder_attention_heads=12,
+                decoder_attention_heads=12,
+                encoder_ffn_dim=3072,
+                decoder_ffn_dim=3072,
+            )
+        )
     cfg = MemVPConfig(visual_dim=2048, num_entries=240, projector="linear", memory_scale="paper")
     projector = 2048 * 768 + 768
     t5_count = _count(get_memvp_model(t5, cfg))

@@ -13,8 +13,8 @@ from PIL import Image
 from transformers import BartConfig, BartForConditionalGeneration, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from memvp import HFVisionEncoder, MemVPConfig, get_memvp_model
-from memvp.inputs import VisualInputs
 from memvp.datasets import Sample
+from memvp.inputs import VisualInputs
 from memvp.vision import FrameEncoder, PrecomputedFeatures, VideoClip, frame_indices, load_frame_features, read_frames
 
 FPS, FRAMES = 6, 12
@@ -116,9 +116,17 @@ def test_bad_videos_name_the_file(tmp_path):
 
 def _tiny_clip_with_projection():
     torch.manual_seed(0)
-    model = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2, image_size=16,
-        patch_size=4, projection_dim=8)).eval()
+    model = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=16,
+            intermediate_size=24,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=4,
+            projection_dim=8,
+        )
+    ).eval()
     from transformers import CLIPImageProcessor
 
     return HFVisionEncoder(model, CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}))
@@ -172,10 +180,12 @@ def test_visual_inputs_encode_each_clip_once_and_read_feature_files_as_frames(tm
     video = _write_video(tmp_path / "v.mp4", LEVELS)
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"garbage" * 20)
-    samples = [Sample(id="a", prompt="q", answers=["A"], video=video),
-               Sample(id="b", prompt="q", answers=["A"], video=video, span=(1.0, 2.0)),
-               Sample(id="c", prompt="q", answers=["A"], video=video),  # same clip as "a": cached once
-               Sample(id="d", prompt="q", answers=["A"], video=str(bad))]
+    samples = [
+        Sample(id="a", prompt="q", answers=["A"], video=video),
+        Sample(id="b", prompt="q", answers=["A"], video=video, span=(1.0, 2.0)),
+        Sample(id="c", prompt="q", answers=["A"], video=video),  # same clip as "a": cached once
+        Sample(id="d", prompt="q", answers=["A"], video=str(bad)),
+    ]
     visual = VisualInputs(FrameEncoder(_tiny_clip_with_projection(), 3), str(tmp_path / "cache"))
     calls = []
     real = FrameEncoder.preprocess
@@ -200,19 +210,33 @@ def test_visual_inputs_encode_each_clip_once_and_read_feature_files_as_frames(tm
 def test_table8_trainable_count_on_a_meta_bart_base():
     """Appendix B.1: BART-base, 512-d CLIP-ViT-B/32 frame features, one linear projector, per-layer position
     embeddings of 240 entries in the 6 encoder layers: 2.60M trainable parameters per task."""
+
     def bart_base():
         with torch.device("meta"):
-            return BartForConditionalGeneration(BartConfig(
-                vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
-                decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072))
+            return BartForConditionalGeneration(
+                BartConfig(
+                    vocab_size=50265,
+                    d_model=768,
+                    encoder_layers=6,
+                    decoder_layers=6,
+                    encoder_attention_heads=12,
+                    decoder_attention_heads=12,
+                    encoder_ffn_dim=3072,
+                    decoder_ffn_dim=3072,
+                )
+            )
 
-    model = get_memvp_model(bart_base(), MemVPConfig(visual_dim=512, num_entries=240, projector="linear", memory_scale="paper"))
+    model = get_memvp_model(
+        bart_base(), MemVPConfig(visual_dim=512, num_entries=240, projector="linear", memory_scale="paper")
+    )
     count = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert count == 2 * 240 * 768 * 6 + (512 * 768 + 768) == 2_605_824
     assert abs(count / 2.60e6 - 1) < 0.01
     # configs/tvqa_bart.yaml also trains BART's 32 LayerNorms (weight + bias), as the paper on BART.
-    with_norms = get_memvp_model(bart_base(), MemVPConfig(visual_dim=512, num_entries=240, projector="linear",
-                                                   memory_scale="paper", train_layernorms=True))
+    with_norms = get_memvp_model(
+        bart_base(),
+        MemVPConfig(visual_dim=512, num_entries=240, projector="linear", memory_scale="paper", train_layernorms=True),
+    )
     assert sum(p.numel() for p in with_norms.parameters() if p.requires_grad) == 2_605_824 + 32 * 2 * 768
 
 
@@ -226,14 +250,28 @@ def test_video_qa_trains_end_to_end_from_video_files_and_from_feature_files(tiny
     data = tmp_path / "data"
     prior = generate_videos(data, n_train=6, n_test=3, seed=0, progress=False)["answer_prior_accuracy"]
     assert set(prior) == {"grow", "last", "count", "overall"}
-    spec = lambda split, **extra: {"format": "tvqa", "questions_file": str(data / f"tvqa_{split}.jsonl"),  # noqa: E731
-                                   "video_dir": str(data / "videos"), **extra}
-    base = {"language_model": str(tiny / "lm"), "vision_encoder": str(tiny / "vit"), "num_frames": 4,
-            "memvp": {"num_entries": 4, "dropout": 0.0}, "max_steps": 2, "batch_size": 3, "max_length": 96,
-            "max_new_tokens": 2, "progress": False, "feature_cache": str(tmp_path / "cache")}
+    spec = lambda split, **extra: {
+        "format": "tvqa",
+        "questions_file": str(data / f"tvqa_{split}.jsonl"),  # noqa: E731
+        "video_dir": str(data / "videos"),
+        **extra,
+    }
+    base = {
+        "language_model": str(tiny / "lm"),
+        "vision_encoder": str(tiny / "vit"),
+        "num_frames": 4,
+        "memvp": {"num_entries": 4, "dropout": 0.0},
+        "max_steps": 2,
+        "batch_size": 3,
+        "max_length": 96,
+        "max_new_tokens": 2,
+        "progress": False,
+        "feature_cache": str(tmp_path / "cache"),
+    }
     config = tmp_path / "video.yaml"
-    config.write_text(json.dumps({**base, "train_data": spec("train"), "eval_data": spec("val"),
-                                  "output_dir": str(tmp_path / "run")}))
+    config.write_text(
+        json.dumps({**base, "train_data": spec("train"), "eval_data": spec("val"), "output_dir": str(tmp_path / "run")})
+    )
     assert main(["train", str(config)]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["eval"]["count"] == 3 and set(metrics["eval"]["per_type"]) == {"grow", "last", "count"}
@@ -243,23 +281,46 @@ def test_video_qa_trains_end_to_end_from_video_files_and_from_feature_files(tiny
         assert main(["train", str(config), f"method={method}", f"output_dir={tmp_path / method}", "max_steps=1"]) == 0
         assert json.loads((tmp_path / method / "metrics.json").read_text())["eval"]["count"] == 3
     # The same clips as LLaVA video conversations (one-word answers), MemVP centred on the frames' mean.
-    llava = lambda split: {"format": "llava", "json_file": str(data / f"llava_{split}.json"),  # noqa: E731
-                           "image_dir": str(data / "videos")}
-    config.write_text(json.dumps({**base, "train_data": llava("train"), "eval_data": llava("val"),
-                                  "output_dir": str(tmp_path / "run-llava")}))
+    llava = lambda split: {
+        "format": "llava",
+        "json_file": str(data / f"llava_{split}.json"),  # noqa: E731
+        "image_dir": str(data / "videos"),
+    }
+    config.write_text(
+        json.dumps(
+            {**base, "train_data": llava("train"), "eval_data": llava("val"), "output_dir": str(tmp_path / "run-llava")}
+        )
+    )
     assert main(["train", str(config), "memvp.center_features=true", "max_steps=1"]) == 0
     llava_run = json.loads((tmp_path / "run-llava" / "metrics.json").read_text())
     assert llava_run["eval"]["count"] == 3 and 0 < llava_run["visual_feature_common_share"] < 1
-    assert len(json.loads((tmp_path / "run-llava" / "adapter" / "memvp_config.json").read_text())
-               ["config"]["feature_mean"]) == 16
+    assert (
+        len(
+            json.loads((tmp_path / "run-llava" / "adapter" / "memvp_config.json").read_text())["config"]["feature_mean"]
+        )
+        == 16
+    )
     # The same clips as pre-extracted [frames, 16] files (12 rows each) named by vid_name.
     feats = tmp_path / "feats"
     feats.mkdir()
-    for line in (data / "tvqa_train.jsonl").read_text().splitlines() + (data / "tvqa_val.jsonl").read_text().splitlines():
-        np.save(feats / f"{json.loads(line)['vid_name']}.npy", np.random.default_rng(0).random((12, 16), dtype=np.float32))
+    for line in (data / "tvqa_train.jsonl").read_text().splitlines() + (
+        data / "tvqa_val.jsonl"
+    ).read_text().splitlines():
+        np.save(
+            feats / f"{json.loads(line)['vid_name']}.npy", np.random.default_rng(0).random((12, 16), dtype=np.float32)
+        )
     files = {"features_dir": str(feats), "features_pattern": "{image_id}.npy"}
-    config.write_text(json.dumps({**base, "vision_encoder": "precomputed", "train_data": spec("train", **files),
-                                  "eval_data": spec("val", **files), "output_dir": str(tmp_path / "run-files")}))
+    config.write_text(
+        json.dumps(
+            {
+                **base,
+                "vision_encoder": "precomputed",
+                "train_data": spec("train", **files),
+                "eval_data": spec("val", **files),
+                "output_dir": str(tmp_path / "run-files"),
+            }
+        )
+    )
     assert main(["train", str(config)]) == 0
     assert json.loads((tmp_path / "run-files" / "metrics.json").read_text())["eval"]["count"] == 3
 
@@ -273,7 +334,15 @@ def test_the_documented_tvqa_commands_parse():
     config = Path(__file__).parent.parent / "configs" / "tvqa_bart.yaml"
     features = TrainConfig.from_yaml(config, ["language_model=/m/bart-base", "train_data.features_dir=/d/clip_b32"])
     assert features.train_data["features_dir"] == "/d/clip_b32" and features.num_frames == 64
-    frames = TrainConfig.from_yaml(config, [
-        "vision_encoder=/m/clip-vit-base-patch32", "train_data.features_dir=null", "train_data.video_dir=/d/frames_hq",
-        'train_data.video_pattern="{show}_frames/{vid_name}"'])
-    assert frames.train_data["video_pattern"] == "{show}_frames/{vid_name}" and frames.train_data["features_dir"] is None
+    frames = TrainConfig.from_yaml(
+        config,
+        [
+            "vision_encoder=/m/clip-vit-base-patch32",
+            "train_data.features_dir=null",
+            "train_data.video_dir=/d/frames_hq",
+            'train_data.video_pattern="{show}_frames/{vid_name}"',
+        ],
+    )
+    assert (
+        frames.train_data["video_pattern"] == "{show}_frames/{vid_name}" and frames.train_data["features_dir"] is None
+    )

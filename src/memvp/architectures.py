@@ -41,10 +41,12 @@ class FFNLayout:
 
 
 # Gated FFNs: the visual entries drop the gate key (eq. 12), so they are sized like up_proj's rows.
-_LLAMA = FFNLayout({"decoder": "layers"}, "mlp", "mlp", "mlp.act_fn", gated=True,
-                   keys=("mlp.up_proj",), values=("mlp.down_proj",))
-_OPT_LIKE = FFNLayout({"decoder": "decoder.layers"}, "fc1", "fc2", "activation_fn", gated=False,
-                      keys=("fc1",), values=("fc2",))
+_LLAMA = FFNLayout(
+    {"decoder": "layers"}, "mlp", "mlp", "mlp.act_fn", gated=True, keys=("mlp.up_proj",), values=("mlp.down_proj",)
+)
+_OPT_LIKE = FFNLayout(
+    {"decoder": "decoder.layers"}, "fc1", "fc2", "activation_fn", gated=False, keys=("fc1",), values=("fc2",)
+)
 
 ARCHITECTURES: dict[str, FFNLayout] = {
     # LLaMA family: SwiGLU / GeGLU MLP with gate_proj, up_proj, down_proj.
@@ -55,18 +57,26 @@ ARCHITECTURES: dict[str, FFNLayout] = {
     "gemma": _LLAMA,
     "gemma2": _LLAMA,
     # Standard two-layer FFNs.
-    "gpt2": FFNLayout({"decoder": "h"}, "mlp", "mlp.c_proj", "mlp.act", gated=False,
-                      keys=("mlp.c_fc",), values=("mlp.c_proj",)),
+    "gpt2": FFNLayout(
+        {"decoder": "h"}, "mlp", "mlp.c_proj", "mlp.act", gated=False, keys=("mlp.c_fc",), values=("mlp.c_proj",)
+    ),
     "opt": _OPT_LIKE,
     "bart": FFNLayout(
         {"encoder": "encoder.layers", "decoder": "decoder.layers"},
-        "fc1", "fc2", "activation_fn", gated=False, keys=("fc1",), values=("fc2",),
+        "fc1",
+        "fc2",
+        "activation_fn",
+        gated=False,
+        keys=("fc1",),
+        values=("fc2",),
     ),
     # T5: the feed-forward sub-layer is the last entry of block.layer (index 1 in the encoder,
     # 2 in the decoder); 'relu' checkpoints are standard, 'gated-gelu' (T5 v1.1, Flan-T5) gated.
     "t5": FFNLayout(
         {"encoder": "encoder.block", "decoder": "decoder.block"},
-        "layer.-1.DenseReluDense", "layer.-1.DenseReluDense.wo", "layer.-1.DenseReluDense.act",
+        "layer.-1.DenseReluDense",
+        "layer.-1.DenseReluDense.wo",
+        "layer.-1.DenseReluDense.act",
         gated=lambda config: bool(getattr(config, "is_gated_act", False)),
         keys=("layer.-1.DenseReluDense.wi", "layer.-1.DenseReluDense.wi_1"),
         values=("layer.-1.DenseReluDense.wo",),

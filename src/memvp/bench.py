@@ -65,8 +65,15 @@ def random_llama_1024():
     """A random-init LLaMA-architecture LM with hidden size 1024 (8 layers keep it CPU-sized)."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    cfg = LlamaConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
-                      num_key_value_heads=16, vocab_size=32000, max_position_embeddings=4096)
+    cfg = LlamaConfig(
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=8,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+    )
     return AutoModelForCausalLM.from_config(cfg)
 
 
@@ -155,8 +162,9 @@ class MethodRunner:
     @torch.no_grad()
     def generate(self, w: Workload, tokens: int) -> None:
         self.model.eval()
-        self.model.generate(**w.inputs(self.model), max_new_tokens=tokens, min_new_tokens=tokens,
-                            do_sample=False, pad_token_id=0)
+        self.model.generate(
+            **w.inputs(self.model), max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=0
+        )
 
 
 def _interleaved(runners: list[MethodRunner], op, warmup: int, repeats: int, device, bar=None) -> dict[str, float]:
@@ -203,16 +211,28 @@ def run_bench(cfg: BenchConfig, language_model: nn.Module | None = None) -> dict
         kv = cache_bytes(r.prefill(w)) / cfg.batch_size
         trainable, total = r.model.get_nb_trainable_parameters()
         results[m] = {
-            "train_step_s": train[m], "prefill_s": prefill[m],
+            "train_step_s": train[m],
+            "prefill_s": prefill[m],
             "decode_tokens_per_s": cfg.batch_size * (cfg.decode_tokens - 1) / decode_seconds,
-            "peak_train_memory_bytes": peak, "kv_cache_bytes_per_sequence": kv,
-            "trainable_parameters": trainable, "total_parameters": total,
+            "peak_train_memory_bytes": peak,
+            "kv_cache_bytes_per_sequence": kv,
+            "trainable_parameters": trainable,
+            "total_parameters": total,
         }
     models = {r.method: r.model for r in runners}
-    out = {"config": {k: v for k, v in asdict(cfg).items()}, "machine": machine_description(device),
-           "model": {"name": cfg.model, "model_type": runners[0].model.config.model_type, "hidden_size": dim,
-                     "layers": layers, "dtype": cfg.dtype},
-           "methods": results, "ratios": _ratios(results, models, cfg, dim)}
+    out = {
+        "config": {k: v for k, v in asdict(cfg).items()},
+        "machine": machine_description(device),
+        "model": {
+            "name": cfg.model,
+            "model_type": runners[0].model.config.model_type,
+            "hidden_size": dim,
+            "layers": layers,
+            "dtype": cfg.dtype,
+        },
+        "methods": results,
+        "ratios": _ratios(results, models, cfg, dim),
+    }
     if cfg.sweep_lengths or cfg.sweep_n:
         out["sweep"] = _sweep(runners, cfg, vocab, device)
     return out
@@ -222,8 +242,9 @@ def _ratios(results: dict, models: dict, cfg: BenchConfig, dim: int) -> dict:
     if not {"memvp", "input_space"} <= set(results):
         return {}
     mv, inp = results["memvp"], results["input_space"]
-    analytic = (models["input_space"].analytic_layer_flops(cfg.text_length, dim, cfg.n_visual)
-                / models["memvp"].analytic_layer_flops(cfg.text_length, dim, cfg.n_visual))
+    analytic = models["input_space"].analytic_layer_flops(cfg.text_length, dim, cfg.n_visual) / models[
+        "memvp"
+    ].analytic_layer_flops(cfg.text_length, dim, cfg.n_visual)
     ratios = {
         "analytic_input_space_over_memvp": analytic,
         "train_speedup_vs_input_space": inp["train_step_s"] / mv["train_step_s"],
@@ -250,8 +271,16 @@ def _sweep(runners: list[MethodRunner], cfg: BenchConfig, vocab: int, device) ->
         w = make_workload(vocab, cfg.batch_size, length, n, cfg.visual_dim, device, cfg.seed)
         train = _interleaved(runners, functools.partial(MethodRunner.train_step, w=w), 1, cfg.sweep_repeats, device)
         prefill = _interleaved(runners, functools.partial(MethodRunner.prefill, w=w), 1, cfg.sweep_repeats, device)
-        rows.append({"axis": axis, "value": value, "text_length": length, "n_visual": n,
-                     "train_step_s": train, "prefill_s": prefill})
+        rows.append(
+            {
+                "axis": axis,
+                "value": value,
+                "text_length": length,
+                "n_visual": n,
+                "train_step_s": train,
+                "prefill_s": prefill,
+            }
+        )
     return {"rows": rows}
 
 
@@ -260,46 +289,65 @@ def machine_description(device: torch.device) -> str:
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     import os
 
-    return (f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads "
-            f"({os.cpu_count()} cores visible), torch {torch.__version__}")
+    return (
+        f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads "
+        f"({os.cpu_count()} cores visible), torch {torch.__version__}"
+    )
 
 
 # ----------------------------------------------------------------------------- reporting
 def format_bench(result: dict) -> str:
     cfg, model = result["config"], result["model"]
-    lines = [f"model {model['name']} ({model['model_type']}, hidden {model['hidden_size']}, {model['layers']} layers, "
-             f"{model['dtype']}), batch {cfg['batch_size']}, text length {cfg['text_length']}, "
-             f"{cfg['n_visual']} visual tokens; median of {cfg['repeats']} interleaved repeats; {result['machine']}",
-             "", "| method | train step (ms) | prefill (ms) | decode (tok/s) | peak train memory (MiB) "
-             "| KV cache / seq (KiB) | trainable params |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"model {model['name']} ({model['model_type']}, hidden {model['hidden_size']}, {model['layers']} layers, "
+        f"{model['dtype']}), batch {cfg['batch_size']}, text length {cfg['text_length']}, "
+        f"{cfg['n_visual']} visual tokens; median of {cfg['repeats']} interleaved repeats; {result['machine']}",
+        "",
+        "| method | train step (ms) | prefill (ms) | decode (tok/s) | peak train memory (MiB) "
+        "| KV cache / seq (KiB) | trainable params |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for method, r in result["methods"].items():
         mem = r["peak_train_memory_bytes"]
-        lines.append(f"| {method} | {1e3 * r['train_step_s']:.0f} | {1e3 * r['prefill_s']:.0f} "
-                     f"| {r['decode_tokens_per_s']:.1f} | {'n/a' if mem is None else f'{mem / 2**20:.0f}'} "
-                     f"| {r['kv_cache_bytes_per_sequence'] / 2**10:.0f} | {r['trainable_parameters']:,d} |")
+        lines.append(
+            f"| {method} | {1e3 * r['train_step_s']:.0f} | {1e3 * r['prefill_s']:.0f} "
+            f"| {r['decode_tokens_per_s']:.1f} | {'n/a' if mem is None else f'{mem / 2**20:.0f}'} "
+            f"| {r['kv_cache_bytes_per_sequence'] / 2**10:.0f} | {r['trainable_parameters']:,d} |"
+        )
     ratios = result.get("ratios", {})
     if ratios:
+
         def check(value, target, higher_is_better=True):
             ok = value >= target if higher_is_better else value <= target
             return f"{value:.2f}x (target {'>=' if higher_is_better else '<='} {target}x: {'met' if ok else 'MISSED'})"
 
         a = ratios["analytic_input_space_over_memvp"]
-        lines += ["", f"analytic input_space / MemVP FLOPs ratio (eq. 13-15, the ceiling): {a:.2f}x",
-                  f"training step, input_space / MemVP: {check(ratios['train_speedup_vs_input_space'], 3.0)}; "
-                  f"measured / analytic {ratios['train_measured_over_analytic']:.2f}",
-                  f"prefill, input_space / MemVP: {check(ratios['prefill_speedup_vs_input_space'], 3.0)}; "
-                  f"measured / analytic {ratios['prefill_measured_over_analytic']:.2f}",
-                  f"decode tokens/s, MemVP / input_space: {ratios['decode_speedup_vs_input_space']:.2f}x; "
-                  f"KV cache MemVP / input_space: {ratios['kv_cache_vs_input_space']:.2f}"]
+        lines += [
+            "",
+            f"analytic input_space / MemVP FLOPs ratio (eq. 13-15, the ceiling): {a:.2f}x",
+            f"training step, input_space / MemVP: {check(ratios['train_speedup_vs_input_space'], 3.0)}; "
+            f"measured / analytic {ratios['train_measured_over_analytic']:.2f}",
+            f"prefill, input_space / MemVP: {check(ratios['prefill_speedup_vs_input_space'], 3.0)}; "
+            f"measured / analytic {ratios['prefill_measured_over_analytic']:.2f}",
+            f"decode tokens/s, MemVP / input_space: {ratios['decode_speedup_vs_input_space']:.2f}x; "
+            f"KV cache MemVP / input_space: {ratios['kv_cache_vs_input_space']:.2f}",
+        ]
         if "train_slowdown_vs_text_only" in ratios:
-            lines.append("MemVP / text_only: training step "
-                         f"{check(ratios['train_slowdown_vs_text_only'], 1.10, False)}, prefill "
-                         f"{check(ratios['prefill_slowdown_vs_text_only'], 1.10, False)}")
+            lines.append(
+                "MemVP / text_only: training step "
+                f"{check(ratios['train_slowdown_vs_text_only'], 1.10, False)}, prefill "
+                f"{check(ratios['prefill_slowdown_vs_text_only'], 1.10, False)}"
+            )
         if "memory_vs_input_space" in ratios:
-            lines.append(f"peak training memory, MemVP / input_space: {check(ratios['memory_vs_input_space'], 0.5, False)}")
+            lines.append(
+                f"peak training memory, MemVP / input_space: {check(ratios['memory_vs_input_space'], 0.5, False)}"
+            )
     if "sweep" in result:
-        lines += ["", "| sweep | value | " + " | ".join(f"{m} train / prefill (ms)" for m in result["methods"]) + " |",
-                  "|---|---|" + "---|" * len(result["methods"])]
+        lines += [
+            "",
+            "| sweep | value | " + " | ".join(f"{m} train / prefill (ms)" for m in result["methods"]) + " |",
+            "|---|---|" + "---|" * len(result["methods"]),
+        ]
         for row in result["sweep"]["rows"]:
             cells = [f"{1e3 * row['train_step_s'][m]:.0f} / {1e3 * row['prefill_s'][m]:.0f}" for m in result["methods"]]
             lines.append(f"| {row['axis']} | {row['value']} | " + " | ".join(cells) + " |")
@@ -330,8 +378,14 @@ def plot_sweep(result: dict, path: str | Path) -> None:
             ax.set_xlabel("text tokens" if axis == "text_length" else "visual tokens n")
             ax.set_ylabel("ms")
             ax.set_xscale("log", base=2)
-            ax.set_title(f"{title}, " + (f"n = {result['config']['n_visual']}" if axis == "text_length"
-                                         else f"L = {result['config']['text_length']}"))
+            ax.set_title(
+                f"{title}, "
+                + (
+                    f"n = {result['config']['n_visual']}"
+                    if axis == "text_length"
+                    else f"L = {result['config']['text_length']}"
+                )
+            )
             ax.grid(alpha=0.3)
             ax.legend()
     fig.suptitle(f"{result['model']['name']}, batch {result['config']['batch_size']} — {result['machine']}", fontsize=9)

@@ -41,9 +41,11 @@ def _flops(output: str) -> None:
     rows = paper_table(PAPER_SETTINGS + VIDEO_SETTINGS)  # the image tasks of Tables 1-3, then Table 8's video QA
     print(format_table(rows))
     pair = instruction_table()
-    print(f"\nTable 9 pair ({pair['model']}, L={pair['text_length']}, n={pair['n_visual']}, LoRA r=128 on every "
-          f"linear layer): input space {pair['counted_total']['input_space'] / 1e9:.1f} G, MemVP + LoRA "
-          f"{pair['counted_total']['memvp_lora'] / 1e9:.1f} G: {pair['input_space_over_memvp_lora']:.2f}x")
+    print(
+        f"\nTable 9 pair ({pair['model']}, L={pair['text_length']}, n={pair['n_visual']}, LoRA r=128 on every "
+        f"linear layer): input space {pair['counted_total']['input_space'] / 1e9:.1f} G, MemVP + LoRA "
+        f"{pair['counted_total']['memvp_lora'] / 1e9:.1f} G: {pair['input_space_over_memvp_lora']:.2f}x"
+    )
     atomic_write_text(output, json.dumps({"paper_table": rows, "instruction_tuning": pair}, indent=2))
     print(f"\nwrote {output}")
 
@@ -53,11 +55,22 @@ def _bench(args) -> None:
     from .bench import BenchConfig, format_bench, plot_sweep, run_bench
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    cfg = BenchConfig(model=args.model, batch_size=args.batch_size, text_length=args.text_length,
-                      n_visual=args.n_visual, visual_dim=args.visual_dim, decode_tokens=args.decode_tokens,
-                      warmup=args.warmup, repeats=args.repeats, methods=methods, dtype=args.dtype, device=args.device,
-                      sweep_lengths=_ints(args.sweep_lengths), sweep_n=_ints(args.sweep_n),
-                      sweep_repeats=args.sweep_repeats)
+    cfg = BenchConfig(
+        model=args.model,
+        batch_size=args.batch_size,
+        text_length=args.text_length,
+        n_visual=args.n_visual,
+        visual_dim=args.visual_dim,
+        decode_tokens=args.decode_tokens,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        methods=methods,
+        dtype=args.dtype,
+        device=args.device,
+        sweep_lengths=_ints(args.sweep_lengths),
+        sweep_n=_ints(args.sweep_n),
+        sweep_repeats=args.sweep_repeats,
+    )
     if args.plot and not (cfg.sweep_lengths or cfg.sweep_n):
         raise ValueError("--plot draws the sweep: give --sweep-lengths and/or --sweep-n")
     result = run_bench(cfg)
@@ -75,14 +88,25 @@ def _add_explain_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="the image")
     p.add_argument("--question", required=True, help="the question, as it would appear in a data set")
     p.add_argument("--tokens", nargs="+", metavar="WORD", help="words of the question to map (default: all)")
-    p.add_argument("--block-top", type=int, default=0, metavar="K",
-                   help="also answer with the K most responsive visual entries blocked in every layer")
+    p.add_argument(
+        "--block-top",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also answer with the K most responsive visual entries blocked in every layer",
+    )
     p.add_argument("--output", help="PNG to write (default: explain_<image name>.png)")
     p.add_argument("--language-model", default="smollm2", help="the adapter's base model (default smollm2)")
-    p.add_argument("--vision-encoder", default=DEMO_VISION,
-                   help=f"the encoder the adapter was trained with (default {DEMO_VISION}, as the demo)")
-    p.add_argument("--absolute", action="store_true",
-                   help="map |phi| (how much of each entry is read, whatever the sign) instead of phi")
+    p.add_argument(
+        "--vision-encoder",
+        default=DEMO_VISION,
+        help=f"the encoder the adapter was trained with (default {DEMO_VISION}, as the demo)",
+    )
+    p.add_argument(
+        "--absolute",
+        action="store_true",
+        help="map |phi| (how much of each entry is read, whatever the sign) instead of phi",
+    )
     p.add_argument("--max-new-tokens", type=int, default=10)
     p.add_argument("--max-length", type=int, default=128, help="prompt + answer tokens, as in training")
     return p
@@ -108,15 +132,26 @@ def _explain(args: argparse.Namespace) -> int:
     model, tokenizer, encoder = load_explainer(args.adapter, args.vision_encoder, args.language_model)
     with torch.no_grad():
         features = encoder.encode([image])
-    result = explain(model, tokenizer, features, args.question, args.tokens, args.block_top,
-                     args.max_new_tokens, max_length=args.max_length, absolute=args.absolute)
+    result = explain(
+        model,
+        tokenizer,
+        features,
+        args.question,
+        args.tokens,
+        args.block_top,
+        args.max_new_tokens,
+        max_length=args.max_length,
+        absolute=args.absolute,
+    )
     plot_explanation(image, result, output, region=grid_region(encoder, *image.size))
     summary = result.summary()
     side = result.maps.grid_side
     print(f"answer: {result.answer!r}")
     if result.blocked:
-        print(f"answer with the top {len(result.blocked)} entries blocked "
-              f"{[tuple(c) for c in summary['blocked_entries']]}: {result.answer_blocked!r}")
+        print(
+            f"answer with the top {len(result.blocked)} entries blocked "
+            f"{[tuple(c) for c in summary['blocked_entries']]}: {result.answer_blocked!r}"
+        )
     cells = ", ".join(f"{w['word']} {tuple(w['hottest_cell'])}" for w in summary["words"])
     print(f"hottest cell (row, col) of the {side}x{side} grid per word: {cells}")
     print(format_report(result.scale))
@@ -127,14 +162,23 @@ def _explain(args: argparse.Namespace) -> int:
 def _add_serve_parser(subparsers) -> argparse.ArgumentParser:
     from .serve import DEFAULT_HOST, DEFAULT_PORT, MAX_PIXELS, MAX_UPLOAD_MB  # constants only: gradio loads on serving
 
-    p = subparsers.add_parser("serve", help="web demo of an adapter: upload an image, ask, read the streamed answer "
-                                            "(gradio; binds 127.0.0.1 by default)")
+    p = subparsers.add_parser(
+        "serve",
+        help="web demo of an adapter: upload an image, ask, read the streamed answer "
+        "(gradio; binds 127.0.0.1 by default)",
+    )
     p.add_argument("--adapter", required=True, help="adapter directory (MemVPModel.save_pretrained)")
     p.add_argument("--language-model", default="smollm2", help="the adapter's base model (default smollm2)")
-    p.add_argument("--vision-encoder", default=DEMO_VISION,
-                   help=f"the encoder the adapter was trained with (default {DEMO_VISION}, as the demo)")
-    p.add_argument("--host", default=DEFAULT_HOST,
-                   help=f"address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 opens it to the network)")
+    p.add_argument(
+        "--vision-encoder",
+        default=DEMO_VISION,
+        help=f"the encoder the adapter was trained with (default {DEMO_VISION}, as the demo)",
+    )
+    p.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 opens it to the network)",
+    )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--max-new-tokens", type=int, default=10)
     p.add_argument("--max-length", type=int, default=128, help="prompt + answer tokens, as in training")
@@ -151,32 +195,54 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the embedded demo: synthetic VQA, MemVP vs w/o visual prompts")
     demo.add_argument("--output-dir", default="runs/demo")
     demo.add_argument("--quick", action="store_true", help="a tiny run (seconds) to check the wiring")
-    demo.add_argument("--compare", action="store_true",
-                      help="also train input-space LoRA (LLaVA-LoRA) and text-only LoRA with the same budget")
-    demo.add_argument("--arms", help="comma-separated arms to train (no_visual_prompts, text_only, input_space, "
-                                     "memvp; memvp required); default: all with --compare, else the ablation and MemVP")
+    demo.add_argument(
+        "--compare",
+        action="store_true",
+        help="also train input-space LoRA (LLaVA-LoRA) and text-only LoRA with the same budget",
+    )
+    demo.add_argument(
+        "--arms",
+        help="comma-separated arms to train (no_visual_prompts, text_only, input_space, "
+        "memvp; memvp required); default: all with --compare, else the ablation and MemVP",
+    )
 
-    for name, help_text in (("train", "fine-tune MemVP from a YAML config"),
-                            ("predict", "write predictions of an adapter on eval_data"),
-                            ("eval", "predictions + metrics of an adapter on eval_data")):
+    for name, help_text in (
+        ("train", "fine-tune MemVP from a YAML config"),
+        ("predict", "write predictions of an adapter on eval_data"),
+        ("eval", "predictions + metrics of an adapter on eval_data"),
+    ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("config", help="YAML file (keys of memvp.training.TrainConfig)")
         p.add_argument("overrides", nargs="*", help="key=value, dotted for nested keys (memvp.num_entries=64)")
-        p.add_argument("--skip-bad", action="store_true",
-                       help="skip samples whose image is missing or unreadable (counted and reported)")
+        p.add_argument(
+            "--skip-bad",
+            action="store_true",
+            help="skip samples whose image is missing or unreadable (counted and reported)",
+        )
         if name != "train":
             p.add_argument("--adapter", help="adapter directory (else the config's adapter key)")
         else:
-            p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                           help="continue an interrupted run: the newest checkpoint of output_dir, or this one")
+            p.add_argument(
+                "--resume",
+                nargs="?",
+                const="latest",
+                default=None,
+                metavar="CHECKPOINT",
+                help="continue an interrupted run: the newest checkpoint of output_dir, or this one",
+            )
 
-    flops = sub.add_parser("flops", help="FLOPs per sample of each method on the paper's models (eq. 13-15 "
-                                         "and torch's flop counter, meta device)")
+    flops = sub.add_parser(
+        "flops",
+        help="FLOPs per sample of each method on the paper's models (eq. 13-15 and torch's flop counter, meta device)",
+    )
     flops.add_argument("--output", default="runs/flops.json", help="JSON file for the numbers")
 
     bench = sub.add_parser("bench", help="speed and memory of memvp / input_space / text_only side by side")
-    bench.add_argument("--model", default="smollm2",
-                       help="smollm2 (real weights), llama-1024 (random init, hidden 1024) or a model path")
+    bench.add_argument(
+        "--model",
+        default="smollm2",
+        help="smollm2 (real weights), llama-1024 (random init, hidden 1024) or a model path",
+    )
     bench.add_argument("--batch-size", type=int, default=4)
     bench.add_argument("--text-length", type=int, default=64)
     bench.add_argument("--n-visual", type=int, default=256)
@@ -191,22 +257,36 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--sweep-n", default="", help="comma-separated visual-token counts, e.g. 16,64,256")
     bench.add_argument("--sweep-repeats", type=int, default=3)
     bench.add_argument("--output", default="runs/bench.json")
-    bench.add_argument("--plot", nargs="?", const="runs/bench.png", default=None,
-                       help="also draw the sweep (PNG, like the paper's Fig. 2)")
+    bench.add_argument(
+        "--plot",
+        nargs="?",
+        const="runs/bench.png",
+        default=None,
+        help="also draw the sweep (PNG, like the paper's Fig. 2)",
+    )
 
     _add_explain_parser(sub)
     _add_serve_parser(sub)
-    instruct = sub.add_parser("instruct-demo", help="visual instruction tuning in miniature: stage 1 (captions, "
-                                                   "MemVP) then stage 2 (conversations, MemVP + LoRA) on the real models")
+    instruct = sub.add_parser(
+        "instruct-demo",
+        help="visual instruction tuning in miniature: stage 1 (captions, "
+        "MemVP) then stage 2 (conversations, MemVP + LoRA) on the real models",
+    )
     instruct.add_argument("--output-dir", default="runs/instruct")
     instruct.add_argument("--quick", action="store_true", help="a tiny run (seconds) to check the wiring")
-    video = sub.add_parser("video-demo", help="video QA in miniature: synthetic clips (real .mp4 files) as LLaVA "
-                                             "video conversations, MemVP on frame features vs w/o visual prompts")
+    video = sub.add_parser(
+        "video-demo",
+        help="video QA in miniature: synthetic clips (real .mp4 files) as LLaVA "
+        "video conversations, MemVP on frame features vs w/o visual prompts",
+    )
     video.add_argument("--output-dir", default="runs/video")
     video.add_argument("--quick", action="store_true", help="a tiny run (seconds) to check the wiring")
-    gpu = sub.add_parser("gpu-check", help="a few minutes on a GPU: bf16 / fp16 steps and generation of MemVP, "
-                                           "MemVP + ViT adapters and input-space LoRA on a random 1B LLaMA, and the "
-                                           "training loop's loss going down (scripts/gpu_check.sh)")
+    gpu = sub.add_parser(
+        "gpu-check",
+        help="a few minutes on a GPU: bf16 / fp16 steps and generation of MemVP, "
+        "MemVP + ViT adapters and input-space LoRA on a random 1B LLaMA, and the "
+        "training loop's loss going down (scripts/gpu_check.sh)",
+    )
     gpu.add_argument("--output-dir", default="runs/gpu-check")
     gpu.add_argument("--device", default="cuda")
     gpu.add_argument("--size", default="1b", choices=["1b", "tiny"], help="tiny: CPU-sized models (the tests)")
@@ -231,8 +311,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from .recipes.demo import run_demo
 
-            run_demo(args.output_dir, quick=args.quick, compare=args.compare,
-                     arms=args.arms.split(",") if args.arms else None)
+            run_demo(
+                args.output_dir,
+                quick=args.quick,
+                compare=args.compare,
+                arms=args.arms.split(",") if args.arms else None,
+            )
         elif args.command == "train":
             from accelerate import PartialState
 

@@ -7,8 +7,13 @@ import dataclasses
 import json
 from typing import Any
 
-_SIMPLE_TYPES = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string",
-                 "dict": "a mapping (key: value pairs)"}
+_SIMPLE_TYPES = {
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "dict": "a mapping (key: value pairs)",
+}
 
 
 def check_field_types(instance: Any, owner: str = "") -> None:
@@ -30,13 +35,18 @@ def check_field_types(instance: Any, owner: str = "") -> None:
                 setattr(instance, f.name, value)
             except ValueError:
                 pass
-        ok = {"int": isinstance(value, int) and not isinstance(value, bool),
-              "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-              "bool": isinstance(value, bool), "str": isinstance(value, str),
-              "dict": isinstance(value, dict)}[kind]
+        ok = {
+            "int": isinstance(value, int) and not isinstance(value, bool),
+            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "bool": isinstance(value, bool),
+            "str": isinstance(value, str),
+            "dict": isinstance(value, dict),
+        }[kind]
         if not ok:
             hint = " or null" if optional else ""
-            raise ValueError(f"{owner + '.' if owner else ''}{f.name} must be {_SIMPLE_TYPES[kind]}{hint}, got {value!r}")
+            raise ValueError(
+                f"{owner + '.' if owner else ''}{f.name} must be {_SIMPLE_TYPES[kind]}{hint}, got {value!r}"
+            )
 
 
 class DictConfig:

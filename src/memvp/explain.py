@@ -66,8 +66,9 @@ def group_words(question: str, offsets: Sequence[tuple[int, int]], question_star
     return words
 
 
-def encode_prompt(tokenizer, question: str, template: str = DEFAULT_PROMPT_TEMPLATE,
-                  max_length: int = 128) -> EncodedPrompt:
+def encode_prompt(
+    tokenizer, question: str, template: str = DEFAULT_PROMPT_TEMPLATE, max_length: int = 128
+) -> EncodedPrompt:
     """The prompt tokens exactly as training builds them (``data.encode_sample``), with offsets.
 
     A prompt longer than ``max_length`` is an error here: training would cut words off its start
@@ -78,23 +79,28 @@ def encode_prompt(tokenizer, question: str, template: str = DEFAULT_PROMPT_TEMPL
         raise ValueError("the question is empty")
     if "{prompt}" not in template:
         raise ValueError(f"prompt template {template!r} has no {{prompt}} field")
-    encoded = encode_sample(tokenizer, Sample(id="explain", prompt=question, answers=[]), max_length,
-                            template, with_answer=False)
+    encoded = encode_sample(
+        tokenizer, Sample(id="explain", prompt=question, answers=[]), max_length, template, with_answer=False
+    )
     if encoded.truncated:
-        raise ValueError(f"the question is too long: its prompt is {len(encoded.prompt_ids) + encoded.truncated} "
-                         f"tokens, over the {max_length} allowed (max_length minus the answer tokens)")
+        raise ValueError(
+            f"the question is too long: its prompt is {len(encoded.prompt_ids) + encoded.truncated} "
+            f"tokens, over the {max_length} allowed (max_length minus the answer tokens)"
+        )
     prompt = template.format(prompt=question)
     try:
         with_offsets = tokenizer(prompt, return_offsets_mapping=True)
     except NotImplementedError as e:
-        raise ValueError("explaining needs a fast tokenizer (one that returns offsets), got "
-                         f"{type(tokenizer).__name__}") from e
+        raise ValueError(
+            f"explaining needs a fast tokenizer (one that returns offsets), got {type(tokenizer).__name__}"
+        ) from e
     if list(with_offsets["input_ids"]) != list(encoded.prompt_ids):
         raise ValueError("the tokenizer gives different tokens with return_offsets_mapping=True")
     offsets = [tuple(map(int, o)) for o in with_offsets["offset_mapping"]]
     start = template.format(prompt="\x00").index("\x00")
-    return EncodedPrompt(question, prompt, list(encoded.prompt_ids), offsets, start,
-                         group_words(question, offsets, start))
+    return EncodedPrompt(
+        question, prompt, list(encoded.prompt_ids), offsets, start, group_words(question, offsets, start)
+    )
 
 
 def select_words(words: list[Word], wanted: Sequence[str] | None) -> list[Word]:
@@ -105,8 +111,7 @@ def select_words(words: list[Word], wanted: Sequence[str] | None) -> list[Word]:
     chosen = [w for w in words if w.text.lower() in keys]
     missing = sorted(keys - {w.text.lower() for w in chosen})
     if missing:
-        raise ValueError(f"word(s) {missing} are not in the question; its words are "
-                         f"{[w.text for w in words]}")
+        raise ValueError(f"word(s) {missing} are not in the question; its words are {[w.text for w in words]}")
     return chosen
 
 
@@ -122,9 +127,11 @@ def _prompt_sites(model) -> list[int]:
 
 
 @torch.no_grad()
-def token_similarities(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                       visual_features: torch.Tensor) -> torch.Tensor:
-    """phi(<x, g lambda f(z_i)>) (g: the layer's key gain) for every MemVP layer, prompt token and visual entry: [layers, B, L, n_visual].
+def token_similarities(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, visual_features: torch.Tensor
+) -> torch.Tensor:
+    """phi(<x, g lambda f(z_i)>) (g: the layer's key gain) for every MemVP layer, prompt token and visual
+    entry: [layers, B, L, n_visual].
 
     x is caught by forward pre-hooks on each layer's FFN input during one forward pass of the
     prompt with the visual memory in place (so later layers see what the earlier ones retrieved).
@@ -142,6 +149,7 @@ def token_similarities(model, input_ids: torch.Tensor, attention_mask: torch.Ten
     def capture(i: int):
         def hook(module, args, kwargs):
             captured[i] = args[0] if args else next(iter(kwargs.values()))
+
         return hook
 
     was_training = model.training
@@ -180,15 +188,21 @@ class SimilarityMaps:
 
     encoded: EncodedPrompt
     site_names: list[str]
-    per_layer: np.ndarray   # [layers, tokens, side, side]
+    per_layer: np.ndarray  # [layers, tokens, side, side]
     token_maps: np.ndarray  # [tokens, side, side]: mean over layers
-    words: list[Word]       # the chosen words
-    word_maps: np.ndarray   # [words, side, side]: mean of the word's token maps
+    words: list[Word]  # the chosen words
+    word_maps: np.ndarray  # [words, side, side]: mean of the word's token maps
     absolute: bool = False  # maps of |phi| instead of phi
 
     @classmethod
-    def from_layers(cls, encoded: EncodedPrompt, site_names: list[str], per_layer: np.ndarray,
-                    words: list[Word], absolute: bool = False) -> SimilarityMaps:
+    def from_layers(
+        cls,
+        encoded: EncodedPrompt,
+        site_names: list[str],
+        per_layer: np.ndarray,
+        words: list[Word],
+        absolute: bool = False,
+    ) -> SimilarityMaps:
         if absolute:
             per_layer = np.abs(per_layer)
         token_maps = per_layer.mean(axis=0)
@@ -213,9 +227,16 @@ class SimilarityMaps:
         return self.word_maps.mean(axis=0)
 
 
-def similarity_maps(model, tokenizer, visual_features: torch.Tensor, question: str,
-                    words: Sequence[str] | None = None, template: str = DEFAULT_PROMPT_TEMPLATE,
-                    max_length: int = 128, absolute: bool = False) -> SimilarityMaps:
+def similarity_maps(
+    model,
+    tokenizer,
+    visual_features: torch.Tensor,
+    question: str,
+    words: Sequence[str] | None = None,
+    template: str = DEFAULT_PROMPT_TEMPLATE,
+    max_length: int = 128,
+    absolute: bool = False,
+) -> SimilarityMaps:
     """Knowledge-locating maps (Fig. 5) of the chosen words (default: every word of the question).
 
     ``absolute=True`` maps |phi| (see ``SimilarityMaps.magnitude``) instead of the paper's phi.
@@ -263,8 +284,14 @@ def blocked_mask(model, entries: Sequence[int], batch: int = 1) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate_answer(model, tokenizer, input_ids: Sequence[int], visual_features: torch.Tensor,
-                    blocked: Sequence[int] | None = None, max_new_tokens: int = 10) -> str:
+def generate_answer(
+    model,
+    tokenizer,
+    input_ids: Sequence[int],
+    visual_features: torch.Tensor,
+    blocked: Sequence[int] | None = None,
+    max_new_tokens: int = 10,
+) -> str:
     """Greedy answer, cut at the first line break as ``predict`` does; ``blocked`` entries zeroed."""
     device = next(model.parameters()).device
     ids = torch.tensor([list(input_ids)], device=device)
@@ -273,12 +300,18 @@ def generate_answer(model, tokenizer, input_ids: Sequence[int], visual_features:
     was_training = model.training
     model.eval()
     try:
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), visual_features=visual_features,
-                             blocked_entries=blocked_mask(model, blocked) if blocked else None,
-                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            visual_features=visual_features,
+            blocked_entries=blocked_mask(model, blocked) if blocked else None,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     finally:
         model.train(was_training)
-    new = out[0] if model.config.is_encoder_decoder else out[0, ids.shape[1]:]
+    new = out[0] if model.config.is_encoder_decoder else out[0, ids.shape[1] :]
     return first_line(tokenizer.decode(new, skip_special_tokens=True))
 
 
@@ -297,18 +330,32 @@ class Explanation:
         cells = hottest_cells(self.maps.word_maps)
         side = self.maps.grid_side
         return {
-            "question": self.maps.encoded.question, "answer": self.answer, "grid": [side, side],
+            "question": self.maps.encoded.question,
+            "answer": self.answer,
+            "grid": [side, side],
             "layers": len(self.maps.site_names),
-            "words": [{"word": w.text, "hottest_cell": [int(r), int(c)], "max": float(m.max()),
-                       "min": float(m.min())} for w, (r, c), m in zip(self.maps.words, cells, self.maps.word_maps)],
+            "words": [
+                {"word": w.text, "hottest_cell": [int(r), int(c)], "max": float(m.max()), "min": float(m.min())}
+                for w, (r, c), m in zip(self.maps.words, cells, self.maps.word_maps)
+            ],
             "blocked_entries": [[e // side, e % side] for e in self.blocked],
-            "answer_blocked": self.answer_blocked, "scale": self.scale,
+            "answer_blocked": self.answer_blocked,
+            "scale": self.scale,
         }
 
 
-def explain(model, tokenizer, visual_features: torch.Tensor, question: str, words: Sequence[str] | None = None,
-            block_top: int = 0, max_new_tokens: int = 10, template: str = DEFAULT_PROMPT_TEMPLATE,
-            max_length: int = 128, absolute: bool = False) -> Explanation:
+def explain(
+    model,
+    tokenizer,
+    visual_features: torch.Tensor,
+    question: str,
+    words: Sequence[str] | None = None,
+    block_top: int = 0,
+    max_new_tokens: int = 10,
+    template: str = DEFAULT_PROMPT_TEMPLATE,
+    max_length: int = 128,
+    absolute: bool = False,
+) -> Explanation:
     """Maps of the chosen words, the greedy answer, and the answer with the top ``block_top`` entries
     (ranked by the mean of the chosen words' maps) blocked in every layer (Fig. 6).
 
@@ -330,8 +377,9 @@ def explain(model, tokenizer, visual_features: torch.Tensor, question: str, word
     if not block_top:
         return Explanation(maps, answer, scale=scale)
     blocked = top_entries(maps.mean_map, block_top)
-    return Explanation(maps, answer, blocked,
-                       generate_answer(model, tokenizer, ids, visual_features, blocked, max_new_tokens), scale)
+    return Explanation(
+        maps, answer, blocked, generate_answer(model, tokenizer, ids, visual_features, blocked, max_new_tokens), scale
+    )
 
 
 # ----------------------------------------------------------------------------- where is the grid
@@ -344,6 +392,7 @@ def grid_region(encoder, width: int, height: int) -> tuple[float, float, float, 
     proc = getattr(encoder, "image_processor", None)
     if proc is None or not getattr(proc, "do_center_crop", False):
         return 0.0, 0.0, float(width), float(height)
+
     def entry(value, key: str):  # a dict, or transformers' SizeDict
         return value.get(key) if isinstance(value, dict) else getattr(value, key, None)
 
@@ -371,8 +420,9 @@ def load_explainer(adapter: str | Path, vision_encoder: str, language_model: str
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (adapter / name).is_file():
             raise FileNotFoundError(f"{adapter / name} not found: {adapter} is not a MemVP adapter directory")
-    meta, _, _ = read_adapter(adapter, CONFIG_NAME, WEIGHTS_NAME, "a MemVP adapter directory", MemVPConfig,
-                              weights=False)
+    meta, _, _ = read_adapter(
+        adapter, CONFIG_NAME, WEIGHTS_NAME, "a MemVP adapter directory", MemVPConfig, weights=False
+    )
     # The vision options it was trained with (ViT adapters: their weights are in the adapter).
     encoder = load_vision_encoder(vision_encoder, (meta.get("vision_encoder") or {}).get("options"))
     lm, tokenizer = load_language_model(language_model)
@@ -381,6 +431,22 @@ def load_explainer(adapter: str | Path, vision_encoder: str, language_model: str
     return model.eval(), tokenizer, encoder.eval()
 
 
-__all__ = ["Word", "EncodedPrompt", "SimilarityMaps", "Explanation", "WORD", "group_words", "encode_prompt",
-           "select_words", "token_similarities", "similarity_maps", "hottest_cells", "top_entries",
-           "blocked_mask", "generate_answer", "explain", "grid_region", "load_explainer"]
+__all__ = [
+    "Word",
+    "EncodedPrompt",
+    "SimilarityMaps",
+    "Explanation",
+    "WORD",
+    "group_words",
+    "encode_prompt",
+    "select_words",
+    "token_similarities",
+    "similarity_maps",
+    "hottest_cells",
+    "top_entries",
+    "blocked_mask",
+    "generate_answer",
+    "explain",
+    "grid_region",
+    "load_explainer",
+]

@@ -19,9 +19,16 @@ def _shorten(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def plot_explanation(image, explanation: Explanation, output: str | Path,
-                     region: tuple[float, float, float, float] | None = None, max_columns: int = 4,
-                     alpha: float = 0.5, cmap: str = "jet", dpi: int = 110) -> Path:
+def plot_explanation(
+    image,
+    explanation: Explanation,
+    output: str | Path,
+    region: tuple[float, float, float, float] | None = None,
+    max_columns: int = 4,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+    dpi: int = 110,
+) -> Path:
     """The image, then one panel per chosen word: the image under the word's map (one colour scale
     for all panels, so words compare), its hottest cell outlined in white, blocked entries dashed
     red; the question and the answers in the title. ``region`` is where the feature grid lies on
@@ -52,30 +59,40 @@ def plot_explanation(image, explanation: Explanation, output: str | Path,
     axes[0].set_title("image", fontsize=11)
 
     def cell(index: int, **style) -> Rectangle:
-        return Rectangle((left + (index % side) * cell_w, top + (index // side) * cell_h), cell_w, cell_h,
-                         fill=False, **style)
+        return Rectangle(
+            (left + (index % side) * cell_w, top + (index // side) * cell_h), cell_w, cell_h, fill=False, **style
+        )
 
     vmin, vmax = float(maps.word_maps.min()), float(maps.word_maps.max())
     shown = None
     for ax, word, word_map in zip(axes[1:], maps.words, maps.word_maps):
         ax.imshow(pixels, extent=(0, width, height, 0))
-        shown = ax.imshow(word_map, extent=(left, right, bottom, top), cmap=cmap, alpha=alpha,
-                          vmin=vmin, vmax=vmax, interpolation="nearest")
+        shown = ax.imshow(
+            word_map,
+            extent=(left, right, bottom, top),
+            cmap=cmap,
+            alpha=alpha,
+            vmin=vmin,
+            vmax=vmax,
+            interpolation="nearest",
+        )
         for e in explanation.blocked:
             ax.add_patch(cell(e, edgecolor="red", linewidth=1.5, linestyle="--"))
         ax.add_patch(cell(int(np.argmax(word_map)), edgecolor="white", linewidth=2.0))
         ax.set_xlim(0, width)
         ax.set_ylim(height, 0)
         ax.set_title(f"“{word.text}”", fontsize=11)
-    for ax in axes[n + 1:]:
+    for ax in axes[n + 1 :]:
         ax.set_visible(False)
     title = f"Q: {_shorten(maps.encoded.question, 90)}\nanswer: {_shorten(explanation.answer)!r}"
     if explanation.blocked:
-        title += (f"; with the top {len(explanation.blocked)} entries blocked (dashed red): "
-                  f"{_shorten(explanation.answer_blocked or '')!r}")
+        title += (
+            f"; with the top {len(explanation.blocked)} entries blocked (dashed red): "
+            f"{_shorten(explanation.answer_blocked or '')!r}"
+        )
     fig.suptitle(title, fontsize=11)
     quantity = "|φ(⟨x, λf(z_i)⟩)|" if maps.absolute else "φ(⟨x, λf(z_i)⟩)"
-    bar = fig.colorbar(shown, ax=list(axes[1:n + 1]), shrink=0.85)
+    bar = fig.colorbar(shown, ax=list(axes[1 : n + 1]), shrink=0.85)
     bar.set_label(f"{quantity}, mean over {len(maps.site_names)} layers", fontsize=9)
     output = Path(output)
     atomic_write(output, lambda tmp: fig.savefig(tmp, format="png"))

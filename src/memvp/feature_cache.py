@@ -54,8 +54,10 @@ class FeatureCache:
 
     def __init__(self, root: str | Path, encoder: VisionEncoder, batch_size: int = 32):
         if any(p.requires_grad for p in encoder.parameters()):
-            raise ValueError("FeatureCache needs a frozen vision encoder: trainable parts (e.g. ViT "
-                             "adapters) change the features at every step, so they cannot be cached")
+            raise ValueError(
+                "FeatureCache needs a frozen vision encoder: trainable parts (e.g. ViT "
+                "adapters) change the features at every step, so they cannot be cached"
+            )
         self.encoder = encoder
         self.batch_size = batch_size
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", encoder.name)[:60]
@@ -101,8 +103,9 @@ class FeatureCache:
         except KeyError:
             raise KeyError(f"no cached features for {image_id} in {self.dir}; pass its source to encode it") from None
 
-    def add(self, image_ids: Sequence[str], sources: Sequence[Any], progress: bool = True,
-            skip_bad: bool = False) -> dict[str, str]:
+    def add(
+        self, image_ids: Sequence[str], sources: Sequence[Any], progress: bool = True, skip_bad: bool = False
+    ) -> dict[str, str]:
         """Encode the images not cached yet, in batches, into shards of about ``SHARD_BYTES``.
 
         A missing or unreadable image raises (the error names the file); with ``skip_bad`` it is
@@ -115,8 +118,9 @@ class FeatureCache:
         bad: dict[str, str] = {}
         pending: dict[str, torch.Tensor] = {}
         encoded = 0
-        with tqdm(total=len(todo), desc=f"encoding images ({self.encoder.name})",
-                  disable=not progress or not todo) as bar:  # closed on an error too: the message starts a line
+        with tqdm(
+            total=len(todo), desc=f"encoding images ({self.encoder.name})", disable=not progress or not todo
+        ) as bar:  # closed on an error too: the message starts a line
             try:
                 for start in range(0, len(todo), self.batch_size):
                     batch = todo[start : start + self.batch_size]
@@ -173,17 +177,20 @@ class FeatureCache:
         """One line for a shard that could not be written: the folder, and on a full disk how much room
         the features still to be written need."""
         kept = f"the {len(self.index)} features written before are kept"
-        disk_full = (getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
-                     or any(s in str(error) for s in ("StorageFull", "No space left", "QuotaExceeded")))
+        disk_full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
+            s in str(error) for s in ("StorageFull", "No space left", "QuotaExceeded")
+        )
         if not disk_full:
             detail = " ".join(str(error).split())
             return f"cannot write to the feature cache {self.dir} ({detail}); {kept}"
         per_feature = sum(f.numel() * f.element_size() for f in tensors.values()) / max(1, len(tensors))
         needed = per_feature * (len(tensors) + still_to_encode)
         free = shutil.disk_usage(self.dir).free
-        return (f"the disk of the feature cache {self.dir} is full ({_mib(free)} free): the "
-                f"{len(tensors) + still_to_encode} features still to write need about {_mib(needed)}; free that "
-                f"much space there or set feature_cache to a folder with room and run again ({kept})")
+        return (
+            f"the disk of the feature cache {self.dir} is full ({_mib(free)} free): the "
+            f"{len(tensors) + still_to_encode} features still to write need about {_mib(needed)}; free that "
+            f"much space there or set feature_cache to a folder with room and run again ({kept})"
+        )
 
     def features(self, image_ids: Sequence[str], sources: Sequence[Any] | None = None) -> torch.Tensor:
         if sources is not None:

@@ -45,14 +45,43 @@ class PaperSetting:
     """The paper's projector: two layers on LLaMA, one linear layer on BART / T5."""
 
 
-_LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                 num_key_value_heads=32, vocab_size=32000)
-_LLAMA_13B = dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
-                  num_key_value_heads=40, vocab_size=32000)
-_T5_BASE = dict(d_model=768, d_ff=3072, d_kv=64, num_layers=12, num_decoder_layers=12, num_heads=12,
-                vocab_size=32128, feed_forward_proj="relu", decoder_start_token_id=0)
-_BART_BASE = dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
-                  decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, vocab_size=50265)
+_LLAMA_7B = dict(
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    vocab_size=32000,
+)
+_LLAMA_13B = dict(
+    hidden_size=5120,
+    intermediate_size=13824,
+    num_hidden_layers=40,
+    num_attention_heads=40,
+    num_key_value_heads=40,
+    vocab_size=32000,
+)
+_T5_BASE = dict(
+    d_model=768,
+    d_ff=3072,
+    d_kv=64,
+    num_layers=12,
+    num_decoder_layers=12,
+    num_heads=12,
+    vocab_size=32128,
+    feed_forward_proj="relu",
+    decoder_start_token_id=0,
+)
+_BART_BASE = dict(
+    d_model=768,
+    encoder_layers=6,
+    decoder_layers=6,
+    encoder_attention_heads=12,
+    decoder_attention_heads=12,
+    encoder_ffn_dim=3072,
+    decoder_ffn_dim=3072,
+    vocab_size=50265,
+)
 # Mean text lengths of the paper (section 1 / Table 1): VQAv2 6.3 tokens, ScienceQA 81.
 PAPER_SETTINGS = (
     PaperSetting("LLaMA-7B", "llama", _LLAMA_7B, "CLIP ViT-L/14", 256, 1024, "ScienceQA", 81.0),
@@ -66,8 +95,9 @@ PAPER_SETTINGS = (
 # eq. 15 over BART-base's 6 encoder layers equals its TVQA gap between LoRA with the frames in the
 # input and MemVP (44.6 - 38.9 G), an estimate, not a number from the paper.
 VIDEO_SETTINGS = (
-    PaperSetting("BART-base", "bart", _BART_BASE, "CLIP ViT-B/32 [CLS] x 64 frames", 64, 512, "TVQA video", 160.0,
-                 "linear"),
+    PaperSetting(
+        "BART-base", "bart", _BART_BASE, "CLIP ViT-B/32 [CLS] x 64 frames", 64, 512, "TVQA video", 160.0, "linear"
+    ),
 )
 
 
@@ -94,15 +124,28 @@ def _stack_flops(counts: dict[str, dict]) -> dict[str, int]:
     return stacks
 
 
-def measure(method: str, language_model: nn.Module, length: int, n_visual: int, visual_dim: int,
-            memvp: dict | None = None, baseline: dict | None = None) -> dict[str, int]:
+def measure(
+    method: str,
+    language_model: nn.Module,
+    length: int,
+    n_visual: int,
+    visual_dim: int,
+    memvp: dict | None = None,
+    baseline: dict | None = None,
+) -> dict[str, int]:
     """Counted FLOPs of one sample's prefill: total, per stack, and per layer of the main stack; and the
     method's analytic FLOPs of one layer (``analytic_layer(text_length)``, the model's own formula)."""
     dim = int(language_model.config.hidden_size)
     from .methods import build_model
 
-    model = build_model(method, language_model, visual_dim, n_visual,
-                        memvp={"num_entries": n_visual, **(memvp or {})}, baseline=baseline)
+    model = build_model(
+        method,
+        language_model,
+        visual_dim,
+        n_visual,
+        memvp={"num_entries": n_visual, **(memvp or {})},
+        baseline=baseline,
+    )
     device = next(language_model.parameters()).device
     ids = torch.zeros(1, length, dtype=torch.long, device=device)
     feats = torch.zeros(1, n_visual, visual_dim, device=device)
@@ -119,8 +162,13 @@ def measure(method: str, language_model: nn.Module, length: int, n_visual: int, 
     stacks = _stack_flops(counter.get_flop_counts())
     main = "encoder" if language_model.config.is_encoder_decoder else "decoder"
     _unwrap(model)
-    return {"total": total, **stacks, "main_stack": main, "main_stack_flops": stacks[main],
-            "analytic_layer": lambda text_length: model.analytic_layer_flops(text_length, dim, n_visual)}
+    return {
+        "total": total,
+        **stacks,
+        "main_stack": main,
+        "main_stack_flops": stacks[main],
+        "analytic_layer": lambda text_length: model.analytic_layer_flops(text_length, dim, n_visual),
+    }
 
 
 def _unwrap(model: nn.Module) -> None:
@@ -135,11 +183,27 @@ def paper_table(settings=PAPER_SETTINGS) -> list[dict]:
         lm = meta_model(s.model_type, s.config)
         dim, layers = int(lm.config.hidden_size), _num_main_layers(lm)
         length = round(s.text_length)
-        row = {"model": s.name, "visual": s.visual, "task": s.task, "text_length": s.text_length,
-               "measured_length": length, "n_visual": s.n_visual, "dim": dim, "layers": layers, "methods": {}}
+        row = {
+            "model": s.name,
+            "visual": s.visual,
+            "task": s.task,
+            "text_length": s.text_length,
+            "measured_length": length,
+            "n_visual": s.n_visual,
+            "dim": dim,
+            "layers": layers,
+            "methods": {},
+        }
         for method in TABLE_METHODS:
-            counted = measure(method, lm, length, s.n_visual, s.visual_dim, memvp={"projector": s.projector},
-                              baseline={"projector": s.projector})
+            counted = measure(
+                method,
+                lm,
+                length,
+                s.n_visual,
+                s.visual_dim,
+                memvp={"projector": s.projector},
+                baseline={"projector": s.projector},
+            )
             analytic = counted["analytic_layer"]
             row["methods"][method] = {
                 "analytic_layers_at_mean_length": layers * analytic(s.text_length),
@@ -151,8 +215,9 @@ def paper_table(settings=PAPER_SETTINGS) -> list[dict]:
         m = row["methods"]
         row["input_space_over_memvp"] = m["input_space"]["counted_total"] / m["memvp"]["counted_total"]
         row["memvp_over_text_only"] = m["memvp"]["counted_total"] / m["text_only"]["counted_total"]
-        row["analytic_input_space_over_memvp"] = (m["input_space"]["analytic_layers_at_mean_length"]
-                                                  / m["memvp"]["analytic_layers_at_mean_length"])
+        row["analytic_input_space_over_memvp"] = (
+            m["input_space"]["analytic_layers_at_mean_length"] / m["memvp"]["analytic_layers_at_mean_length"]
+        )
         rows.append(row)
     return rows
 
@@ -161,17 +226,29 @@ VICUNA_7B = dict(_LLAMA_7B)
 INSTRUCTION_LORA = {"lora_r": 128, "lora_alpha": 256.0, "lora_target_modules": "all-linear", "projector": "mlp2x_gelu"}
 
 
-def instruction_table(text_length: int = 64, n_visual: int = 576, visual_dim: int = 1024,
-                      config: dict | None = None, lora: dict | None = None) -> dict:
+def instruction_table(
+    text_length: int = 64,
+    n_visual: int = 576,
+    visual_dim: int = 1024,
+    config: dict | None = None,
+    lora: dict | None = None,
+) -> dict:
     """The paper's Table 9 pair, counted on a meta Vicuna-7B: LLaVA-1.5-style input space (576 visual
     tokens of CLIP-ViT-L/14@336 in front of the text, mlp2x_gelu) against MemVP + LoRA (576 FFN
     entries), both with the same LoRA (rank 128 on every linear layer) standing in for LLaVA-1.5's
     full fine-tuning. ``text_length`` is the prompt's length (the paper gives none for Table 9)."""
     lm, lora = meta_model("llama", config or VICUNA_7B), lora or INSTRUCTION_LORA
-    counts = {method: measure(method, lm, text_length, n_visual, visual_dim, memvp=lora, baseline=lora)["total"]
-              for method in ("input_space", "memvp_lora")}
-    return {"model": "Vicuna-7B + CLIP-ViT-L/14@336", "text_length": text_length, "n_visual": n_visual,
-            "counted_total": counts, "input_space_over_memvp_lora": counts["input_space"] / counts["memvp_lora"]}
+    counts = {
+        method: measure(method, lm, text_length, n_visual, visual_dim, memvp=lora, baseline=lora)["total"]
+        for method in ("input_space", "memvp_lora")
+    }
+    return {
+        "model": "Vicuna-7B + CLIP-ViT-L/14@336",
+        "text_length": text_length,
+        "n_visual": n_visual,
+        "counted_total": counts,
+        "input_space_over_memvp_lora": counts["input_space"] / counts["memvp_lora"],
+    }
 
 
 def _num_main_layers(lm: nn.Module) -> int:
@@ -183,22 +260,43 @@ def _num_main_layers(lm: nn.Module) -> int:
 
 def format_table(rows: list[dict]) -> str:
     g = 1e9
-    lines = ["| model (task, L, n) | method | analytic layers (G) | counted layers (G) | counted / analytic "
-             "| counted total (G) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| model (task, L, n) | method | analytic layers (G) | counted layers (G) | counted / analytic "
+        "| counted total (G) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         label = f"{r['model']} ({r['task']}, L={r['measured_length']}, n={r['n_visual']})"
         for method in TABLE_METHODS:
             m = r["methods"][method]
-            lines.append(f"| {label} | {method} | {m['analytic_layers'] / g:.2f} | {m['counted_layers'] / g:.2f} "
-                         f"| {m['counted_layers'] / m['analytic_layers']:.4f} | {m['counted_total'] / g:.2f} |")
+            lines.append(
+                f"| {label} | {method} | {m['analytic_layers'] / g:.2f} | {m['counted_layers'] / g:.2f} "
+                f"| {m['counted_layers'] / m['analytic_layers']:.4f} | {m['counted_total'] / g:.2f} |"
+            )
             label = ""
-    lines += ["", "| model | input_space / MemVP (counted total) | analytic ceiling (layers, mean L) "
-              "| MemVP / text_only (counted total) |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "| model | input_space / MemVP (counted total) | analytic ceiling (layers, mean L) "
+        "| MemVP / text_only (counted total) |",
+        "|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} ({r['task']}) | {r['input_space_over_memvp']:.2f}x "
-                     f"| {r['analytic_input_space_over_memvp']:.2f}x | {r['memvp_over_text_only']:.3f}x |")
+        lines.append(
+            f"| {r['model']} ({r['task']}) | {r['input_space_over_memvp']:.2f}x "
+            f"| {r['analytic_input_space_over_memvp']:.2f}x | {r['memvp_over_text_only']:.3f}x |"
+        )
     return "\n".join(lines)
 
 
-__all__ = ["measure", "meta_model", "paper_table", "format_table", "instruction_table", "PAPER_SETTINGS",
-           "VIDEO_SETTINGS", "PaperSetting", "METHOD_ORDER", "TABLE_METHODS"]
+__all__ = [
+    "measure",
+    "meta_model",
+    "paper_table",
+    "format_table",
+    "instruction_table",
+    "PAPER_SETTINGS",
+    "VIDEO_SETTINGS",
+    "PaperSetting",
+    "METHOD_ORDER",
+    "TABLE_METHODS",
+]

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .inputs import DEFAULT_PROMPT_TEMPLATE, VisualInputs, collate_prompts, encode_sample
 from .datasets import Sample
+from .inputs import DEFAULT_PROMPT_TEMPLATE, VisualInputs, collate_prompts, encode_sample
 
 
 def first_line(text: str) -> str:
@@ -19,11 +19,23 @@ def first_line(text: str) -> str:
 
 
 @torch.no_grad()
-def predict(model, tokenizer, samples: Sequence[Sample], visual: VisualInputs | None, *,
-            batch_size: int = 32, max_new_tokens: int = 10, max_length: int = 256,
-            template: str = DEFAULT_PROMPT_TEMPLATE, do_sample: bool = False, top_p: float = 0.9,
-            temperature: float = 1.0, use_images: bool = True, progress: bool = True,
-            num_beams: int = 1) -> dict[str, str]:
+def predict(
+    model,
+    tokenizer,
+    samples: Sequence[Sample],
+    visual: VisualInputs | None,
+    *,
+    batch_size: int = 32,
+    max_new_tokens: int = 10,
+    max_length: int = 256,
+    template: str = DEFAULT_PROMPT_TEMPLATE,
+    do_sample: bool = False,
+    top_p: float = 0.9,
+    temperature: float = 1.0,
+    use_images: bool = True,
+    progress: bool = True,
+    num_beams: int = 1,
+) -> dict[str, str]:
     """{sample id: generated answer}, the answer cut at the first line break."""
     model.eval()
     encoder_decoder = bool(model.config.is_encoder_decoder)
@@ -34,13 +46,13 @@ def predict(model, tokenizer, samples: Sequence[Sample], visual: VisualInputs | 
     out: dict[str, str] = {}
     for start in tqdm(range(0, len(samples), batch_size), desc="generating", disable=not progress):
         chunk = samples[start : start + batch_size]
-        encoded = [encode_sample(tokenizer, s, max_length - max_new_tokens, template, with_answer=False)
-                   for s in chunk]
+        encoded = [encode_sample(tokenizer, s, max_length - max_new_tokens, template, with_answer=False) for s in chunk]
         batch = {k: v.to(device) for k, v in collate_prompts(tokenizer, encoded, encoder_decoder).items()}
         visual_inputs = visual.inputs(chunk) if (visual is not None and use_images) else {}
-        generated = model.generate(**batch, **visual_inputs, max_new_tokens=max_new_tokens,
-                                   pad_token_id=tokenizer.pad_token_id, **sampling)
-        new = generated if encoder_decoder else generated[:, batch["input_ids"].shape[1]:]
+        generated = model.generate(
+            **batch, **visual_inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
+        )
+        new = generated if encoder_decoder else generated[:, batch["input_ids"].shape[1] :]
         for s, row in zip(chunk, new):
             out[s.id] = first_line(tokenizer.decode(row, skip_special_tokens=True))
     return out

@@ -20,8 +20,10 @@ DEFAULT_PROMPT_TEMPLATE = "{prompt}\nAnswer:"
 CHAT = "chat"
 """``prompt_template: chat``: the conversation (``metadata["history"]`` + this turn) through the
 tokenizer's own chat template, the loss on every assistant turn; Vicuna v1 when it has none."""
-VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
 
 
 @dataclass
@@ -38,6 +40,7 @@ def _chat_segments(tokenizer, turns: list[tuple[str, str | None]]) -> list[tuple
     """A conversation as token segments (ids, is an assistant answer), rendered by the tokenizer's
     chat template (``apply_chat_template``) or, without one, LLaVA-1.5's Vicuna v1 template. The last
     turn's answer may be None (a prompt for generation: ends with the assistant's header)."""
+
     def ids(text: str, first: bool = False) -> list[int]:
         return tokenizer(text, add_special_tokens=first)["input_ids"]
 
@@ -51,9 +54,11 @@ def _chat_segments(tokenizer, turns: list[tuple[str, str | None]]) -> list[tuple
                 messages.append({"role": role, "content": content})
                 text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
                 if not text.startswith(done):
-                    raise ValueError(f"the chat template of {type(tokenizer).__name__} does not render a conversation "
-                                     "as a prefix of its continuation; use prompt_template without 'chat'")
-                segments.append((ids(text[len(done):]), role == "assistant"))  # the template writes its own BOS
+                    raise ValueError(
+                        f"the chat template of {type(tokenizer).__name__} does not render a conversation "
+                        "as a prefix of its continuation; use prompt_template without 'chat'"
+                    )
+                segments.append((ids(text[len(done) :]), role == "assistant"))  # the template writes its own BOS
                 done = text
         return segments
     segments.append((ids(VICUNA_SYSTEM, first=True), False))
@@ -73,7 +78,7 @@ def _prompt_and_answer_ids(tokenizer, prompt_text: str, answer_text: str) -> tup
     prompt_ids = tokenizer(prompt_text)["input_ids"]
     example = tokenizer(prompt_text + answer_text)["input_ids"]
     if example[: len(prompt_ids)] == prompt_ids and len(example) > len(prompt_ids):
-        answer_ids = example[len(prompt_ids):]
+        answer_ids = example[len(prompt_ids) :]
         if answer_ids[-1] == tokenizer.eos_token_id:
             answer_ids = answer_ids[:-1]
     else:
@@ -81,8 +86,9 @@ def _prompt_and_answer_ids(tokenizer, prompt_text: str, answer_text: str) -> tup
     return prompt_ids, answer_ids + [tokenizer.eos_token_id]
 
 
-def encode_sample(tokenizer, sample: Sample, max_length: int, template: str = DEFAULT_PROMPT_TEMPLATE,
-                  with_answer: bool = True) -> Encoded:
+def encode_sample(
+    tokenizer, sample: Sample, max_length: int, template: str = DEFAULT_PROMPT_TEMPLATE, with_answer: bool = True
+) -> Encoded:
     """Prompt tokens, then (for training) the answer (after ``sample.answer_separator``, " " unless the
     format says otherwise) + EOS; without the answer, the prompt ends with ``sample.answer_prefix``
     when the format has one. With ``template='chat'`` the conversation
@@ -106,16 +112,19 @@ def encode_sample(tokenizer, sample: Sample, max_length: int, template: str = DE
     else:
         prompt_text = template.format(prompt=sample.prompt)
         if with_answer:
-            prompt_ids, answer_ids = _prompt_and_answer_ids(tokenizer, prompt_text,
-                                                            sample.answer_separator + sample.target)
+            prompt_ids, answer_ids = _prompt_and_answer_ids(
+                tokenizer, prompt_text, sample.answer_separator + sample.target
+            )
         else:
             if sample.answer_prefix:  # the generation continues after the answers' shared start
                 prompt_text += sample.answer_separator + sample.answer_prefix
             prompt_ids, answer_ids = tokenizer(prompt_text)["input_ids"], []
     room = max_length - len(answer_ids)
     if room < 1:
-        raise ValueError(f"sample {sample.id}: the answer alone is {len(answer_ids)} tokens, over "
-                         f"max_length={max_length}; raise max_length (answers are never truncated)")
+        raise ValueError(
+            f"sample {sample.id}: the answer alone is {len(answer_ids)} tokens, over "
+            f"max_length={max_length}; raise max_length (answers are never truncated)"
+        )
     truncated = max(0, len(prompt_ids) - room)
     head = 0  # the special tokens the tokenizer puts first (BOS on Llama tokenizers) survive the cut
     if truncated:
@@ -180,8 +189,10 @@ class VisualInputs:
         """The encoder has trained parts (ViT adapters): batches carry ``pixel_values`` that the model
         encodes in its forward, since cached features would go stale as the adapters train."""
         if self.pixels and self.num_frames:
-            raise ValueError("ViT adapters (vision.adapter_hidden) are for images; a video run encodes its frames "
-                             "once with a frozen encoder: set vision.adapter_hidden=0")
+            raise ValueError(
+                "ViT adapters (vision.adapter_hidden) are for images; a video run encodes its frames "
+                "once with a frozen encoder: set vision.adapter_hidden=0"
+            )
         self.cache = None if self.pixels else FeatureCache(cache_dir, encoder, batch_size=batch_size)
         self.feature_dim, self.num_tokens = encoder.feature_dim, encoder.num_tokens
         self._stamps: dict[str, str] = {}  # file -> its modification time and size, read by prepare
@@ -235,8 +246,9 @@ class VisualInputs:
             bad = self._check_images(media, skip_bad)
         else:
             keys = [self._key(s) for s in media]
-            failed = self.cache.add(keys, [s.image if s.image is not None else self._clip(s) for s in media],
-                                    skip_bad=skip_bad)
+            failed = self.cache.add(
+                keys, [s.image if s.image is not None else self._clip(s) for s in media], skip_bad=skip_bad
+            )
             name_of = dict(zip(keys, map(self._name, media)))
             bad = {name_of[k]: message for k, message in failed.items()}
         for s in samples:
@@ -300,9 +312,19 @@ class VisualInputs:
 
 
 def describe_truncation(count: int, total: int, max_length: int) -> str:
-    return (f"{count} of {total} prompts were longer than max_length={max_length} and lost tokens "
-            "from their start (the left); answers are never truncated")
+    return (
+        f"{count} of {total} prompts were longer than max_length={max_length} and lost tokens "
+        "from their start (the left); answers are never truncated"
+    )
 
 
-__all__ = ["CHAT", "encode_sample", "collate_training", "collate_prompts", "VisualInputs", "Encoded",
-           "DEFAULT_PROMPT_TEMPLATE", "describe_truncation"]
+__all__ = [
+    "CHAT",
+    "encode_sample",
+    "collate_training",
+    "collate_prompts",
+    "VisualInputs",
+    "Encoded",
+    "DEFAULT_PROMPT_TEMPLATE",
+    "describe_truncation",
+]

@@ -52,8 +52,10 @@ def _hidden_states(output) -> list[torch.Tensor]:
 def _mean_norms(states: list[torch.Tensor], mask: torch.Tensor | None) -> list[float]:
     """Token-averaged hidden-state length per layer; the mask only where it is this stack's (the
     decoder states of an encoder-decoder LM have their own length)."""
-    return [_masked_mean(h.float().norm(dim=-1), mask if mask is not None and mask.shape == h.shape[:-1] else None)
-            for h in states]
+    return [
+        _masked_mean(h.float().norm(dim=-1), mask if mask is not None and mask.shape == h.shape[:-1] else None)
+        for h in states
+    ]
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> float:
@@ -76,8 +78,9 @@ def measure_scale(model, batch: dict[str, Any]) -> dict[str, Any]:
     lm_keys.pop("answer_logits_only", None)
     mask = lm_keys.get("attention_mask")
     with _eval_mode(model):
-        model.set_visual_state(model.features_of(batch.get("visual_features"), batch.get("pixel_values")),
-                               batch.get("has_image"))
+        model.set_visual_state(
+            model.features_of(batch.get("visual_features"), batch.get("pixel_values")), batch.get("has_image")
+        )
         try:
             with model.probing() as sites:
                 adapted = model.language_model(**lm_keys, output_hidden_states=True)
@@ -88,8 +91,13 @@ def measure_scale(model, batch: dict[str, Any]) -> dict[str, Any]:
     adapted_norms = _mean_norms(_hidden_states(adapted), mask)
     frozen_norms = _mean_norms(_hidden_states(frozen), mask)
     residual = [a / max(f, 1e-12) for a, f in zip(adapted_norms, frozen_norms)]
-    report: dict[str, Any] = {"residual_ratio": residual, "memory_to_ffn": {}, "positive_scores": {},
-                              "score_std": {}, "top_share": {}}
+    report: dict[str, Any] = {
+        "residual_ratio": residual,
+        "memory_to_ffn": {},
+        "positive_scores": {},
+        "score_std": {},
+        "top_share": {},
+    }
     for site in sites:
         name = site["name"]
         ffn = _masked_mean(site["ffn_norm"], mask)
@@ -106,9 +114,13 @@ def summary(report: dict[str, Any]) -> dict[str, float]:
     """The few numbers a loss log keeps per step."""
     sites = report["memory_to_ffn"]
     mean = lambda d: sum(d.values()) / max(len(d), 1)  # noqa: E731
-    return {"residual_ratio_max": report["max_residual_ratio"], "memory_to_ffn_max": report["max_memory_to_ffn"],
-            "memory_to_ffn_mean": mean(sites), "positive_scores_mean": mean(report["positive_scores"]),
-            "top_share_mean": mean(report["top_share"])}
+    return {
+        "residual_ratio_max": report["max_residual_ratio"],
+        "memory_to_ffn_max": report["max_memory_to_ffn"],
+        "memory_to_ffn_mean": mean(sites),
+        "positive_scores_mean": mean(report["positive_scores"]),
+        "top_share_mean": mean(report["top_share"]),
+    }
 
 
 def warning(report: dict[str, Any], where: str = "") -> str | None:
@@ -116,21 +128,25 @@ def warning(report: dict[str, Any], where: str = "") -> str | None:
     if not report["dominates"]:
         return None
     layer = max(range(len(report["residual_ratio"])), key=report["residual_ratio"].__getitem__)
-    return (f"warning{' ' + where if where else ''}: the visual memory dominates the residual stream: hidden "
-            f"states are {report['max_residual_ratio']:.1f}x the frozen LM's at layer {layer} (memory output up to "
-            f"{report['max_memory_to_ffn']:.2f}x the FFN's own). The LM will lose the text; lower lr or "
-            "memvp.output_scale, or use memvp.memory_scale=ffn")
+    return (
+        f"warning{' ' + where if where else ''}: the visual memory dominates the residual stream: hidden "
+        f"states are {report['max_residual_ratio']:.1f}x the frozen LM's at layer {layer} (memory output up to "
+        f"{report['max_memory_to_ffn']:.2f}x the FFN's own). The LM will lose the text; lower lr or "
+        "memvp.output_scale, or use memvp.memory_scale=ffn"
+    )
 
 
 def format_report(report: dict[str, Any]) -> str:
     """A few lines for a terminal."""
     res = report["residual_ratio"]
     sites = list(report["memory_to_ffn"])
-    lines = [f"residual norm / frozen LM, per layer: {' '.join(f'{r:.2f}' for r in res)} (max "
-             f"{report['max_residual_ratio']:.2f}; warning above {RESIDUAL_WARNING:g})",
-             "memory / FFN output, per MemVP layer: " + " ".join(f"{report['memory_to_ffn'][s]:.3f}" for s in sites),
-             "positive retrieval scores, per MemVP layer: " + " ".join(f"{report['positive_scores'][s]:.2f}" for s in sites),
-             "largest entry's share of the retrieval weights: " + " ".join(f"{report['top_share'][s]:.2f}" for s in sites)]
+    lines = [
+        f"residual norm / frozen LM, per layer: {' '.join(f'{r:.2f}' for r in res)} (max "
+        f"{report['max_residual_ratio']:.2f}; warning above {RESIDUAL_WARNING:g})",
+        "memory / FFN output, per MemVP layer: " + " ".join(f"{report['memory_to_ffn'][s]:.3f}" for s in sites),
+        "positive retrieval scores, per MemVP layer: " + " ".join(f"{report['positive_scores'][s]:.2f}" for s in sites),
+        "largest entry's share of the retrieval weights: " + " ".join(f"{report['top_share'][s]:.2f}" for s in sites),
+    ]
     message = warning(report)
     return "\n".join(lines + ([message] if message else []))
 

@@ -316,7 +316,7 @@ def cider_d(predictions: Mapping[Hashable, str], references: Mapping[Hashable, l
 
 # --------------------------------------------------------------------------- POPE
 def pope_answer(prediction: str) -> str:
-    """"yes" or "no", as LLaVA's ``llava/eval/eval_pope.py`` reads a prediction: keep the text
+    """ "yes" or "no", as LLaVA's ``llava/eval/eval_pope.py`` reads a prediction: keep the text
     before the first ".", drop commas, split on single spaces; "no" when one of the words is
     exactly "No", "no" or "not", else "yes" (so an empty or unrelated answer counts as "yes",
     and so do "NO" and "No!" -- quirks of the official script, kept).  The text is stripped
@@ -364,8 +364,15 @@ def pope_metrics(records: Iterable[Mapping]) -> dict:
             f1 = math.nan
         else:
             f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_split[split] = {"accuracy": _ratio(c["TP"] + c["TN"], n), "precision": precision, "recall": recall,
-                            "f1": f1, "yes_ratio": _ratio(c["TP"] + c["FP"], n), **c, "count": n}
+        per_split[split] = {
+            "accuracy": _ratio(c["TP"] + c["TN"], n),
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "yes_ratio": _ratio(c["TP"] + c["FP"], n),
+            **c,
+            "count": n,
+        }
     out: dict = {"per_split": per_split}
     for key in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
         out[key] = _mean([m[key] for m in per_split.values()])
@@ -374,13 +381,23 @@ def pope_metrics(records: Iterable[Mapping]) -> dict:
 
 
 # --------------------------------------------------------------------------- MME
-MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
-                  "artwork", "OCR")
+MME_PERCEPTION = (
+    "existence",
+    "count",
+    "position",
+    "color",
+    "posters",
+    "celebrity",
+    "scene",
+    "landmark",
+    "artwork",
+    "OCR",
+)
 MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 
 
 def mme_answer(prediction: str) -> str:
-    """"yes", "no" or "other", as MME's official ``eval_tool/calculation.py`` (``parse_pred_ans``)
+    """ "yes", "no" or "other", as MME's official ``eval_tool/calculation.py`` (``parse_pred_ans``)
     reads a prediction: lower-cased; the whole text when it is "yes" / "no", else "yes" when the
     first 4 characters contain "yes", else "no" when they contain "no", else "other" (counted
     wrong).  Stripped first, as LLaVA strips the model's output."""
@@ -420,16 +437,25 @@ def mme_scores(records: Iterable[Mapping]) -> dict:
     per_subtask = {}
     for subtask in sorted(questions):
         acc, acc_plus = _percent(questions[subtask]), _percent([float(v) for v in images[subtask].values()])
-        per_subtask[subtask] = {"acc": acc, "acc_plus": acc_plus, "score": acc + acc_plus,
-                                "count": len(questions[subtask]), "images": len(images[subtask]),
-                                "other": other[subtask]}
+        per_subtask[subtask] = {
+            "acc": acc,
+            "acc_plus": acc_plus,
+            "score": acc + acc_plus,
+            "count": len(questions[subtask]),
+            "images": len(images[subtask]),
+            "other": other[subtask],
+        }
 
     def total(names: tuple[str, ...]) -> float:
         present = [per_subtask[n]["score"] for n in names if n in per_subtask]
         return sum(present) if present else math.nan
 
-    return {"perception": total(MME_PERCEPTION), "cognition": total(MME_COGNITION),
-            "per_subtask": per_subtask, "count": sum(len(v) for v in questions.values())}
+    return {
+        "perception": total(MME_PERCEPTION),
+        "cognition": total(MME_COGNITION),
+        "per_subtask": per_subtask,
+        "count": sum(len(v) for v in questions.values()),
+    }
 
 
 # --------------------------------------------------------------------------- MMBench
@@ -455,8 +481,11 @@ def mmbench_accuracy(records: Iterable[Mapping]) -> dict:
         if r.get("rotation") == 0:
             vanilla.append(float(right))
     scores = {g: float(all(v)) for g, v in groups.items()}
-    out: dict = {"overall": _percent(list(scores.values())), "count": len(scores),
-                 "rotations": sum(len(v) for v in groups.values())}
+    out: dict = {
+        "overall": _percent(list(scores.values())),
+        "count": len(scores),
+        "rotations": sum(len(v) for v in groups.values()),
+    }
     for key, name in (("category", "per_category"), ("l2_category", "per_l2_category")):
         if any(info[g].get(key) for g in scores):
             by: dict[str, list[float]] = defaultdict(list)

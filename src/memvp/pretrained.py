@@ -80,8 +80,10 @@ def load_language_model(name_or_path: str, dtype: torch.dtype = torch.float32):
 
     path = Path(name_or_path)
     if not path.exists():
-        raise FileNotFoundError(f"language model {name_or_path!r} not found: give 'smollm2' or the path of "
-                                "a local transformers model directory (no hub downloads here)")
+        raise FileNotFoundError(
+            f"language model {name_or_path!r} not found: give 'smollm2' or the path of "
+            "a local transformers model directory (no hub downloads here)"
+        )
     config = AutoConfig.from_pretrained(path)
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     model = auto.from_pretrained(path, dtype=dtype).eval()
@@ -91,8 +93,12 @@ def load_language_model(name_or_path: str, dtype: torch.dtype = torch.float32):
     return model, tokenizer
 
 
-def load_vision_encoder(name_or_path: str, options: VisionOptions | dict | None = None,
-                        example_features: str | None = None, num_frames: int = 0):
+def load_vision_encoder(
+    name_or_path: str,
+    options: VisionOptions | dict | None = None,
+    example_features: str | None = None,
+    num_frames: int = 0,
+):
     """``"efficientnet-lite0"`` (``"efficientnet-lite0:block6,head"`` picks the layers, see
     ``EfficientNetLite0Encoder``), a local CLIP / SigLIP model directory (tower + image processor), or
     ``"precomputed"``: the samples bring feature files (a data spec's ``features_dir``), whose size
@@ -106,12 +112,16 @@ def load_vision_encoder(name_or_path: str, options: VisionOptions | dict | None 
 
     options = options if isinstance(options, VisionOptions) else VisionOptions.from_dict(options or {})
     if (name_or_path == "precomputed" or name_or_path.split(":")[0] == "efficientnet-lite0") and not options.is_default:
-        raise ValueError(f"the vision options {_changed(options)} apply to CLIP / SigLIP encoders, not to "
-                             f"vision_encoder={name_or_path!r}; remove them from the 'vision' section")
+        raise ValueError(
+            f"the vision options {_changed(options)} apply to CLIP / SigLIP encoders, not to "
+            f"vision_encoder={name_or_path!r}; remove them from the 'vision' section"
+        )
     if name_or_path == "precomputed":
         if example_features is None:
-            raise ValueError("vision_encoder=precomputed needs feature files: set features_dir in the data spec "
-                             "(or name a vision encoder to encode the images)")
+            raise ValueError(
+                "vision_encoder=precomputed needs feature files: set features_dir in the data spec "
+                "(or name a vision encoder to encode the images)"
+            )
         n_visual, dim = load_features(example_features).shape
         return PrecomputedFeatures(dim, n_visual, num_frames=num_frames)
     image_encoder = _load_image_encoder(name_or_path, options, with_projection=num_frames > 0)
@@ -141,11 +151,17 @@ def _load_image_encoder(name_or_path: str, options, with_projection: bool):
 
     path = Path(name_or_path)
     if not path.exists():
-        raise FileNotFoundError(f"vision encoder {name_or_path!r} not found: give 'efficientnet-lite0' or "
-                                "the path of a local CLIP / SigLIP model directory")
+        raise FileNotFoundError(
+            f"vision encoder {name_or_path!r} not found: give 'efficientnet-lite0' or "
+            "the path of a local CLIP / SigLIP model directory"
+        )
     model_type = AutoConfig.from_pretrained(path).model_type
-    towers = {"clip": CLIPVisionModel, "clip_vision_model": CLIPVisionModel,
-              "siglip": SiglipVisionModel, "siglip_vision_model": SiglipVisionModel}
+    towers = {
+        "clip": CLIPVisionModel,
+        "clip_vision_model": CLIPVisionModel,
+        "siglip": SiglipVisionModel,
+        "siglip_vision_model": SiglipVisionModel,
+    }
     if model_type not in towers:
         raise ValueError(f"vision encoder at {path} is a {model_type!r} model; supported: {sorted(towers)}")
     # Only a full CLIP checkpoint holds visual_projection (a vision-only one would get it random).

@@ -17,8 +17,9 @@ from torch import nn
 from .atomic import atomic_write, atomic_write_text
 
 
-def write_adapter(directory: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict,
-                  config_name: str, weights_name: str) -> None:
+def write_adapter(
+    directory: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict, config_name: str, weights_name: str
+) -> None:
     """Trainable weights (safetensors) then the config JSON, each file atomically: a directory with
     a config always has matching weights, and a failed save leaves the previous adapter intact."""
     directory = Path(directory)
@@ -34,30 +35,57 @@ def model_card(meta: dict, model_class: str, trainable: int, info: dict | None =
     base = meta["base_model"]
     name = base.get("name_or_path") or f"a {base['model_type']} model"
     method = meta["config"].get("method") or (info or {}).get("method") or model_class
-    lines = ["---", "library_name: memvp", *([f"base_model: {base['name_or_path']}"] if base.get("name_or_path") else []),
-             "tags:", "- memvp", "- vision-language", f"- {method}", "---", "",
-             f"# {method} adapter for {name}", "",
-             "Trained with [memvp](https://arxiv.org/abs/2405.05615) (memory-space visual prompting): only the "
-             "adapter's weights are here; the base model stays as it is.", "",
-             f"- method: `{method}` (`{model_class}`)",
-             f"- base model: {name} ({base['model_type']}, hidden size {base['hidden_size']}, "
-             f"{len(base['sites'])} adapted layers)",
-             f"- trainable parameters: {trainable:,d}"]
+    lines = [
+        "---",
+        "library_name: memvp",
+        *([f"base_model: {base['name_or_path']}"] if base.get("name_or_path") else []),
+        "tags:",
+        "- memvp",
+        "- vision-language",
+        f"- {method}",
+        "---",
+        "",
+        f"# {method} adapter for {name}",
+        "",
+        "Trained with [memvp](https://arxiv.org/abs/2405.05615) (memory-space visual prompting): only the "
+        "adapter's weights are here; the base model stays as it is.",
+        "",
+        f"- method: `{method}` (`{model_class}`)",
+        f"- base model: {name} ({base['model_type']}, hidden size {base['hidden_size']}, "
+        f"{len(base['sites'])} adapted layers)",
+        f"- trainable parameters: {trainable:,d}",
+    ]
     if meta.get("vision_encoder"):
         lines.append(f"- vision encoder: `{json.dumps(meta['vision_encoder'], sort_keys=True)}`")
     for key, value in (info or {}).items():
         lines.append(f"- {key}: `{json.dumps(value, sort_keys=True, default=str)}`")
     # Long statistics (MemVP's feature_mean: visual_dim numbers) are in the config file, not the card.
-    shown = {k: f"<{len(v)} numbers, in the config file>" if isinstance(v, list) and len(v) > 64 else v
-             for k, v in meta["config"].items()}
-    lines += ["", "## Config", "", "```json", json.dumps(shown, indent=2, sort_keys=True), "```", "",
-              "## Use", "", "```python", "from memvp import load_adapter",
-              f"model = load_adapter(language_model, \"path/to/this/folder\")  # language_model: {name}", "```", ""]
+    shown = {
+        k: f"<{len(v)} numbers, in the config file>" if isinstance(v, list) and len(v) > 64 else v
+        for k, v in meta["config"].items()
+    }
+    lines += [
+        "",
+        "## Config",
+        "",
+        "```json",
+        json.dumps(shown, indent=2, sort_keys=True),
+        "```",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from memvp import load_adapter",
+        f'model = load_adapter(language_model, "path/to/this/folder")  # language_model: {name}',
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def read_adapter(path: str | os.PathLike, config_name: str, weights_name: str, what: str,
-                 config_cls: type, weights: bool = True) -> tuple[dict, Any, dict[str, torch.Tensor] | None]:
+def read_adapter(
+    path: str | os.PathLike, config_name: str, weights_name: str, what: str, config_cls: type, weights: bool = True
+) -> tuple[dict, Any, dict[str, torch.Tensor] | None]:
     """(metadata, parsed config, weights) of an adapter directory; a missing, damaged or foreign file
     is a ValueError / FileNotFoundError naming it (never a raw JSON or safetensors traceback).
     ``weights=False`` only checks the weights file (its header must cover the whole file: a
@@ -75,10 +103,16 @@ def read_adapter(path: str | os.PathLike, config_name: str, weights_name: str, w
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{config_file} is damaged (not valid JSON: {e}); {damaged}") from None
     base = meta.get("base_model") if isinstance(meta, dict) else None
-    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or not isinstance(base, dict) or not {
-            "model_type", "hidden_size", "sites"} <= base.keys():
-        raise ValueError(f"{config_file} is damaged (it lacks the 'config' or 'base_model' entries an adapter "
-                         f"saved by memvp has); {damaged}")
+    if (
+        not isinstance(meta, dict)
+        or not isinstance(meta.get("config"), dict)
+        or not isinstance(base, dict)
+        or not {"model_type", "hidden_size", "sites"} <= base.keys()
+    ):
+        raise ValueError(
+            f"{config_file} is damaged (it lacks the 'config' or 'base_model' entries an adapter "
+            f"saved by memvp has); {damaged}"
+        )
     try:
         config = config_cls.from_dict(meta["config"])
     except (TypeError, ValueError) as e:
@@ -105,8 +139,9 @@ def base_weight_sample(language_model: nn.Module, count: int = 16) -> list[float
     return [float(v) for v in flat[index].float().cpu()]
 
 
-def check_same_base(saved: dict, ours: dict, path: str | os.PathLike, layers_name: str,
-                    allow_base_mismatch: bool = False) -> None:
+def check_same_base(
+    saved: dict, ours: dict, path: str | os.PathLike, layers_name: str, allow_base_mismatch: bool = False
+) -> None:
     """Refuse an adapter saved for another base model (fingerprints: model_type, hidden_size, sites,
     and a sample of the embedding weights unless ``allow_base_mismatch``)."""
     for key in ("model_type", "hidden_size", "sites"):
@@ -120,30 +155,47 @@ def check_same_base(saved: dict, ours: dict, path: str | os.PathLike, layers_nam
                 "model it was trained on."
             )
     a, b = saved.get("weight_sample"), ours.get("weight_sample")
-    if a is not None and b is not None and not allow_base_mismatch and not torch.allclose(
-            torch.tensor(a), torch.tensor(b), rtol=1e-2, atol=1e-3):
+    if (
+        a is not None
+        and b is not None
+        and not allow_base_mismatch
+        and not torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-2, atol=1e-3)
+    ):
         raise ValueError(
             f"The adapter in {path} was saved for a {saved['model_type']} model with other weights (from "
             f"{saved.get('name_or_path') or 'an unnamed model'}): the shapes match this one but a sample of the "
             "input embeddings does not. Load it onto the model it was trained on, or pass allow_base_mismatch=True "
-            "(allow_base_mismatch=true in a config) to load it anyway.")
+            "(allow_base_mismatch=true in a config) to load it anyway."
+        )
 
 
 def base_model_fingerprint(language_model: nn.Module, sites: list[str]) -> dict[str, Any]:
     """What an adapter remembers of its base model: type, width, the layers it touches (``sites``)
     and a sample of the input embeddings (``base_weight_sample``)."""
     cfg = language_model.config
-    return {"model_type": cfg.model_type, "hidden_size": int(cfg.hidden_size), "sites": list(sites),
-            "name_or_path": getattr(cfg, "_name_or_path", ""),
-            "weight_sample": base_weight_sample(language_model)}
+    return {
+        "model_type": cfg.model_type,
+        "hidden_size": int(cfg.hidden_size),
+        "sites": list(sites),
+        "name_or_path": getattr(cfg, "_name_or_path", ""),
+        "weight_sample": base_weight_sample(language_model),
+    }
 
 
-def finish_loading(model: nn.Module, meta: dict, state: dict[str, torch.Tensor], weights_file: Path,
-                   layers_name: str, is_trainable: bool, allow_base_mismatch: bool = False):
+def finish_loading(
+    model: nn.Module,
+    meta: dict,
+    state: dict[str, torch.Tensor],
+    weights_file: Path,
+    layers_name: str,
+    is_trainable: bool,
+    allow_base_mismatch: bool = False,
+):
     """``from_pretrained``'s common end: refuse another base model, load the weights into ``model``
     (a ``methods.base.MethodModel``), freeze it for inference unless ``is_trainable``."""
-    check_same_base(meta["base_model"], model.base_model_fingerprint(), weights_file.parent, layers_name,
-                    allow_base_mismatch)
+    check_same_base(
+        meta["base_model"], model.base_model_fingerprint(), weights_file.parent, layers_name, allow_base_mismatch
+    )
     model.load_trainable_state(state, source=str(weights_file))
     if not is_trainable:
         model.requires_grad_(False)
@@ -151,4 +203,12 @@ def finish_loading(model: nn.Module, meta: dict, state: dict[str, torch.Tensor],
     return model
 
 
-__all__ = ["model_card", "write_adapter", "read_adapter", "base_weight_sample", "check_same_base", "base_model_fingerprint", "finish_loading"]
+__all__ = [
+    "model_card",
+    "write_adapter",
+    "read_adapter",
+    "base_weight_sample",
+    "check_same_base",
+    "base_model_fingerprint",
+    "finish_loading",
+]

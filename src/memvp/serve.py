@@ -35,9 +35,11 @@ MAX_UPLOAD_MB = 20.0
 MAX_PIXELS = 25_000_000  # PIL itself warns at ~89 M pixels (decompression bombs)
 
 TITLE = "MemVP: ask a question about an image"
-INTRO = ("Upload an image, type a question, press **Ask**. The answer streams in token by token. "
-         "Tick the box to also see which image regions each word of the question reads from the "
-         "visual memory (the knowledge-locating map of `memvp explain`, paper Fig. 5).")
+INTRO = (
+    "Upload an image, type a question, press **Ask**. The answer streams in token by token. "
+    "Tick the box to also see which image regions each word of the question reads from the "
+    "visual memory (the knowledge-locating map of `memvp explain`, paper Fig. 5)."
+)
 
 
 class BadInput(ValueError):
@@ -45,8 +47,11 @@ class BadInput(ValueError):
 
 
 # ----------------------------------------------------------------------------- checks
-def read_upload(path: str | os.PathLike | None, max_bytes: int | None = int(MAX_UPLOAD_MB * 2**20),
-                max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+def read_upload(
+    path: str | os.PathLike | None,
+    max_bytes: int | None = int(MAX_UPLOAD_MB * 2**20),
+    max_pixels: int | None = MAX_PIXELS,
+) -> Image.Image:
     """The uploaded file as an RGB image, or ``BadInput`` with a message for a person.
 
     The size on disk and the pixel count (read from the header, before decoding) are checked
@@ -67,8 +72,10 @@ def read_upload(path: str | os.PathLike | None, max_bytes: int | None = int(MAX_
         with Image.open(path) as img:
             width, height = img.size
             if max_pixels is not None and width * height > max_pixels:
-                raise BadInput(f"{name} is too large: {width} x {height} pixels, the limit is "
-                               f"{max_pixels / 1e6:g} megapixels. Downscale it and upload it again.")
+                raise BadInput(
+                    f"{name} is too large: {width} x {height} pixels, the limit is "
+                    f"{max_pixels / 1e6:g} megapixels. Downscale it and upload it again."
+                )
             img.load()
             return load_image(img)  # RGB; 16-bit grayscale scaled as in training
     except BadInput:
@@ -77,8 +84,9 @@ def read_upload(path: str | os.PathLike | None, max_bytes: int | None = int(MAX_
         raise BadInput(f"{name} is too large to decode safely. Downscale it and upload it again.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         detail = "" if isinstance(e, UnidentifiedImageError) else f" ({e})"
-        raise BadInput(f"{name} is not an image this demo can read{detail}: upload a PNG, JPEG, WebP, "
-                       "GIF or BMP file.") from None
+        raise BadInput(
+            f"{name} is not an image this demo can read{detail}: upload a PNG, JPEG, WebP, GIF or BMP file."
+        ) from None
 
 
 def check_question(question: str | None) -> str:
@@ -93,8 +101,16 @@ class Answerer:
     """The model, its tokenizer and vision encoder behind one lock (the visual memory is model
     state, so one request at a time touches it)."""
 
-    def __init__(self, model, tokenizer, encoder, max_new_tokens: int = 10, max_length: int = 128,
-                 template: str = DEFAULT_PROMPT_TEMPLATE, stream_timeout: float = 300.0):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        encoder,
+        max_new_tokens: int = 10,
+        max_length: int = 128,
+        template: str = DEFAULT_PROMPT_TEMPLATE,
+        stream_timeout: float = 300.0,
+    ):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if max_length <= max_new_tokens:
@@ -111,8 +127,9 @@ class Answerer:
     def prompt_ids(self, question: str) -> list[int]:
         """The training prompt's tokens; a too-long question is a ``BadInput``."""
         try:  # the prompt gets what the answer leaves, as in predict()
-            return encode_prompt(self.tokenizer, question, self.template,
-                                 self.max_length - self.max_new_tokens).input_ids
+            return encode_prompt(
+                self.tokenizer, question, self.template, self.max_length - self.max_new_tokens
+            ).input_ids
         except ValueError as e:
             raise BadInput(str(e)[:1].upper() + str(e)[1:] + ".") from None
 
@@ -122,8 +139,9 @@ class Answerer:
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         ids = torch.tensor([self.prompt_ids(question)], device=next(self.model.parameters()).device)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True,
-                                        timeout=self.stream_timeout)
+        streamer = TextIteratorStreamer(
+            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=self.stream_timeout
+        )
         stop = threading.Event()
         failure: list[BaseException] = []
 
@@ -134,10 +152,16 @@ class Answerer:
         def generate() -> None:
             try:
                 with self.lock, torch.no_grad():
-                    self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), visual_features=features,
-                                        max_new_tokens=self.max_new_tokens, do_sample=False,
-                                        pad_token_id=self.tokenizer.pad_token_id, streamer=streamer,
-                                        stopping_criteria=StoppingCriteriaList([StopWhenAsked()]))
+                    self.model.generate(
+                        input_ids=ids,
+                        attention_mask=torch.ones_like(ids),
+                        visual_features=features,
+                        max_new_tokens=self.max_new_tokens,
+                        do_sample=False,
+                        pad_token_id=self.tokenizer.pad_token_id,
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([StopWhenAsked()]),
+                    )
             except BaseException as e:  # reported by the consumer below
                 failure.append(e)
                 streamer.end()
@@ -169,20 +193,29 @@ class Answerer:
         self.prompt_ids(question)  # a clear message for a too-long question
         with self.lock:
             try:
-                result = explain(self.model, self.tokenizer, features, question, None, 0, self.max_new_tokens,
-                                 self.template, self.max_length)
+                result = explain(
+                    self.model,
+                    self.tokenizer,
+                    features,
+                    question,
+                    None,
+                    0,
+                    self.max_new_tokens,
+                    self.template,
+                    self.max_length,
+                )
             except ValueError as e:  # e.g. no words to map, a visual grid that is not square
                 raise BadInput(str(e)) from None
         with tempfile.TemporaryDirectory(prefix="memvp-serve-") as tmp:
-            out = plot_explanation(image, result, Path(tmp) / "map.png",
-                                   region=grid_region(self.encoder, *image.size))
+            out = plot_explanation(image, result, Path(tmp) / "map.png", region=grid_region(self.encoder, *image.size))
             with Image.open(out) as png:
                 return png.convert("RGB")
 
 
 # ----------------------------------------------------------------------------- the page
-def ask_steps(answerer: Answerer, load: Callable[[Any], Image.Image], path, question, show_map
-              ) -> Iterator[tuple[str, str, Any]]:
+def ask_steps(
+    answerer: Answerer, load: Callable[[Any], Image.Image], path, question, show_map
+) -> Iterator[tuple[str, str, Any]]:
     """What the page shows after Ask, step by step: (answer, status line, map picture or None). A
     problem with the map comes after the answer and says that it is the map that could not be drawn;
     the answer stays on screen."""
@@ -217,15 +250,27 @@ def ask_steps(answerer: Answerer, load: Callable[[Any], Image.Image], path, ques
         return
     except Exception as e:
         traceback.print_exc(file=sys.stderr)
-        yield (answer, f"{done} ⚠️ The map could not be drawn: something went wrong on the server "
-                       f"({type(e).__name__}: {e})", None)
+        yield (
+            answer,
+            f"{done} ⚠️ The map could not be drawn: something went wrong on the server ({type(e).__name__}: {e})",
+            None,
+        )
         return
     yield answer, f"{done} Map drawn in {time.perf_counter() - start_map:.1f} s.", picture
 
 
-def build_app(model, tokenizer, encoder, *, max_new_tokens: int = 10, max_length: int = 128,
-              max_upload_mb: float = MAX_UPLOAD_MB, max_pixels: int = MAX_PIXELS,
-              template: str = DEFAULT_PROMPT_TEMPLATE, title: str = TITLE):
+def build_app(
+    model,
+    tokenizer,
+    encoder,
+    *,
+    max_new_tokens: int = 10,
+    max_length: int = 128,
+    max_upload_mb: float = MAX_UPLOAD_MB,
+    max_pixels: int = MAX_PIXELS,
+    template: str = DEFAULT_PROMPT_TEMPLATE,
+    title: str = TITLE,
+):
     """The gradio Blocks of the demo for a loaded MemVP model (``explain.load_explainer``).
 
     Element ids (for tests and CSS): ``image`` (upload), ``preview``, ``question``, ``show-map``,
@@ -255,25 +300,35 @@ def build_app(model, tokenizer, encoder, *, max_new_tokens: int = 10, max_length
         gr.Markdown(f"# {title}\n{INTRO}")
         with gr.Row():
             with gr.Column():
-                upload = gr.File(label=f"Image (PNG, JPEG, WebP, ...; up to {max_upload_mb:g} MB)",
-                                 type="filepath", elem_id="image")
-                preview = gr.Image(label="Your image", type="filepath", interactive=False, elem_id="preview",
-                                   height=260)
-                question = gr.Textbox(label="Question", placeholder="What shape is the red object?",
-                                      lines=1, elem_id="question")
-                show_map = gr.Checkbox(label="Also show where each word looks (knowledge-locating map)",
-                                       value=False, elem_id="show-map")
+                upload = gr.File(
+                    label=f"Image (PNG, JPEG, WebP, ...; up to {max_upload_mb:g} MB)", type="filepath", elem_id="image"
+                )
+                preview = gr.Image(
+                    label="Your image", type="filepath", interactive=False, elem_id="preview", height=260
+                )
+                question = gr.Textbox(
+                    label="Question", placeholder="What shape is the red object?", lines=1, elem_id="question"
+                )
+                show_map = gr.Checkbox(
+                    label="Also show where each word looks (knowledge-locating map)", value=False, elem_id="show-map"
+                )
                 button = gr.Button("Ask", variant="primary", elem_id="ask")
             with gr.Column():
                 answer = gr.Textbox(label="Answer", lines=2, interactive=False, elem_id="answer")
                 status = gr.Markdown("", elem_id="status")
-                heatmap = gr.Image(label="Knowledge-locating map", type="pil", format="png", interactive=False,
-                                   elem_id="heatmap")
+                heatmap = gr.Image(
+                    label="Knowledge-locating map", type="pil", format="png", interactive=False, elem_id="heatmap"
+                )
         upload.upload(on_upload, upload, [preview, status], concurrency_limit=4)
         upload.clear(lambda: (None, ""), None, [preview, status])
         for event in (button.click, question.submit):
-            event(ask, [upload, question, show_map], [answer, status, heatmap], concurrency_limit=1,
-                  concurrency_id="memvp-model")
+            event(
+                ask,
+                [upload, question, show_map],
+                [answer, status, heatmap],
+                concurrency_limit=1,
+                concurrency_id="memvp-model",
+            )
     app.memvp_limits = {"max_file_size": max_bytes}
     return app
 
@@ -291,9 +346,18 @@ def launch(app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, block: bool 
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     limits = getattr(app, "memvp_limits", {})
     return app.queue(default_concurrency_limit=1).launch(
-        server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=not block,
-        show_error=False, quiet=quiet, ssr_mode=False, mcp_server=False, theme=theme,
-        max_file_size=limits.get("max_file_size"))
+        server_name=host,
+        server_port=port,
+        share=False,
+        inbrowser=False,
+        prevent_thread_lock=not block,
+        show_error=False,
+        quiet=quiet,
+        ssr_mode=False,
+        mcp_server=False,
+        theme=theme,
+        max_file_size=limits.get("max_file_size"),
+    )
 
 
 # ----------------------------------------------------------------------------- command line
@@ -310,14 +374,23 @@ def serve(args: argparse.Namespace) -> int:
     try:
         import gradio  # noqa: F401
     except ImportError:
-        raise ValueError("memvp serve needs gradio: pip install --no-deps gradio==6.31.0 "
-                         "(and the rest of requirements.txt)") from None
+        raise ValueError(
+            "memvp serve needs gradio: pip install --no-deps gradio==6.31.0 (and the rest of requirements.txt)"
+        ) from None
     model, tokenizer, encoder = load_explainer(args.adapter, args.vision_encoder, args.language_model)
-    app = build_app(model, tokenizer, encoder, max_new_tokens=args.max_new_tokens, max_length=args.max_length,
-                    max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels)
+    app = build_app(
+        model,
+        tokenizer,
+        encoder,
+        max_new_tokens=args.max_new_tokens,
+        max_length=args.max_length,
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=args.max_pixels,
+    )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"memvp serve: binding to {args.host}: anyone who can reach this machine can use the model",
-              file=sys.stderr)
+        print(
+            f"memvp serve: binding to {args.host}: anyone who can reach this machine can use the model", file=sys.stderr
+        )
     launch(app, args.host, args.port, block=True)
     return 0
 

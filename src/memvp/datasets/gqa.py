@@ -4,7 +4,8 @@ configs), read into the same samples, scored by exact match."""
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..metrics import gqa_accuracy
 from . import io
@@ -24,10 +25,12 @@ def _gqa_sample(qid: Any, question: dict, image: str, image_id: str) -> Sample:
         image=image,
         image_id=image_id,
         question_type=types.get("structural") or "",
-        metadata={"full_answer": question.get("fullAnswer") or "",
-                  "structural": types.get("structural") or "",
-                  "semantic": types.get("semantic") or "",
-                  "detailed": types.get("detailed") or ""},
+        metadata={
+            "full_answer": question.get("fullAnswer") or "",
+            "structural": types.get("structural") or "",
+            "semantic": types.get("semantic") or "",
+            "detailed": types.get("detailed") or "",
+        },
     )
 
 
@@ -39,8 +42,9 @@ def read_gqa(questions_file: str | os.PathLike, image_dir: str | os.PathLike) ->
     question_type = ``types["structural"]``.  metadata: ``full_answer``,
     ``structural``, ``semantic``, ``detailed``.
     """
-    data = io.expect(io.load_json(questions_file, "GQA questions file"), dict, questions_file,
-                     "an object of question id -> question")
+    data = io.expect(
+        io.load_json(questions_file, "GQA questions file"), dict, questions_file, "an object of question id -> question"
+    )
     image_dir = io.absolute(image_dir)
     samples = []
     for qid, q in data.items():
@@ -50,9 +54,11 @@ def read_gqa(questions_file: str | os.PathLike, image_dir: str | os.PathLike) ->
     return io.non_empty(samples, questions_file)
 
 
-def read_gqa_parquet(files: str | os.PathLike | Sequence[str | os.PathLike],
-                     image_files: str | os.PathLike | Sequence[str | os.PathLike],
-                     image_dir: str | os.PathLike) -> list[Sample]:
+def read_gqa_parquet(
+    files: str | os.PathLike | Sequence[str | os.PathLike],
+    image_files: str | os.PathLike | Sequence[str | os.PathLike],
+    image_dir: str | os.PathLike,
+) -> list[Sample]:
     """GQA from the parquet files of the Hugging Face dataset ``lmms-lab/GQA``, which keeps
     questions and images apart: ``files`` = an ``*_instructions`` config (e.g.
     ``testdev_balanced_instructions/testdev-*.parquet``: ``id, imageId, question, answer,
@@ -68,8 +74,11 @@ def read_gqa_parquet(files: str | os.PathLike | Sequence[str | os.PathLike],
     image_dir = io.check_image_dir(image_dir)
     questions = []
     for path in paths:
-        for r, row in enumerate(io.parquet_rows(path, "GQA instructions parquet file", ("id", "imageId", "question"),
-                                                ("answer", "fullAnswer", "types"))):
+        for r, row in enumerate(
+            io.parquet_rows(
+                path, "GQA instructions parquet file", ("id", "imageId", "question"), ("answer", "fullAnswer", "types")
+            )
+        ):
             io.cell(row, "id", io.ID, path, r, "a question id", required=True)
             io.cell(row, "imageId", io.ID, path, r, "an image id", required=True)
             io.cell(row, "question", str, path, r, "the question's text", required=True)
@@ -88,8 +97,10 @@ def read_gqa_parquet(files: str | os.PathLike | Sequence[str | os.PathLike],
                     image_of[iid] = image
     missing = sorted(wanted - image_of.keys())
     if missing:
-        raise ValueError(f"{len(missing)} image(s) of the GQA questions are in none of the image files "
-                         f"{image_paths}, e.g. imageId {missing[:5]}")
+        raise ValueError(
+            f"{len(missing)} image(s) of the GQA questions are in none of the image files "
+            f"{image_paths}, e.g. imageId {missing[:5]}"
+        )
     samples = [_gqa_sample(q["id"], q, image_of[str(q["imageId"])], str(q["imageId"])) for q in questions]
     return io.non_empty(samples, paths[0])
 
@@ -100,8 +111,15 @@ def score_exact_match(samples: Sequence[Sample], predictions: Mapping[str, str],
     return gqa_accuracy(predictions, {s.id: s.answers[0] for s in samples}, {s.id: s.question_type for s in samples})
 
 
-register_format(DatasetFormat("gqa", read_gqa, {"questions_file", "image_dir"}, "image_dir/<imageId>.jpg",
-                              score_exact_match))
-register_format(DatasetFormat("gqa_parquet", read_gqa_parquet, {"files", "image_files", "image_dir"},
-                              "image_dir/<sha256>.<ext>, written from the image files' bytes by the reader",
-                              score_exact_match))
+register_format(
+    DatasetFormat("gqa", read_gqa, {"questions_file", "image_dir"}, "image_dir/<imageId>.jpg", score_exact_match)
+)
+register_format(
+    DatasetFormat(
+        "gqa_parquet",
+        read_gqa_parquet,
+        {"files", "image_files", "image_dir"},
+        "image_dir/<sha256>.<ext>, written from the image files' bytes by the reader",
+        score_exact_match,
+    )
+)

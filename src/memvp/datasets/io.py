@@ -12,7 +12,8 @@ import hashlib
 import json
 import os
 import re
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from ..atomic import atomic_write
 from .schema import Sample
@@ -21,8 +22,15 @@ ID = (int, str)
 """The types a question / image id cell may hold."""
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
-_IMAGE_MAGIC = [(b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpg"), (b"GIF87a", "gif"), (b"GIF89a", "gif"),
-                (b"BM", "bmp"), (b"II*\x00", "tif"), (b"MM\x00*", "tif")]
+_IMAGE_MAGIC = [
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpg"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tif"),
+    (b"MM\x00*", "tif"),
+]
 
 PARQUET_IMAGES = "image_dir/<sha256>.<ext>, written from the parquet's image bytes by the reader"
 """Where the samples of a parquet reader find their images (see :func:`store_image`)."""
@@ -43,7 +51,9 @@ def load_json(path: str | os.PathLike, what: str) -> Any:
     except json.JSONDecodeError as e:
         raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
     except UnicodeDecodeError as e:
-        raise ValueError(f"{what} {path} is not UTF-8 text (byte {e.start}); save it as UTF-8 (JSON files are)") from None
+        raise ValueError(
+            f"{what} {path} is not UTF-8 text (byte {e.start}); save it as UTF-8 (JSON files are)"
+        ) from None
 
 
 def json_lines(path: str, what: str) -> Iterator[tuple[int, Any]]:
@@ -57,8 +67,10 @@ def json_lines(path: str, what: str) -> Iterator[tuple[int, Any]]:
                     try:
                         yield n, json.loads(line)
                     except json.JSONDecodeError as e:
-                        raise ValueError(f"{what} {path}: line {n} is not valid JSON ({e}); "
-                                         "the file should hold one JSON object per line") from None
+                        raise ValueError(
+                            f"{what} {path}: line {n} is not valid JSON ({e}); "
+                            "the file should hold one JSON object per line"
+                        ) from None
     except UnicodeDecodeError as e:
         raise ValueError(f"{what} {path} is not UTF-8 text (byte {e.start})") from None
 
@@ -91,8 +103,10 @@ def inside(folder: str, name: str, path: str | os.PathLike, where: str, what: st
     in from another disk) is the folder owner's choice."""
     joined = os.path.join(folder, name)
     if not os.path.isabs(name) and os.path.commonpath([os.path.normpath(joined), folder]) != folder:
-        raise ValueError(f"{absolute(path)}: {where}: the path {name!r} leaves {what} {folder}; give a path inside "
-                         f"{what} (or an absolute path)")
+        raise ValueError(
+            f"{absolute(path)}: {where}: the path {name!r} leaves {what} {folder}; give a path inside "
+            f"{what} (or an absolute path)"
+        )
     return joined
 
 
@@ -145,6 +159,7 @@ def store_image(data: bytes, image_dir: str, name_hint: str | None = None) -> st
     one path (and one entry of the feature cache, which is keyed by path)."""
     path = os.path.join(image_dir, f"{hashlib.sha256(data).hexdigest()}.{_image_extension(data, name_hint)}")
     if not os.path.exists(path):
+
         def write(tmp: str) -> None:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -184,8 +199,9 @@ def parquet_rows(path: str, what: str, required: Sequence[str], optional: Sequen
         raise ValueError(f"{what} {path} could not be read: {e}") from None
 
 
-def cell(row: dict, column: str, kinds: type | tuple[type, ...], path: str, n: int, expected: str,
-         required: bool = False) -> Any:
+def cell(
+    row: dict, column: str, kinds: type | tuple[type, ...], path: str, n: int, expected: str, required: bool = False
+) -> Any:
     """``row[column]`` when it is of ``kinds`` (None when null and not ``required``); otherwise an error
     naming the file, the row (counted from 0 in the file) and the column. pyarrow hands back whatever the
     file holds: a string where a list belongs would be read as a list of its characters."""
@@ -203,8 +219,10 @@ def strings(row: dict, column: str, path: str, n: int, required: bool = False) -
     values = cell(row, column, list, path, n, "a list of strings", required)
     for value in values or []:
         if not isinstance(value, str):
-            raise ValueError(f"{path}: row {n}, column {column!r} holds a list with {value!r:.40} of type "
-                             f"{type(value).__name__}, expected a list of strings; fix the file")
+            raise ValueError(
+                f"{path}: row {n}, column {column!r} holds a list with {value!r:.40} of type "
+                f"{type(value).__name__}, expected a list of strings; fix the file"
+            )
     return values
 
 
@@ -221,11 +239,15 @@ def parquet_image(value: Any, image_dir: str, path: str, rid: Any) -> str | None
                 return None
             if os.path.isabs(name):
                 return name  # an image stored by reference to a local file
-            raise ValueError(f"{path}: row {rid!r} has an image without bytes, only the relative path {name!r}; "
-                             "save the dataset with its images embedded")
+            raise ValueError(
+                f"{path}: row {rid!r} has an image without bytes, only the relative path {name!r}; "
+                "save the dataset with its images embedded"
+            )
     elif isinstance(value, (bytes, bytearray)):
         data = bytes(value)
     else:
-        raise ValueError(f"{path}: row {rid!r}: the image column holds {type(value).__name__}, expected the "
-                         "datasets Image struct {bytes, path} or bytes")
+        raise ValueError(
+            f"{path}: row {rid!r}: the image column holds {type(value).__name__}, expected the "
+            "datasets Image struct {bytes, path} or bytes"
+        )
     return store_image(data, image_dir, name)

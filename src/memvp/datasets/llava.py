@@ -6,15 +6,20 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .gqa import score_exact_match
 from . import io
+from .gqa import score_exact_match
 from .registry import DatasetFormat, register_format
 from .schema import VIDEO_NAME, Sample
 
 
-def read_llava(json_file: str | os.PathLike, image_dir: str | os.PathLike,
-               per_conversation: bool = False, video_dir: str | os.PathLike | None = None, *,
-               skipped: dict[str, str] | None = None) -> list[Sample]:
+def read_llava(
+    json_file: str | os.PathLike,
+    image_dir: str | os.PathLike,
+    per_conversation: bool = False,
+    video_dir: str | os.PathLike | None = None,
+    *,
+    skipped: dict[str, str] | None = None,
+) -> list[Sample]:
     """LLaVA conversation file (e.g. ``llava_v1_5_mix665k.json``).
 
     One Sample per human -> gpt turn, id ``f"{id}_{turn}"`` (turn counts from 0).
@@ -46,8 +51,7 @@ def read_llava(json_file: str | os.PathLike, image_dir: str | os.PathLike,
     ``skipped`` (a dict; ``--skip-bad``) it is left out instead and recorded there as
     ``{"conversation '<id>'": problem}``.
     """
-    data = io.expect(io.load_json(json_file, "LLaVA conversation file"), list, json_file,
-                     "a list of conversations")
+    data = io.expect(io.load_json(json_file, "LLaVA conversation file"), list, json_file, "a list of conversations")
     image_dir = io.absolute(image_dir)
     video_dir = image_dir if video_dir is None else io.absolute(video_dir)
     samples = []
@@ -62,27 +66,39 @@ def read_llava(json_file: str | os.PathLike, image_dir: str | os.PathLike,
     return io.non_empty(samples, json_file)
 
 
-def _llava_conversation(entry: Any, json_file: str | os.PathLike, image_dir: str, video_dir: str,
-                        per_conversation: bool) -> list[Sample]:
+def _llava_conversation(
+    entry: Any, json_file: str | os.PathLike, image_dir: str, video_dir: str, per_conversation: bool
+) -> list[Sample]:
     """The samples of one conversation of a LLaVA file; a ValueError naming it when it is malformed."""
     cid = str(io.field(entry, "id", json_file, entry))
     convs = io.field(entry, "conversations", json_file, cid)
     if not isinstance(convs, list):
-        raise ValueError(f"{io.absolute(json_file)}: conversation {cid!r}: 'conversations' is a "
-                         f"{type(convs).__name__}, not a list of {{from, value}} messages")
+        raise ValueError(
+            f"{io.absolute(json_file)}: conversation {cid!r}: 'conversations' is a "
+            f"{type(convs).__name__}, not a list of {{from, value}} messages"
+        )
     for n, message in enumerate(convs):
         if not isinstance(message, dict) or not isinstance(message.get("value"), str):
-            got = (f"is {message!r:.40}" if not isinstance(message, dict)
-                   else f"has the value {message.get('value')!r:.40}")
-            raise ValueError(f"{io.absolute(json_file)}: conversation {cid!r}: message {n} {got}; each message must be "
-                             "a {from, value} object with text: fix it, or skip the conversation with --skip-bad")
+            got = (
+                f"is {message!r:.40}"
+                if not isinstance(message, dict)
+                else f"has the value {message.get('value')!r:.40}"
+            )
+            raise ValueError(
+                f"{io.absolute(json_file)}: conversation {cid!r}: message {n} {got}; each message must be "
+                "a {from, value} object with text: fix it, or skip the conversation with --skip-bad"
+            )
     image_name, video_name = entry.get("image"), entry.get("video")
     if image_name and video_name:
-        raise ValueError(f"{io.absolute(json_file)}: conversation {cid!r} has both an image and a video; "
-                         f"give one visual input per conversation")
+        raise ValueError(
+            f"{io.absolute(json_file)}: conversation {cid!r} has both an image and a video; "
+            f"give one visual input per conversation"
+        )
     if not isinstance(image_name or video_name or "", str):
-        raise ValueError(f"{io.absolute(json_file)}: conversation {cid!r}: 'image' / 'video' must be one file name "
-                         f"(several images per conversation are not supported)")
+        raise ValueError(
+            f"{io.absolute(json_file)}: conversation {cid!r}: 'image' / 'video' must be one file name "
+            f"(several images per conversation are not supported)"
+        )
     where = f"conversation {cid!r}"
     image = io.inside(image_dir, image_name, json_file, where) if image_name else None
     video = io.inside(video_dir, video_name, json_file, where, "video_dir") if video_name else None
@@ -94,26 +110,35 @@ def _llava_conversation(entry: Any, json_file: str | os.PathLike, image_dir: str
     for turn in range(len(convs) // 2):
         human, gpt = convs[2 * turn], convs[2 * turn + 1]
         if human.get("from") != "human" or gpt.get("from") != "gpt":
-            raise ValueError(f"{io.absolute(json_file)}: conversation {cid!r} turn {turn} is not "
-                             f"human -> gpt (got {human.get('from')!r} -> {gpt.get('from')!r})")
+            raise ValueError(
+                f"{io.absolute(json_file)}: conversation {cid!r} turn {turn} is not "
+                f"human -> gpt (got {human.get('from')!r} -> {gpt.get('from')!r})"
+            )
         question = human["value"].replace("<image>", "").replace("<video>", "").strip()
         answer = gpt["value"]
         last_turn = turn == len(convs) // 2 - 1
         if not per_conversation or last_turn:
-            samples.append(Sample(
-                id=cid if per_conversation else f"{cid}_{turn}",
-                prompt=question,
-                answers=[answer],
-                image=image,
-                image_id=image_name or video_name or None,
-                video=video,
-                metadata={"conversation_id": cid, "turn": turn, "history": [list(h) for h in history], **extra},
-            ))
+            samples.append(
+                Sample(
+                    id=cid if per_conversation else f"{cid}_{turn}",
+                    prompt=question,
+                    answers=[answer],
+                    image=image,
+                    image_id=image_name or video_name or None,
+                    video=video,
+                    metadata={"conversation_id": cid, "turn": turn, "history": [list(h) for h in history], **extra},
+                )
+            )
         history.append([question, answer])
     return samples
 
 
-register_format(DatasetFormat(
-    "llava", read_llava, {"json_file", "image_dir", "video_dir"},
-    "image_dir/<image> (video_dir/<video>, video_dir defaulting to image_dir) of each conversation",
-    score_exact_match))
+register_format(
+    DatasetFormat(
+        "llava",
+        read_llava,
+        {"json_file", "image_dir", "video_dir"},
+        "image_dir/<image> (video_dir/<video>, video_dir defaulting to image_dir) of each conversation",
+        score_exact_match,
+    )
+)

@@ -9,7 +9,7 @@ import csv
 import hashlib
 import os
 import string
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from ..metrics import mmbench_accuracy
 from . import io
@@ -20,8 +20,27 @@ MMBENCH_ANSWER_PROMPT = "Answer with the option's letter from the given choices 
 
 # pandas' default NA strings (MMBench's TSVs are read with pandas.read_table by every official
 # tool, so these cells are "missing" there) plus LLaVA's is_none() ('nan' / 'none', any case).
-_NA_STRINGS = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
-               "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+_NA_STRINGS = {
+    "",
+    "#N/A",
+    "#N/A N/A",
+    "#NA",
+    "-1.#IND",
+    "-1.#QNAN",
+    "-NaN",
+    "-nan",
+    "1.#IND",
+    "1.#QNAN",
+    "<NA>",
+    "N/A",
+    "NA",
+    "NULL",
+    "NaN",
+    "None",
+    "n/a",
+    "nan",
+    "null",
+}
 _CIRCULAR_STRIDE = 1_000_000
 
 
@@ -57,8 +76,10 @@ class _Images:
     def image(self, index: int) -> str:
         if index in self.refs:
             if self.refs[index] not in self.of:
-                raise ValueError(f"{self.path}: question {index} refers to the image of question {self.refs[index]}, "
-                                 "which is not in the file")
+                raise ValueError(
+                    f"{self.path}: question {index} refers to the image of question {self.refs[index]}, "
+                    "which is not in the file"
+                )
             self.of[index] = self.of[self.refs[index]]
         return self.of[index]
 
@@ -88,8 +109,10 @@ def _read_rows(path: str, images: _Images) -> list[dict]:
                 except ValueError:
                     raise ValueError(f"{path}: line {n} has index {row['index']!r}, not an integer") from None
                 if row["index"] in line_of:
-                    raise ValueError(f"{path}: line {n} repeats index {row['index']} of line {line_of[row['index']]}; "
-                                     "every question needs its own index (its predictions and score are keyed by it)")
+                    raise ValueError(
+                        f"{path}: line {n} repeats index {row['index']} of line {line_of[row['index']]}; "
+                        "every question needs its own index (its predictions and score are keyed by it)"
+                    )
                 line_of[row["index"]] = n
                 images.add(row["index"], row.pop("image"))
                 rows.append(row)
@@ -118,14 +141,23 @@ def _answer_position(row: dict, options: list[str], path: str) -> int | None:
     if _is_na(answer):
         return None
     answer = answer.strip()
-    if answer not in string.ascii_uppercase[:len(options)]:
-        raise ValueError(f"{path}: question {row['index']} has answer {answer!r} but options "
-                         f"{list(string.ascii_uppercase[:len(options)])}")
+    if answer not in string.ascii_uppercase[: len(options)]:
+        raise ValueError(
+            f"{path}: question {row['index']} has answer {answer!r} but options "
+            f"{list(string.ascii_uppercase[: len(options)])}"
+        )
     return string.ascii_uppercase.index(answer)
 
 
-def _rotation(row: dict, options: list[str], answer_at: int | None, r: int, image: str, has_copies: bool,
-              answer_prompt: str | None) -> Sample:
+def _rotation(
+    row: dict,
+    options: list[str],
+    answer_at: int | None,
+    r: int,
+    image: str,
+    has_copies: bool,
+    answer_prompt: str | None,
+) -> Sample:
     """The question with its options rotated by ``r`` (``options[r:] + options[:r]`` under A, B, ...)."""
     index, hint = row["index"], row.get("hint")
     question = row["question"] if _is_na(hint) else f"{hint}\n{row['question']}"
@@ -138,15 +170,24 @@ def _rotation(row: dict, options: list[str], answer_at: int | None, r: int, imag
         image=image,
         image_id=os.path.splitext(os.path.basename(image))[0],
         question_type=row.get("category", ""),
-        metadata={"circular_group": str(index % _CIRCULAR_STRIDE),
-                  "rotation": index // _CIRCULAR_STRIDE if has_copies else r,
-                  "index": index, "num_choices": len(options), "choices": shown,
-                  "category": row.get("category", ""), "l2_category": row.get("l2-category", "")},
+        metadata={
+            "circular_group": str(index % _CIRCULAR_STRIDE),
+            "rotation": index // _CIRCULAR_STRIDE if has_copies else r,
+            "index": index,
+            "num_choices": len(options),
+            "choices": shown,
+            "category": row.get("category", ""),
+            "l2_category": row.get("l2-category", ""),
+        },
     )
 
 
-def read_mmbench(tsv_file: str | os.PathLike, image_dir: str | os.PathLike, circular: bool = True,
-                 answer_prompt: str | None = MMBENCH_ANSWER_PROMPT) -> list[Sample]:
+def read_mmbench(
+    tsv_file: str | os.PathLike,
+    image_dir: str | os.PathLike,
+    circular: bool = True,
+    answer_prompt: str | None = MMBENCH_ANSWER_PROMPT,
+) -> list[Sample]:
     """MMBench TSV as released (e.g. ``mmbench_dev_20230712.tsv``: ``index, question, hint, A, B,
     C, D, answer, category, l2-category, image`` with the image as base64; ``answer`` absent
     or empty in the test files).
@@ -190,11 +231,28 @@ def read_mmbench(tsv_file: str | os.PathLike, image_dir: str | os.PathLike, circ
 def score_mmbench(samples: Sequence[Sample], predictions: Mapping[str, str], rule: str) -> dict:
     """:func:`~memvp.metrics.mmbench_accuracy`: a question is right when all its scored rotations are."""
     require_answers(samples, "MMBench")
-    return mmbench_accuracy([{
-        "prediction": predictions[s.id], "answer": s.answers[0], "num_choices": s.metadata["num_choices"],
-        "group": s.metadata["circular_group"], "rotation": s.metadata["rotation"],
-        "category": s.metadata["category"], "l2_category": s.metadata["l2_category"]} for s in samples])
+    return mmbench_accuracy(
+        [
+            {
+                "prediction": predictions[s.id],
+                "answer": s.answers[0],
+                "num_choices": s.metadata["num_choices"],
+                "group": s.metadata["circular_group"],
+                "rotation": s.metadata["rotation"],
+                "category": s.metadata["category"],
+                "l2_category": s.metadata["l2_category"],
+            }
+            for s in samples
+        ]
+    )
 
 
-register_format(DatasetFormat("mmbench", read_mmbench, {"tsv_file", "image_dir"},
-                              "image_dir/<sha256>.<ext>, decoded from the TSV's base64 by the reader", score_mmbench))
+register_format(
+    DatasetFormat(
+        "mmbench",
+        read_mmbench,
+        {"tsv_file", "image_dir"},
+        "image_dir/<sha256>.<ext>, decoded from the TSV's base64 by the reader",
+        score_mmbench,
+    )
+)

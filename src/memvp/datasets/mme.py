@@ -4,7 +4,7 @@ cognition by the official ``eval_tool/calculation.py`` rules."""
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from ..metrics import mme_scores
 from . import io
@@ -38,21 +38,26 @@ def _question_lines(path: str, by_stem: dict[str, str]) -> list[tuple[str, str, 
             continue
         fields = line.strip().split("\t")
         if len(fields) == 2:
-            stem = os.path.basename(path)[:-len(".txt")]
+            stem = os.path.basename(path)[: -len(".txt")]
             image_name, (question, answer) = by_stem.get(stem, f"{stem}.jpg"), fields
         elif len(fields) == 3:
             image_name, question, answer = fields
         else:
-            raise ValueError(f"{path}: line {n} has {len(fields)} tab-separated fields; expected "
-                             "'question<TAB>answer' (or 'image<TAB>question<TAB>answer')")
+            raise ValueError(
+                f"{path}: line {n} has {len(fields)} tab-separated fields; expected "
+                "'question<TAB>answer' (or 'image<TAB>question<TAB>answer')"
+            )
         if answer.strip().lower() not in ("yes", "no"):
             raise ValueError(f"{path}: line {n} has answer {answer!r}; MME answers are Yes or No")
         out.append((image_name, question, answer))
     return out
 
 
-def read_mme(root: str | os.PathLike, answer_prompt: str | None = LLAVA_SHORT_ANSWER_PROMPT,
-             subtasks: Sequence[str] | None = None) -> list[Sample]:
+def read_mme(
+    root: str | os.PathLike,
+    answer_prompt: str | None = LLAVA_SHORT_ANSWER_PROMPT,
+    subtasks: Sequence[str] | None = None,
+) -> list[Sample]:
     """MME as released (``MME_Benchmark_release_version``): one folder per subtask, either
     ``<subtask>/images/<image>`` + ``<subtask>/questions_answers_YN/<image stem>.txt`` or the
     images and their ``<image stem>.txt`` side by side in ``<subtask>/`` (the layout LLaVA's
@@ -96,23 +101,37 @@ def read_mme(root: str | os.PathLike, answer_prompt: str | None = LLAVA_SHORT_AN
                 if answer_prompt:
                     prompt = question.strip().removesuffix(_MME_YES_NO).rstrip() + "\n" + answer_prompt
                 image = os.path.join(image_folder, image_name)
-                samples.append(Sample(
-                    id=f"{subtask}/{image_name}/{k}",
-                    prompt=prompt,
-                    answers=[answer.strip()],
-                    image=image,
-                    image_id=os.path.relpath(image, root).replace(os.sep, "/"),
-                    question_type=subtask,
-                    metadata={"subtask": subtask, "image_key": f"{subtask}/{image_name}", "question": question},
-                ))
+                samples.append(
+                    Sample(
+                        id=f"{subtask}/{image_name}/{k}",
+                        prompt=prompt,
+                        answers=[answer.strip()],
+                        image=image,
+                        image_id=os.path.relpath(image, root).replace(os.sep, "/"),
+                        question_type=subtask,
+                        metadata={"subtask": subtask, "image_key": f"{subtask}/{image_name}", "question": question},
+                    )
+                )
     return io.non_empty(samples, root)
 
 
 def score_mme(samples: Sequence[Sample], predictions: Mapping[str, str], rule: str) -> dict:
     """:func:`~memvp.metrics.mme_scores`: acc, acc+ and score per subtask, perception and cognition totals."""
-    return mme_scores([{"prediction": predictions[s.id], "answer": s.answers[0], "subtask": s.metadata["subtask"],
-                        "image": s.metadata["image_key"]} for s in samples])
+    return mme_scores(
+        [
+            {
+                "prediction": predictions[s.id],
+                "answer": s.answers[0],
+                "subtask": s.metadata["subtask"],
+                "image": s.metadata["image_key"],
+            }
+            for s in samples
+        ]
+    )
 
 
-register_format(DatasetFormat("mme", read_mme, {"root"}, "root/<subtask>/[images/]<image>, matched to its .txt by "
-                              "file stem", score_mme))
+register_format(
+    DatasetFormat(
+        "mme", read_mme, {"root"}, "root/<subtask>/[images/]<image>, matched to its .txt by file stem", score_mme
+    )
+)

@@ -4,7 +4,7 @@ file, scored per split as LLaVA's ``eval_pope.py``."""
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from ..metrics import pope_metrics
 from . import io
@@ -19,8 +19,11 @@ def _pope_split(path: str) -> str:
     return stem.rsplit("_pope_", 1)[1] if "_pope_" in stem else stem
 
 
-def read_pope(question_files: str | os.PathLike | Sequence[str | os.PathLike], image_dir: str | os.PathLike,
-              answer_prompt: str | None = LLAVA_SHORT_ANSWER_PROMPT) -> list[Sample]:
+def read_pope(
+    question_files: str | os.PathLike | Sequence[str | os.PathLike],
+    image_dir: str | os.PathLike,
+    answer_prompt: str | None = LLAVA_SHORT_ANSWER_PROMPT,
+) -> list[Sample]:
     """POPE question files as released (``coco_pope_random.json``, ``coco_pope_popular.json``,
     ``coco_pope_adversarial.json``: JSON lines ``{"question_id", "image", "text", "label"}``,
     label ``"yes"`` / ``"no"``), one file or several.
@@ -48,23 +51,33 @@ def read_pope(question_files: str | os.PathLike | Sequence[str | os.PathLike], i
                 raise ValueError(f"{path}: question {qid!r} has label {q['label']!r}; expected 'yes' or 'no'")
             text = io.field(q, "text", path, qid)
             image_name = io.field(q, "image", path, qid)
-            samples.append(Sample(
-                id=f"{split}_{qid}",
-                prompt=with_answer_prompt(text, answer_prompt),
-                answers=[label],
-                image=io.inside(image_dir, image_name, path, f"question {qid!r}"),
-                image_id=image_name,
-                question_type=split,
-                metadata={"split": split, "question_id": qid, "question": text},
-            ))
+            samples.append(
+                Sample(
+                    id=f"{split}_{qid}",
+                    prompt=with_answer_prompt(text, answer_prompt),
+                    answers=[label],
+                    image=io.inside(image_dir, image_name, path, f"question {qid!r}"),
+                    image_id=image_name,
+                    question_type=split,
+                    metadata={"split": split, "question_id": qid, "question": text},
+                )
+            )
     return io.non_empty(samples, paths[0] if len(paths) == 1 else os.path.dirname(paths[0]))
 
 
 def score_pope(samples: Sequence[Sample], predictions: Mapping[str, str], rule: str) -> dict:
     """:func:`~memvp.metrics.pope_metrics`: accuracy, precision, recall, F1 and yes-ratio per split and their means."""
-    return pope_metrics([{"prediction": predictions[s.id], "label": s.answers[0], "split": s.metadata["split"]}
-                         for s in samples])
+    return pope_metrics(
+        [{"prediction": predictions[s.id], "label": s.answers[0], "split": s.metadata["split"]} for s in samples]
+    )
 
 
-register_format(DatasetFormat("pope", read_pope, {"question_files", "image_dir"},
-                              "image_dir/<image> of each question (COCO val2014)", score_pope))
+register_format(
+    DatasetFormat(
+        "pope",
+        read_pope,
+        {"question_files", "image_dir"},
+        "image_dir/<image> of each question (COCO val2014)",
+        score_pope,
+    )
+)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 from .io import absolute
 from .schema import VIDEO_NAME, Sample
@@ -88,8 +88,9 @@ def _use_feature_files(samples: list[Sample], features_dir: str, pattern: str) -
     return samples
 
 
-def load_samples(spec: dict, base_dir: str | os.PathLike | None = None,
-                 skipped: dict[str, str] | None = None) -> list[Sample]:
+def load_samples(
+    spec: dict, base_dir: str | os.PathLike | None = None, skipped: dict[str, str] | None = None
+) -> list[Sample]:
     """Read samples from ``spec = {"format": <name>, **reader_kwargs}``.
 
     e.g. ``{"format": "scienceqa", "root": "data/sqa", "split": "test"}``.
@@ -134,5 +135,14 @@ def load_samples(spec: dict, base_dir: str | os.PathLike | None = None,
     return _use_feature_files(samples, features_dir, features_pattern) if features_dir is not None else samples
 
 
-__all__ = ["DatasetFormat", "Reader", "Scorer", "FORMATS", "register_format", "get_format", "score", "load_samples",
-           "DEFAULT_FEATURES_PATTERN"]
+__all__ = [
+    "DatasetFormat",
+    "Reader",
+    "Scorer",
+    "FORMATS",
+    "register_format",
+    "get_format",
+    "score",
+    "load_samples",
+    "DEFAULT_FEATURES_PATTERN",
+]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 VIDEO_NAME = "vid_name"
 """metadata key naming the video of a video-QA sample (also set when it has no ``video`` path)."""
@@ -87,9 +87,18 @@ def require_answers(samples: Sequence[Sample], name: str) -> None:
     """Refuse to score a split without reference answers (a test file: its answers are not released)."""
     unanswered = [s.id for s in samples if not s.answers]
     if unanswered:
-        raise ValueError(f"{len(unanswered)} {name} question(s) have no answer (a test file? its answers are not "
-                         f"released), e.g. {unanswered[:5]}")
+        raise ValueError(
+            f"{len(unanswered)} {name} question(s) have no answer (a test file? its answers are not "
+            f"released), e.g. {unanswered[:5]}"
+        )
 
 
-__all__ = ["Sample", "VIDEO_NAME", "LLAVA_SHORT_ANSWER_PROMPT", "SCIENCEQA_ANSWER_PREFIX", "scienceqa_prompt",
-           "with_answer_prompt", "require_answers"]
+__all__ = [
+    "Sample",
+    "VIDEO_NAME",
+    "LLAVA_SHORT_ANSWER_PROMPT",
+    "SCIENCEQA_ANSWER_PREFIX",
+    "scienceqa_prompt",
+    "with_answer_prompt",
+    "require_answers",
+]

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import string
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..metrics import scienceqa_accuracy
 from . import io
@@ -14,8 +15,18 @@ from .registry import DatasetFormat, register_format
 from .schema import SCIENCEQA_ANSWER_PREFIX, Sample, scienceqa_prompt
 
 
-def _scienceqa_sample(sid: str, question: str, hint: str, choices: list[str], answer: int, image: str | None,
-                      subject: str, grade: str, caption: str = "", **extra: Any) -> Sample:
+def _scienceqa_sample(
+    sid: str,
+    question: str,
+    hint: str,
+    choices: list[str],
+    answer: int,
+    image: str | None,
+    subject: str,
+    grade: str,
+    caption: str = "",
+    **extra: Any,
+) -> Sample:
     letter = string.ascii_uppercase[answer]
     return Sample(
         id=sid,
@@ -62,10 +73,12 @@ def read_scienceqa(root: str | os.PathLike, split: str, captions_file: str | os.
     root = io.absolute(root)
     problems_file = os.path.join(root, "problems.json")
     splits_file = os.path.join(root, "pid_splits.json")
-    problems = io.expect(io.load_json(problems_file, "ScienceQA problems file"), dict, problems_file,
-                         "an object of pid -> problem")
-    splits = io.expect(io.load_json(splits_file, "ScienceQA split file"), dict, splits_file,
-                       "an object of split -> list of pids")
+    problems = io.expect(
+        io.load_json(problems_file, "ScienceQA problems file"), dict, problems_file, "an object of pid -> problem"
+    )
+    splits = io.expect(
+        io.load_json(splits_file, "ScienceQA split file"), dict, splits_file, "an object of split -> list of pids"
+    )
     if split not in splits:
         raise ValueError(f"unknown split {split!r} in {splits_file}; available: {sorted(splits)}")
     captions = _scienceqa_captions(captions_file)
@@ -78,18 +91,28 @@ def read_scienceqa(root: str | os.PathLike, split: str, captions_file: str | os.
         choices = [str(c) for c in io.field(p, "choices", problems_file, pid)]
         answer = int(io.field(p, "answer", problems_file, pid))
         if not 0 <= answer < len(choices):
-            raise ValueError(f"{problems_file}: problem {pid!r} has answer {answer} "
-                             f"but {len(choices)} choices")
+            raise ValueError(f"{problems_file}: problem {pid!r} has answer {answer} but {len(choices)} choices")
         image_name = p.get("image")
         image = os.path.join(root, "images", split, pid, image_name) if image_name else None
-        samples.append(_scienceqa_sample(pid, io.field(p, "question", problems_file, pid), p.get("hint") or "",
-                                         choices, answer, image, p.get("subject", ""), p.get("grade", ""),
-                                         caption=captions.get(pid, "")))
+        samples.append(
+            _scienceqa_sample(
+                pid,
+                io.field(p, "question", problems_file, pid),
+                p.get("hint") or "",
+                choices,
+                answer,
+                image,
+                p.get("subject", ""),
+                p.get("grade", ""),
+                caption=captions.get(pid, ""),
+            )
+        )
     return io.non_empty(samples, splits_file, split)
 
 
-def read_scienceqa_parquet(files: str | os.PathLike | Sequence[str | os.PathLike],
-                           image_dir: str | os.PathLike) -> list[Sample]:
+def read_scienceqa_parquet(
+    files: str | os.PathLike | Sequence[str | os.PathLike], image_dir: str | os.PathLike
+) -> list[Sample]:
     """ScienceQA from the parquet files of the Hugging Face dataset ``derek-thomas/ScienceQA``
     (``data/{train,validation,test}-*.parquet``; also ``lmms-lab/ScienceQA``'s
     ``ScienceQA-FULL`` / ``ScienceQA-IMG``): columns ``image`` (Image feature, null without
@@ -107,8 +130,9 @@ def read_scienceqa_parquet(files: str | os.PathLike | Sequence[str | os.PathLike
     samples, rows_seen = [], {}
     for path in paths:
         split = io.split_of(path)
-        rows = io.parquet_rows(path, "ScienceQA parquet file", ("image", "question", "choices", "answer"),
-                               ("hint", "subject", "grade"))
+        rows = io.parquet_rows(
+            path, "ScienceQA parquet file", ("image", "question", "choices", "answer"), ("hint", "subject", "grade")
+        )
         for r, row in enumerate(rows):
             n = rows_seen[split] = rows_seen.get(split, -1) + 1
             sid = f"{split}_{n}"
@@ -120,23 +144,49 @@ def read_scienceqa_parquet(files: str | os.PathLike | Sequence[str | os.PathLike
             if not 0 <= answer < len(choices):
                 raise ValueError(f"{path}: row {n} has answer {answer} but {len(choices)} choices")
             hint, subject, grade = (io.cell(row, c, str, path, r, "text or null") for c in ("hint", "subject", "grade"))
-            samples.append(_scienceqa_sample(sid, question, hint or "", choices, answer,
-                                             io.parquet_image(row["image"], image_dir, path, n),
-                                             subject or "", grade or "", split=split))
+            samples.append(
+                _scienceqa_sample(
+                    sid,
+                    question,
+                    hint or "",
+                    choices,
+                    answer,
+                    io.parquet_image(row["image"], image_dir, path, n),
+                    subject or "",
+                    grade or "",
+                    split=split,
+                )
+            )
     return io.non_empty(samples, paths[0])
 
 
 def score_scienceqa(samples: Sequence[Sample], predictions: Mapping[str, str], rule: str) -> dict:
     """:func:`~memvp.metrics.scienceqa_accuracy`: overall and the NAT, SOC, LAN, TXT, IMG, NO, G1-6, G7-12
     columns; ``rule`` reads the option letter."""
-    return scienceqa_accuracy([{
-        "prediction": predictions[s.id], "answer": s.answers[0], "num_choices": s.metadata["num_choices"],
-        "subject": s.metadata["subject"], "grade": s.metadata["grade"],
-        "has_text_context": s.metadata["has_text_context"],
-        "has_image_context": s.metadata["has_image_context"]} for s in samples], rule)
+    return scienceqa_accuracy(
+        [
+            {
+                "prediction": predictions[s.id],
+                "answer": s.answers[0],
+                "num_choices": s.metadata["num_choices"],
+                "subject": s.metadata["subject"],
+                "grade": s.metadata["grade"],
+                "has_text_context": s.metadata["has_text_context"],
+                "has_image_context": s.metadata["has_image_context"],
+            }
+            for s in samples
+        ],
+        rule,
+    )
 
 
-register_format(DatasetFormat("scienceqa", read_scienceqa, {"root", "captions_file"},
-                              "root/images/<split>/<pid>/<image>", score_scienceqa))
-register_format(DatasetFormat("scienceqa_parquet", read_scienceqa_parquet, {"files", "image_dir"},
-                              io.PARQUET_IMAGES, score_scienceqa))
+register_format(
+    DatasetFormat(
+        "scienceqa", read_scienceqa, {"root", "captions_file"}, "root/images/<split>/<pid>/<image>", score_scienceqa
+    )
+)
+register_format(
+    DatasetFormat(
+        "scienceqa_parquet", read_scienceqa_parquet, {"files", "image_dir"}, io.PARQUET_IMAGES, score_scienceqa
+    )
+)

@@ -10,7 +10,8 @@ import math
 import os
 import re
 import string
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from ..metrics import multiple_choice_accuracy
 from . import io
@@ -19,8 +20,14 @@ from .schema import SCIENCEQA_ANSWER_PREFIX, VIDEO_NAME, Sample, require_answers
 
 _VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 
-TVQA_FRAME_FOLDERS = {"The Big Bang Theory": "bbt", "Friends": "friends", "How I Met You Mother": "met",
-                      "Grey's Anatomy": "grey", "House M.D.": "house", "Castle": "castle"}
+TVQA_FRAME_FOLDERS = {
+    "The Big Bang Theory": "bbt",
+    "Friends": "friends",
+    "How I Met You Mother": "met",
+    "Grey's Anatomy": "grey",
+    "House M.D.": "house",
+    "Castle": "castle",
+}
 """TVQA ``show_name`` -> the ``{show}`` of its frame folder ``frames_hq/{show}_frames/{vid_name}``."""
 
 
@@ -77,17 +84,34 @@ def _check_fps(fps: Any) -> float | None:
     return float(fps)
 
 
-def _video_question(sid: str, text: str, context: str, choices: list[str], answers: list[str],
-                    video: str | None, vid_name: str, span: tuple[float, float] | None, fps: float | None,
-                    question_type: str = "", **extra: Any) -> Sample:
+def _video_question(
+    sid: str,
+    text: str,
+    context: str,
+    choices: list[str],
+    answers: list[str],
+    video: str | None,
+    vid_name: str,
+    span: tuple[float, float] | None,
+    fps: float | None,
+    question_type: str = "",
+    **extra: Any,
+) -> Sample:
     """A multiple-choice question (``text``) about a video, in the ScienceQA ``QCM-A`` prompt ending with
     ``"The answer is"``; image_id = the video's name (its feature file); ``metadata["fps"]`` only when given."""
     metadata = {"num_choices": len(choices), "choices": choices, VIDEO_NAME: vid_name, **extra}
     if fps is not None:
         metadata["fps"] = fps
-    return Sample(id=sid, prompt=scienceqa_prompt(text, context, choices) + SCIENCEQA_ANSWER_PREFIX,
-                  answers=answers, video=video, image_id=vid_name, span=span, question_type=question_type,
-                  metadata=metadata)
+    return Sample(
+        id=sid,
+        prompt=scienceqa_prompt(text, context, choices) + SCIENCEQA_ANSWER_PREFIX,
+        answers=answers,
+        video=video,
+        image_id=vid_name,
+        span=span,
+        question_type=question_type,
+        metadata=metadata,
+    )
 
 
 def _tvqa_subtitles(path: str | os.PathLike) -> dict[str, list[tuple[float, float, str]]]:
@@ -104,11 +128,17 @@ def _tvqa_subtitles(path: str | os.PathLike) -> dict[str, list[tuple[float, floa
         for line in lines:
             text = io.field(line, "text", path, rid)
             try:
-                parsed.append((float(io.field(line, "start", path, rid)), float(io.field(line, "end", path, rid)),
-                               str(text).strip()))
+                parsed.append(
+                    (
+                        float(io.field(line, "start", path, rid)),
+                        float(io.field(line, "end", path, rid)),
+                        str(text).strip(),
+                    )
+                )
             except (TypeError, ValueError):
-                raise ValueError(f"{path}: line {n} ({rid!r}) has a subtitle with start / end that are not "
-                                 f"numbers: {line!r}") from None
+                raise ValueError(
+                    f"{path}: line {n} ({rid!r}) has a subtitle with start / end that are not numbers: {line!r}"
+                ) from None
         out[str(io.field(rec, "vid_name", path, f"line {n}"))] = parsed
     if not out:
         raise ValueError(f"{path} has no subtitles")
@@ -122,9 +152,14 @@ def _tvqa_show(show_name: str, vid_name: str) -> str:
     return prefix if prefix in TVQA_FRAME_FOLDERS.values() else "bbt"  # bbt's vid_names have no prefix
 
 
-def read_tvqa(questions_file: str | os.PathLike, video_dir: str | os.PathLike | None = None,
-              video_pattern: str = "{vid_name}", subtitles_file: str | os.PathLike | None = None,
-              clip_to_span: bool = True, fps: float | None = 3.0) -> list[Sample]:
+def read_tvqa(
+    questions_file: str | os.PathLike,
+    video_dir: str | os.PathLike | None = None,
+    video_pattern: str = "{vid_name}",
+    subtitles_file: str | os.PathLike | None = None,
+    clip_to_span: bool = True,
+    fps: float | None = 3.0,
+) -> list[Sample]:
     """TVQA question files as released (``tvqa_qa_release/tvqa_{train,val,test_public}.jsonl``): one
     ``{"qid", "q", "a0".."a4", "answer_idx", "vid_name", "ts", "show_name"}`` per line (no
     ``answer_idx`` in test_public).  The options are ``a0``, ``a1``, ... as many as the record has, so
@@ -161,8 +196,10 @@ def read_tvqa(questions_file: str | os.PathLike, video_dir: str | os.PathLike | 
         while f"a{len(choices)}" in q:
             choices.append(str(q[f"a{len(choices)}"]).strip())
         if len(choices) < 2:
-            raise ValueError(f"{path}: question {qid!r} (line {n}) has {len(choices)} options a0, a1, ...; "
-                             "a multiple-choice question needs at least 2")
+            raise ValueError(
+                f"{path}: question {qid!r} (line {n}) has {len(choices)} options a0, a1, ...; "
+                "a multiple-choice question needs at least 2"
+            )
         answers = []
         if q.get("answer_idx") is not None:
             try:
@@ -170,22 +207,39 @@ def read_tvqa(questions_file: str | os.PathLike, video_dir: str | os.PathLike | 
             except (TypeError, ValueError):
                 answer = -1
             if not 0 <= answer < len(choices) or isinstance(q["answer_idx"], bool):
-                raise ValueError(f"{path}: question {qid!r} (line {n}) has answer_idx {q['answer_idx']!r} but "
-                                 f"{len(choices)} options (a0..a{len(choices) - 1})")
+                raise ValueError(
+                    f"{path}: question {qid!r} (line {n}) has answer_idx {q['answer_idx']!r} but "
+                    f"{len(choices)} options (a0..a{len(choices) - 1})"
+                )
             answers = [string.ascii_uppercase[answer]]
         show_name = str(q.get("show_name") or "")
         span = _tvqa_span(q.get("ts")) if clip_to_span else None
         context = ""
         if subs is not None:
             if vid_name not in subs:
-                raise ValueError(f"{path}: question {qid!r} (line {n}) is about clip {vid_name!r}, which has no "
-                                 f"subtitles in {io.absolute(subtitles_file)}; give the full subtitles file or none")
-            context = " ".join(t for s, e, t in subs[vid_name]
-                               if t and (span is None or (s <= span[1] and e >= span[0])))
-        samples.append(_video_question(
-            str(qid), question, context, choices, answers,
-            find(vid_name=vid_name, show_name=show_name, show=_tvqa_show(show_name, vid_name)), vid_name, span, fps,
-            question_type=show_name, show_name=show_name, ts=q.get("ts")))
+                raise ValueError(
+                    f"{path}: question {qid!r} (line {n}) is about clip {vid_name!r}, which has no "
+                    f"subtitles in {io.absolute(subtitles_file)}; give the full subtitles file or none"
+                )
+            context = " ".join(
+                t for s, e, t in subs[vid_name] if t and (span is None or (s <= span[1] and e >= span[0]))
+            )
+        samples.append(
+            _video_question(
+                str(qid),
+                question,
+                context,
+                choices,
+                answers,
+                find(vid_name=vid_name, show_name=show_name, show=_tvqa_show(show_name, vid_name)),
+                vid_name,
+                span,
+                fps,
+                question_type=show_name,
+                show_name=show_name,
+                ts=q.get("ts"),
+            )
+        )
     return io.non_empty(samples, path)
 
 
@@ -216,9 +270,13 @@ def how2qa_correct_position(key: str, num_choices: int = 4) -> int:
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % num_choices
 
 
-def read_how2qa(questions_file: str | os.PathLike, video_dir: str | os.PathLike | None = None,
-                video_pattern: str = "{video_id}", clip_to_span: bool = True,
-                fps: float | None = None) -> list[Sample]:
+def read_how2qa(
+    questions_file: str | os.PathLike,
+    video_dir: str | os.PathLike | None = None,
+    video_pattern: str = "{video_id}",
+    clip_to_span: bool = True,
+    fps: float | None = None,
+) -> list[Sample]:
     """How2QA CSV as released (``how2QA_{train,val,test_public}_release.csv``, see the comment above: no
     header; ``video_id, [start:end], wrong1, wrong2, wrong3, question, correct``).  A first row whose
     second cell is not ``[start:end]`` is taken as a header and skipped.
@@ -251,25 +309,40 @@ def read_how2qa(questions_file: str | os.PathLike, video_dir: str | os.PathLike 
                 if not cells or not "".join(cells).strip():
                     continue
                 if len(cells) != _HOW2QA_COLUMNS:
-                    raise ValueError(f"{path}: line {n} has {len(cells)} comma-separated fields; a How2QA CSV has "
-                                     f"{_HOW2QA_COLUMNS}: video_id, [start:end], wrong1, wrong2, wrong3, question, "
-                                     "correct answer")
+                    raise ValueError(
+                        f"{path}: line {n} has {len(cells)} comma-separated fields; a How2QA CSV has "
+                        f"{_HOW2QA_COLUMNS}: video_id, [start:end], wrong1, wrong2, wrong3, question, "
+                        "correct answer"
+                    )
                 video_id, times, *wrong, question, correct = (c.strip() for c in cells)
                 match = _HOW2QA_SPAN.match(times)
                 if match is None:
                     if not samples and n == 1:
                         continue  # a header row
-                    raise ValueError(f"{path}: line {n} has segment {times!r}; expected [start:end] in seconds, "
-                                     "e.g. [7.2:18.0]")
+                    raise ValueError(
+                        f"{path}: line {n} has segment {times!r}; expected [start:end] in seconds, e.g. [7.2:18.0]"
+                    )
                 if not video_id or not question:
                     raise ValueError(f"{path}: line {n} has an empty video id or question")
                 row = len(samples)
                 at = how2qa_correct_position(f"{video_id}|{times}|{question}", 1 + len(wrong))
                 choices = wrong[:at] + [correct] + wrong[at:]
-                samples.append(_video_question(
-                    f"{split}_{row}", question, "", choices, [string.ascii_uppercase[at]],
-                    find(video_id=video_id, vid_name=video_id), video_id,
-                    _span(*match.groups()) if clip_to_span else None, fps, split=split, row=row, question=question))
+                samples.append(
+                    _video_question(
+                        f"{split}_{row}",
+                        question,
+                        "",
+                        choices,
+                        [string.ascii_uppercase[at]],
+                        find(video_id=video_id, vid_name=video_id),
+                        video_id,
+                        _span(*match.groups()) if clip_to_span else None,
+                        fps,
+                        split=split,
+                        row=row,
+                        question=question,
+                    )
+                )
     except UnicodeDecodeError as e:
         raise ValueError(f"How2QA CSV file {path} is not UTF-8 text (byte {e.start})") from None
     except csv.Error as e:
@@ -281,20 +354,41 @@ def _multiple_choice_scorer(name: str):
     def score(samples: Sequence[Sample], predictions: Mapping[str, str], rule: str) -> dict:
         """:func:`~memvp.metrics.multiple_choice_accuracy` per question type (TVQA's show, How2QA's ``""``)."""
         require_answers(samples, name)
-        return multiple_choice_accuracy([{
-            "prediction": predictions[s.id], "answer": s.answers[0], "num_choices": s.metadata["num_choices"],
-            "question_type": s.question_type} for s in samples])
+        return multiple_choice_accuracy(
+            [
+                {
+                    "prediction": predictions[s.id],
+                    "answer": s.answers[0],
+                    "num_choices": s.metadata["num_choices"],
+                    "question_type": s.question_type,
+                }
+                for s in samples
+            ]
+        )
 
     return score
 
 
-register_format(DatasetFormat(
-    "tvqa", read_tvqa, {"questions_file", "video_dir", "subtitles_file"},
-    "video_dir/video_pattern (default '{vid_name}'; may use {vid_name}, {show_name}, {show}: for the "
-    "official 3 fps frames give video_dir 'frames_hq' and video_pattern '{show}_frames/{vid_name}'), a video "
-    "file or a folder of frames, else that path + .mp4/.mkv/.webm/.avi/.mov",
-    _multiple_choice_scorer("tvqa"), is_video=True))
-register_format(DatasetFormat(
-    "how2qa", read_how2qa, {"questions_file", "video_dir"},
-    "video_dir/video_pattern (default '{video_id}', the YouTube id), a video file or a folder of frames, "
-    "else that path + .mp4/.mkv/.webm/.avi/.mov", _multiple_choice_scorer("how2qa"), is_video=True))
+register_format(
+    DatasetFormat(
+        "tvqa",
+        read_tvqa,
+        {"questions_file", "video_dir", "subtitles_file"},
+        "video_dir/video_pattern (default '{vid_name}'; may use {vid_name}, {show_name}, {show}: for the "
+        "official 3 fps frames give video_dir 'frames_hq' and video_pattern '{show}_frames/{vid_name}'), a video "
+        "file or a folder of frames, else that path + .mp4/.mkv/.webm/.avi/.mov",
+        _multiple_choice_scorer("tvqa"),
+        is_video=True,
+    )
+)
+register_format(
+    DatasetFormat(
+        "how2qa",
+        read_how2qa,
+        {"questions_file", "video_dir"},
+        "video_dir/video_pattern (default '{video_id}', the YouTube id), a video file or a folder of frames, "
+        "else that path + .mp4/.mkv/.webm/.avi/.mov",
+        _multiple_choice_scorer("how2qa"),
+        is_video=True,
+    )
+)

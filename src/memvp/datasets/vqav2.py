@@ -5,7 +5,8 @@ as the training target), scored by the official VQA accuracy."""
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..metrics import vqa_accuracy
 from . import io
@@ -13,21 +14,31 @@ from .registry import DatasetFormat, register_format
 from .schema import Sample
 
 
-def _vqav2_sample(qid: Any, question: str, image: str | None, image_id: str | None,
-                  annotation: tuple[list[str], str, str, str] | None) -> Sample:
+def _vqav2_sample(
+    qid: Any, question: str, image: str | None, image_id: str | None, annotation: tuple[list[str], str, str, str] | None
+) -> Sample:
     """``annotation`` = (the human answers, ``multiple_choice_answer``, answer_type, question_type);
     None for a question without one (test-dev, test): no answers, no target."""
     if annotation is None:
         return Sample(id=str(qid), prompt=question, answers=[], image=image, image_id=image_id)
     answers, target, answer_type, question_type = annotation
-    return Sample(id=str(qid), prompt=question, answers=answers, image=image, image_id=image_id,
-                  question_type=answer_type,
-                  metadata={"target": target, "answer_type": answer_type, "question_type": question_type})
+    return Sample(
+        id=str(qid),
+        prompt=question,
+        answers=answers,
+        image=image,
+        image_id=image_id,
+        question_type=answer_type,
+        metadata={"target": target, "answer_type": answer_type, "question_type": question_type},
+    )
 
 
-def read_vqav2(questions_file: str | os.PathLike, annotations_file: str | os.PathLike | None,
-               image_dir: str | os.PathLike,
-               image_pattern: str = "COCO_{data_subtype}_{image_id:012d}.jpg") -> list[Sample]:
+def read_vqav2(
+    questions_file: str | os.PathLike,
+    annotations_file: str | os.PathLike | None,
+    image_dir: str | os.PathLike,
+    image_pattern: str = "COCO_{data_subtype}_{image_id:012d}.jpg",
+) -> list[Sample]:
     """Official VQAv2 question (+ annotation) files.
 
     prompt = the question; ``answers`` = the 10 human answers in file order (for
@@ -40,16 +51,22 @@ def read_vqav2(questions_file: str | os.PathLike, annotations_file: str | os.Pat
     questions file's ``data_subtype`` (``"test-dev2015"`` maps to
     ``"test2015"``, whose images test-dev uses) and the integer ``image_id``.
     """
-    qdata = io.expect(io.load_json(questions_file, "VQAv2 questions file"), dict, questions_file,
-                      "an object with 'questions'")
-    questions = io.expect(io.field(qdata, "questions", questions_file, "<top level>"), list,
-                          questions_file, "'questions' to be a list")
+    qdata = io.expect(
+        io.load_json(questions_file, "VQAv2 questions file"), dict, questions_file, "an object with 'questions'"
+    )
+    questions = io.expect(
+        io.field(qdata, "questions", questions_file, "<top level>"), list, questions_file, "'questions' to be a list"
+    )
     subtype = qdata.get("data_subtype", "")
     subtype = {"test-dev2015": "test2015"}.get(subtype, subtype)
     annotations = None
     if annotations_file is not None:
-        adata = io.expect(io.load_json(annotations_file, "VQAv2 annotations file"), dict, annotations_file,
-                          "an object with 'annotations'")
+        adata = io.expect(
+            io.load_json(annotations_file, "VQAv2 annotations file"),
+            dict,
+            annotations_file,
+            "an object with 'annotations'",
+        )
         anns = io.field(adata, "annotations", annotations_file, "<top level>")
         annotations = {io.field(a, "question_id", annotations_file, a): a for a in anns}
     image_dir = io.absolute(image_dir)
@@ -62,13 +79,21 @@ def read_vqav2(questions_file: str | os.PathLike, annotations_file: str | os.Pat
             if qid not in annotations:
                 raise ValueError(f"{io.absolute(annotations_file)}: no annotation for question_id {qid}")
             a = annotations[qid]
-            annotation = ([str(h["answer"]) for h in io.field(a, "answers", annotations_file, qid)],
-                          io.field(a, "multiple_choice_answer", annotations_file, qid),
-                          a.get("answer_type", ""), a.get("question_type", ""))
-        samples.append(_vqav2_sample(
-            qid, io.field(q, "question", questions_file, qid),
-            os.path.join(image_dir, image_pattern.format(data_subtype=subtype, image_id=image_id)),
-            str(image_id), annotation))
+            annotation = (
+                [str(h["answer"]) for h in io.field(a, "answers", annotations_file, qid)],
+                io.field(a, "multiple_choice_answer", annotations_file, qid),
+                a.get("answer_type", ""),
+                a.get("question_type", ""),
+            )
+        samples.append(
+            _vqav2_sample(
+                qid,
+                io.field(q, "question", questions_file, qid),
+                os.path.join(image_dir, image_pattern.format(data_subtype=subtype, image_id=image_id)),
+                str(image_id),
+                annotation,
+            )
+        )
     return io.non_empty(samples, questions_file)
 
 
@@ -81,14 +106,17 @@ def _parquet_answers(row: dict, path: str, r: int) -> list[str] | None:
     for a in cells:
         answer = a.get("answer") if isinstance(a, dict) else a
         if not isinstance(answer, str):
-            raise ValueError(f"{path}: row {r}, column 'answers' holds {a!r:.60}, expected a list of "
-                             "{answer, ...} or of strings; fix the file")
+            raise ValueError(
+                f"{path}: row {r}, column 'answers' holds {a!r:.60}, expected a list of "
+                "{answer, ...} or of strings; fix the file"
+            )
         answers.append(answer)
     return answers
 
 
-def read_vqav2_parquet(files: str | os.PathLike | Sequence[str | os.PathLike],
-                       image_dir: str | os.PathLike) -> list[Sample]:
+def read_vqav2_parquet(
+    files: str | os.PathLike | Sequence[str | os.PathLike], image_dir: str | os.PathLike
+) -> list[Sample]:
     """VQAv2 from the parquet files of the Hugging Face dataset ``lmms-lab/VQAv2``
     (``data/{validation,testdev,test}-*.parquet``; ``HuggingFaceM4/VQAv2``'s parquet export
     has the same columns): ``question_type, multiple_choice_answer, answers`` (list of
@@ -105,24 +133,48 @@ def read_vqav2_parquet(files: str | os.PathLike | Sequence[str | os.PathLike],
     image_dir = io.check_image_dir(image_dir)
     samples = []
     for path in paths:
-        for r, row in enumerate(io.parquet_rows(path, "VQAv2 parquet file", ("question_id", "question", "image"),
-                                                ("answers", "multiple_choice_answer", "answer_type", "question_type",
-                                                 "image_id"))):
+        for r, row in enumerate(
+            io.parquet_rows(
+                path,
+                "VQAv2 parquet file",
+                ("question_id", "question", "image"),
+                ("answers", "multiple_choice_answer", "answer_type", "question_type", "image_id"),
+            )
+        ):
             qid = io.cell(row, "question_id", io.ID, path, r, "a question id", required=True)
             question = io.cell(row, "question", str, path, r, "the question's text", required=True)
             answers = _parquet_answers(row, path, r)
             annotated = bool(answers) or row.get("multiple_choice_answer") is not None
-            target = io.cell(row, "multiple_choice_answer", str, path, r,
-                             "the answer's text (the training target of a question with answers)", required=annotated)
+            target = io.cell(
+                row,
+                "multiple_choice_answer",
+                str,
+                path,
+                r,
+                "the answer's text (the training target of a question with answers)",
+                required=annotated,
+            )
             annotation = None
             if annotated:
-                annotation = (answers or [], target, io.cell(row, "answer_type", str, path, r, "text or null") or "",
-                              io.cell(row, "question_type", str, path, r, "text or null") or "")
+                annotation = (
+                    answers or [],
+                    target,
+                    io.cell(row, "answer_type", str, path, r, "text or null") or "",
+                    io.cell(row, "question_type", str, path, r, "text or null") or "",
+                )
             image = io.parquet_image(row["image"], image_dir, path, qid)
             image_id = io.cell(row, "image_id", io.ID, path, r, "an image id or null")
-            samples.append(_vqav2_sample(qid, question, image, str(image_id) if image_id is not None else
-                                         (os.path.splitext(os.path.basename(image))[0] if image else None),
-                                         annotation))
+            samples.append(
+                _vqav2_sample(
+                    qid,
+                    question,
+                    image,
+                    str(image_id)
+                    if image_id is not None
+                    else (os.path.splitext(os.path.basename(image))[0] if image else None),
+                    annotation,
+                )
+            )
     return io.non_empty(samples, paths[0])
 
 
@@ -131,9 +183,16 @@ def score_vqav2(samples: Sequence[Sample], predictions: Mapping[str, str], rule:
     return vqa_accuracy(predictions, {s.id: s.answers for s in samples}, {s.id: s.question_type for s in samples})
 
 
-register_format(DatasetFormat(
-    "vqav2", read_vqav2, {"questions_file", "annotations_file", "image_dir"},
-    "image_dir/image_pattern, image_pattern defaulting to 'COCO_{data_subtype}_{image_id:012d}.jpg' "
-    "(set image_pattern in the data spec, e.g. '{image_id}.png', if your files are named otherwise)", score_vqav2))
-register_format(DatasetFormat("vqav2_parquet", read_vqav2_parquet, {"files", "image_dir"}, io.PARQUET_IMAGES,
-                              score_vqav2))
+register_format(
+    DatasetFormat(
+        "vqav2",
+        read_vqav2,
+        {"questions_file", "annotations_file", "image_dir"},
+        "image_dir/image_pattern, image_pattern defaulting to 'COCO_{data_subtype}_{image_id:012d}.jpg' "
+        "(set image_pattern in the data spec, e.g. '{image_id}.png', if your files are named otherwise)",
+        score_vqav2,
+    )
+)
+register_format(
+    DatasetFormat("vqav2_parquet", read_vqav2_parquet, {"files", "image_dir"}, io.PARQUET_IMAGES, score_vqav2)
+)

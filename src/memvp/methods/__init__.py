@@ -2,17 +2,27 @@
 and loads them by name (``mapping.py``)."""
 
 from .mapping import (
-                      METHODS,
-                      Method,
-                      adapter_config,
-                      build_model,
-                      check_adapter,
-                      check_adapter_features,
-                      get_method,
-                      init_from_adapter,
-                      load_adapter,
-                      register_method,
+    METHODS,
+    Method,
+    adapter_config,
+    build_model,
+    check_adapter,
+    check_adapter_features,
+    get_method,
+    init_from_adapter,
+    load_adapter,
+    register_method,
 )
 
-__all__ = ["METHODS", "Method", "adapter_config", "build_model", "check_adapter", "check_adapter_features", "get_method", "init_from_adapter",
-           "load_adapter", "register_method"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "adapter_config",
+    "build_model",
+    "check_adapter",
+    "check_adapter_features",
+    "get_method",
+    "init_from_adapter",
+    "load_adapter",
+    "register_method",
+]

@@ -104,23 +104,39 @@ class MethodModel(nn.Module):
         return self.language_model.config
 
     # ------------------------------------------------------------------------- running
-    def set_visual_state(self, visual_features: torch.Tensor | None, has_image: torch.Tensor | None,
-                         **state: Any) -> None:
+    def set_visual_state(
+        self, visual_features: torch.Tensor | None, has_image: torch.Tensor | None, **state: Any
+    ) -> None:
         """Prepare what the LM calls of one forward / generate read of the image (FFN memories: their
         entries); nothing for methods that only change the LM's input."""
 
     def release_visual_memory(self) -> None:
         """Later direct calls of the language model no longer see the visual state set last."""
 
-    def lm_inputs(self, input_ids, attention_mask, visual_features, has_image, labels=None,
-                  generation: bool = False, **kwargs: Any) -> dict[str, Any]:
+    def lm_inputs(
+        self,
+        input_ids,
+        attention_mask,
+        visual_features,
+        has_image,
+        labels=None,
+        generation: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
         """The LM's keyword inputs: ids, mask and labels as they are, unless the method inserts tokens."""
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
-    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                visual_features: torch.Tensor | None = None, has_image: torch.Tensor | None = None,
-                pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                answer_logits_only: bool = False, **kwargs: Any):
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        visual_features: torch.Tensor | None = None,
+        has_image: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        answer_logits_only: bool = False,
+        **kwargs: Any,
+    ):
         """The language model's forward with the method in place. ``visual_features=None``: no sample
         has an image; ``has_image`` ([B] bool) marks image-less samples of a batch.
 
@@ -138,9 +154,15 @@ class MethodModel(nn.Module):
             self.release_visual_memory()
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                 visual_features: torch.Tensor | None = None, has_image: torch.Tensor | None = None,
-                 pixel_values: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        visual_features: torch.Tensor | None = None,
+        has_image: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         """transformers' ``generate`` with the method in place (its visual state made once for all
         decoding steps). Decoder-only output is the prompt ids + the new tokens, whatever the method
         inserted into the input."""
@@ -163,23 +185,30 @@ class MethodModel(nn.Module):
         adapters) train, save and load with the method's own weights."""
         self.vision_encoder = encoder
 
-    def features_of(self, visual_features: torch.Tensor | None, pixel_values: torch.Tensor | None,
-                         input_ids: torch.Tensor | None = None) -> torch.Tensor | None:
+    def features_of(
+        self,
+        visual_features: torch.Tensor | None,
+        pixel_values: torch.Tensor | None,
+        input_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
         """The visual features of a call: given, or encoded from ``pixel_values`` by the attached encoder."""
         if pixel_values is not None:
             if visual_features is not None:
                 raise ValueError("give either visual_features or pixel_values, not both")
             encoder = getattr(self, "vision_encoder", None)
             if encoder is None:
-                raise ValueError(f"pixel_values given but this {type(self).__name__} has no vision encoder; pass "
-                                 "visual_features, or attach one with attach_vision_encoder(encoder)")
+                raise ValueError(
+                    f"pixel_values given but this {type(self).__name__} has no vision encoder; pass "
+                    "visual_features, or attach one with attach_vision_encoder(encoder)"
+                )
             param = next(encoder.parameters())
             visual_features = encoder(pixel_values.to(param.device, param.dtype))
-        if (visual_features is not None and input_ids is not None
-                and visual_features.shape[0] != input_ids.shape[0]):
+        if visual_features is not None and input_ids is not None and visual_features.shape[0] != input_ids.shape[0]:
             # One image's features for several prompts would silently broadcast.
-            raise ValueError(f"visual features for {visual_features.shape[0]} sample(s) but {input_ids.shape[0]} "
-                             "prompt(s): give one row of features per prompt")
+            raise ValueError(
+                f"visual features for {visual_features.shape[0]} sample(s) but {input_ids.shape[0]} "
+                "prompt(s): give one row of features per prompt"
+            )
         return visual_features
 
     def gradient_checkpointing_enable(self) -> None:
@@ -203,8 +232,10 @@ class MethodModel(nn.Module):
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.get_nb_trainable_parameters()
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} "
-              f"|| trainable%: {100 * trainable / max(total, 1):.4f}")
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} "
+            f"|| trainable%: {100 * trainable / max(total, 1):.4f}"
+        )
 
     def load_trainable_state(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
         expected = self.trainable_state_dict()
@@ -212,14 +243,20 @@ class MethodModel(nn.Module):
         if missing or unexpected:
             hint = ""
             if any(k.startswith("vision_encoder.") for k in missing + unexpected):
-                hint = (" (its ViT adapters differ from the vision encoder's: use the vision options it was trained "
-                        "with, e.g. the same vision.adapter_hidden)")
-            raise ValueError(f"{source} does not match this {type(self).__name__}{hint}: "
-                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+                hint = (
+                    " (its ViT adapters differ from the vision encoder's: use the vision options it was trained "
+                    "with, e.g. the same vision.adapter_hidden)"
+                )
+            raise ValueError(
+                f"{source} does not match this {type(self).__name__}{hint}: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
         for name, tensor in state.items():
             if tensor.shape != expected[name].shape:
-                raise ValueError(f"{source}: {name} has shape {tuple(tensor.shape)}, this model "
-                                 f"expects {tuple(expected[name].shape)}")
+                raise ValueError(
+                    f"{source}: {name} has shape {tuple(tensor.shape)}, this model "
+                    f"expects {tuple(expected[name].shape)}"
+                )
         with torch.no_grad():
             for name, tensor in state.items():
                 expected[name].copy_(tensor)
@@ -238,29 +275,44 @@ class MethodModel(nn.Module):
     def save_pretrained(self, save_directory: str | os.PathLike, card_info: dict | None = None) -> None:
         """Write the trainable weights (safetensors), the config and a model card (README.md, with
         ``card_info``: training data, metrics); each file atomically."""
-        write_adapter(save_directory, self.trainable_state_dict(), self._adapter_metadata(), self.config_name,
-                      self.weights_name)
+        write_adapter(
+            save_directory, self.trainable_state_dict(), self._adapter_metadata(), self.config_name, self.weights_name
+        )
         self.write_model_card(save_directory, card_info)
 
     def write_model_card(self, save_directory: str | os.PathLike, card_info: dict | None = None) -> None:
         """(Re)write the adapter folder's README.md, e.g. with the metrics once they are known."""
-        atomic_write_text(Path(save_directory) / "README.md", model_card(
-            self._adapter_metadata(), type(self).__name__, self.get_nb_trainable_parameters()[0], card_info))
+        atomic_write_text(
+            Path(save_directory) / "README.md",
+            model_card(self._adapter_metadata(), type(self).__name__, self.get_nb_trainable_parameters()[0], card_info),
+        )
 
     @classmethod
-    def from_pretrained(cls, language_model: nn.Module, path: str | os.PathLike, is_trainable: bool = False,
-                        allow_base_mismatch: bool = False, **kwargs: Any):
+    def from_pretrained(
+        cls,
+        language_model: nn.Module,
+        path: str | os.PathLike,
+        is_trainable: bool = False,
+        allow_base_mismatch: bool = False,
+        **kwargs: Any,
+    ):
         """The adapter saved in ``path`` on ``language_model`` (refused when saved for another base
         model); frozen for inference unless ``is_trainable``. ``vision_encoder``: the encoder to attach
         (ViT adapters' weights are loaded too); other ``kwargs`` go to the constructor."""
-        meta, config, state = read_adapter(path, cls.config_name, cls.weights_name, f"a {cls.__name__} adapter "
-                                           f"directory (save one with {cls.__name__}.save_pretrained)", cls.config_class)
+        meta, config, state = read_adapter(
+            path,
+            cls.config_name,
+            cls.weights_name,
+            f"a {cls.__name__} adapter directory (save one with {cls.__name__}.save_pretrained)",
+            cls.config_class,
+        )
         vision_encoder = kwargs.pop("vision_encoder", None)
         model = cls(language_model, config, **kwargs)
         if vision_encoder is not None:
             model.attach_vision_encoder(vision_encoder)
-        return finish_loading(model, meta, state, Path(path) / cls.weights_name, cls.layers_name, is_trainable,
-                              allow_base_mismatch)
+        return finish_loading(
+            model, meta, state, Path(path) / cls.weights_name, cls.layers_name, is_trainable, allow_base_mismatch
+        )
 
 
 @dataclass
@@ -289,17 +341,25 @@ class FFNMemoryModel(MethodModel):
         self.language_model = language_model
         self.layout: FFNLayout = layout_for(language_model)
         language_model.requires_grad_(False)
-        self.sites = [FFNSite(name=f"{stack}.{i}", layer=layer, ffn_input=get_path(layer, self.layout.ffn_input),
-                              ffn_output=get_path(layer, self.layout.ffn_output),
-                              activation=get_path(layer, self.layout.activation), table=0 if shared else index)
-                      for index, (stack, i, layer) in enumerate(target_layers(language_model, self.layout, target))]
+        self.sites = [
+            FFNSite(
+                name=f"{stack}.{i}",
+                layer=layer,
+                ffn_input=get_path(layer, self.layout.ffn_input),
+                ffn_output=get_path(layer, self.layout.ffn_output),
+                activation=get_path(layer, self.layout.activation),
+                table=0 if shared else index,
+            )
+            for index, (stack, i, layer) in enumerate(target_layers(language_model, self.layout, target))
+        ]
         self._entries: Any = None
         self._stale = False  # forward/generate returned: its images are no longer in use
         self._hooks: list = []
         for i, site in enumerate(self.sites):
             # Partials of bound methods, not closures: copy.deepcopy(model) gives hooks that talk to the copy.
-            self._hooks.append(site.ffn_input.register_forward_pre_hook(functools.partial(self._capture, i),
-                                                                        with_kwargs=True))
+            self._hooks.append(
+                site.ffn_input.register_forward_pre_hook(functools.partial(self._capture, i), with_kwargs=True)
+            )
             self._hooks.append(site.ffn_output.register_forward_hook(functools.partial(self._inject, i)))
 
     # ------------------------------------------------------------------------- what a method implements
@@ -312,8 +372,9 @@ class FFNMemoryModel(MethodModel):
         raise NotImplementedError
 
     # ------------------------------------------------------------------------- the visual state
-    def set_visual_state(self, visual_features: torch.Tensor | None, has_image: torch.Tensor | None,
-                         **state: Any) -> None:
+    def set_visual_state(
+        self, visual_features: torch.Tensor | None, has_image: torch.Tensor | None, **state: Any
+    ) -> None:
         """Make the entries once for the next LM calls. They stay until the next call, so that
         gradient-checkpoint recomputation during backward sees the same ones."""
         self._entries = self.make_entries(visual_features, has_image, **state)
@@ -360,8 +421,10 @@ def per_sample_rows(x: torch.Tensor, samples: int) -> torch.Tensor:
     d = x.shape[-1]
     rows = x.numel() // d
     if rows % samples:
-        raise ValueError(f"the visual entries hold {samples} samples but the FFN input {tuple(x.shape)} "
-                         "cannot be split into that many samples")
+        raise ValueError(
+            f"the visual entries hold {samples} samples but the FFN input {tuple(x.shape)} "
+            "cannot be split into that many samples"
+        )
     return x.reshape(samples, rows // samples, d)
 
 

@@ -13,8 +13,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 PROJECTORS = ("linear", "mlp", "mlp2x_gelu")
 
 
-def make_projector(kind: str, visual_dim: int, hidden_size: int, hidden: int = 128,
-                   device: torch.device | str | None = None) -> nn.Module:
+def make_projector(
+    kind: str, visual_dim: int, hidden_size: int, hidden: int = 128, device: torch.device | str | None = None
+) -> nn.Module:
     """f: 'linear' (BART/T5 in the paper), 'mlp' = Linear(d', hidden)-SiLU-Linear(hidden, d) (the
     official MemVP LLaMA code) or 'mlp2x_gelu' = Linear(d', d)-GELU-Linear(d, d) (LLaVA-1.5's
     projector, the paper's Table 9 setting; ``hidden`` unused).
@@ -25,7 +26,9 @@ def make_projector(kind: str, visual_dim: int, hidden_size: int, hidden: int = 1
     if kind == "linear":
         return nn.Linear(visual_dim, hidden_size, **kw)
     if kind == "mlp2x_gelu":
-        return nn.Sequential(nn.Linear(visual_dim, hidden_size, **kw), nn.GELU(), nn.Linear(hidden_size, hidden_size, **kw))
+        return nn.Sequential(
+            nn.Linear(visual_dim, hidden_size, **kw), nn.GELU(), nn.Linear(hidden_size, hidden_size, **kw)
+        )
     return nn.Sequential(nn.Linear(visual_dim, hidden, **kw), nn.SiLU(), nn.Linear(hidden, hidden_size, **kw))
 
 
@@ -96,8 +99,10 @@ def target_layers(language_model: nn.Module, layout, target: str | list[int]) ->
         names = list(stacks) if target == "all" else [target]
         missing = [n for n in names if n not in stacks]
         if missing:
-            raise ValueError(f"target_layers={target!r}: a {language_model.config.model_type} model has "
-                             f"no {missing[0]} stack (it has {list(stacks)})")
+            raise ValueError(
+                f"target_layers={target!r}: a {language_model.config.model_type} model has "
+                f"no {missing[0]} stack (it has {list(stacks)})"
+            )
         chosen = [(n, i) for n in names for i in range(len(get_path(base, stacks[n])))]
     else:
         default = "encoder" if layout.is_encoder_decoder else "decoder"
@@ -109,8 +114,14 @@ def target_layers(language_model: nn.Module, layout, target: str | list[int]) ->
     return [(stack, i, get_path(base, stacks[stack])[i]) for stack, i in chosen]
 
 
-def insert_tokens(embeds: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor,
-                  at: torch.Tensor, labels: torch.Tensor | None = None):
+def insert_tokens(
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    tokens: torch.Tensor,
+    token_mask: torch.Tensor,
+    at: torch.Tensor,
+    labels: torch.Tensor | None = None,
+):
     """Put n tokens [B, n, d] at index ``at`` [B] of each row: (embeds, mask, labels) of length L + n,
     the tokens' mask ``token_mask`` [B, n] and their labels -100. At the first attended token of each
     row (input space), left-padded rows (generation) become [pads, tokens, text] and right-padded ones
@@ -123,9 +134,11 @@ def insert_tokens(embeds: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor
     is_token = (j >= at) & (j < at + n)
     text_index = torch.where(j < at, j, j - n).clamp(0, length - 1)
     token_index = (j - at).clamp(0, n - 1)
-    out = torch.where(is_token.unsqueeze(-1),
-                      tokens.to(embeds.dtype).gather(1, token_index.unsqueeze(-1).expand(-1, -1, dim)),
-                      embeds.gather(1, text_index.unsqueeze(-1).expand(-1, -1, dim)))
+    out = torch.where(
+        is_token.unsqueeze(-1),
+        tokens.to(embeds.dtype).gather(1, token_index.unsqueeze(-1).expand(-1, -1, dim)),
+        embeds.gather(1, text_index.unsqueeze(-1).expand(-1, -1, dim)),
+    )
     out_mask = torch.where(is_token, token_mask.to(mask.dtype).gather(1, token_index), mask.gather(1, text_index))
     out_labels = None
     if labels is not None:
@@ -141,13 +154,29 @@ def check_target_layers(value: str | list[int] | None, owner: str) -> str | list
         return value
     if value is None:
         return None
-    if not isinstance(value, (list, tuple)) or not value or not all(
-            isinstance(i, int) and not isinstance(i, bool) for i in value):
-        raise ValueError(f"{owner}.target_layers must be 'all', 'encoder', 'decoder' or a non-empty list of layer "
-                         f"indices, got {value!r}")
+    if (
+        not isinstance(value, (list, tuple))
+        or not value
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+    ):
+        raise ValueError(
+            f"{owner}.target_layers must be 'all', 'encoder', 'decoder' or a non-empty list of layer "
+            f"indices, got {value!r}"
+        )
     return list(value)
 
 
-__all__ = ["CAN_SEE_BACKWARD", "in_backward", "PROJECTORS", "make_projector", "init_projector", "answer_only_loss",
-           "can_skip_lm_head", "enable_gradient_checkpointing", "check_visual_features", "target_layers",
-           "insert_tokens", "check_target_layers"]
+__all__ = [
+    "CAN_SEE_BACKWARD",
+    "in_backward",
+    "PROJECTORS",
+    "make_projector",
+    "init_projector",
+    "answer_only_loss",
+    "can_skip_lm_head",
+    "enable_gradient_checkpointing",
+    "check_visual_features",
+    "target_layers",
+    "insert_tokens",
+    "check_target_layers",
+]

@@ -53,10 +53,19 @@ def register_method(method: Method) -> None:
 
 register_method(Method("memvp", MemVPConfig, MemVPModel, section="memvp"))
 register_method(Method("memvp_lora", MemVPLoraConfig, MemVPLoraModel, section="memvp"))
-register_method(Method("input_space", BaselineConfig, InputSpaceModel, section="baseline",
-                       fixed={"method": "input_space"}))
-register_method(Method("text_only", BaselineConfig, InputSpaceModel, section="baseline", fixed={"method": "text_only"},
-                       reads_images=False))
+register_method(
+    Method("input_space", BaselineConfig, InputSpaceModel, section="baseline", fixed={"method": "input_space"})
+)
+register_method(
+    Method(
+        "text_only",
+        BaselineConfig,
+        InputSpaceModel,
+        section="baseline",
+        fixed={"method": "text_only"},
+        reads_images=False,
+    )
+)
 register_method(Method("adem", AdemConfig, AdemModel, section="adem", tokens_field="num_patches"))
 
 
@@ -66,15 +75,22 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def build_model(method: str, language_model: nn.Module, visual_dim: int, num_visual_tokens: int | None = None,
-                **options: dict | None) -> nn.Module:
+def build_model(
+    method: str,
+    language_model: nn.Module,
+    visual_dim: int,
+    num_visual_tokens: int | None = None,
+    **options: dict | None,
+) -> nn.Module:
     """A new (untrained) model of ``method`` around ``language_model``; its options come in the keyword
     named after its section: ``memvp={...}`` (MemVPConfig / MemVPLoraConfig keys) for memvp and
     memvp_lora, ``baseline={...}`` (BaselineConfig keys) for input_space / text_only, ``adem={...}``
     for adem. Other sections are ignored, so one call can carry every method's options (as a
     training config does). ``num_visual_tokens``: the encoder's, for methods sized by it."""
     entry = get_method(method)
-    return entry.model_class(language_model, entry.make_config(visual_dim, options.get(entry.section), num_visual_tokens))
+    return entry.model_class(
+        language_model, entry.make_config(visual_dim, options.get(entry.section), num_visual_tokens)
+    )
 
 
 def _adapter_model_class(path: Path) -> type:
@@ -90,8 +106,9 @@ def adapter_config(path: str | os.PathLike):
     """The method config an adapter directory was saved with (no weights read, no model built)."""
     path = Path(path)
     cls = _adapter_model_class(path)
-    _, config, _ = read_adapter(path, cls.config_name, cls.weights_name, f"a {cls.__name__} adapter directory",
-                                cls.config_class, weights=False)
+    _, config, _ = read_adapter(
+        path, cls.config_name, cls.weights_name, f"a {cls.__name__} adapter directory", cls.config_class, weights=False
+    )
     return config
 
 
@@ -101,14 +118,23 @@ def check_adapter(path: str | os.PathLike) -> None:
     adapter_config(path)
 
 
-def load_adapter(language_model: nn.Module, path: str | os.PathLike, is_trainable: bool = False,
-                 allow_base_mismatch: bool = False, vision_encoder: nn.Module | None = None) -> nn.Module:
+def load_adapter(
+    language_model: nn.Module,
+    path: str | os.PathLike,
+    is_trainable: bool = False,
+    allow_base_mismatch: bool = False,
+    vision_encoder: nn.Module | None = None,
+) -> nn.Module:
     """Load whatever adapter ``path`` holds (MemVP or a baseline) onto ``language_model``; a
     ``vision_encoder`` with ViT adapters is attached and gets the adapter's weights for them."""
     path = Path(path)
-    return _adapter_model_class(path).from_pretrained(language_model, path, is_trainable=is_trainable,
-                                                      allow_base_mismatch=allow_base_mismatch,
-                                                      vision_encoder=vision_encoder)
+    return _adapter_model_class(path).from_pretrained(
+        language_model,
+        path,
+        is_trainable=is_trainable,
+        allow_base_mismatch=allow_base_mismatch,
+        vision_encoder=vision_encoder,
+    )
 
 
 def init_from_adapter(model: nn.Module, path: str | os.PathLike, allow_base_mismatch: bool = False) -> tuple[int, int]:
@@ -117,16 +143,19 @@ def init_from_adapter(model: nn.Module, path: str | os.PathLike, allow_base_mism
     tensors keep their initialisation. Returns (tensors loaded, tensors left new)."""
     path = Path(path)
     cls = _adapter_model_class(path)
-    meta, _, state = read_adapter(path, cls.config_name, cls.weights_name, f"a {cls.__name__} adapter directory",
-                                  cls.config_class)
+    meta, _, state = read_adapter(
+        path, cls.config_name, cls.weights_name, f"a {cls.__name__} adapter directory", cls.config_class
+    )
     check_same_base(meta["base_model"], model.base_model_fingerprint(), path, "layers", allow_base_mismatch)
     own = model.trainable_state_dict()
     foreign = [n for n in state if n not in own or own[n].shape != state[n].shape]
     if foreign:
         n = foreign[0]
         got = f"shape {tuple(own[n].shape)} here" if n in own else "no such tensor here"
-        raise ValueError(f"init_from {path}: {len(foreign)} of its tensors do not fit this {type(model).__name__}, "
-                         f"e.g. {n} {tuple(state[n].shape)} ({got}); use the same entries, projector and layers")
+        raise ValueError(
+            f"init_from {path}: {len(foreign)} of its tensors do not fit this {type(model).__name__}, "
+            f"e.g. {n} {tuple(state[n].shape)} ({got}); use the same entries, projector and layers"
+        )
     model.load_trainable_state({**{n: t.detach() for n, t in own.items()}, **state}, source=str(path))
     return len(state), len(own) - len(state)
 
@@ -135,10 +164,21 @@ def check_adapter_features(model: nn.Module, adapter: str | os.PathLike, feature
     """Refuse a vision encoder whose features do not have the size the loaded adapter was trained on."""
     expected = model.visual_dim
     if expected is not None and expected != feature_dim:
-        raise ValueError(f"the adapter {adapter} expects {expected}-d visual features but the vision encoder "
-                         f"{encoder!r} gives {feature_dim}-d ones: use the vision encoder it was trained with")
+        raise ValueError(
+            f"the adapter {adapter} expects {expected}-d visual features but the vision encoder "
+            f"{encoder!r} gives {feature_dim}-d ones: use the vision encoder it was trained with"
+        )
 
 
-__all__ = ["Method", "METHODS", "register_method", "get_method", "build_model", "load_adapter", "check_adapter",
-           "adapter_config",
-           "check_adapter_features", "init_from_adapter"]
+__all__ = [
+    "Method",
+    "METHODS",
+    "register_method",
+    "get_method",
+    "build_model",
+    "load_adapter",
+    "check_adapter",
+    "adapter_config",
+    "check_adapter_features",
+    "init_from_adapter",
+]

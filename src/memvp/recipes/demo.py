@@ -32,10 +32,14 @@ from . import DEMO_VISION_ENCODER
 from .scenes import IMAGE_PATTERN, generate_dataset
 
 SINGLE_OBJECT = {"num_objects": 1, "question_types": ["shape", "horizontal", "vertical"], "questions_per_scene": 3}
-FULL = {"scenes": {"n_train": 2400, "n_val": 10, "n_test": 200, **SINGLE_OBJECT},
-        "train": {"max_steps": 400, "batch_size": 16, "lr": 1e-2}}
-QUICK = {"scenes": {"n_train": 40, "n_val": 5, "n_test": 20, **SINGLE_OBJECT},
-         "train": {"max_steps": 4, "batch_size": 8, "lr": 1e-2}}
+FULL = {
+    "scenes": {"n_train": 2400, "n_val": 10, "n_test": 200, **SINGLE_OBJECT},
+    "train": {"max_steps": 400, "batch_size": 16, "lr": 1e-2},
+}
+QUICK = {
+    "scenes": {"n_train": 40, "n_val": 5, "n_test": 20, **SINGLE_OBJECT},
+    "train": {"max_steps": 4, "batch_size": 8, "lr": 1e-2},
+}
 MEMVP = {"num_entries": 49, "target_layers": list(range(-15, 0))}
 """The demo's MemVP: one entry per grid cell, in the top 15 layers (the top half of SmolLM2's 30)."""
 EVAL_EVERY = {"full": 100, "quick": 2}
@@ -43,9 +47,13 @@ EVAL_EVERY = {"full": 100, "quick": 2}
 
 
 def _data_spec(root: Path, split: str) -> dict:
-    return {"format": "vqav2", "questions_file": str(root / f"questions_{split}.json"),
-            "annotations_file": str(root / f"annotations_{split}.json"), "image_dir": str(root / "images"),
-            "image_pattern": IMAGE_PATTERN}
+    return {
+        "format": "vqav2",
+        "questions_file": str(root / f"questions_{split}.json"),
+        "annotations_file": str(root / f"annotations_{split}.json"),
+        "image_dir": str(root / "images"),
+        "image_pattern": IMAGE_PATTERN,
+    }
 
 
 def _scenes(root: Path, params: dict, seed: int) -> dict:
@@ -66,9 +74,17 @@ def demo_train_config(data_dir: str | Path, quick: bool = False, seed: int = 0, 
     data_dir = Path(data_dir)
     setting = QUICK if quick else FULL
     base = TrainConfig(
-        train_data=_data_spec(data_dir, "train"), eval_data=_data_spec(data_dir, "test"),
-        vision_encoder=DEMO_VISION_ENCODER, memvp=dict(MEMVP), max_length=48, max_new_tokens=3,
-        eval_batch_size=50, seed=seed, warmup_ratio=0.05, **setting["train"])
+        train_data=_data_spec(data_dir, "train"),
+        eval_data=_data_spec(data_dir, "test"),
+        vision_encoder=DEMO_VISION_ENCODER,
+        memvp=dict(MEMVP),
+        max_length=48,
+        max_new_tokens=3,
+        eval_batch_size=50,
+        seed=seed,
+        warmup_ratio=0.05,
+        **setting["train"],
+    )
     return dataclasses.replace(base, **overrides)
 
 
@@ -83,8 +99,13 @@ ARMS = {
 }
 
 
-def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False, seed: int = 0,
-             compare: bool = False, arms: list[str] | None = None) -> dict:
+def run_demo(
+    output_dir: str | Path = "runs/demo",
+    quick: bool = False,
+    seed: int = 0,
+    compare: bool = False,
+    arms: list[str] | None = None,
+) -> dict:
     """``arms`` picks some of ARMS (default: all four with ``compare``, else the ablation and MemVP)."""
     unknown = sorted(set(arms or []) - set(ARMS))
     if unknown or (arms is not None and "memvp" not in arms):
@@ -116,17 +137,21 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False, seed: in
     lines += ["| " + " | ".join([q] + [f"{c:.1f}" for c in cells]) + " |" for q, *cells in rows]
     lines += cost_rows(runs, columns)
     if compare:
-        lines.append("| peak training-step memory (MiB) | | " + " | ".join(
-            _mib(runs[n].get("peak_step_memory_bytes")) for n in columns) + " |")
-    lines.append(f"\ntest questions: {runs['memvp']['eval']['count']}; every arm trained {base.max_steps} steps x "
-                 f"{base.batch_size} questions, lr {base.lr}"
-                 + "".join(f" ({ARMS[n][0]}: lr {ARMS[n][1]['lr']})" for n in columns if "lr" in ARMS[n][1])
-                 + f"; whole demo {time.perf_counter() - t0:.0f}s")
+        lines.append(
+            "| peak training-step memory (MiB) | | "
+            + " | ".join(_mib(runs[n].get("peak_step_memory_bytes")) for n in columns)
+            + " |"
+        )
+    lines.append(
+        f"\ntest questions: {runs['memvp']['eval']['count']}; every arm trained {base.max_steps} steps x "
+        f"{base.batch_size} questions, lr {base.lr}"
+        + "".join(f" ({ARMS[n][0]}: lr {ARMS[n][1]['lr']})" for n in columns if "lr" in ARMS[n][1])
+        + f"; whole demo {time.perf_counter() - t0:.0f}s"
+    )
     lines += scale_lines(runs["memvp"])
     table = "\n".join(lines)
     print("\nHeld-out accuracy (%) on synthetic single-object VQA, SmolLM2-135M + EfficientNet-Lite0:\n" + table)
-    result = {"table": table, "rows": rows, "runs": runs, "answer_prior": prior,
-              "seconds": time.perf_counter() - t0}
+    result = {"table": table, "rows": rows, "runs": runs, "answer_prior": prior, "seconds": time.perf_counter() - t0}
     if compare:
         curves = {ARMS[n][0]: _curve(runs[n]) for n in columns if runs[n]["use_images"]}
         result["curves"] = curves
@@ -139,15 +164,23 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False, seed: in
 
 def cost_rows(runs: dict, names) -> list[str]:
     """The table rows under the accuracies: each arm's training seconds and trainable parameters."""
-    return ["| training time (s) | | " + " | ".join(f"{runs[n]['train_seconds']:.0f}" for n in names) + " |",
-            "| trainable parameters | | " + " | ".join(f"{runs[n]['trainable_parameters']:,d}" for n in names) + " |"]
+    return [
+        "| training time (s) | | " + " | ".join(f"{runs[n]['train_seconds']:.0f}" for n in names) + " |",
+        "| trainable parameters | | " + " | ".join(f"{runs[n]['trainable_parameters']:,d}" for n in names) + " |",
+    ]
 
 
 def scale_lines(run: dict) -> list[str]:
     """The instruments' reading of a MemVP run (last step), when it measured them."""
     scale = run.get("scale")
-    return [f"MemVP's residual norm / the frozen LM's, largest over layers (last step): "
-            f"{scale['max_residual_ratio']:.3f}; memory / FFN output up to {scale['max_memory_to_ffn']:.3f}"] if scale else []
+    return (
+        [
+            f"MemVP's residual norm / the frozen LM's, largest over layers (last step): "
+            f"{scale['max_residual_ratio']:.3f}; memory / FFN output up to {scale['max_memory_to_ffn']:.3f}"
+        ]
+        if scale
+        else []
+    )
 
 
 def _mib(n_bytes: int | None) -> str:

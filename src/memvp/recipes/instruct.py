@@ -42,9 +42,13 @@ LORA = {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "lora_target_module
 
 def _facts(scene: Scene) -> dict[str, str]:
     obj = scene.objects[0]
-    return {"shape": obj.shape, "color": obj.color, "Color": obj.color.capitalize(),
-            "horizontal": "left" if obj.x < scene.width / 2 else "right",
-            "vertical": "top" if obj.y < scene.height / 2 else "bottom"}
+    return {
+        "shape": obj.shape,
+        "color": obj.color,
+        "Color": obj.color.capitalize(),
+        "horizontal": "left" if obj.x < scene.width / 2 else "right",
+        "vertical": "top" if obj.y < scene.height / 2 else "bottom",
+    }
 
 
 def caption(scene: Scene) -> str:
@@ -65,8 +69,14 @@ def write_llava_files(data_dir: Path, seed: int = 0) -> dict[str, Path]:
     def human(text: str, first: bool) -> dict:
         return {"from": "human", "value": ("<image>\n" if first else "") + text}
 
-    captions = [{"id": f"cap{i}", "image": _image("train", i), "conversations": [
-        human(CAPTION_PROMPT, True), {"from": "gpt", "value": caption(s)}]} for i, s in sorted(train.items())]
+    captions = [
+        {
+            "id": f"cap{i}",
+            "image": _image("train", i),
+            "conversations": [human(CAPTION_PROMPT, True), {"from": "gpt", "value": caption(s)}],
+        }
+        for i, s in sorted(train.items())
+    ]
     chats = []
     for i, s in sorted(train.items()):
         facts, turns = _facts(s), []
@@ -77,11 +87,21 @@ def write_llava_files(data_dir: Path, seed: int = 0) -> dict[str, Path]:
     held_out = []
     for i, s in sorted(test.items()):
         facts = _facts(s)
-        held_out.append({"id": f"{i}-caption", "image": _image("test", i), "conversations": [
-            human(CAPTION_PROMPT, True), {"from": "gpt", "value": caption(s)}]})
+        held_out.append(
+            {
+                "id": f"{i}-caption",
+                "image": _image("test", i),
+                "conversations": [human(CAPTION_PROMPT, True), {"from": "gpt", "value": caption(s)}],
+            }
+        )
         for qtype, (question, answer, _) in QUESTIONS.items():
-            held_out.append({"id": f"{i}-{qtype}", "image": _image("test", i), "conversations": [
-                human(question, True), {"from": "gpt", "value": answer.format(**facts)}]})
+            held_out.append(
+                {
+                    "id": f"{i}-{qtype}",
+                    "image": _image("test", i),
+                    "conversations": [human(question, True), {"from": "gpt", "value": answer.format(**facts)}],
+                }
+            )
     for name, records in (("captions", captions), ("conversations", chats), ("held_out", held_out)):
         files[name] = data_dir / f"llava_{name}.json"
         atomic_write_text(files[name], json.dumps(records, indent=1))
@@ -110,8 +130,11 @@ def _evaluate(cfg: TrainConfig, adapter: Path, out: Path, scenes: dict[int, Scen
         per_type.setdefault(sample_id.split("_")[0].split("-")[1], []).append(score_answer(answer, sample_id, scenes))
     first_image = min(predictions, key=lambda k: int(k.split("-")[0])).split("-")[0]
     examples = {k: v for k, v in predictions.items() if k.split("-")[0] == first_image}
-    return {"accuracy": {t: 100 * float(np.mean(v)) for t, v in per_type.items()},
-            "overall": 100 * float(np.mean([x for v in per_type.values() for x in v])), "examples": examples}
+    return {
+        "accuracy": {t: 100 * float(np.mean(v)) for t, v in per_type.items()},
+        "overall": 100 * float(np.mean([x for v in per_type.values() for x in v])),
+        "examples": examples,
+    }
 
 
 def run_instruct_demo(output_dir: str | Path = "runs/instruct", quick: bool = False, seed: int = 0) -> dict:
@@ -120,34 +143,72 @@ def run_instruct_demo(output_dir: str | Path = "runs/instruct", quick: bool = Fa
 
     setting, out, t0 = (QUICK if quick else FULL), Path(output_dir), time.perf_counter()
     data = out / "data"
-    generate_dataset(data, **setting["scenes"], questions_per_scene=1, seed=seed, num_objects=1,
-                     question_types=["shape"], progress=not quick)
+    generate_dataset(
+        data,
+        **setting["scenes"],
+        questions_per_scene=1,
+        seed=seed,
+        num_objects=1,
+        question_types=["shape"],
+        progress=not quick,
+    )
     files = write_llava_files(data, seed)
     images = str(data / "images")
     spec = {"format": "llava", "image_dir": images}
-    base = TrainConfig(vision_encoder=DEMO_VISION_ENCODER, prompt_template="chat", max_length=160, max_new_tokens=16,
-                       eval_data={**spec, "json_file": str(files["held_out"])}, eval_batch_size=48, seed=seed,
-                       batch_size=16, warmup_ratio=0.05, diagnose_every=0, progress=not quick)
+    base = TrainConfig(
+        vision_encoder=DEMO_VISION_ENCODER,
+        prompt_template="chat",
+        max_length=160,
+        max_new_tokens=16,
+        eval_data={**spec, "json_file": str(files["held_out"])},
+        eval_batch_size=48,
+        seed=seed,
+        batch_size=16,
+        warmup_ratio=0.05,
+        diagnose_every=0,
+        progress=not quick,
+    )
     scenes = load_scenes(data / "scenes_test.json")
 
     # Before any training: MemVP's gates start at zero, so this is the frozen SmolLM2 itself.
     lm, _ = load_smollm2()
     untrained = out / "stage0" / "adapter"
-    build_model("memvp", lm, load_vision_encoder(DEMO_VISION_ENCODER).feature_dim, memvp=MEMVP).save_pretrained(untrained)
+    build_model("memvp", lm, load_vision_encoder(DEMO_VISION_ENCODER).feature_dim, memvp=MEMVP).save_pretrained(
+        untrained
+    )
     results = {"before": _evaluate(base, untrained, out / "stage0", scenes)}
 
-    stage1 = dataclasses.replace(base, method="memvp", memvp=dict(MEMVP), lr=0.01, max_steps=setting["stage1_steps"],
-                                 train_data={**spec, "json_file": str(files["captions"])}, output_dir=str(out / "stage1"))
-    results["stage1_train"] = {k: v for k, v in train(dataclasses.replace(stage1, eval_data=None)).items()
-                               if k in ("train_seconds", "final_loss", "trainable_parameters", "steps")}
+    stage1 = dataclasses.replace(
+        base,
+        method="memvp",
+        memvp=dict(MEMVP),
+        lr=0.01,
+        max_steps=setting["stage1_steps"],
+        train_data={**spec, "json_file": str(files["captions"])},
+        output_dir=str(out / "stage1"),
+    )
+    results["stage1_train"] = {
+        k: v
+        for k, v in train(dataclasses.replace(stage1, eval_data=None)).items()
+        if k in ("train_seconds", "final_loss", "trainable_parameters", "steps")
+    }
     results["stage1"] = _evaluate(base, out / "stage1" / "adapter", out / "stage1", scenes)
 
     stage2 = dataclasses.replace(
-        base, method="memvp_lora", memvp={**MEMVP, **LORA}, lr=2e-3, max_steps=setting["stage2_steps"],
-        init_from=str(out / "stage1" / "adapter"), output_dir=str(out / "stage2"),
-        train_data={**spec, "json_file": str(files["conversations"]), "per_conversation": True})
-    results["stage2_train"] = {k: v for k, v in train(dataclasses.replace(stage2, eval_data=None)).items()
-                               if k in ("train_seconds", "final_loss", "trainable_parameters", "steps")}
+        base,
+        method="memvp_lora",
+        memvp={**MEMVP, **LORA},
+        lr=2e-3,
+        max_steps=setting["stage2_steps"],
+        init_from=str(out / "stage1" / "adapter"),
+        output_dir=str(out / "stage2"),
+        train_data={**spec, "json_file": str(files["conversations"]), "per_conversation": True},
+    )
+    results["stage2_train"] = {
+        k: v
+        for k, v in train(dataclasses.replace(stage2, eval_data=None)).items()
+        if k in ("train_seconds", "final_loss", "trainable_parameters", "steps")
+    }
     results["stage2"] = _evaluate(base, out / "stage2" / "adapter", out / "stage2", scenes)
     results["seconds"] = time.perf_counter() - t0
     results["table"] = format_results(results)
@@ -160,19 +221,29 @@ def run_instruct_demo(output_dir: str | Path = "runs/instruct", quick: bool = Fa
 def format_results(results: dict) -> str:
     stages = ("before", "stage1", "stage2")
     kinds = ["caption", *QUESTIONS]
-    lines = ["| held-out | before training | after stage 1 (captions) | after stage 2 (conversations) |",
-             "|---|---|---|---|"]
+    lines = [
+        "| held-out | before training | after stage 1 (captions) | after stage 2 (conversations) |",
+        "|---|---|---|---|",
+    ]
     for kind in (*kinds, "overall"):
-        cells = [results[s]["overall"] if kind == "overall" else results[s]["accuracy"].get(kind, float("nan"))
-                 for s in stages]
+        cells = [
+            results[s]["overall"] if kind == "overall" else results[s]["accuracy"].get(kind, float("nan"))
+            for s in stages
+        ]
         lines.append(f"| {kind} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
-    lines.append("| training time (s) | | " + f"{results['stage1_train']['train_seconds']:.0f} | "
-                 f"{results['stage2_train']['train_seconds']:.0f} |")
-    lines.append("| trainable parameters | | " + f"{results['stage1_train']['trainable_parameters']:,d} | "
-                 f"{results['stage2_train']['trainable_parameters']:,d} |")
+    lines.append(
+        "| training time (s) | | " + f"{results['stage1_train']['train_seconds']:.0f} | "
+        f"{results['stage2_train']['train_seconds']:.0f} |"
+    )
+    lines.append(
+        "| trainable parameters | | " + f"{results['stage1_train']['trainable_parameters']:,d} | "
+        f"{results['stage2_train']['trainable_parameters']:,d} |"
+    )
     first = next(iter(results["stage2"]["examples"]))
-    lines.append(f"\nexample ({first.split('-')[0]}): " + "; ".join(
-        f"{s}: {results[s]['examples'].get(first, '')!r}" for s in stages))
+    lines.append(
+        f"\nexample ({first.split('-')[0]}): "
+        + "; ".join(f"{s}: {results[s]['examples'].get(first, '')!r}" for s in stages)
+    )
     lines.append(f"whole run {results['seconds']:.0f} s")
     return "\n".join(lines)
 

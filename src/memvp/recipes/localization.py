@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..inputs import DEFAULT_PROMPT_TEMPLATE
 from ..datasets import Sample
 from ..explain import WORD, generate_answer, hottest_cells, load_explainer, similarity_maps, top_entries
+from ..inputs import DEFAULT_PROMPT_TEMPLATE
 from . import DEMO_VISION_ENCODER
 
 
@@ -29,7 +29,7 @@ def object_cells(scene, obj, side: int) -> np.ndarray:
     cells = np.zeros((side, side), dtype=bool)
     for r in range(side):
         for c in range(side):
-            block = mask[math.floor(rows[r]):math.ceil(rows[r + 1]), math.floor(cols[c]):math.ceil(cols[c + 1])]
+            block = mask[math.floor(rows[r]) : math.ceil(rows[r + 1]), math.floor(cols[c]) : math.ceil(cols[c + 1])]
             cells[r, c] = bool(block.any())
     return cells
 
@@ -43,10 +43,19 @@ def named_color(question: str, colors: Sequence[str]) -> str | None:
 MODES = ("phi", "abs")  # maps of phi (the paper's) and of |phi| (SimilarityMaps.magnitude)
 
 
-def evaluate_localization(model, tokenizer, encode: Callable[[list[str]], torch.Tensor], samples: list[Sample],
-                          scenes: dict, k: int = 2, seed: int = 0, max_new_tokens: int = 3,
-                          template: str = DEFAULT_PROMPT_TEMPLATE, max_length: int = 48,
-                          progress: bool = True) -> dict[str, Any]:
+def evaluate_localization(
+    model,
+    tokenizer,
+    encode: Callable[[list[str]], torch.Tensor],
+    samples: list[Sample],
+    scenes: dict,
+    k: int = 2,
+    seed: int = 0,
+    max_new_tokens: int = 3,
+    template: str = DEFAULT_PROMPT_TEMPLATE,
+    max_length: int = 48,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Does the hottest cell lie on the object the question names, and does blocking matter?
 
     For each demo question naming one object by colour, and for maps of phi and of |phi|:
@@ -69,7 +78,7 @@ def evaluate_localization(model, tokenizer, encode: Callable[[list[str]], torch.
     paths = sorted({s.image for s in samples})
     with torch.no_grad():
         for i in range(0, len(paths), 32):
-            chunk = paths[i:i + 32]
+            chunk = paths[i : i + 32]
             for p, f in zip(chunk, encode(chunk)):
                 features[p] = f.unsqueeze(0)
     records = []
@@ -86,27 +95,44 @@ def evaluate_localization(model, tokenizer, encode: Callable[[list[str]], torch.
         on = object_cells(scene, scene.find(color), side)
         correct = normalize_vqa_answer(answer) == normalize_vqa_answer(s.target or "")
         random_entries = [int(e) for e in rng.choice(side * side, size=k, replace=False)]
-        record = {"id": s.id, "question": s.prompt, "type": s.metadata.get("question_type", s.question_type),
-                  "target": s.target, "answer": answer, "correct": correct,
-                  "object_cells": int(on.sum()), "chance": float(on.mean()), "random_blocked": random_entries}
+        record = {
+            "id": s.id,
+            "question": s.prompt,
+            "type": s.metadata.get("question_type", s.question_type),
+            "target": s.target,
+            "answer": answer,
+            "correct": correct,
+            "object_cells": int(on.sum()),
+            "chance": float(on.mean()),
+            "random_blocked": random_entries,
+        }
         if correct:
-            record["answer_random_blocked"] = generate_answer(model, tokenizer, ids, feats, random_entries,
-                                                              max_new_tokens)
+            record["answer_random_blocked"] = generate_answer(
+                model, tokenizer, ids, feats, random_entries, max_new_tokens
+            )
         color_index = [w.text.lower() for w in phi.words].index(color)
         for mode, maps in zip(MODES, (phi, phi.magnitude())):
             (cr, cc), (mr, mc) = hottest_cells(maps.word_maps[color_index]), hottest_cells(maps.mean_map)
             top = top_entries(maps.mean_map, k)
-            record.update({f"{mode}_color_hit": bool(on[cr, cc]), f"{mode}_mean_hit": bool(on[mr, mc]),
-                           f"{mode}_top_blocked": top, f"{mode}_top_on_object": int(sum(on.flat[e] for e in top))})
+            record.update(
+                {
+                    f"{mode}_color_hit": bool(on[cr, cc]),
+                    f"{mode}_mean_hit": bool(on[mr, mc]),
+                    f"{mode}_top_blocked": top,
+                    f"{mode}_top_on_object": int(sum(on.flat[e] for e in top)),
+                }
+            )
             if correct:
-                record[f"{mode}_answer_top_blocked"] = generate_answer(model, tokenizer, ids, feats, top,
-                                                                       max_new_tokens)
+                record[f"{mode}_answer_top_blocked"] = generate_answer(
+                    model, tokenizer, ids, feats, top, max_new_tokens
+                )
         records.append(record)
     return {**summarize_localization(records, k), "records": records}
 
 
 def summarize_localization(records: list[dict], k: int) -> dict[str, Any]:
     """Rates (and counts) over the records of ``evaluate_localization``, overall and per question type."""
+
     def rate(count: int, total: int) -> float:
         return count / total if total else float("nan")
 
@@ -114,27 +140,44 @@ def summarize_localization(records: list[dict], k: int) -> dict[str, Any]:
         n = len(rs)
         correct = [r for r in rs if r["correct"]]
         random_changed = sum(r["answer_random_blocked"] != r["answer"] for r in correct)
-        out = {"questions": n, "accuracy": rate(len(correct), n),
-               "chance_rate": rate(sum(r["chance"] for r in rs), n),
-               "correct_answers": len(correct), f"changed_by_random{k}": random_changed,
-               f"changed_by_random{k}_rate": rate(random_changed, len(correct))}
+        out = {
+            "questions": n,
+            "accuracy": rate(len(correct), n),
+            "chance_rate": rate(sum(r["chance"] for r in rs), n),
+            "correct_answers": len(correct),
+            f"changed_by_random{k}": random_changed,
+            f"changed_by_random{k}_rate": rate(random_changed, len(correct)),
+        }
         for mode in MODES:
             changed = sum(r[f"{mode}_answer_top_blocked"] != r["answer"] for r in correct)
-            out[mode] = {"color_word_hit_rate": rate(sum(r[f"{mode}_color_hit"] for r in rs), n),
-                         "mean_map_hit_rate": rate(sum(r[f"{mode}_mean_hit"] for r in rs), n),
-                         f"top{k}_cells_on_object": rate(sum(r[f"{mode}_top_on_object"] for r in rs), k * n),
-                         f"changed_by_top{k}": changed, f"changed_by_top{k}_rate": rate(changed, len(correct))}
+            out[mode] = {
+                "color_word_hit_rate": rate(sum(r[f"{mode}_color_hit"] for r in rs), n),
+                "mean_map_hit_rate": rate(sum(r[f"{mode}_mean_hit"] for r in rs), n),
+                f"top{k}_cells_on_object": rate(sum(r[f"{mode}_top_on_object"] for r in rs), k * n),
+                f"changed_by_top{k}": changed,
+                f"changed_by_top{k}_rate": rate(changed, len(correct)),
+            }
         return out
 
     types = sorted({r["type"] for r in records})
-    return {"k": k, "overall": rates(records),
-            "per_type": {t: rates([r for r in records if r["type"] == t]) for t in types}}
+    return {
+        "k": k,
+        "overall": rates(records),
+        "per_type": {t: rates([r for r in records if r["type"] == t]) for t in types},
+    }
 
 
-def evaluate_demo(data_dir: str | Path, adapter: str | Path, max_questions: int = 300,
-                  question_types: Sequence[str] = ("shape", "horizontal", "vertical"), k: int = 2,
-                  seed: int = 0, language_model: str = "smollm2",
-                  vision_encoder: str = DEMO_VISION_ENCODER, progress: bool = True) -> dict[str, Any]:
+def evaluate_demo(
+    data_dir: str | Path,
+    adapter: str | Path,
+    max_questions: int = 300,
+    question_types: Sequence[str] = ("shape", "horizontal", "vertical"),
+    k: int = 2,
+    seed: int = 0,
+    language_model: str = "smollm2",
+    vision_encoder: str = DEMO_VISION_ENCODER,
+    progress: bool = True,
+) -> dict[str, Any]:
     """``evaluate_localization`` on a seeded subset of the demo's held-out questions of ``question_types``.
 
     These types ask about the named object alone (its shape, side, or half), so it is the object
@@ -146,16 +189,30 @@ def evaluate_demo(data_dir: str | Path, adapter: str | Path, max_questions: int 
     from .scenes import IMAGE_PATTERN, load_scenes
 
     data_dir = Path(data_dir)
-    samples = read_vqav2(data_dir / "questions_test.json", data_dir / "annotations_test.json",
-                         data_dir / "images", IMAGE_PATTERN)
+    samples = read_vqav2(
+        data_dir / "questions_test.json", data_dir / "annotations_test.json", data_dir / "images", IMAGE_PATTERN
+    )
     samples = [s for s in samples if s.metadata.get("question_type") in set(question_types)]
     if max_questions and len(samples) > max_questions:
         samples = sorted(random.Random(seed).sample(samples, max_questions), key=lambda s: int(s.id))
     model, tokenizer, encoder = load_explainer(adapter, vision_encoder, language_model)
-    result = evaluate_localization(model, tokenizer, encoder.encode, samples,
-                                   load_scenes(data_dir / "scenes_test.json"), k=k, seed=seed, progress=progress)
-    return {"data_dir": str(data_dir), "adapter": str(adapter), "question_types": list(question_types),
-            "seed": seed, **result}
+    result = evaluate_localization(
+        model,
+        tokenizer,
+        encoder.encode,
+        samples,
+        load_scenes(data_dir / "scenes_test.json"),
+        k=k,
+        seed=seed,
+        progress=progress,
+    )
+    return {
+        "data_dir": str(data_dir),
+        "adapter": str(adapter),
+        "question_types": list(question_types),
+        "seed": seed,
+        **result,
+    }
 
 
 __all__ = ["object_cells", "named_color", "MODES", "evaluate_localization", "summarize_localization", "evaluate_demo"]

@@ -55,11 +55,11 @@ SPLITS = ("train", "val", "test")
 IMAGE_PATTERN = "COCO_{data_subtype}_{image_id:012d}.png"
 
 WIDTH = HEIGHT = 224
-OBJECT_SIZE = 28      # 7x7 feature grid of a 224 px input: 32 px cells, 4 px spare
+OBJECT_SIZE = 28  # 7x7 feature grid of a 224 px input: 32 px cells, 4 px spare
 BACKGROUND = (255, 255, 255)
-EDGE_MARGIN = 4       # min gap between an object and the canvas edge
-MIN_GAP = 4           # min gap between the bounding boxes of two objects
-AMBIGUITY_PX = 4      # min distance from the half lines / between the top-2 distances
+EDGE_MARGIN = 4  # min gap between an object and the canvas edge
+MIN_GAP = 4  # min gap between the bounding boxes of two objects
+AMBIGUITY_PX = 4  # min distance from the half lines / between the top-2 distances
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,9 @@ class Scene:
         raise KeyError(f"no {color} object in the scene")
 
 
-def random_scene(rng: np.random.Generator, num_objects: int = 6, size: int = OBJECT_SIZE,
-                 width: int = WIDTH, height: int = HEIGHT) -> Scene:
+def random_scene(
+    rng: np.random.Generator, num_objects: int = 6, size: int = OBJECT_SIZE, width: int = WIDTH, height: int = HEIGHT
+) -> Scene:
     """K objects of distinct random colours and random shapes at random non-touching positions."""
     if not 1 <= num_objects <= len(COLORS):
         raise ValueError(f"num_objects must be in 1..{len(COLORS)}")
@@ -154,8 +155,9 @@ def answer_question(scene: Scene, question_type: str, color: str) -> str:
     raise ValueError(f"unknown question type {question_type!r}")
 
 
-def questions_for_scene(scene: Scene, rng: np.random.Generator, per_scene: int = 6,
-                        question_types: tuple[str, ...] = QUESTION_TYPES) -> list[tuple[str, str, str]]:
+def questions_for_scene(
+    scene: Scene, rng: np.random.Generator, per_scene: int = 6, question_types: tuple[str, ...] = QUESTION_TYPES
+) -> list[tuple[str, str, str]]:
     """``per_scene`` (question, answer, question_type) triples, types cycling through a random order.
 
     Each question is about a random colour for which it is unambiguous, no (type, colour) pair twice;
@@ -166,8 +168,9 @@ def questions_for_scene(scene: Scene, rng: np.random.Generator, per_scene: int =
     out = []
     for k in range(per_scene):
         qtype = order[k % len(order)]
-        colors = [o.color for o in scene.objects
-                  if (qtype, o.color) not in used and is_unambiguous(scene, qtype, o.color)]
+        colors = [
+            o.color for o in scene.objects if (qtype, o.color) not in used and is_unambiguous(scene, qtype, o.color)
+        ]
         if not colors:
             continue
         color = colors[int(rng.integers(len(colors)))]
@@ -183,8 +186,9 @@ def most_frequent(answers: list[str]) -> tuple[str, float]:
     return best, counts[best] / len(answers)
 
 
-def answer_prior_accuracy(train_answers_by_type: dict[str, list[str]],
-                          test_answers_by_type: dict[str, list[str]]) -> dict[str, float]:
+def answer_prior_accuracy(
+    train_answers_by_type: dict[str, list[str]], test_answers_by_type: dict[str, list[str]]
+) -> dict[str, float]:
     """Test accuracy of always answering the train split's most frequent answer of each question type.
 
     Returns one entry per test question type plus ``"overall"`` (over all test questions).
@@ -215,9 +219,17 @@ def load_scenes(path: str | os.PathLike) -> dict[int, Scene]:
     return {int(i): Scene([SceneObject(**o) for o in objs], w, h) for i, objs in data["scenes"].items()}
 
 
-def generate_dataset(out_dir: str | os.PathLike, n_train: int = 2400, n_val: int = 300, n_test: int = 300,
-                     questions_per_scene: int = 6, seed: int = 0, num_objects: int = 6,
-                     question_types: tuple[str, ...] | list[str] = QUESTION_TYPES, progress: bool = True) -> dict:
+def generate_dataset(
+    out_dir: str | os.PathLike,
+    n_train: int = 2400,
+    n_val: int = 300,
+    n_test: int = 300,
+    questions_per_scene: int = 6,
+    seed: int = 0,
+    num_objects: int = 6,
+    question_types: tuple[str, ...] | list[str] = QUESTION_TYPES,
+    progress: bool = True,
+) -> dict:
     """Write a Sort-of-CLEVR-style VQA set in the VQAv2 layout under ``out_dir``.
 
     Per split: ``questions_{split}.json``, ``annotations_{split}.json``, ``scenes_{split}.json`` and
@@ -229,16 +241,25 @@ def generate_dataset(out_dir: str | os.PathLike, n_train: int = 2400, n_val: int
     question_types = tuple(question_types)
     unknown = sorted(set(question_types) - set(QUESTION_TYPES))
     if unknown or not question_types:
-        raise ValueError(f"question_types must be a non-empty subset of {list(QUESTION_TYPES)}, got {list(question_types)}")
+        raise ValueError(
+            f"question_types must be a non-empty subset of {list(QUESTION_TYPES)}, got {list(question_types)}"
+        )
     relational = sorted(set(question_types) & {"nearest", "farthest"})
     if relational and num_objects < 2:
         raise ValueError(f"question types {relational} need num_objects >= 2, got {num_objects}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     sizes = {"train": n_train, "val": n_val, "test": n_test}
-    info = {"description": "Sort-of-CLEVR-style synthetic VQA (memvp.recipes.scenes)", "version": "1.0", "seed": seed,
-            "num_objects": num_objects, "object_size": OBJECT_SIZE, "width": WIDTH, "height": HEIGHT,
-            "question_types": list(question_types)}
+    info = {
+        "description": "Sort-of-CLEVR-style synthetic VQA (memvp.recipes.scenes)",
+        "version": "1.0",
+        "seed": seed,
+        "num_objects": num_objects,
+        "object_size": OBJECT_SIZE,
+        "width": WIDTH,
+        "height": HEIGHT,
+        "question_types": list(question_types),
+    }
     bar = tqdm(total=sum(sizes.values()), desc="scenes", unit="scene", disable=not progress)
     summary: dict = {"out_dir": str(out), "image_pattern": IMAGE_PATTERN, "splits": {}}
     answers: dict[str, dict[str, list[str]]] = {}
@@ -250,34 +271,56 @@ def generate_dataset(out_dir: str | os.PathLike, n_train: int = 2400, n_val: int
             image_id += 1
             rng = np.random.default_rng([seed, image_id])
             scene = random_scene(rng, num_objects)
-            _write_png(out / "images" / IMAGE_PATTERN.format(data_subtype=split, image_id=image_id),
-                       draw_scene(scene))
+            _write_png(out / "images" / IMAGE_PATTERN.format(data_subtype=split, image_id=image_id), draw_scene(scene))
             scenes[str(image_id)] = [asdict(o) for o in scene.objects]
-            for k, (question, answer, qtype) in enumerate(questions_for_scene(scene, rng, questions_per_scene, question_types)):
+            for k, (question, answer, qtype) in enumerate(
+                questions_for_scene(scene, rng, questions_per_scene, question_types)
+            ):
                 qid = image_id * 1000 + k
                 questions.append({"image_id": image_id, "question": question, "question_id": qid})
-                annotations.append({
-                    "question_id": qid, "image_id": image_id, "question_type": qtype, "answer_type": qtype,
-                    "multiple_choice_answer": answer,
-                    "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": i}
-                                for i in range(1, 11)],
-                })
+                annotations.append(
+                    {
+                        "question_id": qid,
+                        "image_id": image_id,
+                        "question_type": qtype,
+                        "answer_type": qtype,
+                        "multiple_choice_answer": answer,
+                        "answers": [
+                            {"answer": answer, "answer_confidence": "yes", "answer_id": i} for i in range(1, 11)
+                        ],
+                    }
+                )
                 by_type[qtype].append(answer)
             bar.update(1)
-        _write_json(out / f"questions_{split}.json", {
-            "info": info, "task_type": "Open-Ended", "data_type": "sortofclevr", "data_subtype": split,
-            "questions": questions})
-        _write_json(out / f"annotations_{split}.json", {
-            "info": info, "data_type": "sortofclevr", "data_subtype": split, "annotations": annotations})
-        _write_json(out / f"scenes_{split}.json", {
-            "info": info, "data_subtype": split, "width": WIDTH, "height": HEIGHT, "scenes": scenes})
+        _write_json(
+            out / f"questions_{split}.json",
+            {
+                "info": info,
+                "task_type": "Open-Ended",
+                "data_type": "sortofclevr",
+                "data_subtype": split,
+                "questions": questions,
+            },
+        )
+        _write_json(
+            out / f"annotations_{split}.json",
+            {"info": info, "data_type": "sortofclevr", "data_subtype": split, "annotations": annotations},
+        )
+        _write_json(
+            out / f"scenes_{split}.json",
+            {"info": info, "data_subtype": split, "width": WIDTH, "height": HEIGHT, "scenes": scenes},
+        )
         answers[split] = by_type
-        summary["splits"][split] = {"scenes": sizes[split], "questions": len(questions),
-                                    "by_type": {t: len(a) for t, a in by_type.items()}}
+        summary["splits"][split] = {
+            "scenes": sizes[split],
+            "questions": len(questions),
+            "by_type": {t: len(a) for t, a in by_type.items()},
+        }
     bar.close()
     train = {t: a for t, a in answers["train"].items() if a}
     summary["answer_prior"] = {t: most_frequent(a)[1] for t, a in train.items()}
     summary["answer_prior_answer"] = {t: most_frequent(a)[0] for t, a in train.items()}
     summary["answer_prior_accuracy"] = answer_prior_accuracy(
-        answers["train"], {t: a for t, a in answers["test"].items() if a})
+        answers["train"], {t: a for t, a in answers["test"].items() if a}
+    )
     return summary

@@ -49,11 +49,17 @@ from .demo import cost_rows, scale_lines
 
 CLIP_FRAMES, FPS, NUM_FRAMES, SIZE = 12, 6, 6, 112
 STORIES = ("grow", "last", "count")
-QUESTIONS = {"grow": "Does the red square grow or shrink?", "last": "Which shape appears last?",
-             "count": "How many times does the circle appear?"}
+QUESTIONS = {
+    "grow": "Does the red square grow or shrink?",
+    "last": "Which shape appears last?",
+    "count": "How many times does the circle appear?",
+}
 ANSWERS = {"grow": ["grow", "shrink"], "last": ["square", "circle", "triangle"], "count": ["one", "two", "three"]}
-DISTRACTORS = {"grow": ["stay the same size", "spin", "change colour"], "last": ["star", "heart"],
-               "count": ["zero", "four"]}
+DISTRACTORS = {
+    "grow": ["stay the same size", "spin", "change colour"],
+    "last": ["star", "heart"],
+    "count": ["zero", "four"],
+}
 COLOURS = {"red": (220, 30, 30), "blue": (30, 70, 220), "green": (40, 160, 50), "orange": (255, 140, 0)}
 FULL = {"n_train": 600, "n_test": 150, "train": {"max_steps": 150, "batch_size": 16, "lr": 1e-2}}
 QUICK = {"n_train": 12, "n_test": 6, "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-2}}
@@ -82,7 +88,7 @@ def story_frames(story: str, answer: str, rng: np.random.Generator) -> list[Imag
     centre = tuple(int(v) for v in rng.integers(36, SIZE - 36, size=2))
     if story == "grow":
         sizes = np.linspace(16, 64, units).round().astype(int)
-        for size in (sizes if answer == "grow" else sizes[::-1]):
+        for size in sizes if answer == "grow" else sizes[::-1]:
             frame = blank()
             _draw(frame, "square", centre, int(size), COLOURS["red"])
             frames_per_unit.append(frame)
@@ -151,18 +157,34 @@ def generate_videos(out_dir: str | Path, n_train: int, n_test: int, seed: int = 
                 name = f"{split}_{index:05d}"
                 write_video(out / "videos" / f"{name}.mp4", story_frames(story, answer, rng))
                 options = list(rng.permutation(ANSWERS[story] + DISTRACTORS[story]))
-                records[split].append({"qid": index, "q": QUESTIONS[story],
-                                       **{f"a{k}": str(o) for k, o in enumerate(options)},
-                                       "answer_idx": options.index(answer), "vid_name": name,
-                                       "ts": f"0.00-{clip_seconds:.2f}", "show_name": story})
+                records[split].append(
+                    {
+                        "qid": index,
+                        "q": QUESTIONS[story],
+                        **{f"a{k}": str(o) for k, o in enumerate(options)},
+                        "answer_idx": options.index(answer),
+                        "vid_name": name,
+                        "ts": f"0.00-{clip_seconds:.2f}",
+                        "show_name": story,
+                    }
+                )
                 index += 1
                 bar.update(1)
     answer_of = lambda r: r[f"a{r['answer_idx']}"]  # noqa: E731
     for split, rows in records.items():
         atomic_write_text(out / f"tvqa_{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-        conversations = [{"id": r["vid_name"], "video": f"{r['vid_name']}.mp4", "story": r["show_name"],
-                          "conversations": [{"from": "human", "value": f"<video>\n{r['q']}"},
-                                            {"from": "gpt", "value": answer_of(r)}]} for r in rows]
+        conversations = [
+            {
+                "id": r["vid_name"],
+                "video": f"{r['vid_name']}.mp4",
+                "story": r["show_name"],
+                "conversations": [
+                    {"from": "human", "value": f"<video>\n{r['q']}"},
+                    {"from": "gpt", "value": answer_of(r)},
+                ],
+            }
+            for r in rows
+        ]
         atomic_write_text(out / f"llava_{split}.json", json.dumps(conversations, indent=1))
     by_story: dict[str, Counter] = defaultdict(Counter)
     for r in records["train"]:
@@ -177,12 +199,25 @@ def generate_videos(out_dir: str | Path, n_train: int, n_test: int, seed: int = 
 
 def video_train_config(data_dir: str | Path, quick: bool = False, seed: int = 0, **overrides) -> TrainConfig:
     data_dir = Path(data_dir)
-    spec = lambda split: {"format": "llava", "json_file": str(data_dir / f"llava_{split}.json"),  # noqa: E731
-                          "image_dir": str(data_dir / "videos")}
+    spec = lambda split: {
+        "format": "llava",
+        "json_file": str(data_dir / f"llava_{split}.json"),  # noqa: E731
+        "image_dir": str(data_dir / "videos"),
+    }
     setting = QUICK if quick else FULL
-    base = TrainConfig(train_data=spec("train"), eval_data=spec("val"), vision_encoder=DEMO_VISION_ENCODER,
-                       num_frames=NUM_FRAMES, memvp=dict(MEMVP), max_length=48, max_new_tokens=3,
-                       eval_batch_size=50, seed=seed, warmup_ratio=0.05, **setting["train"])
+    base = TrainConfig(
+        train_data=spec("train"),
+        eval_data=spec("val"),
+        vision_encoder=DEMO_VISION_ENCODER,
+        num_frames=NUM_FRAMES,
+        memvp=dict(MEMVP),
+        max_length=48,
+        max_new_tokens=3,
+        eval_batch_size=50,
+        seed=seed,
+        warmup_ratio=0.05,
+        **setting["train"],
+    )
     return dataclasses.replace(base, **overrides)
 
 
@@ -193,8 +228,9 @@ def story_accuracy(conversations_file: str | Path, predictions_file: str | Path)
     predictions = json.loads(Path(predictions_file).read_text())
     ids = [f"{c['id']}_0" for c in conversations]  # read_llava's sample id: conversation id, turn 0
     references = {i: c["conversations"][1]["value"] for i, c in zip(ids, conversations)}
-    return gqa_accuracy({i: predictions.get(i, "") for i in ids}, references,
-                        {i: c["story"] for i, c in zip(ids, conversations)})
+    return gqa_accuracy(
+        {i: predictions.get(i, "") for i in ids}, references, {i: c["story"] for i, c in zip(ids, conversations)}
+    )
 
 
 ARMS = {"no_visual_prompts": ("w/o visual prompts", {"use_images": False}), "memvp": ("MemVP", {})}
@@ -205,9 +241,19 @@ def run_video_demo(output_dir: str | Path = "runs/video", quick: bool = False, s
     out = Path(output_dir)
     t0 = time.perf_counter()
     setting = QUICK if quick else FULL
-    stamp, wanted = out / "data" / "summary.json", {"n_train": setting["n_train"], "n_test": setting["n_test"],
-                                                    "seed": seed, "clip_frames": CLIP_FRAMES, "fps": FPS,
-                                                    "answers": ANSWERS, "layouts": ["llava", "tvqa"], "key_frames_only": True}
+    stamp, wanted = (
+        out / "data" / "summary.json",
+        {
+            "n_train": setting["n_train"],
+            "n_test": setting["n_test"],
+            "seed": seed,
+            "clip_frames": CLIP_FRAMES,
+            "fps": FPS,
+            "answers": ANSWERS,
+            "layouts": ["llava", "tvqa"],
+            "key_frames_only": True,
+        },
+    )
     summary = json.loads(stamp.read_text()) if stamp.is_file() else None
     if summary is None or summary.get("params") != wanted:
         summary = {**generate_videos(out / "data", setting["n_train"], setting["n_test"], seed), "params": wanted}
@@ -218,10 +264,13 @@ def run_video_demo(output_dir: str | Path = "runs/video", quick: bool = False, s
         print(f"\n== training {name} ==")
         runs[name] = train(dataclasses.replace(base, output_dir=str(out / name), **overrides))
     prior = summary["answer_prior_accuracy"]
-    per_story = {name: story_accuracy(out / "data" / "llava_val.json", out / name / "predictions_eval.json")
-                 for name in ARMS}
-    lines = ["| question | answer prior | " + " | ".join(title for title, _ in ARMS.values()) + " |",
-             "|---" * (2 + len(ARMS)) + "|"]
+    per_story = {
+        name: story_accuracy(out / "data" / "llava_val.json", out / name / "predictions_eval.json") for name in ARMS
+    }
+    lines = [
+        "| question | answer prior | " + " | ".join(title for title, _ in ARMS.values()) + " |",
+        "|---" * (2 + len(ARMS)) + "|",
+    ]
     for story in (*STORIES, "overall"):
         cells = [100 * prior.get(story, float("nan"))]
         for name in ARMS:
@@ -230,15 +279,21 @@ def run_video_demo(output_dir: str | Path = "runs/video", quick: bool = False, s
         label = QUESTIONS.get(story, "overall")
         lines.append(f"| {label} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
     lines += cost_rows(runs, ARMS)
-    lines.append(f"\nheld-out questions: {runs['memvp']['eval']['count']}; {NUM_FRAMES} of {CLIP_FRAMES} frames per clip; "
-                 f"each arm {base.max_steps} steps x {base.batch_size}, lr {base.lr}; "
-                 f"whole run {time.perf_counter() - t0:.0f}s")
+    lines.append(
+        f"\nheld-out questions: {runs['memvp']['eval']['count']}; {NUM_FRAMES} of {CLIP_FRAMES} frames per clip; "
+        f"each arm {base.max_steps} steps x {base.batch_size}, lr {base.lr}; "
+        f"whole run {time.perf_counter() - t0:.0f}s"
+    )
     lines += scale_lines(runs["memvp"])
     table = "\n".join(lines)
-    print("\nHeld-out accuracy (%) on synthetic video QA, SmolLM2-135M + EfficientNet-Lite0 frame features:\n"
-          + table)
-    result = {"table": table, "runs": runs, "per_story": per_story, "answer_prior": prior,
-              "seconds": time.perf_counter() - t0}
+    print("\nHeld-out accuracy (%) on synthetic video QA, SmolLM2-135M + EfficientNet-Lite0 frame features:\n" + table)
+    result = {
+        "table": table,
+        "runs": runs,
+        "per_story": per_story,
+        "answer_prior": prior,
+        "seconds": time.perf_counter() - t0,
+    }
     atomic_write_text(out / "results.md", table + "\n")
     atomic_write_text(out / "results.json", json.dumps(result, indent=2, default=str))
     return result

@@ -17,8 +17,9 @@ from ..pretrained import cache_dir, load_language_model, load_vision_encoder
 from .config import DTYPES, TrainConfig
 
 
-def read_split(spec: dict | None, what: str, limit: int = 0, skip_bad: bool = False,
-               log: Callable[[str], None] = print) -> list[Sample]:
+def read_split(
+    spec: dict | None, what: str, limit: int = 0, skip_bad: bool = False, log: Callable[[str], None] = print
+) -> list[Sample]:
     """The samples of a data spec; with ``skip_bad`` malformed records the reader can leave out (LLaVA
     conversations) are skipped and listed in one log line instead of stopping the run."""
     if not spec:
@@ -45,20 +46,26 @@ def build(cfg: TrainConfig, samples: list[Sample] = ()):
     check_frames_fit_entries(cfg, samples)  # before either model loads and any frame is decoded
     lm, tokenizer = load_language_model(cfg.language_model, dtype=DTYPES[cfg.model_dtype])
     example = next((s.features for s in samples if s.features is not None), None)
-    encoder = load_vision_encoder(cfg.vision_encoder, cfg.vision, example_features=example,
-                                  num_frames=cfg.num_frames if reads_videos(cfg, samples) else 0)
+    encoder = load_vision_encoder(
+        cfg.vision_encoder,
+        cfg.vision,
+        example_features=example,
+        num_frames=cfg.num_frames if reads_videos(cfg, samples) else 0,
+    )
     encoder.to(PartialState().device)  # images / frames are encoded (once, cached) on this process's GPU
     visual = VisualInputs(encoder, cfg.feature_cache or str(cache_dir() / "features"))
     # ViT adapters train (and are saved) with the method: the model then encodes the images itself.
     attach = encoder if encoder.has_adapters and get_method(cfg.method).reads_images else None
     if cfg.adapter:
-        model = load_adapter(lm, cfg.adapter, is_trainable=True, allow_base_mismatch=cfg.allow_base_mismatch,
-                             vision_encoder=attach)
+        model = load_adapter(
+            lm, cfg.adapter, is_trainable=True, allow_base_mismatch=cfg.allow_base_mismatch, vision_encoder=attach
+        )
         check_adapter_features(model, cfg.adapter, encoder.feature_dim, cfg.vision_encoder)
     else:
         method = get_method(cfg.method)
-        model = build_model(cfg.method, lm, encoder.feature_dim, encoder.num_tokens,
-                            **{method.section: cfg.options_for(method)})
+        model = build_model(
+            cfg.method, lm, encoder.feature_dim, encoder.num_tokens, **{method.section: cfg.options_for(method)}
+        )
         if attach is not None:
             model.attach_vision_encoder(attach)
         if cfg.init_from:
@@ -93,9 +100,11 @@ def check_frames_fit_entries(cfg: TrainConfig, samples: list[Sample] = ()) -> No
         config = method.make_config(1, cfg.options_for(method))
     entries = getattr(config, "num_entries", None)
     if entries is not None and cfg.num_frames > int(entries):
-        raise ValueError(f"num_frames={cfg.num_frames} is more than {where}={entries}: each video frame is one "
-                         f"visual token of the method's memory; set {method.section}.num_entries >= {cfg.num_frames}, "
-                         "or lower num_frames")
+        raise ValueError(
+            f"num_frames={cfg.num_frames} is more than {where}={entries}: each video frame is one "
+            f"visual token of the method's memory; set {method.section}.num_entries >= {cfg.num_frames}, "
+            "or lower num_frames"
+        )
 
 
 def check_output_dir(out: Path) -> None:
@@ -108,11 +117,19 @@ def check_output_dir(out: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=out, prefix=".memvp-write-check-"):
             pass
     except OSError as e:
-        raise ValueError(f"output_dir {out} is not writable ({e.strerror}); give a directory you can write to") from None
+        raise ValueError(
+            f"output_dir {out} is not writable ({e.strerror}); give a directory you can write to"
+        ) from None
 
 
-def prepare_samples(visual: VisualInputs, samples: list[Sample], skip_bad: bool, what: str, data_format: str,
-             log: Callable[[str], None] = print) -> tuple[list[Sample], dict]:
+def prepare_samples(
+    visual: VisualInputs,
+    samples: list[Sample],
+    skip_bad: bool,
+    what: str,
+    data_format: str,
+    log: Callable[[str], None] = print,
+) -> tuple[list[Sample], dict]:
     """(the samples whose images or feature files could be read, a report of the skipped ones:
     count, ids, and each unreadable file's error, for metrics.json)."""
     fmt = get_format(data_format)
@@ -121,17 +138,21 @@ def prepare_samples(visual: VisualInputs, samples: list[Sample], skip_bad: bool,
     except FileNotFoundError as e:
         if "image not found" not in str(e) and "video not found" not in str(e):
             raise
-        raise FileNotFoundError(f"{e} ({data_format} finds images at {fmt.image_paths}; "
-                                "--skip-bad skips missing ones)") from None
+        raise FileNotFoundError(
+            f"{e} ({data_format} finds images at {fmt.image_paths}; --skip-bad skips missing ones)"
+        ) from None
     if fmt.is_video and not any(s.has_image for s in samples):
-        log(f"warning: no {what} sample ({data_format}) has a video or a feature file, so the model sees no "
-            "visual input; set video_dir or features_dir in the data spec")
+        log(
+            f"warning: no {what} sample ({data_format}) has a video or a feature file, so the model sees no "
+            "visual input; set video_dir or features_dir in the data spec"
+        )
     kept_ids = {s.id for s in kept}
-    skipped = {"count": len(samples) - len(kept), "ids": [s.id for s in samples if s.id not in kept_ids],
-               "files": bad}
+    skipped = {"count": len(samples) - len(kept), "ids": [s.id for s in samples if s.id not in kept_ids], "files": bad}
     if bad:
-        log(f"skipped {skipped['count']} {what} sample(s) of {len(samples)}: {len(bad)} image or feature file(s) "
-            f"could not be read, e.g. {next(iter(bad.values()))} (all listed under 'skipped' in the metrics)")
+        log(
+            f"skipped {skipped['count']} {what} sample(s) of {len(samples)}: {len(bad)} image or feature file(s) "
+            f"could not be read, e.g. {next(iter(bad.values()))} (all listed under 'skipped' in the metrics)"
+        )
     if not kept:
         raise ValueError(f"the {what} split is empty (after skipping unreadable images)")
     return kept, skipped
@@ -141,8 +162,9 @@ FEATURE_STATISTICS_SAMPLES = 1024
 """How many samples (the split's first ones with a visual input) the feature statistics read."""
 
 
-def visual_feature_statistics(visual: VisualInputs, samples: list[Sample],
-                              limit: int = FEATURE_STATISTICS_SAMPLES) -> tuple[torch.Tensor, float] | None:
+def visual_feature_statistics(
+    visual: VisualInputs, samples: list[Sample], limit: int = FEATURE_STATISTICS_SAMPLES
+) -> tuple[torch.Tensor, float] | None:
     """(the mean visual feature, its share of the features' energy: |mean|^2 / mean |z|^2) over every
     token of the first ``limit`` samples with a visual input; None when none has one. The share is 1
     when all features are the same vector and 0 for centred ones; it is the same on every process
@@ -152,7 +174,7 @@ def visual_feature_statistics(visual: VisualInputs, samples: list[Sample],
         return None
     total, squares, count = None, 0.0, 0
     for start in range(0, len(with_visual), 64):
-        features, _ = visual.batch(with_visual[start:start + 64])
+        features, _ = visual.batch(with_visual[start : start + 64])
         flat = features.reshape(-1, features.shape[-1]).double()
         total = flat.sum(dim=0) if total is None else total + flat.sum(dim=0)
         squares += float(flat.pow(2).sum())
@@ -161,5 +183,13 @@ def visual_feature_statistics(visual: VisualInputs, samples: list[Sample],
     return mean.float(), float(mean.pow(2).sum()) / max(squares / count, 1e-30)
 
 
-__all__ = ["read_split", "task_of", "build", "reads_videos", "check_frames_fit_entries", "check_output_dir",
-           "prepare_samples", "visual_feature_statistics"]
+__all__ = [
+    "read_split",
+    "task_of",
+    "build",
+    "reads_videos",
+    "check_frames_fit_entries",
+    "check_output_dir",
+    "prepare_samples",
+    "visual_feature_statistics",
+]

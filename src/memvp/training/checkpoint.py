@@ -140,13 +140,18 @@ def resolve_resume(resume: str, output_dir: str | os.PathLike) -> tuple[Path | N
         return None, notes
     path = Path(resume)
     if not (path / TRAINER_STATE).is_file():
-        raise FileNotFoundError(f"resume={resume!r} is not a training checkpoint (no {TRAINER_STATE} in it); "
-                                f"give resume=latest or a {PREFIX}<step> directory of a run")
+        raise FileNotFoundError(
+            f"resume={resume!r} is not a training checkpoint (no {TRAINER_STATE} in it); "
+            f"give resume=latest or a {PREFIX}<step> directory of a run"
+        )
     problem = checkpoint_problem(path)
     if problem is not None:
         step = checkpoint_step(path)
-        earlier = [c for c in list_checkpoints(path.parent) if step is not None and checkpoint_step(c) < step
-                   and checkpoint_problem(c) is None]
+        earlier = [
+            c
+            for c in list_checkpoints(path.parent)
+            if step is not None and checkpoint_step(c) < step and checkpoint_problem(c) is None
+        ]
         hint = f"resume from {earlier[-1]} instead" if earlier else "no earlier intact checkpoint: start afresh"
         raise ValueError(f"cannot resume from {path}: {problem}; {hint}")
     return path, []
@@ -160,17 +165,28 @@ RESUME_HONOURED: dict[str, str] = {
     "epochs": "as max_steps",
     "warmup_ratio": "the learning-rate schedule is rebuilt with the new warm-up",
     "lr": "the schedule continues from its step with the new peak value (lr(step) = lr x the schedule's factor); "
-          "the optimizer's moments are kept",
+    "the optimizer's moments are kept",
     "base_lr": "as lr (the effective lr is base_lr x global batch / 256)",
     "projector_lr": "as lr, for the projector's group (switching it on or off is refused: the optimizer's groups "
-                    "would change)",
+    "would change)",
     "max_grad_norm": "read at every step",
-    "eval_every": "read at every step", "save_every": "read at every step", "save_total_limit": "read at every save",
-    "diagnose_every": "read at every step", "measure_memory": "read at every step", "progress": "display only",
-    "eval_data": "evaluation only", "max_eval_samples": "evaluation only", "eval_batch_size": "evaluation only",
-    "max_new_tokens": "evaluation only", "do_sample": "evaluation only", "top_p": "evaluation only",
-    "temperature": "evaluation only", "score_skipped": "evaluation only", "num_beams": "evaluation only",
-    "choice_rule": "evaluation only", "dataloader_workers": "how batches are assembled, not which",
+    "eval_every": "read at every step",
+    "save_every": "read at every step",
+    "save_total_limit": "read at every save",
+    "diagnose_every": "read at every step",
+    "measure_memory": "read at every step",
+    "progress": "display only",
+    "eval_data": "evaluation only",
+    "max_eval_samples": "evaluation only",
+    "eval_batch_size": "evaluation only",
+    "max_new_tokens": "evaluation only",
+    "do_sample": "evaluation only",
+    "top_p": "evaluation only",
+    "temperature": "evaluation only",
+    "score_skipped": "evaluation only",
+    "num_beams": "evaluation only",
+    "choice_rule": "evaluation only",
+    "dataloader_workers": "how batches are assembled, not which",
     "skip_bad": "the train set is still compared sample by sample, and counted after skipping",
     "feature_cache": "where features are cached (keyed by encoder and file, so they are the same)",
     "gradient_checkpointing": "memory against time; the same gradients",
@@ -219,28 +235,37 @@ def resume_changes(saved: dict, current: dict, defaults: dict) -> tuple[list[str
     return refused, honoured
 
 
-def check_resume_config(saved_state: dict, cfg, train_fingerprint: str, where: Path,
-                        log: Callable[[str], None] = print) -> None:
+def check_resume_config(
+    saved_state: dict, cfg, train_fingerprint: str, where: Path, log: Callable[[str], None] = print
+) -> None:
     """Refuse to resume when a setting that can not change mid-run (data, method, sizes, seed, ...)
     differs from the checkpoint's, naming each; log the changes the run honours. Needs no model."""
-    defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
-                for f in dataclasses.fields(cfg)}
+    defaults = {
+        f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+        for f in dataclasses.fields(cfg)
+    }
     # Both as the checkpoint recorded its config: through JSON (tuples become lists, ...).
     current, defaults = (json.loads(json.dumps(d)) for d in (dataclasses.asdict(cfg), defaults))
     refused, honoured = resume_changes(saved_state.get("config", {}), current, defaults)
     fresh = "set them back, or start afresh (another output_dir, or without --resume)"
     if refused:
-        raise ValueError(f"cannot resume from {where}: settings that can not change mid-run differ from the "
-                         f"checkpoint's: {', '.join(refused)}; {fresh}")
+        raise ValueError(
+            f"cannot resume from {where}: settings that can not change mid-run differ from the "
+            f"checkpoint's: {', '.join(refused)}; {fresh}"
+        )
     recorded = saved_state.get("train_fingerprint")
     if recorded is not None and recorded != train_fingerprint:
-        raise ValueError(f"cannot resume from {where}: the train set differs from the one it was trained on (the "
-                         f"same train_data spec, other samples: a data file was replaced or edited); restore the "
-                         f"data, or start afresh (another output_dir, or without --resume)")
+        raise ValueError(
+            f"cannot resume from {where}: the train set differs from the one it was trained on (the "
+            f"same train_data spec, other samples: a data file was replaced or edited); restore the "
+            f"data, or start afresh (another output_dir, or without --resume)"
+        )
     step = saved_state.get("step", 0)
     if cfg.max_steps and step > cfg.max_steps:
-        raise ValueError(f"cannot resume from {where}: it is at step {step}, past max_steps={cfg.max_steps}; "
-                         "give max_steps >= its step, or resume from an earlier checkpoint")
+        raise ValueError(
+            f"cannot resume from {where}: it is at step {step}, past max_steps={cfg.max_steps}; "
+            "give max_steps >= its step, or resume from an earlier checkpoint"
+        )
     if honoured:
         log(f"resuming with changed settings: {', '.join(honoured)}")
 
@@ -314,9 +339,12 @@ def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> None:
 def rng_state() -> dict[str, Any]:
     """This process's global RNG states (dropout, sampling, anything that draws from them)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             # as plain lists, so that torch.load(weights_only=True) can read them back
-             "numpy": [kind, keys.tolist(), pos, has_gauss, gauss]}
+    state = {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        # as plain lists, so that torch.load(weights_only=True) can read them back
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -370,9 +398,12 @@ def _optimizer_state(accelerator, model, optimizer) -> dict | None:
 
     # FSDP shards the optimizer state with the parameters: gather it onto rank 0 (a collective).
     offload = _offload(accelerator)
-    with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT,
-                              FullStateDictConfig(offload_to_cpu=offload, rank0_only=True),
-                              FullOptimStateDictConfig(offload_to_cpu=offload, rank0_only=True)):
+    with FSDP.state_dict_type(
+        model,
+        StateDictType.FULL_STATE_DICT,
+        FullStateDictConfig(offload_to_cpu=offload, rank0_only=True),
+        FullOptimStateDictConfig(offload_to_cpu=offload, rank0_only=True),
+    ):
         state = FSDP.optim_state_dict(model, optimizer)
     return state if accelerator.is_main_process else None
 
@@ -384,13 +415,22 @@ def _load_optimizer_state(accelerator, model, optimizer, state: dict) -> None:
     from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-    with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(),
-                              FullOptimStateDictConfig(rank0_only=False)):
+    with FSDP.state_dict_type(
+        model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(), FullOptimStateDictConfig(rank0_only=False)
+    ):
         optimizer.load_state_dict(FSDP.optim_state_dict_to_load(model, optimizer, state))
 
 
-def save_checkpoint(accelerator, model, optimizer, scheduler, directory: str | os.PathLike,
-                    trainer_state: dict, sampler_state: torch.Tensor, keep: int = 0) -> Path:
+def save_checkpoint(
+    accelerator,
+    model,
+    optimizer,
+    scheduler,
+    directory: str | os.PathLike,
+    trainer_state: dict,
+    sampler_state: torch.Tensor,
+    keep: int = 0,
+) -> Path:
     """Write ``directory`` atomically (main process), then keep the ``keep`` newest checkpoints.
 
     Every process must call this (gathering RNG states, and under FSDP the weights and optimizer
@@ -405,8 +445,10 @@ def save_checkpoint(accelerator, model, optimizer, scheduler, directory: str | o
 
     def write(tmp: Path) -> None:
         memvp.save_pretrained(tmp)
-        save_file({n: t.detach().to("cpu").contiguous() for n, t in memvp.trainable_state_dict().items()},
-                  str(tmp / TRAINABLE))
+        save_file(
+            {n: t.detach().to("cpu").contiguous() for n, t in memvp.trainable_state_dict().items()},
+            str(tmp / TRAINABLE),
+        )
         torch.save(optimizer_state, tmp / OPTIMIZER)
         torch.save(scheduler.state_dict(), tmp / SCHEDULER)
         if accelerator.scaler is not None:
@@ -417,8 +459,10 @@ def save_checkpoint(accelerator, model, optimizer, scheduler, directory: str | o
         written = [f for f in sorted(tmp.iterdir()) if f.is_file()]
         files = {f.name: f.stat().st_size for f in written}
         checksums = {f.name: _sha256(f) for f in written}
-        (tmp / TRAINER_STATE).write_text(json.dumps({**trainer_state, "files": files, "sha256": checksums},
-                                                    indent=1, sort_keys=True), encoding="utf-8")
+        (tmp / TRAINER_STATE).write_text(
+            json.dumps({**trainer_state, "files": files, "sha256": checksums}, indent=1, sort_keys=True),
+            encoding="utf-8",
+        )
 
     with full_parameters(accelerator, model):
         if accelerator.is_main_process:
@@ -452,8 +496,10 @@ def load_training_state(accelerator, model, optimizer, scheduler, directory: str
         try:
             return torch.load(directory / name, map_location="cpu", weights_only=True)
         except Exception as e:  # damaged after resolve_resume checked it: still one line, not a pickle traceback
-            raise ValueError(f"cannot resume from {directory}: {name} can not be loaded ({type(e).__name__}); "
-                             "resume from an earlier checkpoint (resume=DIR) or start afresh") from None
+            raise ValueError(
+                f"cannot resume from {directory}: {name} can not be loaded ({type(e).__name__}); "
+                "resume from an earlier checkpoint (resume=DIR) or start afresh"
+            ) from None
 
     _load_optimizer_state(accelerator, model, optimizer, load(OPTIMIZER))
     scheduler.load_state_dict(load(SCHEDULER))
@@ -466,7 +512,22 @@ def load_training_state(accelerator, model, optimizer, scheduler, directory: str
     return rng["sampler"]
 
 
-__all__ = ["DataPosition", "list_checkpoints", "resolve_resume", "checkpoint_problem", "write_directory_atomically",
-           "prune_checkpoints", "save_checkpoint", "load_trainable_weights", "load_training_state",
-           "read_trainer_state", "checkpoint_step", "full_parameters", "is_fsdp", "RESUME_HONOURED",
-           "data_fingerprint", "resume_changes", "check_resume_config"]
+__all__ = [
+    "DataPosition",
+    "list_checkpoints",
+    "resolve_resume",
+    "checkpoint_problem",
+    "write_directory_atomically",
+    "prune_checkpoints",
+    "save_checkpoint",
+    "load_trainable_weights",
+    "load_training_state",
+    "read_trainer_state",
+    "checkpoint_step",
+    "full_parameters",
+    "is_fsdp",
+    "RESUME_HONOURED",
+    "data_fingerprint",
+    "resume_changes",
+    "check_resume_config",
+]

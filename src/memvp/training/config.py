@@ -190,22 +190,29 @@ class TrainConfig:
         if self.save_total_limit < 0:
             raise ValueError(f"save_total_limit must be >= 0 (0 keeps all), got {self.save_total_limit}")
         if self.lr is not None and self.base_lr is not None:
-            raise ValueError(f"give lr (absolute) or base_lr (scaled by the global batch / 256), not both: "
-                             f"lr={self.lr}, base_lr={self.base_lr}")
+            raise ValueError(
+                f"give lr (absolute) or base_lr (scaled by the global batch / 256), not both: "
+                f"lr={self.lr}, base_lr={self.base_lr}"
+            )
         for key in ("lr", "base_lr"):
             if getattr(self, key) is not None and not getattr(self, key) > 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)!r}")
         betas = self.adam_betas
-        if (not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(
-                isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+        if (
+            not isinstance(betas, (list, tuple))
+            or len(betas) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
+        ):
             raise ValueError(f"adam_betas must be two numbers in [0, 1), e.g. [0.9, 0.95], got {betas!r}")
         self.adam_betas = [float(b) for b in betas]
         if not isinstance(self.dataloader_workers, int) or self.dataloader_workers < 0:
             raise ValueError(f"dataloader_workers must be a whole number >= 0, got {self.dataloader_workers!r}")
         VisionOptions.from_dict(self.vision)  # unknown or bad vision keys fail now
         if self.adapter and self.init_from:
-            raise ValueError("give either adapter (continue / evaluate that adapter) or init_from (start another "
-                             "method from its weights), not both")
+            raise ValueError(
+                "give either adapter (continue / evaluate that adapter) or init_from (start another "
+                "method from its weights), not both"
+            )
         if self.resume is not None and not isinstance(self.resume, str):
             raise ValueError(f"resume must be 'latest' or a checkpoint directory, got {self.resume!r}")
         # Unknown / invalid method options fail now, not after the models are loaded.
@@ -262,8 +269,10 @@ class TrainConfig:
                 node = node.setdefault(p, {})
                 if not isinstance(node, dict):
                     section = ".".join(parents[: depth + 1])
-                    raise ValueError(f"override {item!r}: {section} is not a section of keys (it is {node!r}); "
-                                     f"write {section}=VALUE, or dotted keys only below sections like memvp")
+                    raise ValueError(
+                        f"override {item!r}: {section} is not a section of keys (it is {node!r}); "
+                        f"write {section}=VALUE, or dotted keys only below sections like memvp"
+                    )
             try:
                 node[leaf] = yaml.safe_load(value)
             except yaml.YAMLError:

@@ -30,15 +30,21 @@ def use_cpu() -> bool:
 def check_launch(cfg: TrainConfig, state) -> None:
     """Settings that Accelerate would otherwise ignore silently or fail on much later."""
     if cfg.precision == "fp16" and state.device.type == "cpu":
-        raise ValueError("precision=fp16 needs a GPU: Accelerate has no fp16 autocast or loss scaling on "
-                         "CPU and would silently train in fp32; use precision=bf16 on CPU")
+        raise ValueError(
+            "precision=fp16 needs a GPU: Accelerate has no fp16 autocast or loss scaling on "
+            "CPU and would silently train in fp32; use precision=bf16 on CPU"
+        )
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # set by `accelerate launch`
     if launcher not in ("no", cfg.precision):
-        raise ValueError(f"accelerate launch asks for mixed_precision={launcher} but the memvp config has "
-                         f"precision={cfg.precision}; memvp takes it from its config: add precision={launcher}")
+        raise ValueError(
+            f"accelerate launch asks for mixed_precision={launcher} but the memvp config has "
+            f"precision={cfg.precision}; memvp takes it from its config: add precision={launcher}"
+        )
     if cfg.batch_size % state.num_processes:
-        raise ValueError(f"batch_size={cfg.batch_size} is the global batch and must be a multiple of the "
-                         f"number of processes ({state.num_processes})")
+        raise ValueError(
+            f"batch_size={cfg.batch_size} is the global batch and must be a multiple of the "
+            f"number of processes ({state.num_processes})"
+        )
 
 
 @contextlib.contextmanager
@@ -57,8 +63,10 @@ def fp32_trainable(model, cfg: TrainConfig) -> None:
     for _, p in low:
         p.data = p.data.float()
     if low and cfg.precision == "no":
-        raise ValueError(f"model_dtype={cfg.model_dtype} with trainable language-model parameters ({low[0][0]}, "
-                         "...) needs autocast to mix them with fp32 master weights: set precision=bf16 or fp16")
+        raise ValueError(
+            f"model_dtype={cfg.model_dtype} with trainable language-model parameters ({low[0][0]}, "
+            "...) needs autocast to mix them with fp32 master weights: set precision=bf16 or fp16"
+        )
 
 
 def ddp_kwargs(cfg: TrainConfig, samples: list[Sample]):
@@ -91,16 +99,21 @@ def setup_fsdp(accelerator, model, cfg: TrainConfig) -> None:
     if plugin.fsdp_version != 1:
         raise ValueError("memvp train supports FSDP version 1 (fsdp_version: 1, as configs/accelerate/fsdp.yaml)")
     if not plugin.use_orig_params:
-        raise ValueError("FSDP needs fsdp_use_orig_params: true: a few trainable parameters live among frozen "
-                         "ones, which FSDP can only flatten together with use_orig_params")
+        raise ValueError(
+            "FSDP needs fsdp_use_orig_params: true: a few trainable parameters live among frozen "
+            "ones, which FSDP can only flatten together with use_orig_params"
+        )
     if cfg.model_dtype != "float32":
-        raise ValueError("under FSDP keep model_dtype=float32 (FSDP flattens frozen and fp32 trainable "
-                         "parameters together, which needs one dtype); precision=bf16 computes in bf16")
+        raise ValueError(
+            "under FSDP keep model_dtype=float32 (FSDP flattens frozen and fp32 trainable "
+            "parameters together, which needs one dtype); precision=bf16 computes in bf16"
+        )
     if plugin.transformer_cls_names_to_wrap is None:  # TRANSFORMER_BASED_WRAP without a class named
         # One FSDP unit per transformer layer, as transformers declares them; MemVP wraps the LM, so
         # look for the declaration on its submodules.
         plugin.transformer_cls_names_to_wrap = next(
-            (list(m._no_split_modules) for m in model.modules() if getattr(m, "_no_split_modules", None)), None)
+            (list(m._no_split_modules) for m in model.modules() if getattr(m, "_no_split_modules", None)), None
+        )
 
 
 def check_fsdp_names(accelerator, model) -> None:
@@ -109,8 +122,10 @@ def check_fsdp_names(accelerator, model) -> None:
     if is_fsdp(accelerator):
         wrapped = [n for n in accelerator.unwrap_model(model).trainable_state_dict() if "_fsdp_wrapped_module" in n]
         if wrapped:
-            raise ValueError(f"trainable parameters inside FSDP-wrapped layers ({wrapped[0]}) are not supported "
-                             "under FSDP (e.g. memvp.train_layernorms); use DDP (configs/accelerate/ddp.yaml)")
+            raise ValueError(
+                f"trainable parameters inside FSDP-wrapped layers ({wrapped[0]}) are not supported "
+                "under FSDP (e.g. memvp.train_layernorms); use DDP (configs/accelerate/ddp.yaml)"
+            )
 
 
 class SyncedGenerate:
@@ -127,5 +142,14 @@ class SyncedGenerate:
         return self._model.generate(*args, synced_gpus=True, **kwargs)
 
 
-__all__ = ["use_cpu", "check_launch", "one_writer_at_a_time", "fp32_trainable", "ddp_kwargs", "skip_frozen_broadcast",
-           "setup_fsdp", "check_fsdp_names", "SyncedGenerate"]
+__all__ = [
+    "use_cpu",
+    "check_launch",
+    "one_writer_at_a_time",
+    "fp32_trainable",
+    "ddp_kwargs",
+    "skip_frozen_broadcast",
+    "setup_fsdp",
+    "check_fsdp_names",
+    "SyncedGenerate",
+]

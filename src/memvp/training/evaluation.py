@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_text
-from ..inputs import describe_truncation, encode_sample
 from ..datasets import Sample, score
-from ..methods import check_adapter
 from ..generation import predict
+from ..inputs import describe_truncation, encode_sample
+from ..methods import check_adapter
 from .build import build, check_output_dir, prepare_samples, read_split, task_of
 from .checkpoint import is_fsdp
 from .config import TrainConfig
@@ -24,8 +24,9 @@ def report_eval_truncation(tokenizer, samples: list[Sample], cfg: TrainConfig, l
     """Prompts that generation will cut from the left (predict leaves max_new_tokens for the answer),
     reported as training reports its own; the count goes into the metrics."""
     room = cfg.max_length - cfg.max_new_tokens
-    count = sum(encode_sample(tokenizer, s, room, cfg.prompt_template, with_answer=False).truncated > 0
-                for s in samples)
+    count = sum(
+        encode_sample(tokenizer, s, room, cfg.prompt_template, with_answer=False).truncated > 0 for s in samples
+    )
     if count:
         log(describe_truncation(count, len(samples), room) + " (evaluation)")
     return count
@@ -44,18 +45,31 @@ def score_split(task: str, split: list[Sample], predictions: dict[str, str], ski
 
 
 def predict_split(model, tokenizer, visual, samples, cfg: TrainConfig, progress: bool | None = None) -> dict[str, str]:
-    return predict(model, tokenizer, samples, visual, batch_size=cfg.eval_batch_size,
-                   max_new_tokens=cfg.max_new_tokens, max_length=cfg.max_length,
-                   template=cfg.prompt_template, use_images=cfg.use_images,
-                   progress=cfg.progress if progress is None else progress,
-                   do_sample=cfg.do_sample, top_p=cfg.top_p, temperature=cfg.temperature, num_beams=cfg.num_beams)
+    return predict(
+        model,
+        tokenizer,
+        samples,
+        visual,
+        batch_size=cfg.eval_batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+        max_length=cfg.max_length,
+        template=cfg.prompt_template,
+        use_images=cfg.use_images,
+        progress=cfg.progress if progress is None else progress,
+        do_sample=cfg.do_sample,
+        top_p=cfg.top_p,
+        temperature=cfg.temperature,
+        num_beams=cfg.num_beams,
+    )
 
 
 def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
-def evaluate_distributed(accelerator, model, tokenizer, visual, samples: list[Sample], cfg: TrainConfig) -> dict[str, str]:
+def evaluate_distributed(
+    accelerator, model, tokenizer, visual, samples: list[Sample], cfg: TrainConfig
+) -> dict[str, str]:
     """{sample id: prediction}: each process generates for its share, then all shares are gathered
     (every process gets all of them; each sample once)."""
     from accelerate.utils import gather_object
@@ -71,8 +85,9 @@ def evaluate_distributed(accelerator, model, tokenizer, visual, samples: list[Sa
     # FSDP needs the same number of batches on every process: pad by repeating the last sample
     # (predictions are keyed by sample id, so a repeat counts once).
     with accelerator.split_between_processes(samples, apply_padding=fsdp) as mine, generation:
-        mine_predicted = predict_split(memvp, tokenizer, visual, mine, cfg,
-                                       progress=cfg.progress and accelerator.is_main_process)
+        mine_predicted = predict_split(
+            memvp, tokenizer, visual, mine, cfg, progress=cfg.progress and accelerator.is_main_process
+        )
     merged: dict[str, str] = {}
     for part in gather_object([mine_predicted]):
         merged.update(part)

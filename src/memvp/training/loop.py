@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 
 from .. import instruments
 from ..atomic import atomic_write_text
-from ..inputs import collate_training, describe_truncation, encode_sample
 from ..datasets import Sample
+from ..inputs import collate_training, describe_truncation, encode_sample
 from ..instruments import measure_scale
 from ..methods import check_adapter
 from ..peak_memory import PeakMemory
@@ -84,15 +84,21 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
             groups.setdefault((projector, decays(name, p)), []).append(p)
     if cfg.projector_lr is not None and not any(projector for projector, _ in groups):
         raise ValueError(f"projector_lr is set but the {cfg.method!r} model has no trainable projector")
-    return [{"params": params, "weight_decay": cfg.weight_decay if decay else 0.0,
-             **({"lr": cfg.projector_lr} if projector else {})}
-            for (projector, decay), params in sorted(groups.items())]
+    return [
+        {
+            "params": params,
+            "weight_decay": cfg.weight_decay if decay else 0.0,
+            **({"lr": cfg.projector_lr} if projector else {}),
+        }
+        for (projector, decay), params in sorted(groups.items())
+    ]
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW over ``param_groups`` at the config's effective lr and betas."""
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate, betas=tuple(cfg.adam_betas),
-                             eps=cfg.adam_eps)
+    return torch.optim.AdamW(
+        param_groups(model, cfg), lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps
+    )
 
 
 def _save_adapter_somewhere(model, directory: Path, card_info: dict) -> None:
@@ -103,8 +109,10 @@ def _save_adapter_somewhere(model, directory: Path, card_info: dict) -> None:
     except OSError as e:
         rescue = Path(tempfile.mkdtemp(prefix="memvp-adapter-"))
         model.save_pretrained(rescue, card_info)
-        raise ValueError(f"could not write the adapter to {directory} ({e.strerror or e}); the trained weights "
-                         f"are saved in {rescue} instead: move them where you want them") from None
+        raise ValueError(
+            f"could not write the adapter to {directory} ({e.strerror or e}); the trained weights "
+            f"are saved in {rescue} instead: move them where you want them"
+        ) from None
 
 
 def _diagnose_now(cfg: TrainConfig, accelerator, model, step: int, total_steps: int) -> bool:
@@ -115,8 +123,13 @@ def _diagnose_now(cfg: TrainConfig, accelerator, model, step: int, total_steps: 
     return step == 1 or step == total_steps or step % cfg.diagnose_every == 0
 
 
-_SCALE_COLUMNS = ("residual_ratio_max", "memory_to_ffn_max", "memory_to_ffn_mean", "positive_scores_mean",
-                  "top_share_mean")
+_SCALE_COLUMNS = (
+    "residual_ratio_max",
+    "memory_to_ffn_max",
+    "memory_to_ffn_mean",
+    "positive_scores_mean",
+    "top_share_mean",
+)
 
 
 def _write_curve(path: Path, rows: list[dict]) -> None:
@@ -124,8 +137,18 @@ def _write_curve(path: Path, rows: list[dict]) -> None:
     lines = [",".join(("step", "epoch", "loss", "lr", "samples_per_s") + _SCALE_COLUMNS)]
     for r in rows:
         scale = [f"{r[c]:.4f}" if c in r else "" for c in _SCALE_COLUMNS]
-        lines.append(",".join([str(r["step"]), f"{r['epoch']:.4f}", f"{r['loss']:.6f}", f"{r['lr']:.6g}",
-                               f"{r['samples_per_s']:.2f}", *scale]))
+        lines.append(
+            ",".join(
+                [
+                    str(r["step"]),
+                    f"{r['epoch']:.4f}",
+                    f"{r['loss']:.6f}",
+                    f"{r['lr']:.6g}",
+                    f"{r['samples_per_s']:.2f}",
+                    *scale,
+                ]
+            )
+        )
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -138,8 +161,17 @@ class StepBatches:
     batches with Accelerate's ``skip_first_batches``) replays exactly the same batches mid-epoch.
     """
 
-    def __init__(self, accelerator, loader, generator: torch.Generator, grad_accum: int, n_samples: int,
-                 batch_size: int, position: DataPosition | None = None, epoch_state: torch.Tensor | None = None):
+    def __init__(
+        self,
+        accelerator,
+        loader,
+        generator: torch.Generator,
+        grad_accum: int,
+        n_samples: int,
+        batch_size: int,
+        position: DataPosition | None = None,
+        epoch_state: torch.Tensor | None = None,
+    ):
         self.accelerator, self.loader, self.generator = accelerator, loader, generator
         self.grad_accum, self.n_samples, self.batch_size = grad_accum, n_samples, batch_size
         self.num_batches = len(loader)  # global batches per epoch
@@ -180,8 +212,15 @@ def _answer_tokens(batch: dict, encoder_decoder: bool) -> int:
     return int((labels != -100).sum())
 
 
-def _optimizer_step(accelerator, model, optimizer, scheduler, micro_batches: list[dict],
-                    encoder_decoder: bool, max_grad_norm: float = 0.0) -> float:
+def _optimizer_step(
+    accelerator,
+    model,
+    optimizer,
+    scheduler,
+    micro_batches: list[dict],
+    encoder_decoder: bool,
+    max_grad_norm: float = 0.0,
+) -> float:
     """One optimizer step over the micro-batches of one global batch; returns its mean loss.
 
     Each micro-batch's mean loss is weighted by its share of all the answer tokens of the step (on
@@ -230,23 +269,43 @@ def _resume_dir(cfg: TrainConfig, out: Path, state) -> Path | None:
     return found[0]
 
 
-def _check_resumable(saved: dict, cfg: TrainConfig, n_train: int, num_processes: int, where: Path,
-                     log: Callable[[str], None]) -> None:
+def _check_resumable(
+    saved: dict, cfg: TrainConfig, n_train: int, num_processes: int, where: Path, log: Callable[[str], None]
+) -> None:
     """After the images are read (skip_bad may drop samples); the config was compared before the models
     loaded (check_resume_config)."""
     if saved["train_samples"] != n_train:
-        raise ValueError(f"cannot resume from {where}: it was trained on {saved['train_samples']} samples, "
-                         f"this config gives {n_train}")
+        raise ValueError(
+            f"cannot resume from {where}: it was trained on {saved['train_samples']} samples, "
+            f"this config gives {n_train}"
+        )
     if saved["num_processes"] != num_processes:
-        log(f"note: {where} was written by {saved['num_processes']} process(es), this run has {num_processes}: "
-            "per-process random states (dropout) differ from an uninterrupted run")
+        log(
+            f"note: {where} was written by {saved['num_processes']} process(es), this run has {num_processes}: "
+            "per-process random states (dropout) differ from an uninterrupted run"
+        )
 
 
-def _trainer_state(cfg: TrainConfig, step: int, batches: StepBatches, curve: list, history: list,
-                   num_processes: int, train_fingerprint: str) -> dict:
-    return {"step": step, "epoch": batches.position.epoch, "batches": batches.position.batches,
-            "curve": curve, "history": history, "train_samples": batches.n_samples,
-            "num_processes": num_processes, "config": dataclasses.asdict(cfg), "train_fingerprint": train_fingerprint}
+def _trainer_state(
+    cfg: TrainConfig,
+    step: int,
+    batches: StepBatches,
+    curve: list,
+    history: list,
+    num_processes: int,
+    train_fingerprint: str,
+) -> dict:
+    return {
+        "step": step,
+        "epoch": batches.position.epoch,
+        "batches": batches.position.batches,
+        "curve": curve,
+        "history": history,
+        "train_samples": batches.n_samples,
+        "num_processes": num_processes,
+        "config": dataclasses.asdict(cfg),
+        "train_fingerprint": train_fingerprint,
+    }
 
 
 def _feature_statistics(model, visual, samples: list[Sample], log: Callable[[str], None]) -> float | None:
@@ -263,8 +322,7 @@ def _feature_statistics(model, visual, samples: list[Sample], log: Callable[[str
     return share
 
 
-def _train_loader(cfg: TrainConfig, tokenizer, visual, samples: list[Sample], encoded: list,
-                  encoder_decoder: bool):
+def _train_loader(cfg: TrainConfig, tokenizer, visual, samples: list[Sample], encoded: list, encoder_decoder: bool):
     """(DataLoader of global batches, its shuffling generator). Accelerate (split_batches) gives
     each process its 1/N slice of every batch."""
 
@@ -275,9 +333,15 @@ def _train_loader(cfg: TrainConfig, tokenizer, visual, samples: list[Sample], en
         return batch
 
     generator = torch.Generator().manual_seed(cfg.seed)
-    loader = torch.utils.data.DataLoader(list(range(len(encoded))), batch_size=cfg.batch_size, shuffle=True,
-                                         generator=generator, collate_fn=collate, drop_last=cfg.drop_last,
-                                         num_workers=cfg.dataloader_workers)
+    loader = torch.utils.data.DataLoader(
+        list(range(len(encoded))),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        generator=generator,
+        collate_fn=collate,
+        drop_last=cfg.drop_last,
+        num_workers=cfg.dataloader_workers,
+    )
     return loader, generator
 
 
@@ -339,8 +403,9 @@ def _read_data(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[list[Sampl
     """The train and eval splits; data files are read and checked before the models load (seconds
     instead of minutes to an error)."""
     train_split = read_split(cfg.train_data, "train_data", cfg.max_train_samples, cfg.skip_bad, log)
-    eval_split = (read_split(cfg.eval_data, "eval_data", cfg.max_eval_samples, cfg.skip_bad, log)
-                  if cfg.eval_data else [])
+    eval_split = (
+        read_split(cfg.eval_data, "eval_data", cfg.max_eval_samples, cfg.skip_bad, log) if cfg.eval_data else []
+    )
     return train_split, eval_split
 
 
@@ -348,8 +413,9 @@ def _schedule(cfg: TrainConfig, optimizer, total_steps: int):
     from transformers import get_scheduler
 
     name = f"{cfg.lr_schedule}_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule
-    return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
-                         num_training_steps=total_steps)
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps
+    )
 
 
 def setup(cfg: TrainConfig) -> Run:
@@ -380,15 +446,27 @@ def setup(cfg: TrainConfig) -> Run:
     set_seed(cfg.seed)
     with one_writer_at_a_time(state):
         model, tokenizer, visual = build(cfg, train_split)
-        train_samples, train_skipped = prepare_samples(visual, train_split, cfg.skip_bad, "train",
-                                                       task_of(cfg.train_data), log)
-        eval_samples, eval_skipped = (prepare_samples(visual, eval_split, cfg.skip_bad, "eval", task_of(cfg.eval_data), log)
-                                      if eval_split else ([], {}))
-    data = DataSplits(train_samples, eval_samples, train_skipped, eval_skipped, eval_split,
-                      task=task_of(cfg.eval_data) if cfg.eval_data else None)
+        train_samples, train_skipped = prepare_samples(
+            visual, train_split, cfg.skip_bad, "train", task_of(cfg.train_data), log
+        )
+        eval_samples, eval_skipped = (
+            prepare_samples(visual, eval_split, cfg.skip_bad, "eval", task_of(cfg.eval_data), log)
+            if eval_split
+            else ([], {})
+        )
+    data = DataSplits(
+        train_samples,
+        eval_samples,
+        train_skipped,
+        eval_skipped,
+        eval_split,
+        task=task_of(cfg.eval_data) if cfg.eval_data else None,
+    )
     if visual.pixels and cfg.use_images:
-        log("the vision encoder has ViT adapters, which train with the method: its images are encoded in every "
-            "training step (no feature cache)")
+        log(
+            "the vision encoder has ViT adapters, which train with the method: its images are encoded in every "
+            "training step (no feature cache)"
+        )
     data.common_share = _feature_statistics(model, visual, train_samples, log)
     fp32_trainable(model, cfg)
     encoder_decoder = bool(model.config.is_encoder_decoder)
@@ -402,9 +480,12 @@ def setup(cfg: TrainConfig) -> Run:
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
     # split_batches: batch_size is global, and the scheduler steps once per optimizer step (without
     # it Accelerate steps it num_processes times per step).
-    accelerator = Accelerator(cpu=cpu, mixed_precision=cfg.precision,
-                              dataloader_config=DataLoaderConfiguration(split_batches=True),
-                              kwargs_handlers=[ddp_kwargs(cfg, train_samples)])
+    accelerator = Accelerator(
+        cpu=cpu,
+        mixed_precision=cfg.precision,
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        kwargs_handlers=[ddp_kwargs(cfg, train_samples)],
+    )
     setup_fsdp(accelerator, model, cfg)
     skip_frozen_broadcast(accelerator, model)
     parameters = model.get_nb_trainable_parameters()  # before FSDP shards them
@@ -413,8 +494,14 @@ def setup(cfg: TrainConfig) -> Run:
         load_trainable_weights(model, resume_dir)  # before FSDP shards the parameters
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    log(f"effective lr {cfg.learning_rate:.4g}" + (f" = base_lr {cfg.base_lr:g} x global batch "
-                                                     f"{cfg.batch_size * cfg.grad_accum} / 256" if cfg.base_lr is not None else ""))
+    log(
+        f"effective lr {cfg.learning_rate:.4g}"
+        + (
+            f" = base_lr {cfg.base_lr:g} x global batch {cfg.batch_size * cfg.grad_accum} / 256"
+            if cfg.base_lr is not None
+            else ""
+        )
+    )
     optimizer = make_optimizer(model, cfg)
     scheduler = _schedule(cfg, optimizer, total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -427,11 +514,30 @@ def setup(cfg: TrainConfig) -> Run:
         position = DataPosition(saved["epoch"], saved["batches"])
         step, curve, history = saved["step"], saved["curve"], saved["history"]
         log(f"resumed from {resume_dir} at step {step}")
-    batches = StepBatches(accelerator, loader, generator, cfg.grad_accum, len(encoded), cfg.batch_size,
-                          position, epoch_state)
-    run = Run(cfg, out, log, accelerator, model, optimizer, scheduler, tokenizer, visual, batches, data, total_steps,
-              encoder_decoder, train_fingerprint, parameters, step=step, curve=curve, history=history,
-              last_checkpoint=resume_dir)
+    batches = StepBatches(
+        accelerator, loader, generator, cfg.grad_accum, len(encoded), cfg.batch_size, position, epoch_state
+    )
+    run = Run(
+        cfg,
+        out,
+        log,
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        tokenizer,
+        visual,
+        batches,
+        data,
+        total_steps,
+        encoder_decoder,
+        train_fingerprint,
+        parameters,
+        step=step,
+        curve=curve,
+        history=history,
+        last_checkpoint=resume_dir,
+    )
     run.seen_start = batches.samples_seen()
     run.window = (run.seen_start, run.t_start)
     if cfg.measure_memory:  # the run's second step: the first one also allocates the optimizer's state
@@ -443,8 +549,16 @@ def setup(cfg: TrainConfig) -> Run:
 def take_step(run: Run, micro_batches: list[dict]) -> dict:
     """One optimizer step (its memory measured when it is the one to measure); the loss curve's row.
     A non-finite loss stops the run before it touches the weights."""
-    step = functools.partial(_optimizer_step, run.accelerator, run.model, run.optimizer, run.scheduler,
-                             micro_batches, run.encoder_decoder, run.cfg.max_grad_norm)
+    step = functools.partial(
+        _optimizer_step,
+        run.accelerator,
+        run.model,
+        run.optimizer,
+        run.scheduler,
+        micro_batches,
+        run.encoder_decoder,
+        run.cfg.max_grad_norm,
+    )
     if run.memory is not None and run.step == run.memory_step:
         losses: list[float] = []
         run.peak_bytes = run.memory.measure(lambda: losses.append(step()))
@@ -452,13 +566,22 @@ def take_step(run: Run, micro_batches: list[dict]) -> dict:
     else:
         loss = step()
     if not math.isfinite(loss):
-        kept = f"the last good checkpoint is {run.last_checkpoint}" if run.last_checkpoint else "no checkpoint was written"
-        raise FloatingPointError(f"non-finite loss {loss} at step {run.step + 1}; the weights were not updated and "
-                                 f"{kept}. Lower the learning rate, or use bf16 instead of fp16")
+        kept = (
+            f"the last good checkpoint is {run.last_checkpoint}" if run.last_checkpoint else "no checkpoint was written"
+        )
+        raise FloatingPointError(
+            f"non-finite loss {loss} at step {run.step + 1}; the weights were not updated and "
+            f"{kept}. Lower the learning rate, or use bf16 instead of fp16"
+        )
     run.step += 1
     now, seen = time.perf_counter(), run.batches.samples_seen()
-    row = {"step": run.step, "epoch": run.batches.epoch_float(), "loss": loss, "lr": run.scheduler.get_last_lr()[0],
-           "samples_per_s": (seen - run.window[0]) / max(now - run.window[1], 1e-9)}
+    row = {
+        "step": run.step,
+        "epoch": run.batches.epoch_float(),
+        "loss": loss,
+        "lr": run.scheduler.get_last_lr()[0],
+        "samples_per_s": (seen - run.window[0]) / max(now - run.window[1], 1e-9),
+    }
     run.window = (seen, now)
     return row
 
@@ -492,10 +615,17 @@ def evaluate_now(run: Run) -> dict:
 def checkpoint(run: Run) -> Path:
     """A checkpoint of this step (atomic; the loss curve so far beside it)."""
     run.last_checkpoint = save_checkpoint(
-        run.accelerator, run.model, run.optimizer, run.scheduler, run.out / f"checkpoint-{run.step}",
-        _trainer_state(run.cfg, run.step, run.batches, run.curve, run.history, run.accelerator.num_processes,
-                       run.train_fingerprint),
-        run.batches.epoch_state, keep=run.cfg.save_total_limit)
+        run.accelerator,
+        run.model,
+        run.optimizer,
+        run.scheduler,
+        run.out / f"checkpoint-{run.step}",
+        _trainer_state(
+            run.cfg, run.step, run.batches, run.curve, run.history, run.accelerator.num_processes, run.train_fingerprint
+        ),
+        run.batches.epoch_state,
+        keep=run.cfg.save_total_limit,
+    )
     if run.is_main:
         _write_curve(run.out / "loss_curve.csv", run.curve)
     return run.last_checkpoint
@@ -528,8 +658,9 @@ def train(cfg: TrainConfig) -> dict:
             bar.update(1)
             if _due(cfg.eval_every, run) and run.data.eval:
                 evaluation = evaluate_now(run)
-                run.history.append({"step": run.step, "train_seconds": evaluation["train_seconds"],
-                                    **evaluation["metrics"]})
+                run.history.append(
+                    {"step": run.step, "train_seconds": evaluation["train_seconds"], **evaluation["metrics"]}
+                )
             # After the evaluation: sampled decoding draws random numbers, and a resumed run continues
             # from the states saved here.
             if _due(cfg.save_every, run):
@@ -549,10 +680,16 @@ def finish(run: Run) -> dict:
     cfg, accelerator, data = run.cfg, run.accelerator, run.data
     train_seconds = time.perf_counter() - run.t_start - run.eval_seconds
     model = accelerator.unwrap_model(run.model)
-    card_info = {"method": cfg.method, "training data": {k: v for k, v in (cfg.train_data or {}).items()
-                                                          if not k.startswith("_")},
-                 "training": {"steps": run.step, "batch_size": cfg.batch_size * cfg.grad_accum,
-                              "lr": cfg.learning_rate, "seed": cfg.seed}}
+    card_info = {
+        "method": cfg.method,
+        "training data": {k: v for k, v in (cfg.train_data or {}).items() if not k.startswith("_")},
+        "training": {
+            "steps": run.step,
+            "batch_size": cfg.batch_size * cfg.grad_accum,
+            "lr": cfg.learning_rate,
+            "seed": cfg.seed,
+        },
+    }
     with full_parameters(accelerator, run.model):
         if run.is_main:
             _save_adapter_somewhere(model, run.out / "adapter", card_info)
@@ -560,11 +697,19 @@ def finish(run: Run) -> dict:
     seen = run.batches.samples_seen()
     trainable, total = run.parameters
     result: dict[str, Any] = {
-        "steps": run.step, "train_samples": data.n_encoded, "samples_seen": seen, "train_seconds": train_seconds,
+        "steps": run.step,
+        "train_samples": data.n_encoded,
+        "samples_seen": seen,
+        "train_seconds": train_seconds,
         "train_samples_per_s": (seen - run.seen_start) / train_seconds,
-        "final_loss": run.curve[-1]["loss"] if run.curve else None, "trainable_parameters": trainable,
-        "total_parameters": total, "truncated_prompts": data.n_truncated, "method": cfg.method,
-        "use_images": cfg.use_images, "history": run.history, "num_processes": accelerator.num_processes,
+        "final_loss": run.curve[-1]["loss"] if run.curve else None,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "truncated_prompts": data.n_truncated,
+        "method": cfg.method,
+        "use_images": cfg.use_images,
+        "history": run.history,
+        "num_processes": accelerator.num_processes,
     }
     if data.common_share is not None:
         result["visual_feature_common_share"] = data.common_share
@@ -583,13 +728,32 @@ def finish(run: Run) -> dict:
             write_json(run.out / "predictions_eval.json", evaluation["predictions"])
         if run.is_main and not is_fsdp(accelerator):  # FSDP: the card keeps no metrics (sharded)
             metrics = {k: v for k, v in result["eval"].items() if not isinstance(v, dict) or k == "per_type"}
-            model.write_model_card(run.out / "adapter", {**card_info, "evaluation data": {
-                k: v for k, v in cfg.eval_data.items() if not k.startswith("_")}, "metrics": metrics})
+            model.write_model_card(
+                run.out / "adapter",
+                {
+                    **card_info,
+                    "evaluation data": {k: v for k, v in cfg.eval_data.items() if not k.startswith("_")},
+                    "metrics": metrics,
+                },
+            )
     if run.is_main:
         write_json(run.out / "metrics.json", result)
     accelerator.wait_for_everyone()
     return result
 
 
-__all__ = ["train", "setup", "take_step", "diagnose", "evaluate_now", "checkpoint", "finish", "Run", "DataSplits",
-           "param_groups", "make_optimizer", "decays", "StepBatches"]
+__all__ = [
+    "train",
+    "setup",
+    "take_step",
+    "diagnose",
+    "evaluate_now",
+    "checkpoint",
+    "finish",
+    "Run",
+    "DataSplits",
+    "param_groups",
+    "make_optimizer",
+    "decays",
+    "StepBatches",
+]

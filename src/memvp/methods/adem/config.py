@@ -53,15 +53,22 @@ class AdemConfig(DictConfig):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"AdemConfig.{name} must be positive, got {getattr(self, name)}")
         s = self.scales
-        if (not isinstance(s, (list, tuple)) or not s
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in s)
-                or len(set(s)) != len(s)):
-            raise ValueError(f"AdemConfig.scales must be a non-empty list of distinct positive whole numbers "
-                             f"(pooling factors, e.g. [1, 2]), got {s!r}")
+        if (
+            not isinstance(s, (list, tuple))
+            or not s
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in s)
+            or len(set(s)) != len(s)
+        ):
+            raise ValueError(
+                f"AdemConfig.scales must be a non-empty list of distinct positive whole numbers "
+                f"(pooling factors, e.g. [1, 2]), got {s!r}"
+            )
         self.scales = list(s)
         if self.scales != [1] and math.isqrt(self.num_patches) ** 2 != self.num_patches:
-            raise ValueError(f"AdemConfig.num_patches={self.num_patches} is not a square grid, so it cannot be "
-                             f"pooled at scales {self.scales}; use scales: [1] or the encoder's g x g patch count")
+            raise ValueError(
+                f"AdemConfig.num_patches={self.num_patches} is not a square grid, so it cannot be "
+                f"pooled at scales {self.scales}; use scales: [1] or the encoder's g x g patch count"
+            )
         if not 0.0 <= float(self.drop_ratio) < 1.0:
             raise ValueError(f"AdemConfig.drop_ratio must be in [0, 1), got {self.drop_ratio}")
         check_choice("global_token", self.global_token, _GLOBAL_TOKENS, "AdemConfig")

@@ -88,8 +88,9 @@ def fusion_weights(x: torch.Tensor, keys: torch.Tensor, num_dropped: int = 0) ->
     return weights
 
 
-def fuse(x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_dropped: int = 0,
-         scale: float = 1.0) -> torch.Tensor:
+def fuse(
+    x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_dropped: int = 0, scale: float = 1.0
+) -> torch.Tensor:
     """alpha * drop(silu(x) K^T) V for x [B, L, d] (or any shape of ``methods.base.per_sample_rows``)
     and K, V [B or 1, N, d]: what one layer adds to its MLP output."""
     return read_entries(x, keys, values, lambda rows, k: fusion_weights(rows, k, num_dropped), scale)
@@ -113,7 +114,7 @@ class AdemVisual(nn.Module):
         kw = {"device": device, "dtype": torch.float32}  # fp32 master weights whatever the LM dtype
         # ADEM-VL's Projector: Linear(d', r), SiLU, Linear(r, d).
         self.projector = make_projector("mlp", config.visual_dim, hidden_size, config.rank, device)
-        self.global_token = (_GlobalToken(config, hidden_size, device) if config.global_token != "none" else None)
+        self.global_token = _GlobalToken(config, hidden_size, device) if config.global_token != "none" else None
         self.key_position = nn.Parameter(torch.empty(1, config.num_entries, hidden_size, **kw))
         self.value_position = nn.Parameter(torch.empty(1, config.num_entries, hidden_size, **kw))
         self.reset_parameters()
@@ -136,13 +137,16 @@ class AdemVisual(nn.Module):
         patches = z[:, 1:] if first else z
         if patches.shape[1] != cfg.num_patches:
             rows = f"1 CLS + {cfg.num_patches}" if first else str(cfg.num_patches)
-            raise ValueError(f"visual_features has {z.shape[1]} visual tokens but AdemConfig expects {rows} "
-                             f"(num_patches={cfg.num_patches}, global_token={cfg.global_token!r}); set "
-                             "num_patches to the vision encoder's patch count")
+            raise ValueError(
+                f"visual_features has {z.shape[1]} visual tokens but AdemConfig expects {rows} "
+                f"(num_patches={cfg.num_patches}, global_token={cfg.global_token!r}); set "
+                "num_patches to the vision encoder's patch count"
+            )
         return patches, (z[:, :1] if first else patches.mean(dim=1, keepdim=True))
 
-    def entries(self, visual_features: torch.Tensor | None = None,
-                has_image: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def entries(
+        self, visual_features: torch.Tensor | None = None, has_image: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """K = silu(E + p^k), V = E + p^v [B, N, d] with E = beta * f(pool(z)), zero for image-less
         samples; [1, N, d] position-only entries when ``visual_features`` is None."""
         if visual_features is None:
@@ -214,8 +218,16 @@ class AdemModel(FFNMemoryModel):
         bos = getattr(self.config, "bos_token_id", None)
         return bos if isinstance(bos, int) else None
 
-    def lm_inputs(self, input_ids, attention_mask, visual_features, has_image, labels=None,
-                  generation: bool = False, **kwargs: Any) -> dict:
+    def lm_inputs(
+        self,
+        input_ids,
+        attention_mask,
+        visual_features,
+        has_image,
+        labels=None,
+        generation: bool = False,
+        **kwargs: Any,
+    ) -> dict:
         """LM keyword inputs: ids as they are, or embeddings with the global visual token after a
         leading BOS (or first). Image-less rows get the slot masked out, before their first attended
         token, so every row stays one contiguous attended block (left-padded generation and
@@ -229,8 +241,11 @@ class AdemModel(FFNMemoryModel):
         token = self.visual.global_tokens(visual_features).to(embeds.device)
         batch = input_ids.shape[0]
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        token_mask = (torch.ones(batch, dtype=torch.bool, device=embeds.device) if has_image is None
-                      else _has_image(has_image, batch, embeds.device))
+        token_mask = (
+            torch.ones(batch, dtype=torch.bool, device=embeds.device)
+            if has_image is None
+            else _has_image(has_image, batch, embeds.device)
+        )
         first = mask.long().argmax(dim=1)
         at = first
         bos = self._bos_token_id()
@@ -238,13 +253,19 @@ class AdemModel(FFNMemoryModel):
             starts_with_bos = input_ids.gather(1, first.view(-1, 1)).view(-1) == bos
             at = first + (starts_with_bos & token_mask).long()
         encdec = bool(self.config.is_encoder_decoder)  # there labels belong to the decoder: unchanged
-        embeds, mask, shifted = insert_tokens(embeds, mask, token, token_mask.view(-1, 1), at,
-                                              None if encdec else labels)
+        embeds, mask, shifted = insert_tokens(
+            embeds, mask, token, token_mask.view(-1, 1), at, None if encdec else labels
+        )
         if attention_mask is None and has_image is None:
             mask = None  # nothing padded, nothing masked: as given (mask utilities can not read meta tensors)
         inputs = {"inputs_embeds": embeds, "attention_mask": mask, "labels": labels if encdec else shifted}
-        if (not generation and mask is not None and "position_ids" not in kwargs and not encdec
-                and _accepts(lm, "position_ids")):
+        if (
+            not generation
+            and mask is not None
+            and "position_ids" not in kwargs
+            and not encdec
+            and _accepts(lm, "position_ids")
+        ):
             # Counted over attended tokens: a masked slot (image-less row) shifts no position.
             inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
         return inputs
@@ -264,5 +285,13 @@ def trainable_parameter_count(config: AdemConfig, hidden_size: int) -> int:
     return projections * projection + 2 * config.num_entries * hidden_size
 
 
-__all__ = ["AdemModel", "AdemVisual", "fuse", "fusion_weights", "pool_multiscale",
-           "trainable_parameter_count", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = [
+    "AdemModel",
+    "AdemVisual",
+    "fuse",
+    "fusion_weights",
+    "pool_multiscale",
+    "trainable_parameter_count",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+]

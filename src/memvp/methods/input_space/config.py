@@ -32,8 +32,10 @@ class BaselineConfig(DictConfig):
         check_choice("method", self.method, ("input_space", "text_only"), "BaselineConfig")
         check_choice("projector", self.projector, PROJECTORS, "BaselineConfig")
         if self.method == "input_space" and int(self.visual_dim) <= 0:
-            raise ValueError("BaselineConfig.visual_dim must be positive for method='input_space' "
-                             f"(the vision encoder's feature size), got {self.visual_dim}")
+            raise ValueError(
+                "BaselineConfig.visual_dim must be positive for method='input_space' "
+                f"(the vision encoder's feature size), got {self.visual_dim}"
+            )
         if int(self.lora_r) <= 0:
             raise ValueError(f"BaselineConfig.lora_r must be positive, got {self.lora_r}")
 

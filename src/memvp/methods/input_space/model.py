@@ -45,16 +45,21 @@ class InputSpaceModel(MethodModel):
         self.baseline_config = config = BaselineConfig.from_dict(config.to_dict())
         layout_for(language_model)  # a clear error for architectures this library does not know
         encdec = bool(language_model.config.is_encoder_decoder)
-        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                          target_modules=config.lora_target_modules,
-                          task_type=TaskType.SEQ_2_SEQ_LM if encdec else TaskType.CAUSAL_LM)
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.lora_target_modules,
+            task_type=TaskType.SEQ_2_SEQ_LM if encdec else TaskType.CAUSAL_LM,
+        )
         self.peft_model = get_peft_model(language_model, lora)  # freezes the base, injects LoRA in place
         self._hidden_size = int(language_model.config.hidden_size)
         self.projector: nn.Module | None = None
         if config.method == "input_space":
             device = next(iter(language_model.parameters())).device
-            self.projector = make_projector(config.projector, config.visual_dim, self._hidden_size,
-                                            config.projector_hidden, device)
+            self.projector = make_projector(
+                config.projector, config.visual_dim, self._hidden_size, config.projector_hidden, device
+            )
             init_projector(self.projector)
 
     @property
@@ -86,8 +91,16 @@ class InputSpaceModel(MethodModel):
             z = F.layer_norm(z, z.shape[-1:])
         return self.projector(z).to(dtype)
 
-    def lm_inputs(self, input_ids, attention_mask, visual_features, has_image, labels=None,
-                  generation: bool = False, **kwargs: Any) -> dict:
+    def lm_inputs(
+        self,
+        input_ids,
+        attention_mask,
+        visual_features,
+        has_image,
+        labels=None,
+        generation: bool = False,
+        **kwargs: Any,
+    ) -> dict:
         """LM keyword inputs: ids as they are, or embeddings with the visual tokens right before each
         row's first attended text token (``common.insert_tokens``)."""
         if self.projector is None or visual_features is None:
@@ -108,8 +121,9 @@ class InputSpaceModel(MethodModel):
             has_image = torch.as_tensor(has_image, device=embeds.device)
             visual_mask = has_image.to(attention_mask.dtype).view(-1, 1).expand(batch, n)
         first = attention_mask.long().argmax(dim=1)
-        embeds, attention_mask, shifted = insert_tokens(embeds, attention_mask, visual, visual_mask, first,
-                                                        None if encdec else labels)
+        embeds, attention_mask, shifted = insert_tokens(
+            embeds, attention_mask, visual, visual_mask, first, None if encdec else labels
+        )
         return {"inputs_embeds": embeds, "attention_mask": attention_mask, "labels": labels if encdec else shifted}
 
     def remove_hooks(self) -> nn.Module:
@@ -120,8 +134,10 @@ class InputSpaceModel(MethodModel):
     def base_model_fingerprint(self) -> dict[str, Any]:
         stacks = layout_for(self.language_model).stacks
         base = self.language_model.base_model
-        return base_model_fingerprint(self.language_model, [f"{name}.{i}" for name, path in stacks.items()
-                                                            for i in range(len(get_path(base, path)))])
+        return base_model_fingerprint(
+            self.language_model,
+            [f"{name}.{i}" for name, path in stacks.items() for i in range(len(get_path(base, path)))],
+        )
 
 
 __all__ = ["InputSpaceModel", "BASELINE_CONFIG_NAME", "BASELINE_WEIGHTS_NAME"]

@@ -118,15 +118,23 @@ class MemVPConfig(DictConfig):
             self.output_scale = 0.1 if self.memory_scale == "paper" else 1.0 / int(self.num_entries) ** 0.5
         for name in ("key_norms", "value_norms"):
             norms = getattr(self, name)
-            if norms is not None and (not isinstance(norms, (list, tuple)) or not all(
-                    isinstance(v, (int, float)) and v > 0 for v in norms)):
-                raise ValueError(f"MemVPConfig.{name} must be a list of positive numbers (one per MemVP "
-                                 f"layer) or null to read them from the LM, got {norms!r}")
+            if norms is not None and (
+                not isinstance(norms, (list, tuple)) or not all(isinstance(v, (int, float)) and v > 0 for v in norms)
+            ):
+                raise ValueError(
+                    f"MemVPConfig.{name} must be a list of positive numbers (one per MemVP "
+                    f"layer) or null to read them from the LM, got {norms!r}"
+                )
         mean = self.feature_mean
-        if mean is not None and (not isinstance(mean, (list, tuple)) or len(mean) != int(self.visual_dim) or not all(
-                isinstance(v, (int, float)) and math.isfinite(v) for v in mean)):
-            raise ValueError(f"MemVPConfig.feature_mean must be null or visual_dim={self.visual_dim} finite numbers "
-                             f"(training fills it in), got {str(mean)[:80]}")
+        if mean is not None and (
+            not isinstance(mean, (list, tuple))
+            or len(mean) != int(self.visual_dim)
+            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in mean)
+        ):
+            raise ValueError(
+                f"MemVPConfig.feature_mean must be null or visual_dim={self.visual_dim} finite numbers "
+                f"(training fills it in), got {str(mean)[:80]}"
+            )
         if self.projector == "mlp" and int(self.projector_hidden) <= 0:
             raise ValueError(f"MemVPConfig.projector_hidden must be positive, got {self.projector_hidden}")
         if not 0.0 <= float(self.dropout) < 1.0:

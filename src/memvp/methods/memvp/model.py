@@ -38,14 +38,21 @@ WEIGHTS_NAME = "memvp_model.safetensors"
 class VisualMemory(nn.Module):
     """Projector f and position embeddings p^k, p^v: the only new parameters of MemVP."""
 
-    def __init__(self, config: MemVPConfig, hidden_size: int, num_sites: int, shared: bool,
-                 device: torch.device | str | None = None):
+    def __init__(
+        self,
+        config: MemVPConfig,
+        hidden_size: int,
+        num_sites: int,
+        shared: bool,
+        device: torch.device | str | None = None,
+    ):
         super().__init__()
         self.config = config
         self.shared = shared
         kw = {"device": device, "dtype": torch.float32}  # fp32 master weights whatever the LM dtype
-        self.projector = make_projector(config.projector, config.visual_dim, hidden_size,
-                                        config.projector_hidden, device)
+        self.projector = make_projector(
+            config.projector, config.visual_dim, hidden_size, config.projector_hidden, device
+        )
         n_tables = 1 if shared else num_sites
         self.key_position = nn.Parameter(torch.empty(n_tables, config.num_entries, hidden_size, **kw))
         self.value_position = nn.Parameter(torch.empty(n_tables, config.num_entries, hidden_size, **kw))
@@ -85,8 +92,9 @@ class VisualMemory(nn.Module):
     def num_tables(self) -> int:
         return self.key_position.shape[0]
 
-    def prompts(self, visual_features: torch.Tensor | None,
-                has_image: torch.Tensor | None = None) -> torch.Tensor | None:
+    def prompts(
+        self, visual_features: torch.Tensor | None, has_image: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """lambda * f(z), zero for image-less samples, zero-padded to n entries: [B, n, d]."""
         if visual_features is None:
             return None
@@ -102,8 +110,10 @@ class VisualMemory(nn.Module):
         z = visual_features.to(weight.device, weight.dtype)
         if cfg.center_features:
             if self.feature_mean is None:
-                raise ValueError("MemVPConfig.center_features is on but feature_mean is not set: training fills it "
-                                 "from the training split; call MemVPModel.set_feature_mean(features) yourself")
+                raise ValueError(
+                    "MemVPConfig.center_features is on but feature_mean is not set: training fills it "
+                    "from the training split; call MemVPModel.set_feature_mean(features) yourself"
+                )
             z = z - self.feature_mean
         if cfg.visual_tokens == "global":
             z, n_visual = z.mean(dim=1, keepdim=True), 1
@@ -118,9 +128,7 @@ class VisualMemory(nn.Module):
         if has_image is not None:
             has_image = torch.as_tensor(has_image, device=prompts.device)
             if has_image.shape != (prompts.shape[0],):
-                raise ValueError(
-                    f"has_image must have shape [batch={prompts.shape[0]}], got {tuple(has_image.shape)}"
-                )
+                raise ValueError(f"has_image must have shape [batch={prompts.shape[0]}], got {tuple(has_image.shape)}")
             # Paper 5.2: samples without an image get zero visual prompts, position embeddings only.
             prompts = prompts * has_image.to(prompts.dtype).view(-1, 1, 1)
         return F.pad(prompts, (0, 0, 0, cfg.num_entries - n_visual))
@@ -145,17 +153,27 @@ class VisualMemory(nn.Module):
         if self.config.position_mode == "add":
             return key_vis + pos_k, value_vis + pos_v
         batch = prompts.shape[0]
-        return (torch.cat([key_vis, pos_k.expand(batch, -1, -1)], dim=1),
-                torch.cat([value_vis, pos_v.expand(batch, -1, -1)], dim=1))
+        return (
+            torch.cat([key_vis, pos_k.expand(batch, -1, -1)], dim=1),
+            torch.cat([value_vis, pos_v.expand(batch, -1, -1)], dim=1),
+        )
 
 
 def _rms_normalize(u: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return u * torch.rsqrt(u.pow(2).mean(dim=-1, keepdim=True) + eps)
 
 
-def retrieve(x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, activation: nn.Module,
-             scale: float, dropout: float = 0.0, training: bool = False,
-             blocked: torch.Tensor | None = None, key_gain: float = 1.0) -> torch.Tensor:
+def retrieve(
+    x: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    activation: nn.Module,
+    scale: float,
+    dropout: float = 0.0,
+    training: bool = False,
+    blocked: torch.Tensor | None = None,
+    key_gain: float = 1.0,
+) -> torch.Tensor:
     """s * phi(x (g K)^T) V for x [B, L, d] and K, V [B or 1, n, d]: the visual part of eq. 6 / eq. 12
     (``key_gain`` g scales the keys; fold a value gain into ``scale``). x may be any shape of
     ``methods.base.per_sample_rows`` (OPT's flattened tokens, beams).
@@ -163,6 +181,7 @@ def retrieve(x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, activati
     ``blocked`` ([B or 1, n] bool) sets phi(x K_i^T) = 0 for those entries (the knowledge
     distortion of the paper's Fig. 6).
     """
+
     def weights_of(rows: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         weights = F.dropout(activation(retrieval_scores(rows, k, key_gain)), dropout, training)
         if blocked is not None:
@@ -194,8 +213,7 @@ class MemVPModel(FFNMemoryModel):
     supports_probing = True
     state_keys = ("blocked_entries",)
 
-    def __init__(self, language_model: nn.Module, config: MemVPConfig,
-                 vision_encoder: nn.Module | None = None):
+    def __init__(self, language_model: nn.Module, config: MemVPConfig, vision_encoder: nn.Module | None = None):
         super().__init__()
         self.vision_encoder = None
         self.memvp_config = config = type(config).from_dict(config.to_dict())  # our own resolved copy
@@ -209,8 +227,9 @@ class MemVPModel(FFNMemoryModel):
         # Per MemVP layer: (a_k, a_v), the FFN's key-row and value-column lengths / sqrt(d) ('ffn'), or 1.
         self.entry_gains = self._size_entries(config)
         device = next(iter(language_model.parameters())).device
-        self.visual_memory = VisualMemory(config, self._hidden_size, len(self.sites),
-                                          config.share_position_embeddings, device=device)
+        self.visual_memory = VisualMemory(
+            config, self._hidden_size, len(self.sites), config.share_position_embeddings, device=device
+        )
         if config.train_layernorms:
             for module in language_model.modules():
                 if _NORM_CLASS.search(type(module).__name__):
@@ -233,8 +252,10 @@ class MemVPModel(FFNMemoryModel):
             self.set_feature_mean(mean)
             return "centred on it"
         if share > COMMON_SHARE_WARNING and not config.center_features:
-            return ("MemVP's keys and values will be near copies of each other, so retrieval cannot tell the "
-                    "entries apart: memvp.center_features: true subtracts the mean (docs/memory_scale.md)")
+            return (
+                "MemVP's keys and values will be near copies of each other, so retrieval cannot tell the "
+                "entries apart: memvp.center_features: true subtracts the mean (docs/memory_scale.md)"
+            )
         return None
 
     # ----------------------------------------------------------------------------- structure
@@ -247,8 +268,9 @@ class MemVPModel(FFNMemoryModel):
             keys, values = [], []
             for site in self.sites:
                 keys.append(_median_neuron_length(find_path(site.layer, self.layout.keys), self._hidden_size, "in"))
-                values.append(_median_neuron_length(find_path(site.layer, self.layout.values), self._hidden_size,
-                                                    "out"))
+                values.append(
+                    _median_neuron_length(find_path(site.layer, self.layout.values), self._hidden_size, "out")
+                )
             if any(v is None for v in keys + values):  # meta-device weights or an unknown layout
                 keys = values = [float(self._hidden_size) ** 0.5] * len(self.sites)  # unit-RMS rows
             else:
@@ -256,8 +278,10 @@ class MemVPModel(FFNMemoryModel):
         else:
             keys, values = config.key_norms, config.value_norms
             if len(keys) != len(self.sites) or len(values) != len(self.sites):
-                raise ValueError(f"MemVPConfig.key_norms/value_norms have {len(keys)}/{len(values)} entries "
-                                 f"but the model has {len(self.sites)} MemVP layers")
+                raise ValueError(
+                    f"MemVPConfig.key_norms/value_norms have {len(keys)}/{len(values)} entries "
+                    f"but the model has {len(self.sites)} MemVP layers"
+                )
         root_d = float(self._hidden_size) ** 0.5
         return [(float(k) / root_d, float(v) / root_d) for k, v in zip(keys, values)]
 
@@ -272,15 +296,21 @@ class MemVPModel(FFNMemoryModel):
         return key_gain * memory.key_log_gain[index].exp(), scale * memory.output_gate[index]
 
     # ----------------------------------------------------------------------------- entries and reading
-    def make_entries(self, visual_features: torch.Tensor | None, has_image: torch.Tensor | None,
-                     blocked_entries: torch.Tensor | None = None) -> tuple[list, torch.Tensor | None]:
+    def make_entries(
+        self,
+        visual_features: torch.Tensor | None,
+        has_image: torch.Tensor | None,
+        blocked_entries: torch.Tensor | None = None,
+    ) -> tuple[list, torch.Tensor | None]:
         """(keys and values of every position table, the blocked-entries mask or None)."""
         prompts = self.visual_memory.prompts(visual_features, has_image)
         tables = [self.visual_memory.entries(prompts, t) for t in range(self.visual_memory.num_tables)]
         n_entries = tables[0][0].shape[1]
         if blocked_entries is not None and blocked_entries.shape[-1] != n_entries:
-            raise ValueError(f"blocked_entries must have {n_entries} entries per sample (the visual "
-                             f"memory's size), got shape {tuple(blocked_entries.shape)}")
+            raise ValueError(
+                f"blocked_entries must have {n_entries} entries per sample (the visual "
+                f"memory's size), got shape {tuple(blocked_entries.shape)}"
+            )
         return tables, None if blocked_entries is None else blocked_entries.bool()
 
     def read(self, index: int, x: torch.Tensor, entries, ffn_output: torch.Tensor) -> torch.Tensor | None:
@@ -290,20 +320,25 @@ class MemVPModel(FFNMemoryModel):
         tables, blocked = entries
         keys, values = tables[site.table]
         key_gain, scale = self.site_gains(index)
-        delta = retrieve(x, keys, values, site.activation, scale, self.memvp_config.dropout, self.training,
-                         blocked, key_gain)
+        delta = retrieve(
+            x, keys, values, site.activation, scale, self.memvp_config.dropout, self.training, blocked, key_gain
+        )
         if self._probe is not None:
             self._probe["sites"].append(_site_stats(x, keys, site.name, site.activation, key_gain, delta, ffn_output))
         return delta
 
-    def set_visual_memory(self, visual_features: torch.Tensor | None = None,
-                          has_image: torch.Tensor | None = None,
-                          blocked_entries: torch.Tensor | None = None,
-                          pixel_values: torch.Tensor | None = None) -> None:
+    def set_visual_memory(
+        self,
+        visual_features: torch.Tensor | None = None,
+        has_image: torch.Tensor | None = None,
+        blocked_entries: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+    ) -> None:
         """Compute the visual memory once for the next language-model calls (``forward`` and
         ``generate`` do it for you); it stays until the next call."""
-        self.set_visual_state(self.features_of(visual_features, pixel_values), has_image,
-                              blocked_entries=blocked_entries)
+        self.set_visual_state(
+            self.features_of(visual_features, pixel_values), has_image, blocked_entries=blocked_entries
+        )
 
     @property
     def needs_feature_mean(self) -> bool:
@@ -314,7 +349,9 @@ class MemVPModel(FFNMemoryModel):
         """Centre the visual features on the mean of ``features`` ([..., visual_dim], e.g. every frame
         or patch of the training split): kept in the config, so a saved adapter reloads with it."""
         if features.shape[-1] != self.visual_dim:
-            raise ValueError(f"features for the mean must end in visual_dim={self.visual_dim}, got {tuple(features.shape)}")
+            raise ValueError(
+                f"features for the mean must end in visual_dim={self.visual_dim}, got {tuple(features.shape)}"
+            )
         self.visual_memory.set_feature_mean(features.reshape(-1, self.visual_dim).float().mean(dim=0))
 
     # ----------------------------------------------------------------------------- instruments
@@ -358,24 +395,44 @@ def _median_neuron_length(linear: nn.Module | None, hidden_size: int, side: str)
 
 
 @torch.no_grad()
-def _site_stats(x: torch.Tensor, keys: torch.Tensor, name: str, activation: nn.Module, key_gain,
-                delta: torch.Tensor, ffn_output: torch.Tensor) -> dict:
+def _site_stats(
+    x: torch.Tensor,
+    keys: torch.Tensor,
+    name: str,
+    activation: nn.Module,
+    key_gain,
+    delta: torch.Tensor,
+    ffn_output: torch.Tensor,
+) -> dict:
     """Per-token lengths of the memory's output and the FFN's own output, and the retrieval scores'
     sign and spread, for the instruments (memvp.instruments)."""
     samples, d = keys.shape[0], x.shape[-1]
     scores = retrieval_scores(x.reshape(samples, -1, d).float(), keys.float().to(x.device), key_gain)
     weights = activation(scores)
     share = weights.abs().amax(-1) / weights.abs().sum(-1).clamp_min(1e-12)
-    return {"name": name, "memory_norm": delta.float().norm(dim=-1).reshape(-1),
-            "ffn_norm": ffn_output.float().norm(dim=-1).reshape(-1),
-            "positive_scores": (scores > 0).float().mean(-1).reshape(-1),
-            "score_std": scores.std(-1).reshape(-1), "top_share": share.reshape(-1)}
+    return {
+        "name": name,
+        "memory_norm": delta.float().norm(dim=-1).reshape(-1),
+        "ffn_norm": ffn_output.float().norm(dim=-1).reshape(-1),
+        "positive_scores": (scores > 0).float().mean(-1).reshape(-1),
+        "score_std": scores.std(-1).reshape(-1),
+        "top_share": share.reshape(-1),
+    }
 
 
-def get_memvp_model(language_model: nn.Module, config: MemVPConfig,
-                    vision_encoder: nn.Module | None = None) -> MemVPModel:
+def get_memvp_model(
+    language_model: nn.Module, config: MemVPConfig, vision_encoder: nn.Module | None = None
+) -> MemVPModel:
     """Wrap a transformers LM (frozen) with MemVP, like ``peft.get_peft_model``."""
     return MemVPModel(language_model, config, vision_encoder)
 
 
-__all__ = ["MemVPModel", "VisualMemory", "get_memvp_model", "retrieve", "retrieval_scores", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = [
+    "MemVPModel",
+    "VisualMemory",
+    "get_memvp_model",
+    "retrieve",
+    "retrieval_scores",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+]

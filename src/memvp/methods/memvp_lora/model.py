@@ -24,8 +24,13 @@ class MemVPLoraModel(MemVPModel):
         from peft import LoraConfig, TaskType, get_peft_model
 
         task = TaskType.SEQ_2_SEQ_LM if language_model.config.is_encoder_decoder else TaskType.CAUSAL_LM
-        lora = LoraConfig(r=int(config.lora_r), lora_alpha=float(config.lora_alpha), lora_dropout=float(config.lora_dropout),
-                          target_modules=config.lora_target_modules, task_type=task)
+        lora = LoraConfig(
+            r=int(config.lora_r),
+            lora_alpha=float(config.lora_alpha),
+            lora_dropout=float(config.lora_dropout),
+            target_modules=config.lora_target_modules,
+            task_type=task,
+        )
         # In place: the returned PeftModel only wraps the same modules, which MemVP then hooks.
         tuner = get_peft_model(language_model, lora).base_model
         super().__init__(tuner.model, config, vision_encoder)  # freezes the whole LM, LoRA included
