@@ -252,7 +252,7 @@ def test_skipped_questions_are_counted_listed_and_scored_wrong(tiny, tmp_path, c
         assert main([*eval_args, f"output_dir={tmp_path / 'drop'}", "score_skipped=drop"]) == 0
     finally:
         (tmp_path / "moved.png").rename(image)
-    assert "skipped 3 eval sample(s) of 12" in capsys.readouterr().out
+    assert "skipped 3 eval sample(s) of 12" in capsys.readouterr().err
     train_metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert "skipped" not in train_metrics and train_metrics["eval"]["skipped"]["count"] == 3
     wrong = json.loads((tmp_path / "wrong" / "eval_metrics.json").read_text())
@@ -418,7 +418,7 @@ def test_malformed_llava_message_names_the_conversation_and_skip_bad_lists_it(ti
         capsys, str(tmp_path / "llava.json"), "conversation 'bad-string'", "message 0 is 'hello'", "--skip-bad"
     )
     assert main([*args, f"output_dir={tmp_path / 'skipped'}", "--skip-bad"]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert (
         "skipped 3 malformed record(s) of train_data: conversation 'bad-string', conversation 'bad-null', "
         "conversation 'escapes' (e.g."

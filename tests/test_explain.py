@@ -423,7 +423,7 @@ def test_explain_command(saved, capsys):
     [
         (("--image", "missing.png"), "image not found"),
         (("--image", "broken.png"), "cannot read image"),
-        (("--adapter", "nowhere"), "not a MemVP adapter"),
+        (("--adapter", "nowhere"), "holds no adapter"),
         (("--adapter", "adapter8"), "expects 8-d visual features"),
         (("--adapter", "foreign"), "saved for a llama model"),
         (("--max-length", "20"), "too long"),

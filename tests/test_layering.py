@@ -18,7 +18,7 @@ LAYERS = [
     {"save_load", "vision", "metrics"},
     {"methods", "feature_cache", "pretrained", "datasets", "instruments"},
     {"inputs"},
-    {"generation"},
+    {"generation", "loading"},
     {"training"},
     {"flops", "bench", "explain", "explain_plot", "serve"},
     {"recipes"},

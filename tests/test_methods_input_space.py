@@ -170,3 +170,26 @@ def test_bad_baseline_configs_and_features():
         BaselineConfig.from_dict({"method": "text_only", "rank": 4})
     with pytest.raises(ValueError, match="visual_dim=12"):
         _input_space()(input_ids=torch.randint(3, VOCAB, (1, 4)), visual_features=torch.randn(1, 3, 7))
+
+
+def test_input_space_lora_exports_as_peft_and_merges(tmp_path):
+    from peft import PeftModel
+
+    model = _input_space()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    ids = torch.randint(3, VOCAB, (2, 5))
+    with torch.no_grad():
+        text_only = model(input_ids=ids).logits  # the LM with LoRA, no visual tokens
+        with_image = model(input_ids=ids, visual_features=torch.randn(2, N_VIS, VIS_DIM)).logits
+    model.save_peft_adapter(tmp_path / "peft")
+    peft = PeftModel.from_pretrained(tiny_model("llama"), tmp_path / "peft").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(peft(input_ids=ids).logits, text_only)
+    model.merge_lora()
+    assert not any("lora_" in n for n, _ in model.language_model.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, text_only, atol=1e-5, rtol=1e-5)
+    assert with_image.shape[1] == text_only.shape[1] + N_VIS

@@ -152,3 +152,39 @@ def test_stage2_starts_from_the_stage1_adapter(tmp_path):
     other = build_model("memvp_lora", tiny_model("llama"), VIS, memvp={"num_entries": N + 2, "lora_r": 4})
     with pytest.raises(ValueError, match="do not fit this MemVPLoraModel, e.g. visual_memory.key_position"):
         init_from_adapter(other, tmp_path / "stage1")
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+def test_the_lora_part_is_a_standard_peft_adapter(arch, tmp_path):
+    """save_peft_adapter writes peft's own folder: PeftModel.from_pretrained on a fresh copy of the LM gives
+    the joint model's logits with MemVP off (bypassed)."""
+    from peft import PeftModel
+
+    joint = _joint(arch)
+    _randomise([(n, p) for n, p in joint.named_parameters() if p.requires_grad])
+    joint.save_peft_adapter(tmp_path / "peft")
+    assert {p.name for p in (tmp_path / "peft").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+    inputs = lm_inputs(joint)
+    with torch.no_grad(), joint.bypassed():
+        ours = joint(**inputs).logits
+    peft = PeftModel.from_pretrained(tiny_model(arch, dtype=torch.float64), tmp_path / "peft").double().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(peft(**inputs).logits, ours)
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])  # OPT's LoRA wraps fc1 / fc2, the very modules MemVP hooks
+def test_merge_lora_keeps_the_outputs_and_memvp_hooked(arch, tmp_path):
+    joint = _joint(arch, lora_target_modules="all-linear")
+    _randomise([(n, p) for n, p in joint.named_parameters() if p.requires_grad])
+    inputs, feats = lm_inputs(joint), torch.randn(2, 4, VIS, dtype=torch.float64)
+    with torch.no_grad():
+        before = joint(**inputs, visual_features=feats).logits
+        blind = joint(**inputs).logits
+    joint.merge_lora()
+    assert not any("lora_" in n for n, _ in joint.language_model.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(joint(**inputs, visual_features=feats).logits, before)
+        torch.testing.assert_close(joint(**inputs).logits, blind)
+    assert not torch.allclose(before, blind)  # the memory is still read after merging
+    with pytest.raises(ValueError, match="merged into the language model"):
+        joint.save_pretrained(tmp_path / "adapter")

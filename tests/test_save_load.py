@@ -32,9 +32,11 @@ def test_round_trip_gives_identical_logits(tmp_path):
     mem.save_pretrained(tmp_path)
     assert sorted(os.listdir(tmp_path)) == sorted(["README.md", CONFIG_NAME, WEIGHTS_NAME])
     card = (tmp_path / "README.md").read_text()  # a model card, ready to share
-    assert card.startswith("---\nlibrary_name: memvp\n") and "# MemVPModel adapter for a llama model" in card
+    assert card.startswith("---\nlibrary_name: memvp\n") and "# memvp adapter for a llama model" in card
     assert f"- trainable parameters: {mem.get_nb_trainable_parameters()[0]:,d}" in card
     assert f'"num_entries": {CFG.num_entries}' in card and "load_adapter(language_model" in card
+    # without the pipeline training records, the card says the models must be given
+    assert 'load_pretrained("path/to/this/folder", language_model="...", vision_encoder="...")' in card
     loaded = MemVPModel.from_pretrained(tiny_model("llama"), tmp_path)
     assert not any(p.requires_grad for p in loaded.parameters())
     inputs, feats = lm_inputs(mem.language_model), torch.randn(2, 4, 12)

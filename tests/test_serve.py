@@ -135,7 +135,7 @@ def test_binds_to_localhost_by_default():
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (("--adapter", "nowhere"), "not a MemVP adapter"),
+        (("--adapter", "nowhere"), "holds no adapter"),
         (("--port", "70000"), "--port must be"),
         (("--max-new-tokens", "200"), "must exceed --max-new-tokens"),
     ],

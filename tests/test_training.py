@@ -43,15 +43,19 @@ def test_train_save_load_predict_eval(tiny, capsys):
     assert set(metrics["eval"]) >= {"overall", "count", "per_type"} and metrics["eval"]["count"] == 12
     train_predictions = json.loads((run / "predictions_eval.json").read_text())
     assert len(train_predictions) == 12
-    # The adapter folder is ready to share: a model card with base model, method, data and metrics.
-    card = (run / "adapter" / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: memvp\nbase_model: " + str(root / "lm"))
-    assert (
-        "# memvp adapter for " + str(root / "lm") in card
-        and f"- trainable parameters: {metrics['trainable_parameters']:,d}" in card
-    )
-    assert "questions_train.json" in card and "questions_test.json" in card
-    assert f'"overall": {metrics["eval"]["overall"]}' in card
+    # The adapter folder is ready to share: a Hugging Face model card with method, data and metrics
+    # (the metrics as model-index results; no base_model: a local path is not a Hub id).
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(run / "adapter" / "README.md")
+    assert card.data.library_name == "memvp" and card.data.pipeline_tag == "image-text-to-text"
+    assert "memvp" in card.data.tags and card.data.base_model is None
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results["overall"] == metrics["eval"]["overall"] and "count" not in results
+    assert "# memvp adapter for " + str(root / "lm") in card.text
+    assert f"- trainable parameters: {metrics['trainable_parameters']:,d}" in card.text
+    assert "questions_train.json" in card.text and "questions_test.json" in card.text
+    assert 'load_pretrained("path/to/this/folder")' in card.text  # the adapter records its pipeline
 
     assert (
         main(["eval", str(root / "train.yaml"), "--adapter", str(run / "adapter"), f"output_dir={root / 'eval'}"]) == 0
@@ -190,7 +194,7 @@ def test_bad_input_is_a_clear_error_with_nonzero_exit(tiny, capsys, tmp_path):
         assert "COCO_train_000000000003.png" in capsys.readouterr().err
         assert not (tmp_path / "run" / "metrics.json").exists()
         assert main(["train", cfg, out, "max_steps=1", "--skip-bad", "feature_cache=" + str(tmp_path / "c2")]) == 0
-        assert "skipped 3 train sample(s) of 36: 1 image" in capsys.readouterr().out
+        assert "skipped 3 train sample(s) of 36: 1 image" in capsys.readouterr().err
         assert json.loads((tmp_path / "run" / "metrics.json").read_text())["train_samples"] == 33
     finally:
         (tmp_path / "moved.png").rename(image)
@@ -270,7 +274,7 @@ def test_evaluation_reports_truncated_prompts(tiny, capsys, tmp_path):
     """Issue 12.8: eval and predict cut long prompts without a word; training reported it."""
     cfg = str(tiny / "train.yaml")
     assert main(["train", cfg, f"output_dir={tmp_path / 'run'}", "max_steps=1", "max_length=8"]) == 0
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert "(evaluation)" in printed
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["eval"]["truncated_prompts"] == metrics["eval"]["count"] == 12
@@ -354,7 +358,7 @@ def test_vit_adapters_train_save_load_and_predict_through_the_cli(tiny, capsys):
         f"feature_cache={root / 'no-cache-here'}",
     ]
     assert main(["train", str(root / "train.yaml"), *overrides]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "ViT adapters, which train with the method" in out and "effective lr 0.05" in out
     assert not (root / "no-cache-here").exists()  # nothing encoded ahead: the adapters change the features
     from safetensors.torch import load_file
@@ -473,3 +477,63 @@ def test_fp16_trains_with_a_gradient_scaler(tiny, cpu_fp16, capsys):
     options["init_scale"] = 2.0**60
     assert main([*args, f"output_dir={tiny / 'run-fp16-overflow'}", "max_steps=2"]) == 0
     assert scalers[-1].get_scale() < 2.0**60
+
+
+def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = {}
+    for events in {p.parent for p in folder.rglob("events.out.tfevents.*")}:  # the run's, and its hparams'
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        scalars.update({tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]})
+    return scalars
+
+
+def test_tensorboard_holds_the_loss_the_instruments_and_the_evaluation(tiny, capsys):
+    run = tiny / "run-tensorboard"
+    assert (
+        main(
+            [
+                "train",
+                str(tiny / "train.yaml"),
+                f"output_dir={run}",
+                "report_to=[tensorboard]",
+                "max_steps=4",
+                "eval_every=2",
+            ]
+        )
+        == 0
+    )
+    scalars = _tensorboard_scalars(run / "logs")
+    curve = [line.split(",") for line in (run / "loss_curve.csv").read_text().splitlines()[1:]]
+    assert [s for s, _ in scalars["loss"]] == [1, 2, 3, 4]
+    assert [v for _, v in scalars["loss"]] == pytest.approx([float(r[2]) for r in curve], rel=1e-5)
+    assert [s for s, _ in scalars["residual_ratio_max"]] == [1, 4]  # the instruments' steps (first and last)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert scalars["eval/overall"][-1] == (4, pytest.approx(metrics["eval"]["overall"]))
+    assert scalars["eval/overall"][0][0] == 2 and "lr" in scalars and "samples_per_s" in scalars
+
+
+def test_the_resolved_config_is_written_first_and_trains_the_same_run(tiny, tmp_path, capsys, monkeypatch):
+    """output_dir/config.yaml: every key, data paths absolute; `memvp train` of it from another folder gives
+    the same loss curve. -q keeps the info lines off stderr, -v adds nothing that breaks a run."""
+    from memvp.training import TrainConfig
+
+    run = tmp_path / "run"
+    assert main(["-q", "train", str(tiny / "train.yaml"), f"output_dir={run}", "max_steps=2", "eval_data=null"]) == 0
+    assert "effective lr" not in capsys.readouterr().err
+    written = yaml.safe_load((run / "config.yaml").read_text())
+    assert written["max_steps"] == 2 and written["output_dir"] == str(run) and written["eval_data"] is None
+    assert written["train_data"]["questions_file"] == str(tiny / "data" / "questions_train.json")
+    assert "_base_dir" not in written["train_data"]
+    monkeypatch.chdir(tmp_path)  # relative paths would break here; the written ones are absolute
+    again = tmp_path / "again"
+    assert main(["-v", "train", str(run / "config.yaml"), f"output_dir={again}"]) == 0
+    assert "effective lr" in capsys.readouterr().err
+
+    def curve(folder):  # step, epoch, loss, lr (samples/s is timing)
+        return [line.split(",")[:4] for line in (folder / "loss_curve.csv").read_text().splitlines()]
+
+    assert curve(again) == curve(run)
+    assert TrainConfig.from_yaml(run / "config.yaml").max_steps == 2

@@ -104,7 +104,7 @@ def test_run_killed_while_saving_resumes_to_the_same_result(tiny, uninterrupted,
     assert not (run / "adapter").exists()
 
     assert main(["train", str(tiny / "train.yaml"), f"output_dir={run}", *ARGS, "resume=latest"]) == 0
-    assert f"resumed from {run / 'checkpoint-4'} at step 4" in capsys.readouterr().out
+    assert f"resumed from {run / 'checkpoint-4'} at step 4" in capsys.readouterr().err
     assert_identical(run, uninterrupted)
     # The leftover is gone, the newest two checkpoints kept.
     assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name) == ["checkpoint-4", "checkpoint-6"]
@@ -127,7 +127,7 @@ def test_resume_latest_without_checkpoint_starts_fresh_and_bad_paths_fail(tiny, 
     cfg = str(tiny / "train.yaml")
     run = tiny / "fresh"
     assert main(["train", cfg, f"output_dir={run}", "max_steps=1", "resume=latest", "eval_data=null"]) == 0
-    assert "no checkpoint in" in capsys.readouterr().out
+    assert "no checkpoint in" in capsys.readouterr().err
     assert main(["train", cfg, f"output_dir={run}", f"resume={run / 'adapter'}"]) == 2
     assert "is not a training checkpoint" in capsys.readouterr().err
     # The data position means nothing with another batch size.
@@ -169,7 +169,7 @@ def test_damaged_checkpoint_of_the_right_size_is_passed_over(tiny, uninterrupted
         checkpoint.resolve_resume(str(run / "checkpoint-6"), run)
     capsys.readouterr()
     assert main(["train", str(tiny / "train.yaml"), f"output_dir={run}", *ARGS, "--resume"]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert notes[0] in out and f"resumed from {run / 'checkpoint-4'} at step 4" in out
     assert_identical(run, uninterrupted)
 
@@ -273,7 +273,7 @@ def test_resume_honours_a_new_lr_and_max_steps(tiny, uninterrupted, capsys):
         main(["train", str(tiny / "train.yaml"), f"output_dir={tiny / 'new-lr'}", *ARGS, "lr=0.5", f"resume={start}"])
         == 0
     )
-    assert "resuming with changed settings: lr=0.01 (this config: 0.5)" in capsys.readouterr().out
+    assert "resuming with changed settings: lr=0.01 (this config: 0.5)" in capsys.readouterr().err
     new = rows(tiny / "new-lr")
     assert new[:4] == old[:4] and len(new) == 8  # the first 4 steps come from the checkpoint
     for a, b in zip(old[4:], new[4:]):

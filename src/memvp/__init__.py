@@ -1,6 +1,7 @@
 """memvp: memory-space visual prompting (MemVP, ICML 2024) for Hugging Face transformers models."""
 
 from .architectures import ARCHITECTURES, FFNLayout, register_architecture
+from .loading import Pretrained, load_pretrained
 from .methods import METHODS, build_model, load_adapter, register_method
 from .methods.input_space import BaselineConfig, InputSpaceModel
 from .methods.memvp import MemVPConfig, MemVPModel, VisualMemory, get_memvp_model, retrieve
@@ -20,6 +21,8 @@ from .vision import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "load_pretrained",
+    "Pretrained",
     "METHODS",
     "build_model",
     "load_adapter",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shlex
 import sys
@@ -84,7 +85,6 @@ def _bench(args) -> None:
 
 def _add_explain_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("explain", help="which image regions each question word retrieves (paper Fig. 5/6)")
-    p.add_argument("--adapter", required=True, help="adapter directory (MemVPModel.save_pretrained)")
     p.add_argument("--image", required=True, help="the image")
     p.add_argument("--question", required=True, help="the question, as it would appear in a data set")
     p.add_argument("--tokens", nargs="+", metavar="WORD", help="words of the question to map (default: all)")
@@ -96,40 +96,71 @@ def _add_explain_parser(subparsers) -> argparse.ArgumentParser:
         help="also answer with the K most responsive visual entries blocked in every layer",
     )
     p.add_argument("--output", help="PNG to write (default: explain_<image name>.png)")
-    p.add_argument("--language-model", default="smollm2", help="the adapter's base model (default smollm2)")
-    p.add_argument(
-        "--vision-encoder",
-        default=DEMO_VISION,
-        help=f"the encoder the adapter was trained with (default {DEMO_VISION}, as the demo)",
-    )
     p.add_argument(
         "--absolute",
         action="store_true",
         help="map |phi| (how much of each entry is read, whatever the sign) instead of phi",
     )
-    p.add_argument("--max-new-tokens", type=int, default=10)
-    p.add_argument("--max-length", type=int, default=128, help="prompt + answer tokens, as in training")
+    _add_adapter_arguments(p)
     return p
+
+
+def _add_adapter_arguments(p: argparse.ArgumentParser) -> None:
+    """What ``load_pretrained`` takes from the adapter unless a flag overrides it."""
+    p.add_argument("--adapter", required=True, help="adapter directory or Hub id (any method's save_pretrained)")
+    p.add_argument(
+        "--language-model",
+        help="the adapter's base model (default: the one it records; smollm2 for adapters that record none)",
+    )
+    p.add_argument(
+        "--vision-encoder",
+        help=f"the encoder it was trained with (default: the one it records; {DEMO_VISION} for adapters that "
+        "record none)",
+    )
+    p.add_argument("--max-new-tokens", type=int, help="answer tokens (default: as in training, else 10)")
+    p.add_argument("--max-length", type=int, help="prompt + answer tokens (default: as in training, else 128)")
+
+
+def _load_adapter(args: argparse.Namespace):
+    """``load_pretrained`` of ``--adapter``, flags overriding what it records; adapters that record nothing
+    (saved before adapter format 2) get the demo's models unless flags name others."""
+    from .loading import load_pretrained, recorded_pipeline
+
+    recorded = recorded_pipeline(args.adapter)
+    loaded = load_pretrained(
+        args.adapter,
+        args.language_model or (None if recorded.get("language_model") else "smollm2"),
+        args.vision_encoder or (None if recorded.get("vision_encoder") else DEMO_VISION),
+    )
+    loaded.max_new_tokens = args.max_new_tokens or loaded.max_new_tokens
+    loaded.max_length = args.max_length or loaded.max_length
+    if loaded.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {loaded.max_new_tokens}")
+    if loaded.max_length <= loaded.max_new_tokens:
+        raise ValueError(f"--max-length ({loaded.max_length}) must exceed --max-new-tokens ({loaded.max_new_tokens})")
+    return loaded
 
 
 def _explain(args: argparse.Namespace) -> int:
     """Run ``memvp explain``; bad input raises ValueError / FileNotFoundError (the CLI exits 2)."""
     import torch
 
-    from .explain import explain, grid_region, load_explainer
+    from .explain import explain, grid_region, require_maps
     from .explain_plot import plot_explanation
     from .instruments import format_report
     from .vision import load_image
 
     if args.block_top < 0:
         raise ValueError(f"--block-top must be >= 0, got {args.block_top}")
-    if args.max_new_tokens < 1:
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     image = load_image(args.image)  # a missing / corrupt image fails before the models load
     if not args.question.strip():
         raise ValueError("--question is empty")
     output = Path(args.output or f"explain_{Path(args.image).stem}.png")
-    model, tokenizer, encoder = load_explainer(args.adapter, args.vision_encoder, args.language_model)
+    loaded = _load_adapter(args)
+    require_maps(loaded.model)
+    model, tokenizer, encoder = loaded.model, loaded.tokenizer, loaded.vision_encoder
     with torch.no_grad():
         features = encoder.encode([image])
     result = explain(
@@ -139,8 +170,9 @@ def _explain(args: argparse.Namespace) -> int:
         args.question,
         args.tokens,
         args.block_top,
-        args.max_new_tokens,
-        max_length=args.max_length,
+        loaded.max_new_tokens,
+        loaded.prompt_template,
+        max_length=loaded.max_length,
         absolute=args.absolute,
     )
     plot_explanation(image, result, output, region=grid_region(encoder, *image.size))
@@ -167,29 +199,49 @@ def _add_serve_parser(subparsers) -> argparse.ArgumentParser:
         help="web demo of an adapter: upload an image, ask, read the streamed answer "
         "(gradio; binds 127.0.0.1 by default)",
     )
-    p.add_argument("--adapter", required=True, help="adapter directory (MemVPModel.save_pretrained)")
-    p.add_argument("--language-model", default="smollm2", help="the adapter's base model (default smollm2)")
-    p.add_argument(
-        "--vision-encoder",
-        default=DEMO_VISION,
-        help=f"the encoder the adapter was trained with (default {DEMO_VISION}, as the demo)",
-    )
+    _add_adapter_arguments(p)
     p.add_argument(
         "--host",
         default=DEFAULT_HOST,
         help=f"address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 opens it to the network)",
     )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    p.add_argument("--max-new-tokens", type=int, default=10)
-    p.add_argument("--max-length", type=int, default=128, help="prompt + answer tokens, as in training")
     p.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB, help="largest upload accepted")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="largest image accepted (width x height)")
     return p
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Logs to the ``sys.stderr`` of the moment (a test's capture replaces it between commands)."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler sets it; the property decides
+        pass
+
+
+def configure_logging(verbosity: int) -> None:
+    """The library's messages (logger ``memvp``) on stderr: warnings only with -q, debug details with -v."""
+    logger = logging.getLogger("memvp")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+    logger.setLevel(logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO)
+    logger.propagate = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every subcommand's parser."""
     parser = argparse.ArgumentParser(prog="memvp", description="Memory-space visual prompting (MemVP)")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="also debug messages")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="the embedded demo: synthetic VQA, MemVP vs w/o visual prompts")
@@ -306,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    configure_logging(-1 if args.quiet else 1 if args.verbose else 0)
 
     try:
         if args.command == "demo":
@@ -336,9 +389,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "explain":
             return _explain(args)
         elif args.command == "serve":
-            from .serve import serve
+            from .serve import check_serve_args, serve
 
-            return serve(args)
+            check_serve_args(args)  # before the models load
+            return serve(args, _load_adapter(args))
         elif args.command == "instruct-demo":
             from .recipes.instruct import run_instruct_demo
 

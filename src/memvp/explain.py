@@ -361,6 +361,7 @@ def explain(
 
     ``max_length`` counts prompt and answer tokens, as in training; ``absolute`` maps |phi|.
     """
+    require_maps(model)
     if block_top < 0:
         raise ValueError(f"block_top must be >= 0, got {block_top}")
     room = max_length - max_new_tokens  # as predict(): the prompt gets what the answer leaves
@@ -407,28 +408,25 @@ def grid_region(encoder, width: int, height: int) -> tuple[float, float, float, 
     return left, top, left + cw, top + ch
 
 
-def load_explainer(adapter: str | Path, vision_encoder: str, language_model: str = "smollm2"):
-    """(MemVPModel in eval mode, tokenizer, vision encoder) for an adapter; clear errors on mismatch.
-    ``vision_encoder`` and ``language_model`` must be those the adapter was trained with."""
-    from .methods import check_adapter_features
-    from .methods.memvp import MemVPConfig
-    from .methods.memvp.model import CONFIG_NAME, WEIGHTS_NAME, MemVPModel
-    from .pretrained import load_language_model, load_vision_encoder
-    from .save_load import read_adapter
+def load_explainer(adapter: str | Path, vision_encoder: str | None = None, language_model: str | None = None):
+    """(model in eval mode, tokenizer, vision encoder) of a MemVP-family adapter (``memvp``,
+    ``memvp_lora``): ``load_pretrained`` with the maps' requirement checked. The models default to those
+    the adapter recorded (adapters saved before format 2 need them given)."""
+    from .loading import load_pretrained
 
-    adapter = Path(adapter)
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        if not (adapter / name).is_file():
-            raise FileNotFoundError(f"{adapter / name} not found: {adapter} is not a MemVP adapter directory")
-    meta, _, _ = read_adapter(
-        adapter, CONFIG_NAME, WEIGHTS_NAME, "a MemVP adapter directory", MemVPConfig, weights=False
-    )
-    # The vision options it was trained with (ViT adapters: their weights are in the adapter).
-    encoder = load_vision_encoder(vision_encoder, (meta.get("vision_encoder") or {}).get("options"))
-    lm, tokenizer = load_language_model(language_model)
-    model = MemVPModel.from_pretrained(lm, adapter, vision_encoder=encoder if encoder.has_adapters else None)
-    check_adapter_features(model, adapter, encoder.feature_dim, vision_encoder)
-    return model.eval(), tokenizer, encoder.eval()
+    loaded = load_pretrained(adapter, language_model, vision_encoder)
+    require_maps(loaded.model)
+    return loaded.model, loaded.tokenizer, loaded.vision_encoder
+
+
+def require_maps(model) -> None:
+    """Knowledge-locating maps read MemVP's memory: refuse other methods with one line."""
+    if not getattr(model, "supports_probing", False):
+        name = getattr(model, "method_name", None) or type(model).__name__
+        raise ValueError(
+            f"knowledge-locating maps read MemVP's memory; a {name} adapter has none (use a memvp or "
+            "memvp_lora adapter)"
+        )
 
 
 __all__ = [
@@ -449,4 +447,5 @@ __all__ = [
     "explain",
     "grid_region",
     "load_explainer",
+    "require_maps",
 ]

@@ -73,17 +73,13 @@ def load_smollm2(dtype: torch.dtype = torch.float32):
 
 
 def load_language_model(name_or_path: str, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer): ``"smollm2"`` (the offline default) or any local transformers model path."""
+    """(model, tokenizer): ``"smollm2"`` (the offline default), a local transformers model folder, or a
+    Hub id resolved as ``from_pretrained`` resolves it (with ``HF_HUB_OFFLINE=1``: from the cache)."""
     if name_or_path == "smollm2":
         return load_smollm2(dtype)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    path = Path(name_or_path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"language model {name_or_path!r} not found: give 'smollm2' or the path of "
-            "a local transformers model directory (no hub downloads here)"
-        )
+    path = _model_folder(name_or_path, "language model", "give 'smollm2', a local transformers model folder")
     config = AutoConfig.from_pretrained(path)
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     model = auto.from_pretrained(path, dtype=dtype).eval()
@@ -91,6 +87,16 @@ def load_language_model(name_or_path: str, dtype: torch.dtype = torch.float32):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _model_folder(name_or_path: str, what: str, choices: str) -> Path:
+    """A local folder, or a Hub repo id's snapshot from huggingface_hub's cache; errors say what to give."""
+    from .save_load import hub_id, resolve_local
+
+    path = Path(name_or_path)
+    if not path.exists() and hub_id(name_or_path) is None:
+        raise FileNotFoundError(f"{what} {name_or_path!r} not found: {choices}, or a Hugging Face Hub id")
+    return resolve_local(name_or_path, what)
 
 
 def load_vision_encoder(
@@ -149,12 +155,9 @@ def _load_image_encoder(name_or_path: str, options, with_projection: bool):
         SiglipVisionModel,
     )
 
-    path = Path(name_or_path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"vision encoder {name_or_path!r} not found: give 'efficientnet-lite0' or "
-            "the path of a local CLIP / SigLIP model directory"
-        )
+    path = _model_folder(
+        name_or_path, "vision encoder", "give 'efficientnet-lite0', a local CLIP / SigLIP model folder"
+    )
     model_type = AutoConfig.from_pretrained(path).model_type
     towers = {
         "clip": CLIPVisionModel,

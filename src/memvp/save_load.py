@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,23 +29,96 @@ def write_adapter(
     atomic_write_text(directory / config_name, json.dumps(meta, indent=2, sort_keys=True))
 
 
+ADAPTER_FORMAT_VERSION = 2
+"""Version of an adapter's config file. 2: it records the method, the pipeline it was trained in (language
+model, vision encoder and options, prompt template, lengths) and the memvp version, so that it loads in
+one call (``memvp.load_pretrained``). Adapters without a version (1) load with the models given."""
+
+HUB_IDS = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+"""This library's names of models with a Hub id (the offline SmolLM2 is that model, converted from its GGUF)."""
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def hub_id(name_or_path: str | None) -> str | None:
+    """The Hugging Face Hub id a model name stands for: a known alias, or a repo id ("org/name") that is
+    not a local path; None for a local path."""
+    if not name_or_path:
+        return None
+    if name_or_path in HUB_IDS:
+        return HUB_IDS[name_or_path]
+    return name_or_path if _REPO_ID.match(name_or_path) and not Path(name_or_path).exists() else None
+
+
+def resolve_local(name_or_path: str | os.PathLike, what: str) -> Path:
+    """A local folder, or a Hub repo id resolved to its snapshot through huggingface_hub's cache (as
+    ``from_pretrained`` does: with ``HF_HUB_OFFLINE=1`` only what is cached)."""
+    path = Path(name_or_path)
+    if path.exists() or hub_id(str(name_or_path)) is None:
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(str(name_or_path)))
+    except (LocalEntryNotFoundError, RepositoryNotFoundError, OSError) as e:
+        raise FileNotFoundError(
+            f"{what} {str(name_or_path)!r} is neither a local folder nor a Hugging Face repository in the cache "
+            f"({type(e).__name__}; with HF_HUB_OFFLINE=1 nothing is downloaded): give a local path, or "
+            "download it first"
+        ) from None
+
+
+def _eval_results(metrics: dict, info: dict, name: str) -> list:
+    """The card's model-index: one result per top-level numeric metric of the evaluation."""
+    from huggingface_hub import EvalResult
+
+    data = info.get("evaluation data") or {}
+    dataset = str(data.get("format", "eval_data"))
+    skip = {"count", "truncated_prompts"}
+    return [
+        EvalResult(
+            task_type="visual-question-answering",
+            dataset_type=dataset,
+            dataset_name=dataset,
+            metric_type=key,
+            metric_value=float(value),
+            metric_name=key,
+        )
+        for key, value in metrics.items()
+        if key not in skip and isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    ]
+
+
 def model_card(meta: dict, model_class: str, trainable: int, info: dict | None = None) -> str:
-    """README.md of an adapter folder, ready to share (Hugging Face model-card front matter): base
-    model, method, vision encoder, trainable parameters, config, and what ``info`` adds (training
-    data, metrics)."""
+    """README.md of an adapter folder as a Hugging Face model card (``huggingface_hub.ModelCard``): its
+    metadata (``base_model`` as a Hub id when known, ``library_name``, ``pipeline_tag``, tags, the metrics
+    as model-index results), what was trained on what, and how to load it."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    info = dict(info or {})
     base = meta["base_model"]
-    name = base.get("name_or_path") or f"a {base['model_type']} model"
-    method = meta["config"].get("method") or (info or {}).get("method") or model_class
+    pipeline = meta.get("pipeline") or {}
+    language_model = pipeline.get("language_model") or base.get("name_or_path") or ""
+    base_hub = hub_id(language_model) or hub_id(base.get("name_or_path"))
+    name = base_hub or language_model or f"a {base['model_type']} model"
+    method = meta.get("method") or meta["config"].get("method") or info.get("method") or model_class
+    metrics = info.pop("metrics", None) or {}
+    card_name = f"memvp-{method}" + (f"-{base_hub.rsplit('/', 1)[-1]}" if base_hub else "")
+    results = _eval_results(metrics, info, card_name)
+    data = ModelCardData(
+        base_model=base_hub,
+        library_name="memvp",
+        pipeline_tag="image-text-to-text",
+        model_name=card_name if results else None,
+        tags=["memvp", "vision-language", method],
+        eval_results=results or None,
+    )
+    shown = {  # long statistics (MemVP's feature_mean: visual_dim numbers) stay in the config file
+        k: f"<{len(v)} numbers, in the config file>" if isinstance(v, list) and len(v) > 64 else v
+        for k, v in meta["config"].items()
+    }
     lines = [
-        "---",
-        "library_name: memvp",
-        *([f"base_model: {base['name_or_path']}"] if base.get("name_or_path") else []),
-        "tags:",
-        "- memvp",
-        "- vision-language",
-        f"- {method}",
-        "---",
-        "",
         f"# {method} adapter for {name}",
         "",
         "Trained with [memvp](https://arxiv.org/abs/2405.05615) (memory-space visual prompting): only the "
@@ -55,16 +129,28 @@ def model_card(meta: dict, model_class: str, trainable: int, info: dict | None =
         f"{len(base['sites'])} adapted layers)",
         f"- trainable parameters: {trainable:,d}",
     ]
-    if meta.get("vision_encoder"):
-        lines.append(f"- vision encoder: `{json.dumps(meta['vision_encoder'], sort_keys=True)}`")
-    for key, value in (info or {}).items():
+    if meta.get("vision_encoder") or pipeline.get("vision_encoder"):
+        encoder = pipeline.get("vision_encoder") or meta["vision_encoder"].get("name")
+        lines.append(f"- vision encoder: `{encoder}`")
+    for key, value in info.items():
         lines.append(f"- {key}: `{json.dumps(value, sort_keys=True, default=str)}`")
-    # Long statistics (MemVP's feature_mean: visual_dim numbers) are in the config file, not the card.
-    shown = {
-        k: f"<{len(v)} numbers, in the config file>" if isinstance(v, list) and len(v) > 64 else v
-        for k, v in meta["config"].items()
-    }
+    if metrics:
+        lines.append(f"- metrics: `{json.dumps(metrics, sort_keys=True, default=str)}`")
     lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from memvp import load_adapter, load_pretrained",
+        "",
+        'loaded = load_pretrained("path/to/this/folder")  # or its Hub id'
+        if pipeline
+        else 'loaded = load_pretrained("path/to/this/folder", language_model="...", vision_encoder="...")',
+        'answer = loaded.ask(image, "What is in the picture?")',
+        f'model = load_adapter(language_model, "path/to/this/folder")  # only the adapter, onto {name}',
+        "```",
+        "",
+        "Or `memvp serve --adapter path/to/this/folder`, `memvp predict CONFIG --adapter ...`.",
         "",
         "## Config",
         "",
@@ -72,15 +158,8 @@ def model_card(meta: dict, model_class: str, trainable: int, info: dict | None =
         json.dumps(shown, indent=2, sort_keys=True),
         "```",
         "",
-        "## Use",
-        "",
-        "```python",
-        "from memvp import load_adapter",
-        f'model = load_adapter(language_model, "path/to/this/folder")  # language_model: {name}',
-        "```",
-        "",
     ]
-    return "\n".join(lines)
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
 
 def read_adapter(
@@ -204,6 +283,10 @@ def finish_loading(
 
 
 __all__ = [
+    "ADAPTER_FORMAT_VERSION",
+    "HUB_IDS",
+    "hub_id",
+    "resolve_local",
     "model_card",
     "write_adapter",
     "read_adapter",

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .explain import encode_prompt, explain, grid_region, load_explainer
+from .explain import encode_prompt, explain, grid_region
 from .generation import first_line
 from .inputs import DEFAULT_PROMPT_TEMPLATE
 from .vision import load_image
@@ -271,7 +271,7 @@ def build_app(
     template: str = DEFAULT_PROMPT_TEMPLATE,
     title: str = TITLE,
 ):
-    """The gradio Blocks of the demo for a loaded MemVP model (``explain.load_explainer``).
+    """The gradio Blocks of the demo for a loaded adapter (``memvp.load_pretrained``; maps for MemVP ones).
 
     Element ids (for tests and CSS): ``image`` (upload), ``preview``, ``question``, ``show-map``,
     ``ask``, ``answer``, ``status``, ``heatmap``. Launch it with ``launch`` (binds 127.0.0.1).
@@ -361,14 +361,10 @@ def launch(app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, block: bool 
 
 
 # ----------------------------------------------------------------------------- command line
-def serve(args: argparse.Namespace) -> int:
-    """Load the adapter and serve until Ctrl-C; bad options / adapter raise ValueError or FileNotFoundError."""
+def check_serve_args(args: argparse.Namespace) -> None:
+    """The serving options, checked before any model loads."""
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.max_length <= args.max_new_tokens:
-        raise ValueError(f"--max-length ({args.max_length}) must exceed --max-new-tokens ({args.max_new_tokens})")
     if args.max_upload_mb <= 0 or args.max_pixels <= 0:
         raise ValueError("--max-upload-mb and --max-pixels must be > 0")
     try:
@@ -377,22 +373,38 @@ def serve(args: argparse.Namespace) -> int:
         raise ValueError(
             "memvp serve needs gradio: pip install --no-deps gradio==6.31.0 (and the rest of requirements.txt)"
         ) from None
-    model, tokenizer, encoder = load_explainer(args.adapter, args.vision_encoder, args.language_model)
+
+
+def serve(args: argparse.Namespace, loaded) -> int:
+    """Serve a loaded adapter (``memvp.load_pretrained``) until Ctrl-C; its prompt settings are the
+    adapter's (flags override them when loading)."""
     app = build_app(
-        model,
-        tokenizer,
-        encoder,
-        max_new_tokens=args.max_new_tokens,
-        max_length=args.max_length,
+        loaded.model,
+        loaded.tokenizer,
+        loaded.vision_encoder,
+        max_new_tokens=loaded.max_new_tokens,
+        max_length=loaded.max_length,
         max_upload_mb=args.max_upload_mb,
         max_pixels=args.max_pixels,
+        template=loaded.prompt_template,
     )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
-            f"memvp serve: binding to {args.host}: anyone who can reach this machine can use the model", file=sys.stderr
+            f"memvp serve: binding to {args.host}: anyone who can reach this machine can use the model",
+            file=sys.stderr,
         )
     launch(app, args.host, args.port, block=True)
     return 0
 
 
-__all__ = ["BadInput", "read_upload", "check_question", "Answerer", "ask_steps", "build_app", "launch", "serve"]
+__all__ = [
+    "BadInput",
+    "read_upload",
+    "check_question",
+    "Answerer",
+    "ask_steps",
+    "build_app",
+    "launch",
+    "serve",
+    "check_serve_args",
+]

@@ -60,6 +60,7 @@ from .registry import (
     get_format,
     load_samples,
     register_format,
+    resolve_paths,
     score,
 )
 from .schema import LLAVA_SHORT_ANSWER_PROMPT, SCIENCEQA_ANSWER_PREFIX, Sample, scienceqa_prompt
@@ -75,6 +76,7 @@ __all__ = [
     "DatasetFormat",
     "FORMATS",
     "register_format",
+    "resolve_paths",
     "get_format",
     "load_samples",
     "score",

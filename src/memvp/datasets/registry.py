@@ -88,6 +88,20 @@ def _use_feature_files(samples: list[Sample], features_dir: str, pattern: str) -
     return samples
 
 
+def resolve_paths(spec: dict, base_dir: str | os.PathLike | None) -> dict:
+    """The spec with its format's path arguments (and ``features_dir``) joined to ``base_dir``; absolute
+    paths stay as they are."""
+    if base_dir is None or "format" not in spec:
+        return dict(spec)
+    spec = dict(spec)
+    for k in (get_format(spec["format"]).path_keys | {"features_dir"}) & spec.keys():
+        if isinstance(spec[k], (list, tuple)):  # several files (POPE splits, parquet shards)
+            spec[k] = [os.path.join(base_dir, v) for v in spec[k]]
+        elif spec[k] is not None:
+            spec[k] = os.path.join(base_dir, spec[k])
+    return spec
+
+
 def load_samples(
     spec: dict, base_dir: str | os.PathLike | None = None, skipped: dict[str, str] | None = None
 ) -> list[Sample]:
@@ -109,15 +123,9 @@ def load_samples(
     """
     if "format" not in spec:
         raise ValueError(f"dataset spec has no 'format' key; formats: {sorted(FORMATS)}")
-    kwargs = {k: v for k, v in spec.items() if k != "format"}
-    features_pattern = kwargs.pop("features_pattern", DEFAULT_FEATURES_PATTERN)
     fmt = get_format(spec["format"])
-    if base_dir is not None:
-        for k in (fmt.path_keys | {"features_dir"}) & kwargs.keys():
-            if isinstance(kwargs[k], (list, tuple)):  # several files (POPE splits, parquet shards)
-                kwargs[k] = [os.path.join(base_dir, v) for v in kwargs[k]]
-            elif kwargs[k] is not None:
-                kwargs[k] = os.path.join(base_dir, kwargs[k])  # absolute values stay as they are
+    kwargs = {k: v for k, v in resolve_paths(spec, base_dir).items() if k != "format"}
+    features_pattern = kwargs.pop("features_pattern", DEFAULT_FEATURES_PATTERN)
     features_dir = kwargs.pop("features_dir", None)
     if not isinstance(features_pattern, str) or (features_dir is not None and not isinstance(features_dir, str)):
         raise ValueError("features_dir and features_pattern must be strings (a folder, a file name pattern)")
@@ -136,6 +144,7 @@ def load_samples(
 
 
 __all__ = [
+    "resolve_paths",
     "DatasetFormat",
     "Reader",
     "Scorer",

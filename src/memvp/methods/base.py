@@ -38,7 +38,14 @@ from torch import nn
 
 from ..architectures import FFNLayout, get_path, layout_for
 from ..atomic import atomic_write_text
-from ..save_load import base_model_fingerprint, finish_loading, model_card, read_adapter, write_adapter
+from ..save_load import (
+    ADAPTER_FORMAT_VERSION,
+    base_model_fingerprint,
+    finish_loading,
+    model_card,
+    read_adapter,
+    write_adapter,
+)
 from .common import (
     CAN_SEE_BACKWARD,
     answer_only_loss,
@@ -82,6 +89,12 @@ class MethodModel(nn.Module):
     supports_probing = False
     state_keys: tuple[str, ...] = ()
     """Keyword arguments of forward / generate that go to ``set_visual_state`` (MemVP's blocked entries)."""
+    method_name: str | None = None
+    """Its registered method's name (``methods.mapping`` sets it when it builds or loads a model)."""
+    pipeline: dict | None = None
+    """What it is used with, saved in the adapter so that it loads in one call (``memvp.load_pretrained``):
+    ``language_model``, ``vision_encoder``, ``vision`` options, ``num_frames``, ``prompt_template``,
+    ``max_length``, ``max_new_tokens``. Training sets it; set it yourself for a model trained elsewhere."""
 
     # ------------------------------------------------------------------------- capabilities
     def analytic_layer_flops(self, length: float, dim: int, n_visual: int) -> float:
@@ -266,7 +279,15 @@ class MethodModel(nn.Module):
         return {}
 
     def _adapter_metadata(self) -> dict[str, Any]:
-        meta = {"config": getattr(self, self.config_attr).to_dict(), "base_model": self.base_model_fingerprint()}
+        meta = {
+            "format_version": ADAPTER_FORMAT_VERSION,
+            "memvp_version": _memvp_version(),
+            "method": self.method_name,
+            "config": getattr(self, self.config_attr).to_dict(),
+            "base_model": self.base_model_fingerprint(),
+        }
+        if self.pipeline:
+            meta["pipeline"] = self.pipeline
         encoder = getattr(self, "vision_encoder", None)
         if encoder is not None and hasattr(encoder, "describe"):
             meta["vision_encoder"] = encoder.describe()
@@ -315,6 +336,15 @@ class MethodModel(nn.Module):
         )
 
 
+def _memvp_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("memvp")
+    except PackageNotFoundError:  # run from a source tree without installing
+        return "unknown"
+
+
 @dataclass
 class FFNSite:
     """One hooked FFN: where its input (the query) and its output are, its activation, and which
@@ -355,7 +385,16 @@ class FFNMemoryModel(MethodModel):
         self._entries: Any = None
         self._stale = False  # forward/generate returned: its images are no longer in use
         self._hooks: list = []
+        self._hook_sites()
+
+    def _hook_sites(self) -> None:
+        """Find each site's FFN modules in its layer and hook them (again after a merge replaced them)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
         for i, site in enumerate(self.sites):
+            site.ffn_input = get_path(site.layer, self.layout.ffn_input)
+            site.ffn_output = get_path(site.layer, self.layout.ffn_output)
             # Partials of bound methods, not closures: copy.deepcopy(model) gives hooks that talk to the copy.
             self._hooks.append(
                 site.ffn_input.register_forward_pre_hook(functools.partial(self._capture, i), with_kwargs=True)

@@ -9,13 +9,14 @@ reads, None when it reads no image) and the section of a training config holding
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
 
-from ..save_load import check_same_base, read_adapter
+from ..save_load import check_same_base, read_adapter, resolve_local
 from .adem import AdemConfig, AdemModel
 from .input_space.config import BaselineConfig
 from .input_space.model import InputSpaceModel
@@ -88,9 +89,11 @@ def build_model(
     for adem. Other sections are ignored, so one call can carry every method's options (as a
     training config does). ``num_visual_tokens``: the encoder's, for methods sized by it."""
     entry = get_method(method)
-    return entry.model_class(
+    model = entry.model_class(
         language_model, entry.make_config(visual_dim, options.get(entry.section), num_visual_tokens)
     )
+    model.method_name = method
+    return model
 
 
 def _adapter_model_class(path: Path) -> type:
@@ -102,14 +105,20 @@ def _adapter_model_class(path: Path) -> type:
     raise FileNotFoundError(f"{path} holds no adapter: expected {names} in it")
 
 
-def adapter_config(path: str | os.PathLike):
-    """The method config an adapter directory was saved with (no weights read, no model built)."""
-    path = Path(path)
+def adapter_meta(path: str | os.PathLike) -> tuple[dict, object]:
+    """(the config file's contents, the parsed method config) of an adapter directory or Hub id; no
+    weights read (the weights file's header must cover the whole file: a truncated copy fails)."""
+    path = resolve_local(path, "adapter")
     cls = _adapter_model_class(path)
-    _, config, _ = read_adapter(
+    meta, config, _ = read_adapter(
         path, cls.config_name, cls.weights_name, f"a {cls.__name__} adapter directory", cls.config_class, weights=False
     )
-    return config
+    return meta, config
+
+
+def adapter_config(path: str | os.PathLike):
+    """The method config an adapter directory was saved with (no weights read, no model built)."""
+    return adapter_meta(path)[1]
 
 
 def check_adapter(path: str | os.PathLike) -> None:
@@ -127,21 +136,38 @@ def load_adapter(
 ) -> nn.Module:
     """Load whatever adapter ``path`` holds (MemVP or a baseline) onto ``language_model``; a
     ``vision_encoder`` with ViT adapters is attached and gets the adapter's weights for them."""
-    path = Path(path)
-    return _adapter_model_class(path).from_pretrained(
+    path = resolve_local(path, "adapter")
+    cls = _adapter_model_class(path)
+    model = cls.from_pretrained(
         language_model,
         path,
         is_trainable=is_trainable,
         allow_base_mismatch=allow_base_mismatch,
         vision_encoder=vision_encoder,
     )
+    meta = json.loads((path / cls.config_name).read_text(encoding="utf-8"))  # read_adapter has checked it
+    model.method_name = method_of(cls, model, meta)
+    model.pipeline = meta.get("pipeline")
+    return model
+
+
+def method_of(cls: type, model: nn.Module, meta: dict) -> str:
+    """The registered method an adapter holds: recorded since adapter format 2; for older ones, the one
+    method of its model class whose fixed settings its config has (input_space / text_only share a class)."""
+    if meta.get("method") in METHODS:
+        return meta["method"]
+    config = getattr(model, model.config_attr)
+    for entry in METHODS.values():
+        if entry.model_class is cls and all(getattr(config, k, None) == v for k, v in entry.fixed.items()):
+            return entry.name
+    raise ValueError(f"no registered method builds a {cls.__name__} with this config")
 
 
 def init_from_adapter(model: nn.Module, path: str | os.PathLike, allow_base_mismatch: bool = False) -> tuple[int, int]:
     """Start ``model`` from another adapter's weights where they match (stage 2 from stage 1): every
     tensor the adapter holds must exist in ``model`` with the same shape; the model's other trainable
     tensors keep their initialisation. Returns (tensors loaded, tensors left new)."""
-    path = Path(path)
+    path = resolve_local(path, "adapter")
     cls = _adapter_model_class(path)
     meta, _, state = read_adapter(
         path, cls.config_name, cls.weights_name, f"a {cls.__name__} adapter directory", cls.config_class
@@ -179,6 +205,8 @@ __all__ = [
     "load_adapter",
     "check_adapter",
     "adapter_config",
+    "adapter_meta",
+    "method_of",
     "check_adapter_features",
     "init_from_adapter",
 ]

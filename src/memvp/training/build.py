@@ -3,6 +3,7 @@ output directory checked, the models built or loaded, the samples' images encode
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +17,11 @@ from ..methods import adapter_config, build_model, check_adapter_features, get_m
 from ..pretrained import cache_dir, load_language_model, load_vision_encoder
 from .config import DTYPES, TrainConfig
 
+logger = logging.getLogger(__name__)
+
 
 def read_split(
-    spec: dict | None, what: str, limit: int = 0, skip_bad: bool = False, log: Callable[[str], None] = print
+    spec: dict | None, what: str, limit: int = 0, skip_bad: bool = False, log: Callable[[str], None] = logger.info
 ) -> list[Sample]:
     """The samples of a data spec; with ``skip_bad`` malformed records the reader can leave out (LLaVA
     conversations) are skipped and listed in one log line instead of stopping the run."""
@@ -70,7 +73,18 @@ def build(cfg: TrainConfig, samples: list[Sample] = ()):
             model.attach_vision_encoder(attach)
         if cfg.init_from:
             loaded, new = init_from_adapter(model, cfg.init_from, cfg.allow_base_mismatch)
-            print(f"init_from {cfg.init_from}: {loaded} tensors loaded, {new} new (trained from their initialisation)")
+            logger.info(
+                f"init_from {cfg.init_from}: {loaded} tensors loaded, {new} new (trained from their initialisation)"
+            )
+    model.pipeline = {  # saved with the adapter: memvp.load_pretrained rebuilds all of it from the adapter
+        "language_model": cfg.language_model,
+        "vision_encoder": cfg.vision_encoder,
+        "vision": cfg.vision,
+        "prompt_template": cfg.prompt_template,
+        "max_length": cfg.max_length,
+        "max_new_tokens": cfg.max_new_tokens,
+        **({"num_frames": cfg.num_frames} if reads_videos(cfg, samples) else {}),
+    }
     return model, tokenizer, visual
 
 
@@ -128,7 +142,7 @@ def prepare_samples(
     skip_bad: bool,
     what: str,
     data_format: str,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = logger.info,
 ) -> tuple[list[Sample], dict]:
     """(the samples whose images or feature files could be read, a report of the skipped ones:
     count, ids, and each unreadable file's error, for metrics.json)."""

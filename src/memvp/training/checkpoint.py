@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -41,6 +42,10 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..atomic import _remove_tree, write_directory_atomically
+
+logger = logging.getLogger(__name__)
 
 PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"
@@ -186,6 +191,7 @@ RESUME_HONOURED: dict[str, str] = {
     "score_skipped": "evaluation only",
     "num_beams": "evaluation only",
     "choice_rule": "evaluation only",
+    "report_to": "logging only",
     "dataloader_workers": "how batches are assembled, not which",
     "skip_bad": "the train set is still compared sample by sample, and counted after skipping",
     "feature_cache": "where features are cached (keyed by encoder and file, so they are the same)",
@@ -236,7 +242,7 @@ def resume_changes(saved: dict, current: dict, defaults: dict) -> tuple[list[str
 
 
 def check_resume_config(
-    saved_state: dict, cfg, train_fingerprint: str, where: Path, log: Callable[[str], None] = print
+    saved_state: dict, cfg, train_fingerprint: str, where: Path, log: Callable[[str], None] = logger.info
 ) -> None:
     """Refuse to resume when a setting that can not change mid-run (data, method, sizes, seed, ...)
     differs from the checkpoint's, naming each; log the changes the run honours. Needs no model."""
@@ -282,49 +288,6 @@ def _honour_configured_lrs(optimizer, scheduler, configured: list[float]) -> Non
 
 
 # ------------------------------------------------------------------------------ atomic directories
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_tree(path: Path) -> None:
-    """Delete a directory by renaming it away first: no half-deleted directory under its name."""
-    doomed = path.with_name(f".{path.name}.deleting")
-    if doomed.exists():
-        shutil.rmtree(doomed)
-    os.rename(path, doomed)
-    shutil.rmtree(doomed)
-
-
-def write_directory_atomically(final: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_dir)``, fsync what it wrote, then rename ``tmp_dir`` to ``final``.
-
-    Readers see the old ``final`` (or none) or the complete new one, never a partial one; on an
-    exception the temporary directory is removed, on a kill it stays behind under a dot-name.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp")
-    if tmp.exists():  # left by a run killed while writing this step
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        write(tmp)
-        for path in sorted(tmp.rglob("*"), reverse=True):
-            _fsync(path)
-        _fsync(tmp)
-        if final.exists():  # the same step saved again (a resumed run re-reaching it)
-            _remove_tree(final)
-        os.rename(tmp, final)
-        _fsync(final.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> None:
     """Keep the ``keep`` newest checkpoints (all when keep <= 0); remove what killed runs left behind."""
     root = Path(output_dir)

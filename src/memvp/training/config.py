@@ -13,6 +13,7 @@ import yaml
 
 from ..config import check_field_types
 from ..inputs import DEFAULT_PROMPT_TEMPLATE
+from ..loading import recorded_pipeline
 from ..methods import METHODS, get_method
 from ..metrics import CHOICE_RULES
 from ..vision import VisionOptions
@@ -154,6 +155,10 @@ class TrainConfig:
     """Load ``adapter`` even when the base model's weights differ from the ones it was trained on
     (same architecture and size, other weights: a sample of the input embeddings is compared)."""
     progress: bool = True
+    report_to: list = field(default_factory=list)
+    """Experiment trackers through Accelerate's ``log_with``: 'tensorboard', 'wandb', 'mlflow', 'comet_ml',
+    ... or 'all' (each needs its package). Every step's loss, lr, samples/s and the instruments' columns,
+    and every evaluation's metrics (``eval/...``); TensorBoard writes under ``output_dir/logs``."""
     measure_memory: bool = False
     """Measure the peak memory of one training step (the run's second; ``memvp.peak_memory``: CUDA
     ``max_memory_allocated``, on Linux CPUs the peak RSS above the step's start) and report it as
@@ -168,6 +173,11 @@ class TrainConfig:
         check_field_types(self)  # wrong types name their key here, not as a TypeError mid-run
         if self.score_skipped not in ("wrong", "drop"):
             raise ValueError(f"score_skipped must be 'wrong' or 'drop', got {self.score_skipped!r}")
+        from accelerate.utils import LoggerType
+
+        trackers = {t.value for t in LoggerType}
+        if not isinstance(self.report_to, list) or not all(t in trackers for t in self.report_to):
+            raise ValueError(f"report_to must be a list of trackers from {sorted(trackers)}, got {self.report_to!r}")
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {list(SCHEDULES)}, got {self.lr_schedule!r}")
         if self.num_beams < 1:
@@ -277,6 +287,13 @@ class TrainConfig:
                 node[leaf] = yaml.safe_load(value)
             except yaml.YAMLError:
                 raise ValueError(f"override {item!r}: the value is not valid YAML; quote it") from None
+        if data.get("adapter"):  # what the adapter recorded of its training, unless the config or a flag says
+            try:
+                recorded = recorded_pipeline(data["adapter"])
+            except (OSError, ValueError):  # reported in order, naming the file, by the run's own adapter check
+                recorded = {}
+            for key, value in recorded.items():
+                data.setdefault(key, value)
         known = {f.name for f in dataclasses.fields(cls)}
         for section in {m.section for m in METHODS.values()} - known:  # a registered method's own section
             if section in data:
@@ -287,4 +304,18 @@ class TrainConfig:
         return cls(**data)
 
 
-__all__ = ["TrainConfig", "DTYPES", "DEFAULT_LR"]
+def resolved_config(cfg: TrainConfig) -> dict:
+    """The run's config as a YAML file holds it: every key, data paths absolute (``_base_dir`` applied),
+    so that the file trains the same run from any folder."""
+    from ..datasets import resolve_paths
+
+    data = dataclasses.asdict(cfg)
+    for key in ("train_data", "eval_data"):
+        if data.get(key):
+            spec = dict(data[key])
+            base = spec.pop("_base_dir", None)
+            data[key] = resolve_paths(spec, base)
+    return data
+
+
+__all__ = ["resolved_config", "TrainConfig", "DTYPES", "DEFAULT_LR"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from .build import build, check_output_dir, prepare_samples, read_split, task_of
 from .checkpoint import is_fsdp
 from .config import TrainConfig
 from .distributed import SyncedGenerate
+
+logger = logging.getLogger(__name__)
 
 
 def report_eval_truncation(tokenizer, samples: list[Sample], cfg: TrainConfig, log: Callable[[str], None]) -> int:
@@ -104,7 +107,7 @@ def run_eval(cfg: TrainConfig, with_metrics: bool = True) -> dict:
     check_adapter(cfg.adapter)
     model, tokenizer, visual = build(cfg, split)
     samples, skipped = prepare_samples(visual, split, cfg.skip_bad, "eval", task_of(cfg.eval_data))
-    truncated = report_eval_truncation(tokenizer, samples, cfg, print)
+    truncated = report_eval_truncation(tokenizer, samples, cfg, logger.info)
     predictions = predict_split(model, tokenizer, visual, samples, cfg)
     write_json(out / "predictions.json", predictions)
     if not with_metrics:

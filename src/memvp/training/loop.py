@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
+import logging
 import math
 import tempfile
 import time
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 from .. import instruments
@@ -53,7 +56,7 @@ from .checkpoint import (
     resolve_resume,
     save_checkpoint,
 )
-from .config import TrainConfig
+from .config import TrainConfig, resolved_config
 from .distributed import (
     check_fsdp_names,
     check_launch,
@@ -66,6 +69,8 @@ from .distributed import (
 )
 from .evaluation import evaluate_distributed, report_eval_truncation, score_split, write_json
 from .interrupt import TrainingInterrupted, stop_requested, stop_signals
+
+logger = logging.getLogger(__name__)
 
 
 def decays(name: str, param: torch.nn.Parameter) -> bool:
@@ -263,7 +268,7 @@ def _resume_dir(cfg: TrainConfig, out: Path, state) -> Path | None:
     if state.is_main_process:
         found[0], notes = resolve_resume(cfg.resume, out)
         for note in notes:
-            print(note)
+            logger.info(note)
     if state.num_processes > 1:
         broadcast_object_list(found)
     return found[0]
@@ -428,13 +433,15 @@ def setup(cfg: TrainConfig) -> Run:
     cpu = use_cpu()
     state = PartialState(cpu=cpu)
     check_launch(cfg, state)
-    log = print if state.is_main_process else (lambda *args, **kwargs: None)
+    log = logger.info if state.is_main_process else (lambda *args, **kwargs: None)
     out = Path(cfg.output_dir)
     resume_dir = _resume_dir(cfg, out, state)
     if cfg.resume and resume_dir is None:
         log(f"resume={cfg.resume}: no checkpoint in {out} yet, starting from step 0")
     if state.is_main_process:
         check_output_dir(out)
+        # What this run is, keys and defaults resolved: `memvp train output_dir/config.yaml` runs it again.
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved_config(cfg), sort_keys=False))
     train_split, eval_split = _read_data(cfg, log)
     train_fingerprint = data_fingerprint(train_split)
     saved = read_trainer_state(resume_dir) if resume_dir else None
@@ -485,7 +492,11 @@ def setup(cfg: TrainConfig) -> Run:
         mixed_precision=cfg.precision,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         kwargs_handlers=[ddp_kwargs(cfg, train_samples)],
+        log_with=cfg.report_to or None,
+        project_dir=str(out / "logs") if cfg.report_to else None,
     )
+    if cfg.report_to:
+        accelerator.init_trackers(out.resolve().name, config=_tracker_config(cfg))
     setup_fsdp(accelerator, model, cfg)
     skip_frozen_broadcast(accelerator, model)
     parameters = model.get_nb_trainable_parameters()  # before FSDP shards them
@@ -654,6 +665,8 @@ def train(cfg: TrainConfig) -> dict:
             if warning and run.is_main:
                 bar.write(warning)
             run.curve.append(row)
+            if cfg.report_to:
+                run.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=run.step)
             bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", sps=f"{row['samples_per_s']:.1f}")
             bar.update(1)
             if _due(cfg.eval_every, run) and run.data.eval:
@@ -661,6 +674,7 @@ def train(cfg: TrainConfig) -> dict:
                 run.history.append(
                     {"step": run.step, "train_seconds": evaluation["train_seconds"], **evaluation["metrics"]}
                 )
+                _log_metrics(run, evaluation["metrics"])
             # After the evaluation: sampled decoding draws random numbers, and a resumed run continues
             # from the states saved here.
             if _due(cfg.save_every, run):
@@ -724,6 +738,7 @@ def finish(run: Run) -> dict:
         evaluation = evaluate_now(run)
         result["eval"] = evaluation["metrics"]
         result["eval"]["truncated_prompts"] = report_eval_truncation(run.tokenizer, data.eval, cfg, run.log)
+        _log_metrics(run, result["eval"])
         if run.is_main:
             write_json(run.out / "predictions_eval.json", evaluation["predictions"])
         if run.is_main and not is_fsdp(accelerator):  # FSDP: the card keeps no metrics (sharded)
@@ -738,8 +753,29 @@ def finish(run: Run) -> dict:
             )
     if run.is_main:
         write_json(run.out / "metrics.json", result)
+    if cfg.report_to:
+        accelerator.end_training()
     accelerator.wait_for_everyone()
     return result
+
+
+def _tracker_config(cfg: TrainConfig) -> dict:
+    """The run's config as trackers take hyper-parameters: numbers, strings and booleans (the rest as JSON)."""
+    flat = {}
+    for key, value in dataclasses.asdict(cfg).items():
+        flat[key] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value, default=str)
+    return flat
+
+
+def _log_metrics(run: Run, metrics: dict) -> None:
+    """An evaluation's numbers to the trackers as ``eval/<name>`` (``eval/per_type/<type>`` too)."""
+    if not run.cfg.report_to:
+        return
+    flat = {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for name, value in (metrics.get("per_type") or {}).items():
+        if isinstance(value, (int, float)):
+            flat[f"eval/per_type/{name}"] = value
+    run.accelerator.log(flat, step=run.step)
 
 
 __all__ = [

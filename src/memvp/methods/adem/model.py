@@ -182,6 +182,7 @@ class AdemModel(FFNMemoryModel):
     """
 
     config_class, config_name, weights_name = AdemConfig, CONFIG_NAME, WEIGHTS_NAME
+    method_name = "adem"
     config_attr, layers_name = "adem_config", "ADEM layers"
 
     def __init__(self, language_model: nn.Module, config: AdemConfig):

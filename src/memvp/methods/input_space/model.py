@@ -13,6 +13,7 @@ parameter counts), so training, prediction and benchmarks treat all methods alik
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...architectures import get_path, layout_for
+from ...atomic import write_directory_atomically
 from ...save_load import base_model_fingerprint
 from ..base import MethodModel
 from ..common import check_visual_features, init_projector, insert_tokens, make_projector
@@ -66,6 +68,14 @@ class InputSpaceModel(MethodModel):
     def language_model(self) -> nn.Module:
         """The transformers model with the LoRA layers in place."""
         return self.peft_model.get_base_model()
+
+    @property
+    def method_name(self) -> str:
+        return self.baseline_config.method
+
+    @method_name.setter
+    def method_name(self, value: str) -> None:  # the registry's name is the config's
+        pass
 
     @property
     def reads_images(self) -> bool:
@@ -129,6 +139,16 @@ class InputSpaceModel(MethodModel):
     def remove_hooks(self) -> nn.Module:
         """Take the LoRA layers out again and return the language model as it was."""
         return self.peft_model.unload()
+
+    def save_peft_adapter(self, directory: str | os.PathLike) -> None:
+        """The LoRA part as a standard peft adapter folder (``PeftModel.from_pretrained`` reads it); the
+        projector of the visual tokens stays in this method's adapter. Written atomically."""
+        write_directory_atomically(directory, self.peft_model.save_pretrained)
+
+    def merge_lora(self) -> nn.Module:
+        """Fold the LoRA into the language model's weights (peft's ``merge_and_unload``)."""
+        self.peft_model.merge_and_unload()
+        return self
 
     # ----------------------------------------------------------------------------- save / load
     def base_model_fingerprint(self) -> dict[str, Any]:

@@ -209,6 +209,7 @@ class MemVPModel(FFNMemoryModel):
     """
 
     config_class, config_name, weights_name = MemVPConfig, CONFIG_NAME, WEIGHTS_NAME
+    method_name = "memvp"
     config_attr, layers_name = "memvp_config", "MemVP layers"
     supports_probing = True
     state_keys = ("blocked_entries",)
