@@ -186,6 +186,7 @@ RESUME_HONOURED: dict[str, str] = {
     "score_skipped": "evaluation only",
     "num_beams": "evaluation only",
     "choice_rule": "evaluation only",
+    "output_formats": "memvp predict / eval only",
     "dataloader_workers": "how batches are assembled, not which",
     "skip_bad": "the train set is still compared sample by sample, and counted after skipping",
     "feature_cache": "where features are cached (keyed by encoder and file, so they are the same)",
