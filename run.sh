@@ -7,14 +7,20 @@ cd "$(dirname "$0")"
 VENV="${MEMVP_VENV:-.venv}"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-browser() {
-  # tests/test_serve.py drives headless Chromium (memvp serve's browser test); the demo needs none.
-  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
-    if [ "$(id -u)" = 0 ]; then
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
-    else
-      echo "chromium/chromedriver missing (apt-get install -y chromium chromium-driver): tests/test_serve.py will fail" >&2
-    fi
+system_packages() {
+  # Debian packages the tests use, installed when missing (the demo needs none): headless Chromium for
+  # memvp serve's browser test (tests/test_serve.py), and a Java runtime for pycocoevalcap's PTB tokenizer,
+  # which COCO CIDEr-D uses when java is on PATH, as the official caption evaluation does.
+  local missing=()
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  command -v java >/dev/null || missing+=(default-jre-headless)
+  if [ ${#missing[@]} -eq 0 ]; then return; fi
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "missing ${missing[*]} (apt-get install -y ${missing[*]}): tests/test_serve.py fails without chromium," \
+      "the Java tokenizer's tests are skipped without java" >&2
   fi
 }
 
@@ -42,7 +48,7 @@ cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
   demo) setup; exec "$VENV/bin/memvp" demo "$@" ;;
-  test) browser; setup; exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  test) system_packages; setup; exec "$VENV/bin/python" -m pytest -q "$@" ;;
   lint) setup; "$VENV/bin/ruff" check src tests scripts && exec "$VENV/bin/ruff" format --check src tests scripts ;;
   *) echo "usage: bash run.sh demo|test|lint [args...]" >&2; exit 2 ;;
 esac

@@ -231,6 +231,22 @@ def test_signal_saves_a_checkpoint_and_resume_finishes_the_same(tiny, tmp_path, 
         assert torch.equal(resumed[name], straight[name]), name
 
 
+# ------------------------------------------------------------------------------------- output formats
+@pytest.mark.parametrize("command", ["predict", "eval"])
+def test_an_output_format_the_data_set_does_not_have_fails_before_the_models_load(
+    tiny, tmp_path, capsys, no_model_load, command
+):
+    args = [command, str(tiny / "train.yaml"), "--adapter", str(tmp_path / "none"), f"output_dir={tmp_path}"]
+    assert main([*args, "--output-format", "llava_jsonl,mmbench_submission"]) == 2
+    _one_error_line(
+        capsys,
+        "output format 'mmbench_submission' is not written for dataset format 'vqav2'",
+        "choices: llava_jsonl, vqav2_eval_ai, all",
+    )
+    assert main([*args, "choice_rule=exact"]) == 2
+    _one_error_line(capsys, "choice_rule must be one of ['default', 'memvp', 'llava', 'vlmevalkit', 'strict']")
+
+
 # ------------------------------------------------------------------------------------- --skip-bad
 def test_skipped_questions_are_counted_listed_and_scored_wrong(tiny, tmp_path, capsys):
     cfg = str(tiny / "train.yaml")

@@ -28,6 +28,7 @@ def test_mmbench_rotations_prompts_and_images(tmp_path):
     # the answer letter follows its option ("red")
     assert [s.answers for s in samples[:4]] == [["B"], ["A"], ["D"], ["C"]]
     assert first.question_type == "attribute_recognition"
+    row = rot1.metadata.pop("row")  # the TSV row, for the submission table
     assert rot1.metadata == {
         "circular_group": "0",
         "rotation": 1,
@@ -37,6 +38,7 @@ def test_mmbench_rotations_prompts_and_images(tmp_path):
         "category": "attribute_recognition",
         "l2_category": "finegrained_perception (instance-level)",
     }
+    assert row["index"] == 0 and (row["A"], row["answer"], row["hint"]) == ("blue", "B", "nan") and "image" not in row
     # hint first; options end at the first empty cell (pandas' NA)
     two = samples[4]
     assert two.prompt.startswith("The image shows a day in July.\nWhich is warmer?\nA. summer\nB. winter\n")
@@ -121,3 +123,12 @@ def test_mmbench_score_circular(tmp_path):
     unanswered = [Sample(id="9", prompt="q", answers=[], metadata={"circular_group": "9", "rotation": 0})]
     with pytest.raises(ValueError, match=r"1 MMBench question\(s\) have no answer"):
         score("mmbench", unanswered, {"9": "A"})
+
+
+def test_mmbench_strict_is_vlmevalkits_matching(tmp_path):
+    samples = read_mmbench(FIXTURES / "mmbench" / "originals.tsv", tmp_path)
+    # each rotation answered with the text of the right option, as shown in that rotation
+    texts = {s.id: f"It is {s.metadata['choices'][ord(s.answers[0]) - ord('A')]}." for s in samples}
+    strict = score("mmbench", samples, texts, "strict")
+    assert strict["rule"] == "vlmevalkit" and strict["overall"] == 100.0
+    assert score("mmbench", samples, texts)["overall"] == 0.0 and score("mmbench", samples, texts)["rule"] == "default"

@@ -18,6 +18,7 @@ from memvp.datasets import (
     read_gqa,
     read_scienceqa,
     register_format,
+    resolve_rule,
     score,
 )
 from memvp.datasets.gqa import score_exact_match
@@ -118,6 +119,25 @@ def test_a_format_is_registered_once_with_path_keys_its_reader_takes():
     ):
         register_format(DatasetFormat("gqa2", read_gqa, {"questions_file", "image_root"}, "-", score_exact_match))
     assert "gqa2" not in FORMATS
+
+
+def test_strict_stands_for_each_formats_reference_rule():
+    assert resolve_rule("scienceqa", "strict") == resolve_rule("scienceqa_parquet", "strict") == "llava"
+    assert resolve_rule("mmbench", "strict") == "vlmevalkit"
+    assert resolve_rule("tvqa", "strict") == "default"  # no reference tool: the tolerant rule
+    assert resolve_rule("tvqa", "memvp") == "memvp"
+    with pytest.raises(ValueError, match="unknown multiple-choice rule 'exact'"):
+        resolve_rule("scienceqa", "exact")
+    with pytest.raises(ValueError, match="strict_rule 'exact' is not one of"):
+        DatasetFormat("gqa3", read_gqa, {"questions_file"}, "-", score_exact_match, strict_rule="exact")
+
+
+def test_every_format_writes_llavas_answers_and_may_replace_that_writer():
+    assert all("llava_jsonl" in fmt.writers for fmt in FORMATS.values())
+    gqa = DatasetFormat("gqa3", read_gqa, {"questions_file"}, "-", score_exact_match)
+    assert list(gqa.writers) == ["llava_jsonl"]
+    own = DatasetFormat("gqa3", read_gqa, {"questions_file"}, "-", score_exact_match, writers={"llava_jsonl": len})
+    assert own.writers == {"llava_jsonl": len}
 
 
 def test_every_module_of_the_package_is_imported_so_its_formats_register():

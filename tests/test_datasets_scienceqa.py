@@ -241,3 +241,15 @@ def test_scienceqa_memvp_rule_reads_the_first_capital_letter_as_the_official_eva
         assert got["rule"] == "memvp"
     # the default rule does not read an article or a word start as a letter
     assert score("scienceqa", with_img, {with_img[0].id: "Cat"})["Average"] == 0.0
+
+
+def test_scienceqa_strict_is_llavas_rule_on_the_whole_answer():
+    samples = read_scienceqa(FIXTURES / "scienceqa", "train")  # answers B (2 options) and C (3 options)
+    # The prompt ends with "The answer is": LLaVA's rule reads "The answer is B." (the answers file's text)
+    generated = {"5": "B.", "9": "C"}  # "The answer is C" has no character after the letter: not read
+    strict = score("scienceqa", samples, generated, "strict")
+    assert strict["rule"] == "llava" and strict["Average"] == 50.0 and strict["count"] == 2
+    assert score("scienceqa", samples, generated, "llava") == strict
+    assert score("scienceqa", samples, generated)["Average"] == 100.0  # 'default' reads both
+    # VLMEvalKit's matching reads an option's text too ("mole" is option C of pid 9)
+    assert score("scienceqa", samples, {"5": "B.", "9": "the mole"}, "vlmevalkit")["Average"] == 100.0

@@ -10,7 +10,15 @@ import torch.nn.functional as F
 from conftest import lm_inputs, tiny_model
 
 from memvp import MemVPConfig, get_memvp_model
-from memvp.instruments import RESIDUAL_WARNING, format_report, measure_scale, summary, warning
+from memvp.instruments import (
+    RESIDUAL_WARNING,
+    answer_positions,
+    format_report,
+    measure_scale,
+    measure_selectivity,
+    summary,
+    warning,
+)
 from memvp.save_load import model_card
 
 VIS_DIM, N_VIS = 12, 4
@@ -220,3 +228,105 @@ def test_centred_features_subtract_the_training_mean_and_reload_with_it(tmp_path
         MemVPConfig(visual_dim=VIS_DIM, feature_mean=[0.0] * 3)
     with pytest.raises(ValueError, match="features for the mean must end in visual_dim=12"):
         mem.set_feature_mean(torch.zeros(4, 5))
+
+
+# ----------------------------------------------------------------------------- selectivity
+def _selective_model(key_gain=0.0, **cfg):
+    mem = _ffn_model(**cfg).eval()
+    with torch.no_grad():
+        mem.visual_memory.output_gate.fill_(1.0)
+        mem.visual_memory.key_log_gain.fill_(key_gain)
+    return mem
+
+
+def test_answer_positions_are_the_tokens_before_labelled_ones_or_the_last_attended():
+    ids = torch.arange(12).reshape(2, 6)
+    labels = torch.full_like(ids, -100)
+    labels[0, 4:6], labels[1, 3] = 1, 1
+    got = answer_positions({"input_ids": ids, "labels": labels})
+    assert got.nonzero().tolist() == [[0, 3], [0, 4], [1, 2]]
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])  # right padding
+    assert answer_positions({"input_ids": ids, "attention_mask": mask}).nonzero().tolist() == [[0, 3], [1, 5]]
+    left = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])  # left padding (generation)
+    assert answer_positions({"input_ids": ids, "attention_mask": left}).nonzero().tolist() == [[0, 5], [1, 5]]
+
+
+def test_selectivity_equals_the_weight_share_on_the_marked_entries_over_uniform():
+    mem = _selective_model()
+    inputs = lm_inputs(mem.language_model, batch=2)
+    feats = torch.randn(2, N_VIS, VIS_DIM)
+    mask = torch.tensor([[True, False, False, False], [False, True, True, False]])
+    got = measure_selectivity(mem, {**inputs, "visual_features": feats}, mask)
+    # by hand: the last token's weights phi(<x, K_i>) in each MemVP layer, captured with a hook
+    captured = []
+    hooks = [
+        site.ffn_input.register_forward_pre_hook(lambda m, args: captured.append(args[0].detach()))
+        for site in mem.sites
+    ]  # the FFN input x: the input of ffn_input (architectures.py)
+    with torch.no_grad():
+        mem(**inputs, visual_features=feats)
+    for h in hooks:
+        h.remove()
+    for index, (site, x) in enumerate(zip(mem.sites, captured)):
+        keys, _ = mem.visual_memory.entries(mem.visual_memory.prompts(feats), site.table)
+        key_gain, _ = mem.site_gains(index)
+        with torch.no_grad():
+            w = site.activation(x[:, -1:] @ keys.transpose(-1, -2) * key_gain).abs()[:, 0]  # [B, n]
+        share = (w * mask).sum(-1) / w.sum(-1)
+        uniform = mask.sum(-1) / N_VIS
+        assert got["asked_share"][site.name] == pytest.approx(float(share.mean()), rel=1e-4)
+        assert got["asked_uniform"][site.name] == pytest.approx(float(uniform.mean()))
+        assert got["selectivity"][site.name] == pytest.approx(float((share / uniform).mean()), rel=1e-4)
+    assert got["max_selectivity"] == max(got["selectivity"].values())
+
+
+def test_selectivity_sees_a_memory_that_reads_the_asked_entries():
+    """Keys that single out entry 0 for every query (a large component pointing along the queries) put
+    almost all the weight there: selectivity near n for a one-entry mask, below 1 for the others."""
+    mem = _selective_model()
+    inputs = lm_inputs(mem.language_model, batch=2)
+    feats = torch.randn(2, N_VIS, VIS_DIM)
+    captured = []
+    hooks = [
+        site.ffn_input.register_forward_pre_hook(lambda m, args: captured.append(args[0].detach()))
+        for site in mem.sites
+    ]
+    with torch.no_grad():
+        mem(**inputs, visual_features=feats)
+        for h in hooks:
+            h.remove()
+        # entry 0's key position: 50x the mean query direction of every layer's last tokens
+        direction = torch.stack([x[:, -1].mean(0) for x in captured]).mean(0)
+        mem.visual_memory.key_position[0, 0] = 50 * direction / direction.norm()
+    first = torch.zeros(2, N_VIS, dtype=torch.bool)
+    first[:, 0] = True
+    got = measure_selectivity(mem, {**inputs, "visual_features": feats}, first)
+    assert got["max_selectivity"] > 0.5 * N_VIS
+    other = measure_selectivity(mem, {**inputs, "visual_features": feats}, ~first)
+    assert min(other["selectivity"].values()) < 1.0
+
+
+def test_selectivity_rides_on_measure_scale_and_its_report():
+    mem = _selective_model()
+    inputs = lm_inputs(mem.language_model, batch=2)
+    batch = {**inputs, "visual_features": torch.randn(2, N_VIS, VIS_DIM)}
+    mask = torch.tensor([[True, True, False, False], [False, False, False, False]])  # row 2: no object asked
+    report = measure_scale(mem, batch, entry_mask=mask)
+    alone = measure_selectivity(mem, batch, mask)
+    assert report["selectivity"] == pytest.approx(alone["selectivity"])
+    assert report["asked_uniform"][mem.sites[0].name] == pytest.approx(0.5)  # row 1 only
+    assert summary(report)["selectivity_max"] == pytest.approx(report["max_selectivity"])
+    assert "asked object / uniform" in format_report(report)
+    assert "selectivity" not in measure_scale(mem, batch)  # no mask, no selectivity
+    with pytest.raises(ValueError, match="entry_mask"):
+        measure_selectivity(mem, batch, torch.ones(2, N_VIS + 3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bart"])
+def test_selectivity_on_other_layouts(arch):
+    mem = _selective_model(arch=arch)
+    inputs = lm_inputs(mem.language_model, batch=2)
+    mask = torch.tensor([[True, False, False, False], [False, False, True, True]])
+    got = measure_selectivity(mem, {**inputs, "visual_features": torch.randn(2, N_VIS, VIS_DIM)}, mask)
+    assert len(got["selectivity"]) == len(mem.sites)
+    assert all(v > 0 for v in got["selectivity"].values())

@@ -1,13 +1,17 @@
 """Tests of memvp.metrics; expected values are computed by hand in the comments."""
 
 import math
+import shutil
 
 import pytest
 
+import memvp.metrics as metrics_module
 from memvp.metrics import (
     MME_COGNITION,
     MME_PERCEPTION,
+    caption_tokenizer,
     cider_d,
+    evalai_answer,
     extract_choice_letter,
     gqa_accuracy,
     mmbench_accuracy,
@@ -17,6 +21,7 @@ from memvp.metrics import (
     pope_answer,
     pope_metrics,
     ptb_tokenize,
+    ptb_tokenize_java,
     scienceqa_accuracy,
     vqa_accuracy,
     vqa_score,
@@ -45,6 +50,64 @@ from memvp.metrics import (
 )
 def test_extract_choice_letter(prediction, num_choices, expected):
     assert extract_choice_letter(prediction, num_choices) == expected
+
+
+@pytest.mark.parametrize(
+    "prediction, num_choices, expected",
+    [  # LLaVA's eval_science_qa.py, rule by rule
+        ("B", 3, "B"),  # the whole text is an option letter
+        (" C\n", 3, "C"),  # stripped first, as model_vqa_science.py writes it
+        ("B. cat", 3, "B"),  # a letter, ". " and more
+        ("The answer is C.", 3, "C"),
+        ("Because ... The answer is A, I think", 3, "A"),  # the pattern's "." is any character
+        ("B.", 3, None),  # neither a bare letter nor "X. " with more, and no "The answer is"
+        ("The answer is C", 3, None),  # nothing after the letter: the pattern needs one more character
+        ("The answer is (C).", 3, None),  # the letter must follow "is " directly
+        ("The answer is A. The answer is B.", 3, None),  # found twice: FAILED
+        ("(B) cat", 3, None),
+        ("A cat.", 2, None),  # "A" then " c", not ". "
+        ("E", 5, "E"),
+        ("F", 6, None),  # its options are A-E only
+        ("D", 3, None),  # beyond the question's choices: wrong (get_pred_idx)
+        ("b", 3, None),
+    ],
+)
+def test_llava_rule_reads_letters_as_eval_science_qa(prediction, num_choices, expected):
+    assert extract_choice_letter(prediction, num_choices, "llava") == expected
+
+
+MMB_OPTIONS = ["red", "blue", "green", "yellow"]
+
+
+@pytest.mark.parametrize(
+    "prediction, expected",
+    [  # VLMEvalKit's can_infer: option letters (can_infer_option), else option text (can_infer_text)
+        ("B", "B"),
+        ("(C) green", "C"),  # ".()[],:;!*#{}" are spaces; one letter among the words
+        ("**D**", "D"),
+        ("A red square", "A"),  # the article is a letter among the words (its VERBOSE check is off)
+        ("B is the answer because the shape is round", None),  # the one letter is not in the last 4 words
+        ("B C", None),  # two letters, and no option's text
+        ("green", "C"),  # the text of one option
+        ("It is the blue one", "B"),
+        ("The answer is dark red", "D"),  # "answer is d..." (case-insensitive [ABCD]) comes before the text
+        ("red or blue", None),  # the text of two options
+        ("it is definitely the blue one, no doubt about it", None),  # 47 characters > 2 x 18 of the options
+        ("Cannot determine the answer", None),  # a refusal: 'Z', not an option
+        ("Failed to obtain answer via API red", "A"),  # no letter is read after an API failure, the text is
+        ("E", None),  # not one of the 4 options
+    ],
+)
+def test_vlmevalkit_rule_matches_letters_and_option_text(prediction, expected):
+    assert extract_choice_letter(prediction, 4, "vlmevalkit", MMB_OPTIONS) == expected
+
+
+def test_rules_are_checked():
+    with pytest.raises(ValueError, match="give the options' texts"):
+        extract_choice_letter("B", 4, "vlmevalkit")
+    with pytest.raises(ValueError, match=r"unknown multiple-choice rule 'strict'; rules: \['default', 'memvp', "
+                       r"'llava', 'vlmevalkit'\]"):  # fmt: skip
+        extract_choice_letter("B", 4, "strict")  # 'strict' is a format's choice (datasets.resolve_rule)
 
 
 def _sqa(prediction, answer, subject, grade, txt, img, n=4):
@@ -173,6 +236,68 @@ def test_ptb_tokenize():
     assert ptb_tokenize("A man's dog, on the grass.") == "a man 's dog on the grass"
     assert ptb_tokenize("He \"can't\" (won't) -- ok...") == "he ca n't wo n't ok"
     assert ptb_tokenize("A black-and-white cat; 3.5 & 1,000 cats!") == ("a black-and-white cat 3.5 & 1,000 cats")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [  # LLaVA's EvalAIAnswerProcessor (VQAv2 test-server answers)
+        ("Two dogs.", "2 dogs"),
+        ("Yes", "yes"),
+        ("It's a cat?", "it 's cat"),  # "?" dropped, "'s" split off (the VQA score's normalisation keeps "it's")
+        ("1,000 people", "1000 people"),  # commas dropped first
+        ("the answer\tis\nthree", "answer is 3"),
+        ("", ""),
+    ],
+)
+def test_evalai_answer(text, expected):
+    assert evalai_answer(text) == expected
+
+
+def test_evalai_answer_differs_from_the_vqa_score_normalisation():
+    assert normalize_vqa_answer("It's a cat?") == "it's cat" != evalai_answer("It's a cat?")
+
+
+requires_java = pytest.mark.skipif(shutil.which("java") is None, reason="needs java (run.sh test installs it)")
+
+
+@requires_java
+def test_java_ptb_tokenizer_is_pycocoevalcaps():
+    # Stanford PTBTokenizer -lowerCase: brackets become -lrb- / -lsb- (pycocoevalcap's "-LRB-" entries never
+    # match them), "gonna" splits, a final "a." is an abbreviation; its punctuation tokens are dropped.
+    captions = ["A man's dog (gonna) sit.", 'Don\'t "stop" -- ok...', "", "[x] a."]
+    assert ptb_tokenize_java(captions) == [
+        "a man 's dog -lrb- gon na -rrb- sit",
+        "do n't stop ok",
+        "",
+        "-lsb- x -rsb- a.",
+    ]
+    assert [ptb_tokenize(c) for c in captions] == ["a man 's dog gonna sit", "do n't stop ok", "", "x a"]
+    assert ptb_tokenize_java(["a", "", ""]) == ["a", "", ""]  # blank captions at the end keep their lines
+
+
+CAPTION_REFS = {1: ["x (y)"], 2: ["z"]}
+CAPTION_PREDS = {1: "x y", 2: "z"}
+
+
+def test_cider_d_with_the_python_tokenizer_when_java_is_missing(monkeypatch):
+    monkeypatch.setattr(metrics_module.shutil, "which", lambda name: None)
+    assert caption_tokenizer() == "ptb-python"
+    # "x (y)" -> "x y": both images' captions equal their references; n = 1, 2 give cosine 1 for image 1
+    # (10 * 2/4 = 5), n = 1 only for image 2 (10 * 1/4 = 2.5): mean 3.75
+    assert cider_d(CAPTION_PREDS, CAPTION_REFS) == pytest.approx(3.75)
+    with pytest.raises(ValueError, match="needs java on PATH"):
+        ptb_tokenize_java(["x"])
+
+
+@requires_java
+def test_cider_d_with_the_java_tokenizer():
+    assert caption_tokenizer() == "ptb-java"
+    # "x (y)" -> "x -lrb- y -rrb-" (4 unigrams of idf ln 2): image 1's unigram cosine is 2 ln2^2 / (sqrt(2) ln2 *
+    # 2 ln2) = 1/sqrt(2), its bigram "x y" is not in the reference; length penalty from the bigram counts
+    # (1 vs 3): exp(-4 / 72). Image 1: 10 * exp(-1/18) / sqrt(2) / 4; image 2: 2.5.
+    expected = (2.5 * math.exp(-1 / 18) / math.sqrt(2) + 2.5) / 2
+    assert cider_d(CAPTION_PREDS, CAPTION_REFS) == pytest.approx(expected)
+    assert cider_d(CAPTION_PREDS, CAPTION_REFS, "ptb-python") == pytest.approx(3.75)
 
 
 def test_cider_d_hand_values():
@@ -396,3 +521,17 @@ def test_mmbench_circular_accuracy_hand_values():
     # without l2 categories or rotations
     got = mmbench_accuracy([{"prediction": "A", "answer": "A", "num_choices": 2, "group": 7, "category": "x"}])
     assert got["overall"] == 100.0 and "per_l2_category" not in got and math.isnan(got["vanilla"])
+    assert got["rule"] == "default"
+
+
+def test_mmbench_accuracy_with_vlmevalkits_matching():
+    def rotation(prediction, answer, r, shown):
+        return {**_mmb(prediction, answer, "0", r, n=len(shown)), "choices": shown}
+
+    records = [  # one question, options red / blue (right), asked twice: answered with the option's text
+        rotation("blue", "B", 0, ["red", "blue"]),
+        rotation("It is blue.", "A", 1, ["blue", "red"]),
+    ]
+    got = mmbench_accuracy(records, "vlmevalkit")
+    assert got["overall"] == 100.0 and got["rule"] == "vlmevalkit"
+    assert mmbench_accuracy(records)["overall"] == 0.0  # 'default' reads no letter in either

@@ -57,16 +57,26 @@ def test_train_save_load_predict_eval(tiny, capsys):
     assert "questions_train.json" in card.text and "questions_test.json" in card.text
     assert 'load_pretrained("path/to/this/folder")' in card.text  # the adapter records its pipeline
 
-    assert (
-        main(["eval", str(root / "train.yaml"), "--adapter", str(run / "adapter"), f"output_dir={root / 'eval'}"]) == 0
-    )
+    # choice_rule=strict stands for each format's reference rule; VQAv2 reads no letters, so nothing changes
+    eval_args = ["eval", str(root / "train.yaml"), "--adapter", str(run / "adapter"), f"output_dir={root / 'eval'}"]
+    assert main([*eval_args, "choice_rule=strict"]) == 0
     assert json.loads((root / "eval" / "predictions.json").read_text()) == train_predictions
     assert json.loads((root / "eval" / "eval_metrics.json").read_text()) == metrics["eval"]
-    assert (
-        main(["predict", str(root / "train.yaml"), "--adapter", str(run / "adapter"), f"output_dir={root / 'pred'}"])
-        == 0
-    )
+    capsys.readouterr()
+    predict = ["predict", str(root / "train.yaml"), "--adapter", str(run / "adapter"), f"output_dir={root / 'pred'}"]
+    assert main([*predict, "--output-format", "all"]) == 0
     assert json.loads((root / "pred" / "predictions.json").read_text()) == train_predictions
+    # The files of the field's tools beside it, one line each in the log: the VQAv2 set's own (EvalAI) and
+    # LLaVA's answers, every question in the split's order with the prediction as its text.
+    out = capsys.readouterr().err
+    assert f"wrote {root / 'pred' / 'llava_answers.jsonl'} (llava_jsonl)" in out
+    assert f"wrote {root / 'pred' / 'vqav2_eval_ai.json'} (vqav2_eval_ai)" in out
+    answers = [json.loads(line) for line in (root / "pred" / "llava_answers.jsonl").read_text().splitlines()]
+    assert [(str(a["question_id"]), a["text"]) for a in answers] == list(train_predictions.items())
+    assert {a["model_id"] for a in answers} == {"run"}  # the run's folder names run/adapter
+    eval_ai = json.loads((root / "pred" / "vqav2_eval_ai.json").read_text())
+    assert [e["question_id"] for e in eval_ai] == [a["question_id"] for a in answers]
+    assert all(isinstance(e["question_id"], int) for e in eval_ai)
 
     # Sampling options reach generate: a nucleus of one token (top_p -> 0) is greedy decoding whatever
     # the temperature; a very hot, full nucleus (seeded) draws nearly uniform words instead.

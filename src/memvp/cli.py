@@ -22,6 +22,9 @@ def _config(args):
         overrides.append(f"adapter={args.adapter}")
     if args.skip_bad:
         overrides.append("skip_bad=true")
+    names = [n.strip() for given in getattr(args, "output_format", None) or [] for n in given.split(",") if n.strip()]
+    if names:
+        overrides.append(f"output_formats={json.dumps(names)}")
     resume = getattr(args, "resume", None)
     if resume is not None and "=" in resume and not os.path.exists(resume):
         overrides.append(resume)  # `--resume key=value`: argparse took an override for the path
@@ -273,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if name != "train":
             p.add_argument("--adapter", help="adapter directory (else the config's adapter key)")
+            p.add_argument(
+                "--output-format",
+                action="append",
+                metavar="NAME[,NAME]",
+                help="also write the predictions for the field's tools, next to predictions.json: llava_jsonl "
+                "(any data set), vqav2_eval_ai, gqa_eval, coco_results, mmbench_submission, pope, mme, or all "
+                "(every one of the eval_data format's); repeat it or separate names with commas",
+            )
         else:
             p.add_argument(
                 "--resume",

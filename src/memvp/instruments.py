@@ -15,6 +15,16 @@ entries), the spread of the scores over entries, and the largest entry's share o
 
 ``measure_scale(model, batch)`` costs two forward passes (with and without the memory) of the batch;
 training calls it every ``diagnose_every`` steps, ``memvp explain`` on its one sample.
+
+Selectivity, for data that knows where the asked object is: ``measure_selectivity(model, batch,
+entry_mask)`` (one forward pass; ``measure_scale(..., entry_mask=...)`` adds it to its report) gives, per
+MemVP layer, the share of the retrieval weight that the tokens predicting the answer put on the asked
+object's entries, against the share a uniform reading gives (marked entries / all entries):
+``selectivity`` 1 means the layer reads the average of the image, k means k times uniform.
+``entry_mask`` is [B, entries] bool, True on the visual entries (encoder grid cells, row-major) that
+show the asked object; a row without any True (a question about no one object) is left out. Synthetic
+scenes know each object's box (``memvp.recipes.scenes`` stores every object's centre and size): the
+grid cells under that box are its entries.
 """
 
 from __future__ import annotations
@@ -65,24 +75,97 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> float:
     return float(values.mean())
 
 
+def answer_positions(batch: dict[str, Any]) -> torch.Tensor:
+    """[B, L] bool: the tokens whose next token is a labelled (answer) token of a decoder-only batch
+    (the positions that predict the answer); without labels, each row's last attended token."""
+    ids = batch["input_ids"]
+    labels = batch.get("labels")
+    if labels is not None and labels.shape == ids.shape:
+        query = torch.zeros_like(ids, dtype=torch.bool)
+        query[:, :-1] = labels[:, 1:] != -100
+        if bool(query.any(dim=1).all()):
+            return query
+    mask = batch.get("attention_mask")
+    mask = torch.ones_like(ids) if mask is None else mask
+    last = mask.shape[1] - 1 - mask.flip(1).long().argmax(dim=1)  # the rightmost attended token
+    query = torch.zeros_like(ids, dtype=torch.bool)
+    query[torch.arange(ids.shape[0]), last] = True
+    return query
+
+
+def _selectivity(sites: list[dict], query: torch.Tensor, entry_mask: torch.Tensor) -> dict[str, Any]:
+    """Per site: the asked object's share of the weight, a uniform reading's, and their ratio, averaged
+    over the query tokens of the rows that mark an object."""
+    rows = entry_mask.bool().any(dim=-1).to(query.device)
+    keep = (query & rows[:, None]).reshape(-1)
+    out: dict[str, Any] = {"asked_share": {}, "asked_uniform": {}, "selectivity": {}}
+    for site in sites:
+        if "asked_share" not in site or site["asked_share"].numel() != keep.numel():
+            continue  # an encoder-decoder's other stack, or a call without the mask
+        share = site["asked_share"][keep.to(site["asked_share"].device)]
+        uniform = site["asked_uniform"][keep.to(site["asked_uniform"].device)]
+        if share.numel() == 0:
+            continue
+        name = site["name"]
+        out["asked_share"][name] = float(share.mean())
+        out["asked_uniform"][name] = float(uniform.mean())
+        out["selectivity"][name] = float((share / uniform.clamp_min(1e-12)).mean())
+    out["max_selectivity"] = max(out["selectivity"].values(), default=float("nan"))
+    return out
+
+
+def _lm_keys(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch's keys that the language model itself takes."""
+    return {
+        k: v
+        for k, v in batch.items()
+        if k not in ("visual_features", "has_image", "pixel_values", "answer_logits_only")
+    }
+
+
 @torch.no_grad()
-def measure_scale(model, batch: dict[str, Any]) -> dict[str, Any]:
+def measure_selectivity(
+    model, batch: dict[str, Any], entry_mask: torch.Tensor, positions: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """Per MemVP layer, how much of the retrieval weight falls on the asked object (one forward pass).
+
+    ``entry_mask`` [B, entries] bool marks each sample's asked-object entries; ``positions`` [B, L]
+    bool the tokens to average over (default ``answer_positions(batch)``: those predicting the
+    answer). Returns ``{"asked_share": {site: share}, "asked_uniform": {site: marked / all
+    entries}, "selectivity": {site: mean of share / uniform}, "max_selectivity"}``.
+    """
+    query = answer_positions(batch) if positions is None else positions.bool()
+    with _eval_mode(model):
+        model.set_visual_state(
+            model.features_of(batch.get("visual_features"), batch.get("pixel_values")), batch.get("has_image")
+        )
+        try:
+            with model.probing(entry_mask) as sites:
+                model.language_model(**_lm_keys(batch))
+        finally:
+            model.release_visual_memory()
+    return _selectivity(sites, query, entry_mask)
+
+
+@torch.no_grad()
+def measure_scale(model, batch: dict[str, Any], entry_mask: torch.Tensor | None = None) -> dict[str, Any]:
     """Scale report of a model that ``supports_probing`` (MemVP) on one batch (the keys that
     ``model(**batch)`` takes).
 
     Returns ``{"residual_ratio": [per layer], "memory_to_ffn": {site: ratio}, "positive_scores":
     {site: share}, "score_std": {site: ...}, "top_share": {site: ...}, "max_residual_ratio",
-    "max_memory_to_ffn", "dominates"}``; padding tokens are left out of every average.
+    "max_memory_to_ffn", "dominates"}``; padding tokens are left out of every average. With
+    ``entry_mask`` ([B, entries] bool, the asked object's entries) it also holds what
+    ``measure_selectivity`` returns, from the same forward pass.
     """
-    lm_keys = {k: v for k, v in batch.items() if k not in ("visual_features", "has_image", "pixel_values")}
-    lm_keys.pop("answer_logits_only", None)
+    lm_keys = _lm_keys(batch)
     mask = lm_keys.get("attention_mask")
     with _eval_mode(model):
         model.set_visual_state(
             model.features_of(batch.get("visual_features"), batch.get("pixel_values")), batch.get("has_image")
         )
         try:
-            with model.probing() as sites:
+            with model.probing(entry_mask) as sites:
                 adapted = model.language_model(**lm_keys, output_hidden_states=True)
             with model.bypassed():
                 frozen = model.language_model(**lm_keys, output_hidden_states=True)
@@ -104,6 +187,8 @@ def measure_scale(model, batch: dict[str, Any]) -> dict[str, Any]:
         report["memory_to_ffn"][name] = _masked_mean(site["memory_norm"], mask) / max(ffn, 1e-12)
         for key in ("positive_scores", "score_std", "top_share"):
             report[key][name] = _masked_mean(site[key], mask)
+    if entry_mask is not None:
+        report.update(_selectivity(sites, answer_positions(batch), entry_mask))
     report["max_residual_ratio"] = max(residual) if residual else 1.0
     report["max_memory_to_ffn"] = max(report["memory_to_ffn"].values(), default=0.0)
     report["dominates"] = report["max_residual_ratio"] > RESIDUAL_WARNING
@@ -114,13 +199,17 @@ def summary(report: dict[str, Any]) -> dict[str, float]:
     """The few numbers a loss log keeps per step."""
     sites = report["memory_to_ffn"]
     mean = lambda d: sum(d.values()) / max(len(d), 1)  # noqa: E731
-    return {
+    out = {
         "residual_ratio_max": report["max_residual_ratio"],
         "memory_to_ffn_max": report["max_memory_to_ffn"],
         "memory_to_ffn_mean": mean(sites),
         "positive_scores_mean": mean(report["positive_scores"]),
         "top_share_mean": mean(report["top_share"]),
     }
+    if report.get("selectivity"):
+        out["selectivity_max"] = report["max_selectivity"]
+        out["selectivity_mean"] = mean(report["selectivity"])
+    return out
 
 
 def warning(report: dict[str, Any], where: str = "") -> str | None:
@@ -147,8 +236,22 @@ def format_report(report: dict[str, Any]) -> str:
         "positive retrieval scores, per MemVP layer: " + " ".join(f"{report['positive_scores'][s]:.2f}" for s in sites),
         "largest entry's share of the retrieval weights: " + " ".join(f"{report['top_share'][s]:.2f}" for s in sites),
     ]
+    if report.get("selectivity"):
+        lines.append(
+            "retrieval weight on the asked object / uniform, per MemVP layer: "
+            + " ".join(f"{report['selectivity'][s]:.2f}" for s in report["selectivity"])
+            + f" (max {report['max_selectivity']:.2f}; 1 = reads the average of the image)"
+        )
     message = warning(report)
     return "\n".join(lines + ([message] if message else []))
 
 
-__all__ = ["measure_scale", "summary", "warning", "format_report", "RESIDUAL_WARNING"]
+__all__ = [
+    "measure_scale",
+    "measure_selectivity",
+    "answer_positions",
+    "summary",
+    "warning",
+    "format_report",
+    "RESIDUAL_WARNING",
+]

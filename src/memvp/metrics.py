@@ -3,7 +3,8 @@ LLaVA-1.5 benchmarks of its Table 9: POPE, MME, MMBench; and the multiple-choice
 Table 8 (TVQA, How2QA).
 
 Pure Python; depends on nothing else in memvp.  ``cider_d`` additionally needs
-``pycocoevalcap`` (imported lazily, only when called).
+``pycocoevalcap`` (imported lazily, only when called), and tokenizes with its Java PTB tokenizer when
+``java`` is on PATH (:func:`caption_tokenizer`).
 
 All accuracies are returned in percent and are not rounded (the official scripts round to
 two decimals only when printing).  A group with no samples gets ``math.nan``.
@@ -12,18 +13,29 @@ two decimals only when printing).  A group with no samples gets ``math.nan``.
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
+import string
+import subprocess
+import tempfile
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 __all__ = [
+    "CHOICE_RULES",
+    "FULL_RESPONSE_RULES",
     "extract_choice_letter",
     "scienceqa_accuracy",
     "normalize_vqa_answer",
+    "evalai_answer",
     "vqa_score",
     "vqa_accuracy",
     "gqa_accuracy",
     "ptb_tokenize",
+    "ptb_tokenize_java",
+    "CAPTION_TOKENIZERS",
+    "caption_tokenizer",
     "cider_d",
     "pope_answer",
     "pope_metrics",
@@ -66,37 +78,125 @@ def _summarise(scores: dict[Hashable, float], types: Mapping | None) -> dict:
 _ANSWER_IS_RE = re.compile(r"The answer is \(?([A-Z])\b")
 _LEADING_LETTER_RE = re.compile(r"^\(?([A-Z])(?:\)|[.:](?:\s|$))")
 _CAPITAL_RE = re.compile(r"([A-Z])")
-CHOICE_RULES = ("default", "memvp")
-"""How a multiple-choice answer's letter is read: 'default' (tolerant, below) or 'memvp' (the
-official MemVP ``eval.py``: the first capital letter of the generated text)."""
+CHOICE_RULES = ("default", "memvp", "llava", "vlmevalkit")
+"""How a multiple-choice answer's letter is read (:func:`extract_choice_letter`): 'default' (tolerant),
+'memvp' (the official MemVP ``eval.py``), 'llava' (LLaVA's ``eval_science_qa.py``) or 'vlmevalkit'
+(VLMEvalKit's ``can_infer``: option letters and option text)."""
+FULL_RESPONSE_RULES = ("llava", "vlmevalkit")
+"""Rules of tools that read a model's whole answer (the ``text`` of LLaVA's answers file), so a scorer gives
+them the answer prefix a generation prompt ended with too ("The answer is" + "B." -> "The answer is B.");
+the others read only what the model generated after it, as the official MemVP ``eval.py`` does."""
 
 
-def extract_choice_letter(prediction: str, num_choices: int, rule: str = "default") -> str | None:
-    """The option letter a model's ScienceQA output picks, or None.
+def extract_choice_letter(
+    prediction: str, num_choices: int, rule: str = "default", choices: Sequence[str] | None = None
+) -> str | None:
+    """The option letter a model's multiple-choice output picks, or None.
 
     'default' rules, in order (those of LLaVA's ``eval_science_qa.py`` / LaVIN / MemVP's ``eval.py``,
     made a little more tolerant): the stripped text is a bare letter ("B"); it contains
     "The answer is B" / "The answer is (B)"; it starts with "B." / "B:" / "(B)" / "B)".
     Upper case only, so the article in "A cat ..." is not read as option A. 'memvp': the first
     capital letter anywhere (``re.findall(r'([A-Z])', ...)[0]``; the official code generates one token
-    after "The answer is"). A letter beyond the first ``num_choices`` options gives None (the
-    official scripts count it as wrong).
+    after "The answer is"). 'llava': LLaVA's ``eval_science_qa.py`` exactly (:func:`_llava_letter`).
+    'vlmevalkit': VLMEvalKit's ``can_infer`` exactly (:func:`_vlmevalkit_letter`), which also matches
+    the text of an option, so it needs ``choices`` (the options' texts in letter order). A letter
+    beyond the first ``num_choices`` options gives None (the official scripts count it as wrong).
     """
     if rule not in CHOICE_RULES:
         raise ValueError(f"unknown multiple-choice rule {rule!r}; rules: {list(CHOICE_RULES)}")
-    text = prediction.strip()
-    valid = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[:num_choices]
-    if rule == "memvp":
-        if not (match := _CAPITAL_RE.search(text)):
-            return None
-        letter = match.group(1)
-    elif len(text) == 1:
-        letter = text
-    elif match := _ANSWER_IS_RE.search(text) or _LEADING_LETTER_RE.match(text):
-        letter = match.group(1)
+    valid = string.ascii_uppercase[:num_choices]
+    if rule == "llava":
+        letter = _llava_letter(prediction, num_choices)
+    elif rule == "vlmevalkit":
+        if choices is None:
+            raise ValueError("the 'vlmevalkit' rule matches option text too: give the options' texts (choices)")
+        letter = _vlmevalkit_letter(prediction, dict(zip(valid, (str(c) for c in choices))))
+    elif rule == "memvp":
+        match = _CAPITAL_RE.search(prediction.strip())
+        letter = match.group(1) if match else None
     else:
-        return None
-    return letter if letter in valid else None
+        text = prediction.strip()
+        if len(text) == 1:
+            letter = text
+        elif match := _ANSWER_IS_RE.search(text) or _LEADING_LETTER_RE.match(text):
+            letter = match.group(1)
+        else:
+            letter = None
+    return letter if letter is not None and letter in valid else None
+
+
+# LLaVA (haotian-liu/LLaVA, llava/eval/eval_science_qa.py at c121f04): its --options default (A-E, so a sixth
+# option is never read) and the pattern it searches for, whose "." is any character, not a period.
+_LLAVA_OPTIONS = ("A", "B", "C", "D", "E")
+_LLAVA_ANSWER_IS_RE = re.compile(r"The answer is ([A-Z]).")
+
+
+def _llava_letter(text: str, num_choices: int) -> str | None:
+    """LLaVA's ``eval_science_qa.py``: the whole text is an option letter; or it is a letter, ". " and
+    more; or ``The answer is X.`` (any character after X, so a bare "The answer is B" at the end is not
+    read) occurs exactly once. Then ``get_pred_idx``: a letter beyond the question's choices is wrong.
+    The text is stripped first, as LLaVA's ``model_vqa_science.py`` strips the output it writes."""
+    text = text.strip()
+    if text in _LLAVA_OPTIONS:
+        answer = text
+    elif len(text) >= 3 and text[0] in _LLAVA_OPTIONS and text[1:3] == ". ":
+        answer = text[0]
+    else:
+        found = _LLAVA_ANSWER_IS_RE.findall(text)
+        answer = found[0] if len(found) == 1 else None
+    return answer if answer in _LLAVA_OPTIONS[:num_choices] else None
+
+
+# VLMEvalKit (open-compass/VLMEvalKit, vlmeval/utils/matching_util.py at e8e78f05: can_infer_option,
+# can_infer_text, can_infer), as its MMBench evaluation uses it without a judge model ("exact_matching":
+# vlmeval/dataset/utils/multiple_choice.py, extract_answer_from_item; no match there is option 'Z', wrong).
+_VLMEVALKIT_REJECTIONS = (
+    "Sorry, I can't help with images of people yet.",
+    "I can't process this file.",
+    "I'm sorry, but without the image provided",
+    "Cannot determine the answer",
+)
+_VLMEVALKIT_VERBOSE_RE = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**")
+
+
+def _vlmevalkit_option(answer: str, choices: dict[str, str]) -> str | bool:
+    """``can_infer_option`` with ``VERBOSE`` unset (its default: the "A might be a quantifier" check is off)."""
+    if "Failed to obtain answer via API" in answer:
+        return False
+    if any(err in answer for err in _VLMEVALKIT_REJECTIONS):
+        return "Z"
+    answer_mod = answer
+    for c in ".()[],:;!*#{}":
+        answer_mod = answer_mod.replace(c, " ")
+    splits = [x.strip() for x in answer_mod.split()]
+    count = sum(c in splits for c in choices)
+    if count == 1:
+        for ch in choices:
+            if ch in splits and splits.index(ch) > len(splits) - 5:
+                return ch
+    elif count == 0 and sum(c in splits for c in ("Z", "")) == 1:
+        return "Z"
+    match = _VLMEVALKIT_VERBOSE_RE.search(answer or "")
+    if match and match.group(1).upper() in choices:
+        return match.group(1).upper()
+    return False
+
+
+def _vlmevalkit_text(answer: str, choices: dict[str, str]) -> str | bool:
+    """``can_infer_text``: the one option whose text (lower-cased) occurs in the answer, when the answer is
+    at most twice as long as all the options together."""
+    answer = answer.lower()
+    if len(answer) > 2 * sum(len(v) for v in choices.values()):
+        return False
+    found = [k for k, v in choices.items() if v.lower() in answer]
+    return found[0] if len(found) == 1 else False
+
+
+def _vlmevalkit_letter(answer: str, choices: dict[str, str]) -> str | None:
+    """``can_infer``: the option letter, else the option text; None for no match (and for 'Z', a refusal)."""
+    found = _vlmevalkit_option(answer, choices) or _vlmevalkit_text(answer, choices)
+    return found if found and found in choices else None
 
 
 _SCIENCEQA_SUBJECTS = {"NAT": "natural science", "SOC": "social science", "LAN": "language science"}
@@ -107,9 +207,9 @@ def scienceqa_accuracy(records: Iterable[Mapping], rule: str = "default") -> dic
 
     Each record: ``prediction`` (raw model text), ``answer`` (correct letter), ``num_choices``,
     ``subject``, ``grade`` ("grade1".."grade12"), ``has_text_context`` (non-empty hint),
-    ``has_image_context``.  Columns follow lupantech/ScienceQA ``tools/evaluate_acc.py``:
-    TXT = has a text context (with or without image), IMG = has an image (with or without
-    text), so TXT and IMG overlap; NO = neither; G1-6 / G7-12 by grade number.
+    ``has_image_context``, and ``choices`` (the options' texts) for the 'vlmevalkit' rule.  Columns follow
+    lupantech/ScienceQA ``tools/evaluate_acc.py``: TXT = has a text context (with or without image), IMG =
+    has an image (with or without text), so TXT and IMG overlap; NO = neither; G1-6 / G7-12 by grade number.
     Returns keys Average, NAT, SOC, LAN, TXT, IMG, NO, G1-6, G7-12 (NaN when a column has no
     samples), count, and the letter-reading ``rule`` (``extract_choice_letter``).
     """
@@ -117,7 +217,7 @@ def scienceqa_accuracy(records: Iterable[Mapping], rule: str = "default") -> dic
         k: [] for k in ("Average", "NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12")
     }
     for r in records:
-        correct = float(extract_choice_letter(r["prediction"], r["num_choices"], rule) == r["answer"])
+        correct = float(extract_choice_letter(r["prediction"], r["num_choices"], rule, r.get("choices")) == r["answer"])
         grade = int(r["grade"].removeprefix("grade"))
         memberships = {
             "Average": True,
@@ -213,6 +313,28 @@ def normalize_vqa_answer(text: str) -> str:
     return _process_digit_article(_process_punctuation(text))
 
 
+# LLaVA's VQAv2 submission (scripts/convert_vqav2_for_submission.py) passes every answer through
+# EvalAIAnswerProcessor (llava/eval/m4c_evaluator.py, from facebookresearch/mmf): the tables above (the same
+# ones), but a word step first and a comma test of its own.
+_EVALAI_COMMA_STRIP = re.compile(r"(?<=\d)(\,)+(?=\d)")
+
+
+def evalai_answer(text: str) -> str:
+    """An answer as LLaVA's ``EvalAIAnswerProcessor`` writes it for the VQAv2 test server: lower-cased,
+    "," and "?" dropped, "'s" split off (" 's"), newlines and tabs to spaces, stripped, then the VQA
+    punctuation, number-word and article steps ("Two dogs." -> "2 dogs")."""
+    text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    out = text
+    for p in _PUNCT:
+        if p + " " in text or " " + p in text or _EVALAI_COMMA_STRIP.search(text) is not None:
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    out = _PERIOD_STRIP.sub("", out, count=int(re.UNICODE))  # re.UNICODE passed as the count, as there
+    return _process_digit_article(out)
+
+
 def vqa_score(prediction: str, answers: list[str]) -> float:
     """Official VQA accuracy of one prediction against the human answers, in [0, 1].
 
@@ -269,17 +391,22 @@ def gqa_accuracy(
 
 
 # --------------------------------------------------------------------------- COCO captions
-# pycocoevalcap's PTBTokenizer runs Stanford CoreNLP 3.4.1 through a `java` subprocess, so it
-# is not used here.  This is a pure-Python approximation of its output for captions
-# (`-lowerCase`, then pycocoevalcap drops its PUNCTUATIONS tokens): lower-case; punctuation
-# split off and dropped; words keep inner hyphens/apostrophes ("black-and-white", "o'clock");
-# numbers keep inner "." and "," ("3.5", "1,000"); clitics split as PTB does ("man's" ->
-# "man 's", "don't" -> "do n't", "cannot" -> "can not").  Other symbols ("&", "$", "%") stay
-# as tokens, as in PTB.  Known differences: all brackets are dropped (PTB's -LSB-/-RSB- are
-# not in pycocoevalcap's list) and rare PTB splits such as "gonna" -> "gon na" are not done.
+# The official COCO caption evaluation (pycocoevalcap's PTBTokenizer) tokenizes with Stanford CoreNLP 3.4.1
+# through a `java` subprocess: `ptb_tokenize_java` runs that jar the same way, `ptb_tokenize` is a
+# pure-Python approximation for machines without Java, and `caption_tokenizer` picks (the metrics name it).
+# The approximation of the Java output for captions (`-lowerCase`, then pycocoevalcap drops its
+# PUNCTUATIONS tokens): lower-case; punctuation split off and dropped; words keep inner hyphens/apostrophes
+# ("black-and-white", "o'clock"); numbers keep inner "." and "," ("3.5", "1,000"); clitics split as PTB does
+# ("man's" -> "man 's", "don't" -> "do n't", "cannot" -> "can not").  Other symbols ("&", "$", "%") stay
+# as tokens, as in PTB.  Known differences: brackets are dropped, where the Java tokenizer writes
+# "-lrb-" / "-rrb-" / "-lsb-" ... (lower-cased, so pycocoevalcap's "-LRB-" entries never drop them), and
+# rare PTB splits such as "gonna" -> "gon na" are not done.
 _PTB_TOKEN_RE = re.compile(r"\d+(?:[.,]\d+)+|\w+(?:['-]\w+)*|[^\w\s]")
 _PTB_CLITIC_RE = re.compile(r"^(.+?)(n't|'s|'re|'ve|'ll|'d|'m)$")
 _PTB_DROPPED = set("'`\".?!,:;-()[]{}")
+CAPTION_TOKENIZERS = ("ptb-java", "ptb-python")
+"""'ptb-java': pycocoevalcap's Stanford PTB tokenizer (needs ``java``), as the official COCO caption
+evaluation; 'ptb-python': :func:`ptb_tokenize`."""
 
 
 def ptb_tokenize(caption: str) -> str:
@@ -297,19 +424,69 @@ def ptb_tokenize(caption: str) -> str:
     return " ".join(tokens)
 
 
-def cider_d(predictions: Mapping[Hashable, str], references: Mapping[Hashable, list[str]]) -> float:
+def ptb_tokenize_java(captions: Sequence[str]) -> list[str]:
+    """Space-joined tokens of each caption by pycocoevalcap's PTBTokenizer: its command (``java -cp
+    stanford-corenlp-3.4.1.jar edu.stanford.nlp.process.PTBTokenizer -preserveLines -lowerCase``) on one
+    caption per line, then its PUNCTUATIONS tokens dropped. Run here rather than through
+    ``PTBTokenizer.tokenize``, which writes its temporary file into the installed package's folder."""
+    from pycocoevalcap.tokenizer import ptbtokenizer  # optional dependency
+
+    java = shutil.which("java")
+    if java is None:
+        raise ValueError("the Java PTB tokenizer needs java on PATH (apt-get install default-jre-headless)")
+    jar = os.path.join(os.path.dirname(os.path.abspath(ptbtokenizer.__file__)), ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR)
+    command = [java, "-cp", jar, "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase"]
+    with tempfile.TemporaryDirectory(prefix="memvp-ptb-") as folder:
+        path = os.path.join(folder, "captions.txt")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(c.replace("\n", " ") for c in captions))
+        done = subprocess.run([*command, path], capture_output=True)
+    lines = done.stdout.decode("utf-8").split("\n")
+    blank_tail = len(captions) - len(lines)
+    if done.returncode == 0 and blank_tail > 0 and not "".join(captions[len(lines) :]).strip():
+        lines += [""] * blank_tail  # the tokenizer leaves out the line breaks of blank captions at the end
+    if done.returncode != 0 or len(lines) < len(captions):
+        problem = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+        raise ValueError(
+            f"the Java PTB tokenizer ({jar}) failed: {problem[0]}; fix java, or take it off PATH to use the "
+            "Python tokenizer"
+        )
+    dropped = set(ptbtokenizer.PUNCTUATIONS)
+    return [" ".join(w for w in line.rstrip().split(" ") if w not in dropped) for line in lines[: len(captions)]]
+
+
+def caption_tokenizer() -> str:
+    """The tokenizer :func:`cider_d` uses by default: 'ptb-java' when ``java`` is on PATH (the official
+    evaluation's), else 'ptb-python'."""
+    return "ptb-java" if shutil.which("java") else "ptb-python"
+
+
+def cider_d(
+    predictions: Mapping[Hashable, str], references: Mapping[Hashable, list[str]], tokenizer: str | None = None
+) -> float:
     """Corpus CIDEr-D of COCO-style captions (the "CIDEr" of coco-caption / pycocoevalcap).
 
-    Captions are tokenised with :func:`ptb_tokenize` and scored by pycocoevalcap's
-    ``Cider`` (n-grams 1..4, idf from the references of the evaluated images, clipped
-    tf-idf, Gaussian length penalty with sigma 6, x10, mean over images).  Because idf comes
+    Captions are tokenised by ``tokenizer`` (:data:`CAPTION_TOKENIZERS`; None: :func:`caption_tokenizer`)
+    and scored by pycocoevalcap's ``Cider`` (n-grams 1..4, idf from the references of the evaluated images,
+    clipped tf-idf, Gaussian length penalty with sigma 6, x10, mean over images).  Because idf comes
     from the evaluated set, a corpus of one image always scores 0.
     """
     from pycocoevalcap.cider.cider import Cider  # optional dependency
 
+    tokenizer = tokenizer or caption_tokenizer()
+    if tokenizer not in CAPTION_TOKENIZERS:
+        raise ValueError(f"unknown caption tokenizer {tokenizer!r}; tokenizers: {list(CAPTION_TOKENIZERS)}")
     _check_same_ids(predictions, references)
-    gts = {k: [ptb_tokenize(c) for c in refs] for k, refs in references.items()}
-    res = {k: [ptb_tokenize(predictions[k])] for k in references}
+    keys = list(references)
+    captions = [c for k in keys for c in (*references[k], predictions[k])]
+    if tokenizer == "ptb-java":
+        tokens = iter(ptb_tokenize_java(captions))  # one JVM for the whole corpus
+    else:
+        tokens = iter([ptb_tokenize(c) for c in captions])
+    gts, res = {}, {}
+    for k in keys:
+        gts[k] = [next(tokens) for _ in references[k]]
+        res[k] = [next(tokens)]
     score, _ = Cider().compute_score(gts, res)
     return float(score)
 
@@ -459,23 +636,24 @@ def mme_scores(records: Iterable[Mapping]) -> dict:
 
 
 # --------------------------------------------------------------------------- MMBench
-def mmbench_accuracy(records: Iterable[Mapping]) -> dict:
+def mmbench_accuracy(records: Iterable[Mapping], rule: str = "default") -> dict:
     """MMBench accuracy (%) with circular evaluation.
 
     Each record is one rotation of a question: ``prediction`` (raw text; the option letter is
-    read by :func:`extract_choice_letter`), ``answer`` (the correct letter of this rotation),
-    ``num_choices``, ``group`` (shared by the rotations of one question), ``category``, and
-    optionally ``l2_category`` and ``rotation`` (0 = options in their original order).  A
+    read by :func:`extract_choice_letter` with ``rule``), ``answer`` (the correct letter of this
+    rotation), ``num_choices``, ``group`` (shared by the rotations of one question), ``category``, and
+    optionally ``l2_category``, ``rotation`` (0 = options in their original order) and ``choices``
+    (the options' texts as shown; the 'vlmevalkit' rule, VLMEvalKit's matching, needs them).  A
     question counts as right only when every one of its rotations is answered right.
     Returns ``{"overall", "count" (questions), "rotations" (records), "per_category",
-    "per_l2_category" (when given), "vanilla"}``; "vanilla" is the single-pass accuracy of
+    "per_l2_category" (when given), "vanilla", "rule"}``; "vanilla" is the single-pass accuracy of
     the rotation-0 records (NaN without any).
     """
     groups: dict[Hashable, list[bool]] = defaultdict(list)
     info: dict[Hashable, Mapping] = {}
     vanilla: list[float] = []
     for r in records:
-        right = extract_choice_letter(r["prediction"], r["num_choices"]) == r["answer"]
+        right = extract_choice_letter(r["prediction"], r["num_choices"], rule, r.get("choices")) == r["answer"]
         groups[r["group"]].append(right)
         info.setdefault(r["group"], r)
         if r.get("rotation") == 0:
@@ -493,6 +671,7 @@ def mmbench_accuracy(records: Iterable[Mapping]) -> dict:
                 by[info[g].get(key) or ""].append(score)
             out[name] = {k: _percent(v) for k, v in sorted(by.items())}
     out["vanilla"] = _percent(vanilla)
+    out["rule"] = rule
     return out
 
 

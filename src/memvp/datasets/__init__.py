@@ -3,9 +3,10 @@
 Each family module (``scienceqa.py``, ``vqav2.py``, ``gqa.py``, ``coco.py``, ``llava.py``, ``pope.py``,
 ``mme.py``, ``mmbench.py``, ``video.py``) reads the files users already have into ``list[Sample]`` and
 registers its formats (:class:`DatasetFormat`: reader, path arguments, where images are, video or not,
-scorer) with :func:`register_format`.  :func:`load_samples` reads a data spec ``{"format": name, ...}``,
-:func:`score` scores predictions with the format's scorer.  Every module of this package is imported
-here, so a new family module registers its formats without any other file changing.
+scorer, the files of the field's tools it writes) with :func:`register_format`.  :func:`load_samples` reads
+a data spec ``{"format": name, ...}``, :func:`score` scores predictions with the format's scorer,
+:func:`write_outputs` writes them in the formats the field's tools read (``outputs.py``).  Every module of
+this package is imported here, so a new family module registers its formats without any other file changing.
 
 Readers never open images (checking that they exist is the loader's job).  They check that their files
 exist and parse, and raise ``FileNotFoundError`` / ``ValueError`` naming the file and the problem.
@@ -52,16 +53,22 @@ from .gqa import read_gqa, read_gqa_parquet
 from .llava import read_llava
 from .mmbench import MMBENCH_ANSWER_PROMPT, read_mmbench
 from .mme import read_mme
+from .outputs import model_id_of
 from .pope import read_pope
 from .registry import (
+    ALL_OUTPUTS,
     DEFAULT_FEATURES_PATTERN,
     FORMATS,
+    STRICT_RULE,
     DatasetFormat,
     get_format,
     load_samples,
+    output_formats,
     register_format,
     resolve_paths,
+    resolve_rule,
     score,
+    write_outputs,
 )
 from .schema import LLAVA_SHORT_ANSWER_PROMPT, SCIENCEQA_ANSWER_PREFIX, Sample, scienceqa_prompt
 from .scienceqa import read_scienceqa, read_scienceqa_parquet
@@ -80,6 +87,12 @@ __all__ = [
     "get_format",
     "load_samples",
     "score",
+    "resolve_rule",
+    "STRICT_RULE",
+    "output_formats",
+    "write_outputs",
+    "ALL_OUTPUTS",
+    "model_id_of",
     "DEFAULT_FEATURES_PATTERN",
     "COCO_CAPTION_PROMPT",
     "LLAVA_SHORT_ANSWER_PROMPT",

@@ -1,14 +1,17 @@
 """COCO captions: Karpathy's split file (``dataset_coco.json``) and the Hugging Face parquet files of the
-official splits, one sample per image with every reference caption, scored by CIDEr-D."""
+official splits, one sample per image with every reference caption, scored by CIDEr-D (the Java PTB
+tokenizer of the official evaluation when ``java`` is on PATH); written as the COCO caption results file."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..metrics import cider_d
+from ..metrics import caption_tokenizer, cider_d
 from . import io
+from .outputs import OutputFiles, llava_answers, number_or_text
 from .registry import DatasetFormat, register_format
 from .schema import Sample
 
@@ -92,9 +95,32 @@ def read_coco_captions_parquet(
 
 
 def score_captions(samples: Sequence[Sample], predictions: Mapping[str, str], rule: str) -> dict:
-    """Corpus CIDEr-D (:func:`~memvp.metrics.cider_d`) against every reference caption."""
-    return {"CIDEr-D": cider_d(predictions, {s.id: s.answers for s in samples}), "count": len(predictions)}
+    """Corpus CIDEr-D (:func:`~memvp.metrics.cider_d`) against every reference caption; ``tokenizer`` names
+    how captions were tokenized: 'ptb-java' (pycocoevalcap's, the official evaluation's; ``java`` is on
+    PATH) or 'ptb-python'."""
+    tokenizer = caption_tokenizer()
+    cider = cider_d(predictions, {s.id: s.answers for s in samples}, tokenizer)
+    return {"CIDEr-D": cider, "count": len(predictions), "tokenizer": tokenizer}
 
+
+COCO_RESULTS_FILE = "coco_captions_results.json"
+
+
+def write_coco_results(samples: Sequence[Sample], predictions: Mapping[str, str], model_id: str) -> OutputFiles:
+    """The caption results file of the COCO caption evaluation (pycocotools' ``COCO.loadRes``, the test
+    server): ``[{"image_id": int, "caption": str}]``, as LLaVA's ``eval_science_qa.py`` ``convert_caps``
+    builds it."""
+    return {
+        COCO_RESULTS_FILE: json.dumps(
+            [{"image_id": number_or_text(s.id), "caption": predictions.get(s.id, "")} for s in samples]
+        )
+    }
+
+
+_WRITERS = {
+    "llava_jsonl": llava_answers(question_id=lambda s: number_or_text(s.id)),
+    "coco_results": write_coco_results,
+}
 
 register_format(
     DatasetFormat(
@@ -103,10 +129,16 @@ register_format(
         {"karpathy_file", "image_root"},
         "image_root/<filepath>/<filename> of the Karpathy file",
         score_captions,
+        writers=_WRITERS,
     )
 )
 register_format(
     DatasetFormat(
-        "coco_captions_parquet", read_coco_captions_parquet, {"files", "image_dir"}, io.PARQUET_IMAGES, score_captions
+        "coco_captions_parquet",
+        read_coco_captions_parquet,
+        {"files", "image_dir"},
+        io.PARQUET_IMAGES,
+        score_captions,
+        writers=_WRITERS,
     )
 )

@@ -1,14 +1,17 @@
 """GQA: the released question JSON files and the Hugging Face parquet files (questions and images in two
-configs), read into the same samples, scored by exact match."""
+configs), read into the same samples, scored by exact match; written for GQA's own ``eval.py`` as LLaVA
+converts its answers."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..metrics import gqa_accuracy
 from . import io
+from .outputs import OutputFiles
 from .registry import DatasetFormat, register_format
 from .schema import Sample
 
@@ -111,8 +114,29 @@ def score_exact_match(samples: Sequence[Sample], predictions: Mapping[str, str],
     return gqa_accuracy(predictions, {s.id: s.answers[0] for s in samples}, {s.id: s.question_type for s in samples})
 
 
+GQA_PREDICTIONS_FILE = "gqa_predictions.json"
+
+
+def write_gqa_predictions(samples: Sequence[Sample], predictions: Mapping[str, str], model_id: str) -> OutputFiles:
+    """The predictions file of GQA's ``eval.py`` (``--predictions``) as LLaVA's ``scripts/convert_gqa_for_eval.py``
+    writes it: ``[{"questionId": str, "prediction": str}]``, each answer with its trailing periods dropped and
+    lower-cased."""
+    return {
+        GQA_PREDICTIONS_FILE: json.dumps(
+            [{"questionId": s.id, "prediction": predictions.get(s.id, "").rstrip(".").lower()} for s in samples]
+        )
+    }
+
+
 register_format(
-    DatasetFormat("gqa", read_gqa, {"questions_file", "image_dir"}, "image_dir/<imageId>.jpg", score_exact_match)
+    DatasetFormat(
+        "gqa",
+        read_gqa,
+        {"questions_file", "image_dir"},
+        "image_dir/<imageId>.jpg",
+        score_exact_match,
+        writers={"gqa_eval": write_gqa_predictions},
+    )
 )
 register_format(
     DatasetFormat(
@@ -121,5 +145,6 @@ register_format(
         {"files", "image_files", "image_dir"},
         "image_dir/<sha256>.<ext>, written from the image files' bytes by the reader",
         score_exact_match,
+        writers={"gqa_eval": write_gqa_predictions},
     )
 )

@@ -1,5 +1,7 @@
 """MMBench (the MemVP paper's Table 9): the released TSV with base64 images, each question asked once
-per rotation of its options (circular evaluation), scored as right when every rotation is."""
+per rotation of its options (circular evaluation), scored as right when every rotation is
+(``choice_rule: strict``: answers matched as VLMEvalKit does, option letters and option text), and written
+as the submission table of the MMBench server (LLaVA's ``convert_mmbench_for_submission.py``)."""
 
 from __future__ import annotations
 
@@ -7,12 +9,14 @@ import base64
 import binascii
 import csv
 import hashlib
+import io as bytes_io
 import os
 import string
 from collections.abc import Mapping, Sequence
 
-from ..metrics import mmbench_accuracy
+from ..metrics import FULL_RESPONSE_RULES, mmbench_accuracy
 from . import io
+from .outputs import OutputFiles, llava_answers
 from .registry import DatasetFormat, register_format
 from .schema import Sample, require_answers, with_answer_prompt
 
@@ -178,6 +182,7 @@ def _rotation(
             "choices": shown,
             "category": row.get("category", ""),
             "l2_category": row.get("l2-category", ""),
+            "row": row,
         },
     )
 
@@ -208,7 +213,8 @@ def read_mmbench(
     when present); image_id = that sha256.  A short ``image`` cell naming another row's
     ``index`` (the way VLMEvalKit's TSVs share an image) uses that row's image.  metadata:
     ``circular_group``, ``rotation``, ``index``, ``num_choices``, ``choices`` (as shown),
-    ``category``, ``l2_category``.
+    ``category``, ``l2_category``, ``row`` (the TSV row's cells but the image, for the submission table;
+    shared by a question's rotations).
     """
     path = io.absolute(tsv_file)
     if not os.path.isfile(path):
@@ -229,23 +235,85 @@ def read_mmbench(
 
 
 def score_mmbench(samples: Sequence[Sample], predictions: Mapping[str, str], rule: str) -> dict:
-    """:func:`~memvp.metrics.mmbench_accuracy`: a question is right when all its scored rotations are."""
+    """:func:`~memvp.metrics.mmbench_accuracy`: a question is right when all its scored rotations are; ``rule``
+    reads the option letter ('vlmevalkit' also the option text, of the options as this rotation shows them)."""
     require_answers(samples, "MMBench")
+    whole = rule in FULL_RESPONSE_RULES
     return mmbench_accuracy(
         [
             {
-                "prediction": predictions[s.id],
+                "prediction": s.response(predictions[s.id]) if whole else predictions[s.id],
                 "answer": s.answers[0],
                 "num_choices": s.metadata["num_choices"],
+                "choices": s.metadata["choices"],
                 "group": s.metadata["circular_group"],
                 "rotation": s.metadata["rotation"],
                 "category": s.metadata["category"],
                 "l2_category": s.metadata["l2_category"],
             }
             for s in samples
-        ]
+        ],
+        rule,
     )
 
+
+# LLaVA's scripts/convert_mmbench_for_submission.py: the TSV's columns without these, "prediction" inserted
+# as the seventh column (after index, question, A-D), one row per question of the TSV.
+_SUBMISSION_DROPPED = ("hint", "category", "source", "image", "comment", "l2-category")
+_SUBMISSION_PREDICTION_AT = 6
+MMBENCH_SUBMISSION = "mmbench_submission"
+
+
+def submission_table(samples: Sequence[Sample], predictions: Mapping[str, str]) -> tuple[list[str], list[list]]:
+    """(columns, rows) of the MMBench submission table: a row per sample, the cells of its TSV row but
+    ``index`` (the sample's: MMBench's own numbering of the rotations, index + r x 1e6, as the released
+    files with circular copies have them), the options (as this rotation shows them) and ``answer`` (this
+    rotation's letter, when the file has answers); "prediction" the model's answer. An empty cell (pandas'
+    NA) is None."""
+    header = [c for c in samples[0].metadata["row"] if c not in _SUBMISSION_DROPPED] if samples else ["index"]
+    columns = [*header]
+    columns.insert(min(_SUBMISSION_PREDICTION_AT, len(columns)), "prediction")
+    rows = []
+    for s in samples:
+        cells = {k: None if _is_na(v) else v for k, v in s.metadata["row"].items() if k != "index"}
+        cells["index"] = int(s.id)
+        for letter, option in zip(string.ascii_uppercase, s.metadata["choices"]):
+            cells[letter] = option
+        if s.answers:
+            cells["answer"] = s.answers[0]
+        cells["prediction"] = predictions.get(s.id, "")
+        rows.append([cells.get(c) for c in columns])
+    return columns, rows
+
+
+def write_mmbench_submission(samples: Sequence[Sample], predictions: Mapping[str, str], model_id: str) -> OutputFiles:
+    """The submission table of the MMBench server (and of VLMEvalKit's evaluation) as LLaVA's
+    ``convert_mmbench_for_submission.py`` writes it (:func:`submission_table`): ``mmbench_submission.xlsx``
+    (openpyxl, as there), or, without openpyxl, the same table as ``mmbench_submission.tsv``."""
+    columns, rows = submission_table(samples, predictions)
+    try:
+        from openpyxl import Workbook
+        from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+    except ImportError:
+        text = bytes_io.StringIO()
+        writer = csv.writer(text, delimiter="\t", lineterminator="\n")
+        writer.writerows([columns, *[["" if c is None else c for c in row] for row in rows]])
+        return {f"{MMBENCH_SUBMISSION}.tsv": text.getvalue()}
+    book = Workbook()
+    sheet = book.active
+    for row in [columns, *rows]:  # control characters (a stray one in an answer) can not be stored in xlsx
+        sheet.append([ILLEGAL_CHARACTERS_RE.sub("", c) if isinstance(c, str) else c for c in row])
+    data = bytes_io.BytesIO()
+    book.save(data)
+    return {f"{MMBENCH_SUBMISSION}.xlsx": data.getvalue()}
+
+
+# question_id = the row's index (a number), as LLaVA's model_vqa_mmbench.py writes it and its converter
+# matches it against the TSV's index column.
+_WRITERS = {
+    "llava_jsonl": llava_answers(question_id=lambda s: int(s.id)),
+    "mmbench_submission": write_mmbench_submission,
+}
 
 register_format(
     DatasetFormat(
@@ -254,5 +322,7 @@ register_format(
         {"tsv_file", "image_dir"},
         "image_dir/<sha256>.<ext>, decoded from the TSV's base64 by the reader",
         score_mmbench,
+        writers=_WRITERS,
+        strict_rule="vlmevalkit",
     )
 )

@@ -1,5 +1,5 @@
 """MME (the MemVP paper's Table 9): the released folders of yes / no questions, scored as perception and
-cognition by the official ``eval_tool/calculation.py`` rules."""
+cognition by the official ``eval_tool/calculation.py`` rules, and written as that tool reads them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 
 from ..metrics import mme_scores
 from . import io
+from .outputs import OutputFiles, llava_answers, one_line
 from .registry import DatasetFormat, register_format
 from .schema import LLAVA_SHORT_ANSWER_PROMPT, Sample
 
@@ -130,8 +131,34 @@ def score_mme(samples: Sequence[Sample], predictions: Mapping[str, str], rule: s
     )
 
 
+MME_FOLDER = "mme"
+
+
+def write_mme(samples: Sequence[Sample], predictions: Mapping[str, str], model_id: str) -> OutputFiles:
+    """The results folder of MME's ``eval_tool/calculation.py`` (``--results_dir mme``), as LLaVA's
+    ``convert_answer_to_mme.py`` writes it: ``mme/<subtask>.txt``, one line per question, ``image name<TAB>
+    question<TAB>ground truth<TAB>prediction`` (the question and answer as the MME file has them, the
+    prediction on one line without tabs), the two questions of an image on consecutive lines as the tool
+    pairs them. The tool reads all 14 subtasks' files."""
+    lines: dict[str, list[str]] = {}
+    for s in samples:
+        image = s.metadata["image_key"].split("/", 1)[1]
+        fields = (image, s.metadata["question"].strip(), s.answers[0], one_line(predictions.get(s.id, "")))
+        lines.setdefault(s.metadata["subtask"], []).append("\t".join(fields) + "\n")
+    return {f"{MME_FOLDER}/{subtask}.txt": "".join(rows) for subtask, rows in lines.items()}
+
+
+# question_id "<subtask>/<image>", as in LLaVA's llava_mme.jsonl: its convert_answer_to_mme.py finds the
+# subtask and the question file from it, the ground truth from the prompt.
+_WRITERS = {"llava_jsonl": llava_answers(question_id=lambda s: s.metadata["image_key"]), "mme": write_mme}
+
 register_format(
     DatasetFormat(
-        "mme", read_mme, {"root"}, "root/<subtask>/[images/]<image>, matched to its .txt by file stem", score_mme
+        "mme",
+        read_mme,
+        {"root"},
+        "root/<subtask>/[images/]<image>, matched to its .txt by file stem",
+        score_mme,
+        writers=_WRITERS,
     )
 )

@@ -1,5 +1,5 @@
 """POPE (object hallucination, the MemVP paper's Table 9): the released question files, one split per
-file, scored per split as LLaVA's ``eval_pope.py``."""
+file, scored per split as LLaVA's ``eval_pope.py``, and written as that script reads them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 
 from ..metrics import pope_metrics
 from . import io
+from .outputs import OutputFiles, json_lines, llava_answer
 from .registry import DatasetFormat, register_format
 from .schema import LLAVA_SHORT_ANSWER_PROMPT, Sample, with_answer_prompt
 
@@ -72,6 +73,44 @@ def score_pope(samples: Sequence[Sample], predictions: Mapping[str, str], rule: 
     )
 
 
+POPE_FOLDER = "pope"
+
+
+def write_pope(samples: Sequence[Sample], predictions: Mapping[str, str], model_id: str) -> OutputFiles:
+    """The three inputs of LLaVA's ``llava/eval/eval_pope.py`` (``--annotation-dir pope/coco --question-file
+    pope/llava_pope_test.jsonl --result-file pope/answers.jsonl``), in ``pope/``:
+
+    * ``answers.jsonl``: LLaVA's answers file (``question_id`` = the sample id, ``<split>_<question_id>``,
+      unique over the splits);
+    * ``llava_pope_test.jsonl``: the questions as in LLaVA's file of that name, ``{question_id, image, text,
+      category}``, category = the split (the script takes each answer's split from it);
+    * ``coco/coco_pope_<split>.json``: each split's questions as POPE releases them, ``{question_id, image,
+      text, label}``, in the order of the answers (the script pairs a split's answers with these labels
+      line by line, and reads every file of the folder).
+    """
+    files: OutputFiles = {
+        f"{POPE_FOLDER}/answers.jsonl": json_lines(
+            llava_answer(s.id, s.prompt, predictions.get(s.id, ""), model_id) for s in samples
+        ),
+        f"{POPE_FOLDER}/llava_pope_test.jsonl": json_lines(
+            {"question_id": s.id, "image": s.image_id, "text": s.prompt, "category": s.metadata["split"]}
+            for s in samples
+        ),
+    }
+    for split in dict.fromkeys(s.metadata["split"] for s in samples):
+        files[f"{POPE_FOLDER}/coco/coco_pope_{split}.json"] = json_lines(
+            {
+                "question_id": s.metadata["question_id"],
+                "image": s.image_id,
+                "text": s.metadata["question"],
+                "label": s.answers[0],
+            }
+            for s in samples
+            if s.metadata["split"] == split
+        )
+    return files
+
+
 register_format(
     DatasetFormat(
         "pope",
@@ -79,5 +118,6 @@ register_format(
         {"question_files", "image_dir"},
         "image_dir/<image> of each question (COCO val2014)",
         score_pope,
+        writers={"pope": write_pope},
     )
 )

@@ -1,16 +1,21 @@
 """The table of dataset formats: each family module registers its formats here (reader, the reader's
-path arguments, where the samples' images are, video or not, scorer), and everything that needs a
-format looks it up: :func:`load_samples` reads a data spec, :func:`score` scores predictions, the
-training run names where images are expected and whether it reads videos."""
+path arguments, where the samples' images are, video or not, scorer, the files of the field's tools it
+writes), and everything that needs a format looks it up: :func:`load_samples` reads a data spec,
+:func:`score` scores predictions, :func:`write_outputs` writes submission files, the training run names
+where images are expected and whether it reads videos."""
 
 from __future__ import annotations
 
 import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from ..atomic import atomic_write
+from ..metrics import CHOICE_RULES
 from .io import absolute
+from .outputs import Writer, llava_answers
 from .schema import VIDEO_NAME, Sample
 
 Reader = Callable[..., list[Sample]]
@@ -19,6 +24,10 @@ Scorer = Callable[[Sequence[Sample], Mapping[str, str], str], dict]
 the model's raw text); ``rule`` says how a multiple-choice letter is read (``metrics.extract_choice_letter``)."""
 
 DEFAULT_FEATURES_PATTERN = "{image_id}.safetensors"
+STRICT_RULE = "strict"
+"""A ``choice_rule`` that stands for the letter rule of the format's reference tool (``DatasetFormat.strict_rule``)."""
+ALL_OUTPUTS = "all"
+"""An output format that stands for every output format of the split's dataset format."""
 
 
 @dataclass(frozen=True)
@@ -35,9 +44,22 @@ class DatasetFormat:
     scorer: Scorer
     is_video: bool = False
     """Its samples are videos (a run samples ``num_frames`` frames of each)."""
+    writers: Mapping[str, Writer] = field(default_factory=dict)
+    """Output formats of the field's tools, by name (``memvp predict --output-format NAME``): each builds
+    files from the split's predictions (``memvp.datasets.outputs``). Every format also has ``llava_jsonl``
+    (LLaVA's answers file); a writer of that name here replaces the default one (how the format's
+    questions are named in LLaVA's question files)."""
+    strict_rule: str | None = None
+    """The letter rule of the format's reference tool, which ``choice_rule: strict`` stands for (ScienceQA:
+    LLaVA's 'llava', MMBench: VLMEvalKit's 'vlmevalkit'); None: 'strict' reads letters by 'default'."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path_keys", frozenset(self.path_keys))
+        object.__setattr__(self, "writers", {"llava_jsonl": llava_answers(), **self.writers})
+        if self.strict_rule is not None and self.strict_rule not in CHOICE_RULES:
+            raise ValueError(
+                f"dataset format {self.name!r}: strict_rule {self.strict_rule!r} is not one of {CHOICE_RULES}"
+            )
 
 
 FORMATS: dict[str, DatasetFormat] = {}
@@ -61,14 +83,67 @@ def get_format(name: str) -> DatasetFormat:
     return FORMATS[name]
 
 
+def resolve_rule(task: str, rule: str) -> str:
+    """The letter rule ``rule`` means for dataset format ``task``: itself, or for ``'strict'`` the format's
+    :attr:`DatasetFormat.strict_rule` ('default' where it has none)."""
+    if rule == STRICT_RULE:
+        return get_format(task).strict_rule or "default"
+    if rule not in CHOICE_RULES:
+        raise ValueError(f"unknown multiple-choice rule {rule!r}; rules: {[*CHOICE_RULES, STRICT_RULE]}")
+    return rule
+
+
 def score(task: str, samples: Sequence[Sample], predictions: Mapping[str, str], rule: str = "default") -> dict:
     """Metrics of the samples that have a prediction, by the scorer of their dataset format ``task``.
-    ``rule``: how a multiple-choice option letter is read (``metrics.extract_choice_letter``: 'default' or
-    the official MemVP code's 'memvp')."""
+    ``rule``: how a multiple-choice option letter is read (``metrics.extract_choice_letter``: 'default', the
+    official MemVP code's 'memvp', LLaVA's 'llava', VLMEvalKit's 'vlmevalkit', or 'strict' for the format's
+    reference tool's, :func:`resolve_rule`); the metrics of a format that reads letters name the rule."""
     if task not in FORMATS:
         raise ValueError(f"no metric for task {task!r}; tasks: {', '.join(FORMATS)}")
     predicted = [s for s in samples if s.id in predictions]
-    return FORMATS[task].scorer(predicted, {s.id: predictions[s.id] for s in predicted}, rule)
+    return FORMATS[task].scorer(predicted, {s.id: predictions[s.id] for s in predicted}, resolve_rule(task, rule))
+
+
+def output_formats(task: str, requested: Sequence[str]) -> list[str]:
+    """The output formats ``requested`` for dataset format ``task``, in order, each once (``'all'``: every
+    one of the format's); a ValueError naming the choices for one the format does not write."""
+    writers = get_format(task).writers
+    names: list[str] = []
+    for name in requested:
+        for one in list(writers) if name == ALL_OUTPUTS else [name]:
+            if one not in writers:
+                raise ValueError(
+                    f"output format {one!r} is not written for dataset format {task!r}; choices: "
+                    f"{', '.join([*writers, ALL_OUTPUTS])}"
+                )
+            if one not in names:
+                names.append(one)
+    return names
+
+
+def write_outputs(
+    task: str,
+    requested: Sequence[str],
+    samples: Sequence[Sample],
+    predictions: Mapping[str, str],
+    folder: str | os.PathLike,
+    model_id: str,
+) -> list[tuple[str, Path]]:
+    """Write the files of the output formats ``requested`` (:func:`output_formats`) for the split ``samples``
+    under ``folder``, each atomically; returns (output format, path) of every file written."""
+    written = []
+    for name in output_formats(task, requested):
+        for relative, content in get_format(task).writers[name](samples, predictions, model_id).items():
+            path = Path(folder) / relative
+            mode, encoding = ("wb", None) if isinstance(content, bytes) else ("w", "utf-8")
+
+            def write(tmp: str, content=content, mode=mode, encoding=encoding) -> None:
+                with open(tmp, mode, encoding=encoding) as f:
+                    f.write(content)
+
+            atomic_write(path, write)
+            written.append((name, path))
+    return written
 
 
 def _use_feature_files(samples: list[Sample], features_dir: str, pattern: str) -> list[Sample]:
@@ -152,6 +227,11 @@ __all__ = [
     "register_format",
     "get_format",
     "score",
+    "resolve_rule",
+    "output_formats",
+    "write_outputs",
     "load_samples",
     "DEFAULT_FEATURES_PATTERN",
+    "STRICT_RULE",
+    "ALL_OUTPUTS",
 ]

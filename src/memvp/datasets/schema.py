@@ -57,6 +57,12 @@ class Sample:
         """A video sample: a video, or the feature file that stands for one (``metadata["vid_name"]``)."""
         return self.video is not None or VIDEO_NAME in self.metadata
 
+    def response(self, generated: str) -> str:
+        """The model's whole answer: ``answer_prefix`` (which a generation prompt ends with) and what it
+        generated after it, as a tool that reads answer text expects ("The answer is" + "B." -> "The answer
+        is B."); ``generated`` as it is without a prefix, and "" for no answer."""
+        return f"{self.answer_prefix} {generated}" if self.answer_prefix and generated else generated
+
     @property
     def target(self) -> str | None:
         if "target" in self.metadata:

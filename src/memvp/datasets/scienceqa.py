@@ -1,6 +1,7 @@
 """ScienceQA: the released JSON (``problems.json`` + ``pid_splits.json`` + images) and the Hugging Face
 parquet files, read into the same samples (the ``QCM-A`` prompt and targets of the official MemVP code),
-scored by ScienceQA's accuracy columns."""
+scored by ScienceQA's accuracy columns; ``choice_rule: strict`` reads letters as LLaVA's
+``eval_science_qa.py``, which reads the LLaVA answers file written for it."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..metrics import scienceqa_accuracy
+from ..metrics import FULL_RESPONSE_RULES, scienceqa_accuracy
 from . import io
+from .outputs import llava_answers
 from .registry import DatasetFormat, register_format
 from .schema import SCIENCEQA_ANSWER_PREFIX, Sample, scienceqa_prompt
 
@@ -162,13 +164,16 @@ def read_scienceqa_parquet(
 
 def score_scienceqa(samples: Sequence[Sample], predictions: Mapping[str, str], rule: str) -> dict:
     """:func:`~memvp.metrics.scienceqa_accuracy`: overall and the NAT, SOC, LAN, TXT, IMG, NO, G1-6, G7-12
-    columns; ``rule`` reads the option letter."""
+    columns; ``rule`` reads the option letter, the rules of other tools ('llava', 'vlmevalkit') in the
+    whole answer ("The answer is" and what the model generated after it, as LLaVA's answers file holds)."""
+    whole = rule in FULL_RESPONSE_RULES
     return scienceqa_accuracy(
         [
             {
-                "prediction": predictions[s.id],
+                "prediction": s.response(predictions[s.id]) if whole else predictions[s.id],
                 "answer": s.answers[0],
                 "num_choices": s.metadata["num_choices"],
+                "choices": s.metadata["choices"],
                 "subject": s.metadata["subject"],
                 "grade": s.metadata["grade"],
                 "has_text_context": s.metadata["has_text_context"],
@@ -180,13 +185,34 @@ def score_scienceqa(samples: Sequence[Sample], predictions: Mapping[str, str], r
     )
 
 
+def _llava_prompt(sample: Sample) -> str:
+    """The prompt as LLaVA's ``model_vqa_science.py`` writes it: ``<image>`` on a line of its own before the
+    question when there is an image (``eval_science_qa.py`` counts those questions as multimodal)."""
+    return f"<image>\n{sample.prompt}" if sample.metadata["has_image_context"] else sample.prompt
+
+
+# LLaVA's answers file, read by LLaVA's llava/eval/eval_science_qa.py (question_id = the problem id).
+_WRITERS = {"llava_jsonl": llava_answers(prompt=_llava_prompt)}
+
 register_format(
     DatasetFormat(
-        "scienceqa", read_scienceqa, {"root", "captions_file"}, "root/images/<split>/<pid>/<image>", score_scienceqa
+        "scienceqa",
+        read_scienceqa,
+        {"root", "captions_file"},
+        "root/images/<split>/<pid>/<image>",
+        score_scienceqa,
+        writers=_WRITERS,
+        strict_rule="llava",
     )
 )
 register_format(
     DatasetFormat(
-        "scienceqa_parquet", read_scienceqa_parquet, {"files", "image_dir"}, io.PARQUET_IMAGES, score_scienceqa
+        "scienceqa_parquet",
+        read_scienceqa_parquet,
+        {"files", "image_dir"},
+        io.PARQUET_IMAGES,
+        score_scienceqa,
+        writers=_WRITERS,
+        strict_rule="llava",
     )
 )

@@ -1,15 +1,18 @@
 """VQAv2: the official question + annotation JSON files and the Hugging Face parquet files, read into the
 same samples (the question as prompt, the 10 human answers for the VQA score, ``multiple_choice_answer``
-as the training target), scored by the official VQA accuracy."""
+as the training target), scored by the official VQA accuracy; written for the EvalAI test server as LLaVA
+submits it."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..metrics import vqa_accuracy
+from ..metrics import evalai_answer, vqa_accuracy
 from . import io
+from .outputs import OutputFiles, llava_answers, number_or_text
 from .registry import DatasetFormat, register_format
 from .schema import Sample
 
@@ -183,6 +186,26 @@ def score_vqav2(samples: Sequence[Sample], predictions: Mapping[str, str], rule:
     return vqa_accuracy(predictions, {s.id: s.answers for s in samples}, {s.id: s.question_type for s in samples})
 
 
+VQAV2_EVAL_AI_FILE = "vqav2_eval_ai.json"
+
+
+def write_vqav2_eval_ai(samples: Sequence[Sample], predictions: Mapping[str, str], model_id: str) -> OutputFiles:
+    """The results file of the VQAv2 server on EvalAI as LLaVA's ``scripts/convert_vqav2_for_submission.py``
+    writes it: ``[{"question_id": int, "answer": str}]`` for every question of the split, each answer through
+    the EvalAI answer processor (:func:`~memvp.metrics.evalai_answer`), "" for a question without one."""
+    return {
+        VQAV2_EVAL_AI_FILE: json.dumps(
+            [{"question_id": number_or_text(s.id), "answer": evalai_answer(predictions.get(s.id, ""))} for s in samples]
+        )
+    }
+
+
+# question_id as in the questions file (a number), as LLaVA's llava_vqav2_mscoco_test-dev2015.jsonl has it
+_WRITERS = {
+    "llava_jsonl": llava_answers(question_id=lambda s: number_or_text(s.id)),
+    "vqav2_eval_ai": write_vqav2_eval_ai,
+}
+
 register_format(
     DatasetFormat(
         "vqav2",
@@ -191,8 +214,11 @@ register_format(
         "image_dir/image_pattern, image_pattern defaulting to 'COCO_{data_subtype}_{image_id:012d}.jpg' "
         "(set image_pattern in the data spec, e.g. '{image_id}.png', if your files are named otherwise)",
         score_vqav2,
+        writers=_WRITERS,
     )
 )
 register_format(
-    DatasetFormat("vqav2_parquet", read_vqav2_parquet, {"files", "image_dir"}, io.PARQUET_IMAGES, score_vqav2)
+    DatasetFormat(
+        "vqav2_parquet", read_vqav2_parquet, {"files", "image_dir"}, io.PARQUET_IMAGES, score_vqav2, writers=_WRITERS
+    )
 )

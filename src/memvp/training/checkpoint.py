@@ -192,6 +192,7 @@ RESUME_HONOURED: dict[str, str] = {
     "num_beams": "evaluation only",
     "choice_rule": "evaluation only",
     "report_to": "logging only",
+    "output_formats": "memvp predict / eval only",
     "dataloader_workers": "how batches are assembled, not which",
     "skip_bad": "the train set is still compared sample by sample, and counted after skipping",
     "feature_cache": "where features are cached (keyed by encoder and file, so they are the same)",

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from ..config import check_field_types
+from ..datasets import STRICT_RULE
 from ..inputs import DEFAULT_PROMPT_TEMPLATE
 from ..loading import recorded_pipeline
 from ..methods import METHODS, get_method
@@ -139,8 +140,15 @@ class TrainConfig:
     """Skip samples whose image (or feature file) is missing or unreadable instead of stopping;
     they are counted and listed under 'skipped' in metrics.json / eval_metrics.json."""
     choice_rule: str = "default"
-    """How ScienceQA's predicted option letter is read: 'default' (tolerant) or 'memvp' (the official
-    MemVP ``eval.py``: the first capital letter of the output); named in the metrics."""
+    """How a predicted option letter is read (ScienceQA, MMBench): 'default' (tolerant), 'memvp' (the
+    official MemVP ``eval.py``: the first capital letter of the output), 'llava' (LLaVA's
+    ``eval_science_qa.py``), 'vlmevalkit' (VLMEvalKit's matching: option letters and option text) or
+    'strict': the rule of the format's reference tool (ScienceQA: 'llava', MMBench: 'vlmevalkit'); the
+    rule used is named in the metrics."""
+    output_formats: list = field(default_factory=list)
+    """``memvp predict`` / ``memvp eval``: files for the field's tools written next to predictions.json,
+    by name (``llava_jsonl``, ``vqav2_eval_ai``, ``mmbench_submission``, ``pope``, ``mme``, ``gqa_eval``,
+    ``coco_results``; ``all``: every one the eval_data format has); ``--output-format`` on the command line."""
     score_skipped: str = "wrong"
     """How evaluation scores questions skipped by ``skip_bad``: 'wrong' (an empty answer, the
     default) or 'drop' (left out of the metrics)."""
@@ -182,8 +190,10 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be one of {list(SCHEDULES)}, got {self.lr_schedule!r}")
         if self.num_beams < 1:
             raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
-        if self.choice_rule not in CHOICE_RULES:
-            raise ValueError(f"choice_rule must be one of {list(CHOICE_RULES)}, got {self.choice_rule!r}")
+        if self.choice_rule not in (*CHOICE_RULES, STRICT_RULE):
+            raise ValueError(f"choice_rule must be one of {[*CHOICE_RULES, STRICT_RULE]}, got {self.choice_rule!r}")
+        if not all(isinstance(f, str) for f in self.output_formats):
+            raise ValueError(f"output_formats must be a list of names, e.g. [llava_jsonl], got {self.output_formats!r}")
         if self.precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"precision must be 'no', 'bf16' or 'fp16', got {self.precision!r}")
         if self.model_dtype not in DTYPES:

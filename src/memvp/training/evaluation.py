@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_text
-from ..datasets import Sample, score
+from ..datasets import Sample, model_id_of, output_formats, score, write_outputs
 from ..generation import predict
 from ..inputs import describe_truncation, encode_sample
 from ..methods import check_adapter
@@ -98,23 +98,31 @@ def evaluate_distributed(
 
 
 def run_eval(cfg: TrainConfig, with_metrics: bool = True) -> dict:
-    """``memvp predict`` / ``memvp eval``: the adapter of ``cfg.adapter`` on ``cfg.eval_data``."""
+    """``memvp predict`` / ``memvp eval``: the adapter of ``cfg.adapter`` on ``cfg.eval_data``; predictions.json,
+    the files of ``cfg.output_formats`` next to it (one line logged per file) and, for eval, eval_metrics.json."""
     if not cfg.adapter:
         raise ValueError("give the adapter to evaluate: adapter=DIR")
     out = Path(cfg.output_dir)
     check_output_dir(out)
     split = read_split(cfg.eval_data, "eval_data", cfg.max_eval_samples, cfg.skip_bad)  # before the models load
+    task = task_of(cfg.eval_data)
+    output_formats(task, cfg.output_formats)  # an output format the data set does not have fails now
     check_adapter(cfg.adapter)
     model, tokenizer, visual = build(cfg, split)
-    samples, skipped = prepare_samples(visual, split, cfg.skip_bad, "eval", task_of(cfg.eval_data))
+    samples, skipped = prepare_samples(visual, split, cfg.skip_bad, "eval", task)
     truncated = report_eval_truncation(tokenizer, samples, cfg, logger.info)
     predictions = predict_split(model, tokenizer, visual, samples, cfg)
     write_json(out / "predictions.json", predictions)
+    # Every question of the split goes into these files ("" for a skipped one): the servers want them all.
+    written = write_outputs(task, cfg.output_formats, split, predictions, out, model_id_of(cfg.adapter))
+    for name, path in written:
+        logger.info(f"wrote {path} ({name})")
+    outputs = {"outputs": {str(path): name for name, path in written}} if written else {}
     if not with_metrics:
-        return {"predictions": len(predictions), "path": str(out / "predictions.json")}
-    metrics = {**score_split(task_of(cfg.eval_data), split, predictions, skipped, cfg), "truncated_prompts": truncated}
+        return {"predictions": len(predictions), "path": str(out / "predictions.json"), **outputs}
+    metrics = {**score_split(task, split, predictions, skipped, cfg), "truncated_prompts": truncated}
     write_json(out / "eval_metrics.json", metrics)
-    return metrics
+    return {**metrics, **outputs}
 
 
 __all__ = ["report_eval_truncation", "score_split", "predict_split", "evaluate_distributed", "run_eval", "write_json"]

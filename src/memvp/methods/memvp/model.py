@@ -325,7 +325,8 @@ class MemVPModel(FFNMemoryModel):
             x, keys, values, site.activation, scale, self.memvp_config.dropout, self.training, blocked, key_gain
         )
         if self._probe is not None:
-            self._probe["sites"].append(_site_stats(x, keys, site.name, site.activation, key_gain, delta, ffn_output))
+            stats = _site_stats(x, keys, site.name, site.activation, key_gain, delta, ffn_output, self._probe["mask"])
+            self._probe["sites"].append(stats)
         return delta
 
     def set_visual_memory(
@@ -357,11 +358,15 @@ class MemVPModel(FFNMemoryModel):
 
     # ----------------------------------------------------------------------------- instruments
     @contextlib.contextmanager
-    def probing(self):
+    def probing(self, entry_mask: torch.Tensor | None = None):
         """Per-layer statistics of the language-model calls made inside (the memory's and the FFN's
         output lengths per token, the retrieval scores' sign and spread): yields the list each MemVP
-        layer appends its dict to, in call order. ``memvp.instruments`` reads it."""
-        self._probe = {"sites": []}
+        layer appends its dict to, in call order. ``memvp.instruments`` reads it.
+
+        ``entry_mask`` ([B, entries] bool, missing entries count as False) marks the entries of each
+        sample's asked object: every layer then also records, per token, the share of its retrieval
+        weight on them (``asked_share``) and a uniform reading's (``asked_uniform``: marked / all)."""
+        self._probe = {"sites": [], "mask": entry_mask}
         try:
             yield self._probe["sites"]
         finally:
@@ -404,21 +409,33 @@ def _site_stats(
     key_gain,
     delta: torch.Tensor,
     ffn_output: torch.Tensor,
+    entry_mask: torch.Tensor | None = None,
 ) -> dict:
     """Per-token lengths of the memory's output and the FFN's own output, and the retrieval scores'
-    sign and spread, for the instruments (memvp.instruments)."""
+    sign and spread, for the instruments (memvp.instruments); with ``entry_mask`` ([B, <= entries]
+    bool) also the share of the retrieval weight on the marked entries and a uniform reading's."""
     samples, d = keys.shape[0], x.shape[-1]
     scores = retrieval_scores(x.reshape(samples, -1, d).float(), keys.float().to(x.device), key_gain)
-    weights = activation(scores)
-    share = weights.abs().amax(-1) / weights.abs().sum(-1).clamp_min(1e-12)
-    return {
+    weights = activation(scores).abs()
+    total = weights.sum(-1).clamp_min(1e-12)
+    stats = {
         "name": name,
         "memory_norm": delta.float().norm(dim=-1).reshape(-1),
         "ffn_norm": ffn_output.float().norm(dim=-1).reshape(-1),
         "positive_scores": (scores > 0).float().mean(-1).reshape(-1),
         "score_std": scores.std(-1).reshape(-1),
-        "top_share": share.reshape(-1),
+        "top_share": (weights.amax(-1) / total).reshape(-1),
     }
+    if entry_mask is not None:
+        n = weights.shape[-1]
+        if entry_mask.dim() != 2 or entry_mask.shape[-1] > n:
+            raise ValueError(f"entry_mask must be [batch, <= {n} entries], got {tuple(entry_mask.shape)}")
+        mask = F.pad(entry_mask.to(weights.device, weights.dtype), (0, n - entry_mask.shape[-1]))
+        if mask.shape[0] != samples:  # generate() repeats each sample's rows (beams): a row per sample
+            mask = mask.repeat_interleave(samples // mask.shape[0], dim=0)
+        stats["asked_share"] = ((weights * mask[:, None]).sum(-1) / total).reshape(-1)
+        stats["asked_uniform"] = (mask.sum(-1, keepdim=True) / n).expand(samples, weights.shape[1]).reshape(-1)
+    return stats
 
 
 def get_memvp_model(
