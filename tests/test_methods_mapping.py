@@ -72,3 +72,18 @@ def test_an_adapter_directory_is_recognised_by_its_files(tmp_path):
         "baseline_config.json \\(InputSpaceModel\\)",
     ):
         check_adapter(tmp_path)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_model_offers_what_the_library_asks_of_it(method):
+    """Training, bench, flops, explain and serve read these capabilities, never the method's name."""
+    from memvp.methods.base import MethodModelProtocol
+
+    model = build_model(method, tiny_model("llama"), visual_dim=8, num_visual_tokens=4, adem={"scales": [1]})
+    assert isinstance(model, MethodModelProtocol)
+    assert model.method_name == method
+    assert model.reads_images == get_method(method).reads_images
+    assert model.supports_probing == (method in ("memvp", "memvp_lora"))
+    text = model.analytic_layer_flops(10, 32, 0)
+    assert text == 4 * 10 * 32 * (6 * 32 + 10) or method == "adem"  # eq. 13 without visual tokens
+    assert model.analytic_layer_flops(10, 32, 4) >= text

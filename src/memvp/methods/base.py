@@ -12,15 +12,13 @@
 
 A method model overrides (peft's ``BaseTuner`` states its contract the same way):
 
-==============================  ==================================================================
-``config_class``, ``config_name``, ``weights_name``, ``config_attr``   its config and adapter files
-``visual_dim``                  the feature size it reads (None: no image)
-``lm_inputs``                   (optional) how ids, mask and labels reach the LM: tokens inserted
-``make_entries``, ``read``      (FFN memories) the entries and one layer's read
-``base_model_fingerprint``      which layers it adapts (for the adapter's base-model check)
-capabilities                    ``reads_images``, ``supports_probing``, ``analytic_layer_flops``,
-                                ``use_feature_statistics``
-==============================  ==================================================================
+* ``config_class``, ``config_name``, ``weights_name``, ``config_attr``: its config and adapter files;
+* ``visual_dim``: the feature size it reads (None: no image);
+* ``lm_inputs`` (optional): how ids, mask and labels reach the LM, e.g. with tokens inserted;
+* ``make_entries`` and ``read`` (FFN memories): the entries of a call and one layer's read;
+* ``base_model_fingerprint``: which layers it adapts (the adapter's base-model check);
+* capabilities (``MethodModelProtocol``): ``reads_images``, ``supports_probing``, ``analytic_layer_flops``,
+  ``use_feature_statistics``.
 
 ``docs/design.md`` ("Adding a method") shows a whole new method in about 40 lines.
 """
