@@ -174,6 +174,27 @@ def test_damaged_checkpoint_of_the_right_size_is_passed_over(tiny, uninterrupted
     assert_identical(run, uninterrupted)
 
 
+def test_checkpoint_with_other_optimizer_groups_is_refused_naming_it(tiny, uninterrupted, capsys):
+    """A checkpoint of the one-group optimizer (before biases and 1-d tensors lost weight decay) stopped
+    --resume with torch's "different number of parameter groups", naming neither checkpoint nor cause."""
+    run = tiny / "old-groups"
+    shutil.copytree(uninterrupted / "checkpoint-6", run / "checkpoint-6")
+    path = run / "checkpoint-6" / checkpoint.OPTIMIZER
+    state = torch.load(path, weights_only=True)
+    assert len(state["param_groups"]) > 1
+    merged = {**state["param_groups"][0], "params": sorted(i for g in state["param_groups"] for i in g["params"])}
+    torch.save({**state, "param_groups": [merged]}, path)
+    trainer_state = json.loads((run / "checkpoint-6" / checkpoint.TRAINER_STATE).read_text())
+    trainer_state["files"][path.name] = path.stat().st_size
+    trainer_state["sha256"][path.name] = checkpoint._sha256(path)
+    (run / "checkpoint-6" / checkpoint.TRAINER_STATE).write_text(json.dumps(trainer_state))
+    capsys.readouterr()
+    assert main(["train", str(tiny / "train.yaml"), f"output_dir={run}", *ARGS, "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"cannot resume from {run / 'checkpoint-6'}: its optimizer has 1 parameter group(s)" in err
+    assert "start afresh" in err
+
+
 def test_checkpoint_without_checksums_that_does_not_load_is_damaged(tmp_path):
     """Checkpoints written before the checksums: a file that does not load counts as damaged."""
     for step in (2, 4):

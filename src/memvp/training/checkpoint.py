@@ -372,7 +372,14 @@ def _optimizer_state(accelerator, model, optimizer) -> dict | None:
     return state if accelerator.is_main_process else None
 
 
-def _load_optimizer_state(accelerator, model, optimizer, state: dict) -> None:
+def _load_optimizer_state(accelerator, model, optimizer, state: dict, directory: Path) -> None:
+    saved, now = len(state.get("param_groups", [])), len(optimizer.param_groups)
+    if saved != now:  # torch's own error names neither the checkpoint nor the cause
+        raise ValueError(
+            f"cannot resume from {directory}: its optimizer has {saved} parameter group(s), this run's has {now} "
+            "(checkpoints written before biases and 1-d tensors were exempted from weight decay, or with "
+            "projector_lr switched, have other groups); start afresh, or resume with the memvp version that wrote it"
+        )
     if not is_fsdp(accelerator):
         optimizer.load_state_dict(state)
         return
@@ -465,7 +472,7 @@ def load_training_state(accelerator, model, optimizer, scheduler, directory: str
                 "resume from an earlier checkpoint (resume=DIR) or start afresh"
             ) from None
 
-    _load_optimizer_state(accelerator, model, optimizer, load(OPTIMIZER))
+    _load_optimizer_state(accelerator, model, optimizer, load(OPTIMIZER), directory)
     scheduler.load_state_dict(load(SCHEDULER))
     _honour_configured_lrs(optimizer, schedule, configured)
     if accelerator.scaler is not None and (directory / SCALER).is_file():
