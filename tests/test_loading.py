@@ -143,6 +143,48 @@ def test_explain_needs_only_the_adapter_and_refuses_methods_without_maps(tiny, t
         assert code == 0 and (tmp_path / "map.png").is_file()
 
 
+@pytest.mark.parametrize(
+    "command, method, flags, message",
+    [
+        ("explain", "adem", [], "knowledge-locating maps read MemVP's memory; a adem adapter"),
+        ("explain", "memvp", ["--max-length", "2"], "--max-length (2) must exceed --max-new-tokens (2)"),
+        ("explain", "memvp", ["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
+        ("serve", "memvp", ["--max-length", "0"], "--max-length (0) must exceed --max-new-tokens (2)"),
+        ("serve", "memvp", ["--vision-encoder", "efficientnet-lite0"], "expects 16-d visual features"),
+        ("serve", "memvp", ["--device", "gpu7"], "--device 'gpu7' is not a torch device"),
+    ],
+)
+def test_what_needs_no_language_model_is_refused_before_it_loads(
+    tiny, trained, monkeypatch, capsys, command, method, flags, message
+):
+    """Review of issue 23: these were found only after the language model had loaded (minutes for a 7B
+    model), and 0 for a length flag was taken as 'not given'."""
+    import memvp.loading
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the language model was loaded before the bad input was reported")
+
+    monkeypatch.setattr(memvp.loading, "load_language_model", refuse)
+    image = sorted((tiny / "data" / "images").glob("*.png"))[0]
+    asked = ["--image", str(image), "--question", "what shape ?"] if command == "explain" else []
+    capsys.readouterr()
+    assert main([command, "--adapter", str(trained[method] / "adapter"), *asked, *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_bfloat16_on_the_device_asked_for(tiny, trained, tmp_path):
+    """--dtype / --device (load_pretrained's dtype / device): a 7B adapter served in bf16 on a GPU."""
+    import torch
+
+    loaded = load_pretrained(trained["memvp"] / "adapter", dtype=torch.bfloat16, device="cpu")
+    assert loaded.model.language_model.dtype == torch.bfloat16
+    image = sorted((tiny / "data" / "images").glob("*.png"))[0]
+    assert isinstance(loaded.ask(image, "what shape is the red object ?"), str)
+    argv = ["explain", "--adapter", str(trained["memvp"] / "adapter"), "--image", str(image), "--question", "what ?"]
+    assert main([*argv, "--dtype", "bfloat16", "--output", str(tmp_path / "map.png")]) == 0
+
+
 def test_an_adapter_of_format_1_loads_with_the_models_given(tiny, trained, tmp_path):
     old = tmp_path / "old-adapter"
     shutil.copytree(trained["memvp"] / "adapter", old)

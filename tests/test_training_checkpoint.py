@@ -254,6 +254,7 @@ def test_resume_refuses_settings_that_can_not_change_naming_them(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "settings that can not change mid-run differ from the checkpoint's" in err[0]
     assert named in err[0] and "start afresh" in err[0]
+    assert not (tiny / "changed" / "config.yaml").exists()  # a refused run leaves no config of itself
 
 
 def test_resume_refuses_another_train_file_of_the_same_size(tiny, uninterrupted, tmp_path, capsys, no_model_load):
@@ -320,8 +321,8 @@ def test_resume_honours_a_new_lr_and_max_steps(tiny, uninterrupted, capsys):
     )
     longer = rows(tiny / "longer")
     assert [int(r[0]) for r in longer] == list(range(1, 13))
-    for r in longer[4:]:  # cosine over 12 steps from step 5 on (warmup 0)
-        assert float(r[3]) == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * int(r[0]) / 12)), rel=1e-5)
+    for r in longer[4:]:  # the lr each step used: cosine over 12 steps from step 5 on (warmup 0)
+        assert float(r[3]) == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * (int(r[0]) - 1) / 12)), rel=1e-5)
 
 
 def test_resume_rule_refuses_any_other_key_by_default():
@@ -361,6 +362,30 @@ def test_failed_write_leaves_the_previous_checkpoint(tmp_path):
     assert checkpoint.resolve_resume("latest", tmp_path) == (tmp_path / "checkpoint-4", [])
     checkpoint.prune_checkpoints(tmp_path, keep=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "checkpoint-9"]
+
+
+def test_pruning_after_resuming_an_earlier_checkpoint_keeps_what_this_run_wrote(tmp_path):
+    """Review of issue 24: resumed at step 2 past a damaged checkpoint-6, with save_total_limit=1, every
+    new checkpoint below 6 was pruned as soon as it was written (the highest steps were kept)."""
+    for step in (2, 4, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / checkpoint.TRAINER_STATE).write_text("{}")
+    checkpoint.prune_checkpoints(tmp_path, keep=2, step=4)  # checkpoint-4 just written
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
+    checkpoint.prune_checkpoints(tmp_path, keep=1, step=4)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-4"]
+
+
+def test_the_resume_hint_repeats_an_override_that_followed_resume(tiny):
+    """Review of issue 24: `--resume max_steps=20` ran with max_steps=20, but the hint printed on Ctrl-C
+    left it out, so following it went back to the file's max_steps."""
+    from memvp.cli import _config, _interrupted, build_parser
+    from memvp.training import TrainingInterrupted
+
+    args = build_parser().parse_args(["train", str(tiny / "train.yaml"), "--resume", "max_steps=20"])
+    assert _config(args).max_steps == 20
+    hint = _interrupted(args, TrainingInterrupted("SIGTERM", 9, 20, "x/checkpoint-9"))
+    assert hint.endswith(f"resume with: memvp train {tiny / 'train.yaml'} max_steps=20 --resume")
 
 
 def test_non_finite_loss_stops_keeping_the_last_good_checkpoint(tiny, monkeypatch, capsys):

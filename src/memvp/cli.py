@@ -28,6 +28,7 @@ def _config(args):
     resume = getattr(args, "resume", None)
     if resume is not None and "=" in resume and not os.path.exists(resume):
         overrides.append(resume)  # `--resume key=value`: argparse took an override for the path
+        args.overrides, args.resume = [*args.overrides, resume], "latest"  # the resume hint repeats it
         resume = "latest"
     if resume is not None:
         overrides.append(f"resume={json.dumps(resume)}")  # quoted: a path stays a string
@@ -122,26 +123,41 @@ def _add_adapter_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-new-tokens", type=int, help="answer tokens (default: as in training, else 10)")
     p.add_argument("--max-length", type=int, help="prompt + answer tokens (default: as in training, else 128)")
+    p.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float16", "float32"],
+        default="float32",
+        help="the language model's weights (bfloat16 halves a 7B model's memory on a GPU)",
+    )
+    p.add_argument("--device", help="where the models run, e.g. cuda:1 (default: cuda when there is one, else cpu)")
 
 
 def _load_adapter(args: argparse.Namespace):
     """``load_pretrained`` of ``--adapter``, flags overriding what it records; adapters that record nothing
-    (saved before adapter format 2) get the demo's models unless flags name others."""
-    from .loading import load_pretrained, recorded_pipeline
+    (saved before adapter format 2) get the demo's models unless flags name others. Lengths are checked
+    before any model loads (by load_pretrained)."""
+    import torch
+
+    from .loading import load_pretrained, prompt_lengths, recorded_pipeline
 
     recorded = recorded_pipeline(args.adapter)
-    loaded = load_pretrained(
+    max_new_tokens, max_length = prompt_lengths(
+        recorded, args.max_new_tokens, args.max_length, ("--max-new-tokens", "--max-length")
+    )
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    return load_pretrained(
         args.adapter,
         args.language_model or (None if recorded.get("language_model") else "smollm2"),
         args.vision_encoder or (None if recorded.get("vision_encoder") else DEMO_VISION),
+        dtype=getattr(torch, args.dtype),
+        device=device,
+        max_new_tokens=max_new_tokens,
+        max_length=max_length,
     )
-    loaded.max_new_tokens = args.max_new_tokens or loaded.max_new_tokens
-    loaded.max_length = args.max_length or loaded.max_length
-    if loaded.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {loaded.max_new_tokens}")
-    if loaded.max_length <= loaded.max_new_tokens:
-        raise ValueError(f"--max-length ({loaded.max_length}) must exceed --max-new-tokens ({loaded.max_new_tokens})")
-    return loaded
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -151,18 +167,18 @@ def _explain(args: argparse.Namespace) -> int:
     from .explain import explain, grid_region, require_maps
     from .explain_plot import plot_explanation
     from .instruments import format_report
+    from .methods import adapter_method
     from .vision import load_image
 
     if args.block_top < 0:
         raise ValueError(f"--block-top must be >= 0, got {args.block_top}")
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     image = load_image(args.image)  # a missing / corrupt image fails before the models load
     if not args.question.strip():
         raise ValueError("--question is empty")
     output = Path(args.output or f"explain_{Path(args.image).stem}.png")
+    method = adapter_method(args.adapter)
+    require_maps(method.model_class, method.name)  # before any model loads
     loaded = _load_adapter(args)
-    require_maps(loaded.model)
     model, tokenizer, encoder = loaded.model, loaded.tokenizer, loaded.vision_encoder
     with torch.no_grad():
         features = encoder.encode([image])

@@ -413,16 +413,19 @@ def load_explainer(adapter: str | Path, vision_encoder: str | None = None, langu
     ``memvp_lora``): ``load_pretrained`` with the maps' requirement checked. The models default to those
     the adapter recorded (adapters saved before format 2 need them given)."""
     from .loading import load_pretrained
+    from .methods import adapter_method
 
+    method = adapter_method(adapter)
+    require_maps(method.model_class, method.name)  # before any model loads
     loaded = load_pretrained(adapter, language_model, vision_encoder)
-    require_maps(loaded.model)
     return loaded.model, loaded.tokenizer, loaded.vision_encoder
 
 
-def require_maps(model) -> None:
-    """Knowledge-locating maps read MemVP's memory: refuse other methods with one line."""
+def require_maps(model, name: str | None = None) -> None:
+    """Knowledge-locating maps read MemVP's memory: refuse other methods with one line (``model``: a
+    method model or its class, whose ``supports_probing`` says it)."""
     if not getattr(model, "supports_probing", False):
-        name = getattr(model, "method_name", None) or type(model).__name__
+        name = name or getattr(model, "method_name", None) or getattr(model, "__name__", type(model).__name__)
         raise ValueError(
             f"knowledge-locating maps read MemVP's memory; a {name} adapter has none (use a memvp or "
             "memvp_lora adapter)"

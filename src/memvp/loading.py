@@ -82,6 +82,23 @@ def recorded_pipeline(adapter: str | os.PathLike) -> dict:
     return {k: v for k, v in (meta.get("pipeline") or {}).items() if k in PIPELINE_KEYS}
 
 
+def prompt_lengths(
+    recorded: dict,
+    max_new_tokens: int | None,
+    max_length: int | None,
+    names: tuple[str, str] = ("max_new_tokens", "max_length"),
+) -> tuple[int, int]:
+    """(max_new_tokens, max_length): those given, else those the adapter recorded, else 10 and 128; a
+    ValueError naming ``names`` when they leave no room for an answer."""
+    new = int(recorded.get("max_new_tokens") or 10) if max_new_tokens is None else max_new_tokens
+    length = int(recorded.get("max_length") or 128) if max_length is None else max_length
+    if new < 1:
+        raise ValueError(f"{names[0]} must be >= 1, got {new}")
+    if length <= new:
+        raise ValueError(f"{names[1]} ({length}) must exceed {names[0]} ({new})")
+    return new, length
+
+
 def load_pretrained(
     adapter: str | os.PathLike,
     language_model: str | None = None,
@@ -91,13 +108,17 @@ def load_pretrained(
     device: str | torch.device | None = None,
     is_trainable: bool = False,
     allow_base_mismatch: bool = False,
+    max_new_tokens: int | None = None,
+    max_length: int | None = None,
 ) -> Pretrained:
     """Load an adapter (a folder, or a Hub id from huggingface_hub's cache) with its language model and
     vision encoder. Anything given here overrides what the adapter recorded; an adapter that recorded
-    nothing (saved before format 2) needs ``language_model`` and ``vision_encoder``."""
+    nothing (saved before format 2) needs ``language_model`` and ``vision_encoder``. For a 7B model on a
+    GPU: ``dtype=torch.bfloat16, device="cuda"``. Everything that needs no model is checked first."""
     path = resolve_local(adapter, "adapter")
     meta, _ = adapter_meta(path)
     recorded = meta.get("pipeline") or {}
+    max_new_tokens, max_length = prompt_lengths(recorded, max_new_tokens, max_length)
     language_model = language_model or recorded.get("language_model")
     vision_encoder = vision_encoder or recorded.get("vision_encoder")
     if not language_model or not vision_encoder:
@@ -114,6 +135,7 @@ def load_pretrained(
         vision if vision is not None else recorded.get("vision") or (meta.get("vision_encoder") or {}).get("options")
     )
     encoder = load_vision_encoder(vision_encoder, options, num_frames=int(recorded.get("num_frames") or 0))
+    check_adapter_features(path, encoder.feature_dim, vision_encoder)  # before the (large) language model
     lm, tokenizer = load_language_model(language_model, dtype=dtype)
     model = load_adapter(
         lm,
@@ -122,7 +144,6 @@ def load_pretrained(
         allow_base_mismatch=allow_base_mismatch,
         vision_encoder=encoder if encoder.has_adapters else None,
     )
-    check_adapter_features(model, path, encoder.feature_dim, vision_encoder)
     if device is not None:
         model.to(device)
         encoder.to(device)
@@ -136,9 +157,9 @@ def load_pretrained(
         model.method_name,
         path,
         prompt_template=recorded.get("prompt_template") or DEFAULT_PROMPT_TEMPLATE,
-        max_length=int(recorded.get("max_length") or 128),
-        max_new_tokens=int(recorded.get("max_new_tokens") or 10),
+        max_length=max_length,
+        max_new_tokens=max_new_tokens,
     )
 
 
-__all__ = ["Pretrained", "PIPELINE_KEYS", "load_pretrained", "recorded_pipeline"]
+__all__ = ["Pretrained", "PIPELINE_KEYS", "load_pretrained", "prompt_lengths", "recorded_pipeline"]

@@ -21,8 +21,10 @@ from .atomic import atomic_write, atomic_write_text
 def write_adapter(
     directory: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict, config_name: str, weights_name: str
 ) -> None:
-    """Trainable weights (safetensors) then the config JSON, each file atomically: a directory with
-    a config always has matching weights, and a failed save leaves the previous adapter intact."""
+    """Trainable weights (safetensors) then the config JSON, each file atomically: neither is ever half
+    written, and a save that fails before its first rename leaves the previous adapter intact. A kill
+    between the two renames, over an existing adapter, leaves the new weights beside the old config
+    (the loader refuses them where names or shapes differ; save into a new folder to be safe)."""
     directory = Path(directory)
     state = {n: t.detach().to("cpu").contiguous() for n, t in state.items()}
     atomic_write(directory / weights_name, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))

@@ -154,9 +154,24 @@ def load_adapter(
 def method_of(cls: type, model: nn.Module, meta: dict) -> str:
     """The registered method an adapter holds: recorded since adapter format 2; for older ones, the one
     method of its model class whose fixed settings its config has (input_space / text_only share a class)."""
+    return _method_of_config(cls, getattr(model, model.config_attr), meta)
+
+
+def adapter_method(path: str | os.PathLike) -> Method:
+    """The registered method of an adapter directory or Hub id, read without any model."""
+    meta, config = adapter_meta(path)
+    return METHODS[_method_of_config(_adapter_model_class(resolve_local(path, "adapter")), config, meta)]
+
+
+def adapter_visual_dim(path: str | os.PathLike) -> int | None:
+    """The visual feature size an adapter reads (None for a method that reads no image), without any model."""
+    method = adapter_method(path)
+    return int(adapter_config(path).visual_dim) if method.reads_images else None
+
+
+def _method_of_config(cls: type, config, meta: dict) -> str:
     if meta.get("method") in METHODS:
         return meta["method"]
-    config = getattr(model, model.config_attr)
     for entry in METHODS.values():
         if entry.model_class is cls and all(getattr(config, k, None) == v for k, v in entry.fixed.items()):
             return entry.name
@@ -186,9 +201,10 @@ def init_from_adapter(model: nn.Module, path: str | os.PathLike, allow_base_mism
     return len(state), len(own) - len(state)
 
 
-def check_adapter_features(model: nn.Module, adapter: str | os.PathLike, feature_dim: int, encoder: str) -> None:
-    """Refuse a vision encoder whose features do not have the size the loaded adapter was trained on."""
-    expected = model.visual_dim
+def check_adapter_features(adapter: str | os.PathLike, feature_dim: int, encoder: str) -> None:
+    """Refuse a vision encoder whose features do not have the size the adapter was trained on (before the
+    language model loads: the adapter's config says it)."""
+    expected = adapter_visual_dim(adapter)
     if expected is not None and expected != feature_dim:
         raise ValueError(
             f"the adapter {adapter} expects {expected}-d visual features but the vision encoder "
@@ -207,6 +223,8 @@ __all__ = [
     "adapter_config",
     "adapter_meta",
     "method_of",
+    "adapter_method",
+    "adapter_visual_dim",
     "check_adapter_features",
     "init_from_adapter",
 ]

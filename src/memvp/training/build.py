@@ -47,7 +47,6 @@ def build(cfg: TrainConfig, samples: list[Sample] = ()):
     a MemVPModel or, for the baselines, an InputSpaceModel with the same interface. ``samples``
     size a ``precomputed`` vision encoder (their feature files)."""
     check_frames_fit_entries(cfg, samples)  # before either model loads and any frame is decoded
-    lm, tokenizer = load_language_model(cfg.language_model, dtype=DTYPES[cfg.model_dtype])
     example = next((s.features for s in samples if s.features is not None), None)
     encoder = load_vision_encoder(
         cfg.vision_encoder,
@@ -55,6 +54,9 @@ def build(cfg: TrainConfig, samples: list[Sample] = ()):
         example_features=example,
         num_frames=cfg.num_frames if reads_videos(cfg, samples) else 0,
     )
+    if cfg.adapter:  # the encoder is small, the language model may not be: refuse a mismatch first
+        check_adapter_features(cfg.adapter, encoder.feature_dim, cfg.vision_encoder)
+    lm, tokenizer = load_language_model(cfg.language_model, dtype=DTYPES[cfg.model_dtype])
     encoder.to(PartialState().device)  # images / frames are encoded (once, cached) on this process's GPU
     visual = VisualInputs(encoder, cfg.feature_cache or str(cache_dir() / "features"))
     # ViT adapters train (and are saved) with the method: the model then encodes the images itself.
@@ -63,7 +65,6 @@ def build(cfg: TrainConfig, samples: list[Sample] = ()):
         model = load_adapter(
             lm, cfg.adapter, is_trainable=True, allow_base_mismatch=cfg.allow_base_mismatch, vision_encoder=attach
         )
-        check_adapter_features(model, cfg.adapter, encoder.feature_dim, cfg.vision_encoder)
     else:
         method = get_method(cfg.method)
         model = build_model(

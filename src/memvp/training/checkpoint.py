@@ -279,9 +279,9 @@ def check_resume_config(
 
 def _honour_configured_lrs(optimizer, scheduler, configured: list[float]) -> None:
     """Loading the optimizer and scheduler states brings back the learning rates of the run that wrote
-    them; keep this run's (its lr / projector_lr): the schedule continues at its step, scaled to them."""
-    if list(scheduler.base_lrs) == configured:
-        return  # unchanged: the loaded state as it was, bit for bit
+    them; keep this run's (its lr / projector_lr, its schedule: max_steps, warmup): the schedule continues
+    at its step, scaled to them, from the very next step. Unchanged settings give the loaded lrs bit for
+    bit (LambdaLR computes them by the same product)."""
     lrs = [base * factor(scheduler.last_epoch) for base, factor in zip(configured, scheduler.lr_lambdas)]
     for group, base, lr in zip(optimizer.param_groups, configured, lrs):
         group["initial_lr"], group["lr"] = base, lr
@@ -289,13 +289,20 @@ def _honour_configured_lrs(optimizer, scheduler, configured: list[float]) -> Non
 
 
 # ------------------------------------------------------------------------------ atomic directories
-def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> None:
-    """Keep the ``keep`` newest checkpoints (all when keep <= 0); remove what killed runs left behind."""
+def prune_checkpoints(output_dir: str | os.PathLike, keep: int, step: int | None = None) -> None:
+    """Keep the ``keep`` newest checkpoints (all when keep <= 0); remove what killed runs left behind.
+
+    ``step``: the step of the checkpoint just written. Checkpoints past it belong to a run this one
+    resumed before (a damaged newer checkpoint passed over, or ``resume=`` an earlier one): they are
+    the first to go, so the one just written and those it follows on are never pruned for them."""
     root = Path(output_dir)
     for leftover in [*root.glob(f".{PREFIX}*.tmp"), *root.glob(f".{PREFIX}*.deleting")]:
         shutil.rmtree(leftover, ignore_errors=True)
     if keep > 0:
-        for old in list_checkpoints(root)[:-keep]:
+        found = list_checkpoints(root)  # by step
+        if step is not None:
+            found = [c for c in found if checkpoint_step(c) > step] + [c for c in found if checkpoint_step(c) <= step]
+        for old in found[:-keep]:
             _remove_tree(old)
 
 
@@ -438,7 +445,7 @@ def save_checkpoint(
     with full_parameters(accelerator, model):
         if accelerator.is_main_process:
             write_directory_atomically(directory, write)
-            prune_checkpoints(directory.parent, keep)
+            prune_checkpoints(directory.parent, keep, checkpoint_step(directory))
     accelerator.wait_for_everyone()
     return directory
 

@@ -50,6 +50,7 @@ from .checkpoint import (
     data_fingerprint,
     full_parameters,
     is_fsdp,
+    list_checkpoints,
     load_trainable_weights,
     load_training_state,
     read_trainer_state,
@@ -437,11 +438,10 @@ def setup(cfg: TrainConfig) -> Run:
     out = Path(cfg.output_dir)
     resume_dir = _resume_dir(cfg, out, state)
     if cfg.resume and resume_dir is None:
-        log(f"resume={cfg.resume}: no checkpoint in {out} yet, starting from step 0")
+        none = "no intact checkpoint" if list_checkpoints(out) else "no checkpoint"
+        log(f"resume={cfg.resume}: {none} in {out} yet, starting from step 0")
     if state.is_main_process:
         check_output_dir(out)
-        # What this run is, keys and defaults resolved: `memvp train output_dir/config.yaml` runs it again.
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved_config(cfg), sort_keys=False))
     train_split, eval_split = _read_data(cfg, log)
     train_fingerprint = data_fingerprint(train_split)
     saved = read_trainer_state(resume_dir) if resume_dir else None
@@ -450,6 +450,9 @@ def setup(cfg: TrainConfig) -> Run:
     for adapter in (cfg.adapter, cfg.init_from):
         if adapter:
             check_adapter(adapter)
+    if state.is_main_process:  # after the checks: a refused run leaves the last one's config.yaml as it was
+        # What this run is, keys and defaults resolved: `memvp train output_dir/config.yaml` runs it again.
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved_config(cfg), sort_keys=False))
     set_seed(cfg.seed)
     with one_writer_at_a_time(state):
         model, tokenizer, visual = build(cfg, train_split)
@@ -570,6 +573,7 @@ def take_step(run: Run, micro_batches: list[dict]) -> dict:
         run.encoder_decoder,
         run.cfg.max_grad_norm,
     )
+    lr = run.optimizer.param_groups[0]["lr"]  # the lr this step uses (the scheduler then moves on)
     if run.memory is not None and run.step == run.memory_step:
         losses: list[float] = []
         run.peak_bytes = run.memory.measure(lambda: losses.append(step()))
@@ -590,7 +594,7 @@ def take_step(run: Run, micro_batches: list[dict]) -> dict:
         "step": run.step,
         "epoch": run.batches.epoch_float(),
         "loss": loss,
-        "lr": run.scheduler.get_last_lr()[0],
+        "lr": lr,
         "samples_per_s": (seen - run.window[0]) / max(now - run.window[1], 1e-9),
     }
     run.window = (seen, now)

@@ -320,7 +320,8 @@ class MemVPModel(FFNMemoryModel):
         site = self.sites[index]
         tables, blocked = entries
         keys, values = tables[site.table]
-        key_gain, scale = self.site_gains(index)
+        # The learned gains live with the visual memory; a model split over GPUs (device_map) reads here.
+        key_gain, scale = (g.to(x.device) if torch.is_tensor(g) else g for g in self.site_gains(index))
         delta = retrieve(
             x, keys, values, site.activation, scale, self.memvp_config.dropout, self.training, blocked, key_gain
         )
