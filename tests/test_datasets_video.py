@@ -8,6 +8,7 @@ TVR's ``tvqa_preprocessed_subtitles.jsonl``; How2QA's header-less ``how2QA_*_rel
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -409,9 +410,10 @@ def test_multiple_choice_accuracy_by_hand():
         "overall": 75.0,
         "count": 4,
         "per_type": {"Castle": 50.0, "Friends": 100.0},
+        "rule": "default",
     }
     out_of_range = [{"prediction": "The answer is E", "answer": "E", "num_choices": 4}]
-    assert multiple_choice_accuracy(out_of_range) == {"overall": 0.0, "count": 1, "per_type": {"": 0.0}}
+    assert multiple_choice_accuracy(out_of_range)["overall"] == 0.0
     empty = multiple_choice_accuracy([])
     assert math.isnan(empty["overall"]) and empty["count"] == 0
 
@@ -426,9 +428,50 @@ def test_score_tvqa_and_how2qa(tmp_path, tvqa):
         "overall": 200 / 3,
         "count": 3,
         "per_type": {"Friends": 100.0, "House M.D.": 0.0, "The Big Bang Theory": 100.0},
+        "rule": "default",
     }
     assert score("tvqa", samples, {"7": "B"})["count"] == 1  # only the predicted samples
     how2qa = read_how2qa(_how2qa_csv(tmp_path / "how2QA_val_release.csv", HOW2QA_ROWS[:4]))
     preds = {s.id: s.answers[0] for s in how2qa[:3]}
     preds[how2qa[3].id] = "ABCD"[("ABCD".index(how2qa[3].answers[0]) + 1) % 4]
-    assert score("how2qa", how2qa, preds) == {"overall": 75.0, "count": 4, "per_type": {"": 75.0}}
+    assert score("how2qa", how2qa, preds) == {"overall": 75.0, "count": 4, "per_type": {"": 75.0}, "rule": "default"}
+
+
+def test_multiple_choice_accuracy_reads_letters_by_the_rule():
+    # "B, the cup": no letter by 'default' (a leading letter needs ".", ":" or ")"), B by 'memvp' (first capital)
+    record = {"prediction": "B, the cup", "answer": "B", "num_choices": 4}
+    assert multiple_choice_accuracy([record])["overall"] == 0.0
+    assert multiple_choice_accuracy([record], rule="memvp") == {
+        "overall": 100.0,
+        "count": 1,
+        "per_type": {"": 100.0},
+        "rule": "memvp",
+    }
+    with_text = {**record, "prediction": "a cup", "choices": ["a pen", "a cup", "a book", "a phone"]}
+    assert multiple_choice_accuracy([with_text], rule="vlmevalkit")["overall"] == 100.0  # option text matched
+
+
+def test_choice_rule_reaches_tvqa_and_how2qa_scores(tmp_path, tvqa):
+    """choice_rule was ignored for the video formats: the same predictions now score by the rule asked for."""
+    q, _ = tvqa
+    samples = read_tvqa(q)  # qid 7: answer B, "A cup"
+    (cup,) = [s for s in samples if s.id == "7"]
+    assert score("tvqa", [cup], {"7": "B, the cup"})["overall"] == 0.0
+    assert score("tvqa", [cup], {"7": "B, the cup"}, rule="memvp")["overall"] == 100.0
+    assert score("tvqa", [cup], {"7": "a cup"}, rule="vlmevalkit") == {
+        "overall": 100.0,
+        "count": 1,
+        "per_type": {"The Big Bang Theory": 100.0},
+        "rule": "vlmevalkit",
+    }
+    assert score("tvqa", [cup], {"7": "B, the cup"}, rule="strict")["rule"] == "default"  # TVQA has no reference rule
+    how2qa = read_how2qa(_how2qa_csv(tmp_path / "how2QA_val_release.csv", HOW2QA_ROWS[:1]))
+    (h,) = how2qa
+    text = h.metadata["choices"]["ABCD".index(h.answers[0])]  # "1": the correct option's text
+    assert score("how2qa", how2qa, {h.id: f"{h.answers[0]}, {text}"}, rule="memvp")["overall"] == 100.0
+    assert score("how2qa", how2qa, {h.id: f"{h.answers[0]}, {text}"})["overall"] == 0.0
+    # a sample without the options' texts can not be read by 'vlmevalkit': one line saying so
+    bare = dataclasses.replace(cup, metadata={k: v for k, v in cup.metadata.items() if k != "choices"})
+    assert score("tvqa", [bare], {"7": "B"}, rule="memvp")["overall"] == 100.0
+    with pytest.raises(ValueError, match=r"tvqa question '7' has no options' texts .*'vlmevalkit'"):
+        score("tvqa", [bare], {"7": "a cup"}, rule="vlmevalkit")

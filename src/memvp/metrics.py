@@ -676,17 +676,19 @@ def mmbench_accuracy(records: Iterable[Mapping], rule: str = "default") -> dict:
 
 
 # --------------------------------------------------------------------------- multiple choice (TVQA, How2QA)
-def multiple_choice_accuracy(records: Iterable[Mapping]) -> dict:
+def multiple_choice_accuracy(records: Iterable[Mapping], rule: str = "default") -> dict:
     """Accuracy (%) of single-pass multiple-choice answers (TVQA, How2QA: the paper's Table 8).
 
     Each record: ``prediction`` (raw model text; its option letter is read by
-    :func:`extract_choice_letter`, so "The answer is B" and "(B) ..." count, a letter beyond the
-    options or no letter is wrong), ``answer`` (the correct letter), ``num_choices`` and optionally
-    ``question_type`` (TVQA: the show).  Returns ``{"overall", "count", "per_type"}``.
+    :func:`extract_choice_letter` with ``rule``, so by 'default' "The answer is B" and "(B) ..." count; a
+    letter beyond the options or no letter is wrong), ``answer`` (the correct letter), ``num_choices``,
+    optionally ``question_type`` (TVQA: the show) and ``choices`` (the options' texts, which the
+    'vlmevalkit' rule needs).  Returns ``{"overall", "count", "per_type", "rule"}``.
     """
     scores: dict[int, float] = {}
     types: dict[int, str] = {}
     for i, r in enumerate(records):
-        scores[i] = float(extract_choice_letter(r["prediction"], r["num_choices"]) == r["answer"])
+        letter = extract_choice_letter(r["prediction"], r["num_choices"], rule, r.get("choices"))
+        scores[i] = float(letter == r["answer"])
         types[i] = r.get("question_type") or ""
-    return _summarise(scores, types)
+    return {**_summarise(scores, types), "rule": rule}

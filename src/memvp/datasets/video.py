@@ -13,7 +13,7 @@ import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..metrics import multiple_choice_accuracy
+from ..metrics import FULL_RESPONSE_RULES, multiple_choice_accuracy
 from . import io
 from .registry import DatasetFormat, register_format
 from .schema import SCIENCEQA_ANSWER_PREFIX, VIDEO_NAME, Sample, require_answers, scienceqa_prompt
@@ -352,21 +352,38 @@ def read_how2qa(
 
 def _multiple_choice_scorer(name: str):
     def score(samples: Sequence[Sample], predictions: Mapping[str, str], rule: str) -> dict:
-        """:func:`~memvp.metrics.multiple_choice_accuracy` per question type (TVQA's show, How2QA's ``""``)."""
+        """:func:`~memvp.metrics.multiple_choice_accuracy` per question type (TVQA's show, How2QA's ``""``),
+        the letter read by ``rule``; the rules of other tools ('llava', 'vlmevalkit') read the whole answer
+        (:meth:`Sample.response`), and 'vlmevalkit' matches the options' texts (``metadata["choices"]``)."""
         require_answers(samples, name)
+        whole = rule in FULL_RESPONSE_RULES
         return multiple_choice_accuracy(
             [
                 {
-                    "prediction": predictions[s.id],
+                    "prediction": s.response(predictions[s.id]) if whole else predictions[s.id],
                     "answer": s.answers[0],
                     "num_choices": s.metadata["num_choices"],
+                    "choices": _choices(s, name, rule),
                     "question_type": s.question_type,
                 }
                 for s in samples
-            ]
+            ],
+            rule,
         )
 
     return score
+
+
+def _choices(sample: Sample, name: str, rule: str) -> list[str] | None:
+    """The options' texts of a video question (its readers keep them in ``metadata["choices"]``); a sample
+    built elsewhere without them can not be read by 'vlmevalkit', which matches option text."""
+    choices = sample.metadata.get("choices")
+    if choices is None and rule == "vlmevalkit":
+        raise ValueError(
+            f"{name} question {sample.id!r} has no options' texts (metadata['choices']), which choice_rule "
+            "'vlmevalkit' matches; read it with the tvqa / how2qa reader or choose another choice_rule"
+        )
+    return choices
 
 
 register_format(
