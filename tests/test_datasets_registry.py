@@ -43,7 +43,7 @@ def test_load_samples_dispatch_and_base_dir():
                 }
             )
         )
-        == 2
+        == 3  # one sample per (image, caption) of train: 1 + 2 captions
     )
     assert (
         len(
