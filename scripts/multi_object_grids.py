@@ -13,8 +13,9 @@ question kinds, one of each per scene (the held-out set of issue 26 has the same
 Each question's ``asked`` box (pixels, the asked object's image; None for count and for "no" answers)
 is stored with the scene in ``layout_{split}.json``; ``entry_mask`` turns it into the visual entries
 (grid cells of the encoder's feature map) that show the asked object, for the retrieval-selectivity
-instrument. Self-contained (numpy + PIL); scikit-learn / scikit-image are read only for their bundled
-images (``digits_path`` reads scikit-learn's ``digits.csv.gz`` without scikit-learn).
+instrument. Needs numpy, PIL and memvp (the VQAv2 records, the answer prior, atomic writes);
+scikit-learn / scikit-image are read only for their bundled images (``digits_path`` reads
+scikit-learn's ``digits.csv.gz`` without scikit-learn).
 
 The multi-object sets of the retrieval-selectivity experiments (docs/memory_scale.md, "Reading *where*"):
     python scripts/multi_object_grids.py data/digits2x2 digits
@@ -26,11 +27,13 @@ from __future__ import annotations
 import gzip
 import json
 import os
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageEnhance
+
+from memvp.atomic import atomic_write, atomic_write_text
+from memvp.recipes.scenes import answer_prior_accuracy, vqa_records
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIGIT_GROUPS = {
@@ -166,12 +169,6 @@ def entry_mask(box, width: int, height: int, grid: int = 7, min_overlap: float =
     return mask.reshape(-1)
 
 
-def _most_frequent(answers: list[str]) -> tuple[str, float]:
-    counts = Counter(answers)
-    best = min(counts, key=lambda a: (-counts[a], a))
-    return best, counts[best] / len(answers)
-
-
 def generate_grid_dataset(
     out_dir,
     source: str = "digits",
@@ -211,7 +208,8 @@ def generate_grid_dataset(
                 x0, y0 = c * cw + (cw - px) // 2, r * ch + (ch - px) // 2
                 canvas.paste(src.draw(cls, split, rng, px), (x0, y0))
                 boxes.append([x0, y0, x0 + px, y0 + px])
-            canvas.save(out / "images" / IMAGE_PATTERN.format(data_subtype=split, image_id=image_id))
+            image_path = out / "images" / IMAGE_PATTERN.format(data_subtype=split, image_id=image_id)
+            atomic_write(image_path, lambda tmp, canvas=canvas: canvas.save(tmp, format="PNG"))
             qs = []
             for kind in kinds:
                 if kind == "count":
@@ -235,40 +233,26 @@ def generate_grid_dataset(
             layout[str(image_id)] = {"classes": [src.names[c] for c in classes], "boxes": boxes, "questions": {}}
             for j, (q, a, kind, box) in enumerate(qs):
                 qid = image_id * 1000 + j
-                questions.append({"image_id": image_id, "question": q, "question_id": qid})
-                annotations.append(
-                    {
-                        "question_id": qid,
-                        "image_id": image_id,
-                        "question_type": kind,
-                        "answer_type": kind,
-                        "multiple_choice_answer": a,
-                        "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i} for i in range(1, 11)],
-                    }
-                )
+                q_entry, annotation = vqa_records(image_id, qid, q, a, kind)
+                questions.append(q_entry)
+                annotations.append(annotation)
                 layout[str(image_id)]["questions"][str(qid)] = box
                 by_kind[kind].append(a)
         info = {"description": f"grids of real images ({source}), {rows}x{cols}", "seed": seed}
-        (out / f"questions_{split}.json").write_text(
-            json.dumps({"info": info, "task_type": "Open-Ended", "data_subtype": split, "questions": questions})
+        atomic_write_text(
+            out / f"questions_{split}.json",
+            json.dumps({"info": info, "task_type": "Open-Ended", "data_subtype": split, "questions": questions}),
         )
-        (out / f"annotations_{split}.json").write_text(
-            json.dumps({"info": info, "data_subtype": split, "annotations": annotations})
+        atomic_write_text(
+            out / f"annotations_{split}.json",
+            json.dumps({"info": info, "data_subtype": split, "annotations": annotations}),
         )
-        (out / f"layout_{split}.json").write_text(json.dumps({"width": size, "height": size, "scenes": layout}))
+        atomic_write_text(out / f"layout_{split}.json", json.dumps({"width": size, "height": size, "scenes": layout}))
         answers[split] = by_kind
         summary["splits"][split] = {"scenes": n, "questions": len(questions)}
-    prior = {}
-    hits = total = 0
-    for kind in kinds:
-        guess = _most_frequent(answers["train"][kind])[0]
-        test = answers["test"][kind]
-        prior[kind] = 100 * sum(a == guess for a in test) / len(test)
-        hits += sum(a == guess for a in test)
-        total += len(test)
-    prior["overall"] = 100 * hits / total
-    summary["answer_prior_accuracy"] = prior
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    prior = answer_prior_accuracy(answers["train"], answers["test"])
+    summary["answer_prior_accuracy"] = {kind: 100 * acc for kind, acc in prior.items()}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 

@@ -179,6 +179,20 @@ def questions_for_scene(
     return out
 
 
+def vqa_records(image_id: int, question_id: int, question: str, answer: str, question_type: str) -> tuple[dict, dict]:
+    """One question in the official VQAv2 JSON layout: (its ``questions`` entry, its ``annotations``
+    entry with the answer given by all ten annotators)."""
+    annotation = {
+        "question_id": question_id,
+        "image_id": image_id,
+        "question_type": question_type,
+        "answer_type": question_type,
+        "multiple_choice_answer": answer,
+        "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": i} for i in range(1, 11)],
+    }
+    return {"image_id": image_id, "question": question, "question_id": question_id}, annotation
+
+
 def most_frequent(answers: list[str]) -> tuple[str, float]:
     """The most frequent answer (ties: alphabetically first) and its share."""
     counts = Counter(answers)
@@ -276,20 +290,9 @@ def generate_dataset(
             for k, (question, answer, qtype) in enumerate(
                 questions_for_scene(scene, rng, questions_per_scene, question_types)
             ):
-                qid = image_id * 1000 + k
-                questions.append({"image_id": image_id, "question": question, "question_id": qid})
-                annotations.append(
-                    {
-                        "question_id": qid,
-                        "image_id": image_id,
-                        "question_type": qtype,
-                        "answer_type": qtype,
-                        "multiple_choice_answer": answer,
-                        "answers": [
-                            {"answer": answer, "answer_confidence": "yes", "answer_id": i} for i in range(1, 11)
-                        ],
-                    }
-                )
+                q_entry, annotation = vqa_records(image_id, image_id * 1000 + k, question, answer, qtype)
+                questions.append(q_entry)
+                annotations.append(annotation)
                 by_type[qtype].append(answer)
             bar.update(1)
         _write_json(
