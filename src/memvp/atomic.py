@@ -45,7 +45,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _remove_tree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """Delete a directory by renaming it away first: no half-deleted directory under its name."""
     doomed = path.with_name(f".{path.name}.deleting")
     if doomed.exists():
@@ -72,7 +72,7 @@ def write_directory_atomically(final: str | os.PathLike, write: Callable[[Path],
             _fsync(path)
         _fsync(tmp)
         if final.exists():  # the same step saved again (a resumed run re-reaching it)
-            _remove_tree(final)
+            remove_tree(final)
         os.rename(tmp, final)
         _fsync(final.parent)
     except BaseException:

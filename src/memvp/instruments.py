@@ -39,11 +39,19 @@ RESIDUAL_WARNING = 2.0
 
 
 @contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module):
+def _measuring(model: torch.nn.Module, batch: dict[str, Any]):
+    """Eval mode and the batch's visual state for the LM calls made inside; afterwards the mode as it
+    was and the state released (like a returned forward: later direct LM calls do not see this batch)."""
     was_training = model.training
     model.eval()
     try:
-        yield
+        model.set_visual_state(
+            model.features_of(batch.get("visual_features"), batch.get("pixel_values")), batch.get("has_image")
+        )
+        try:
+            yield
+        finally:
+            model.release_visual_memory()
     finally:
         model.train(was_training)
 
@@ -135,15 +143,8 @@ def measure_selectivity(
     entries}, "selectivity": {site: mean of share / uniform}, "max_selectivity"}``.
     """
     query = answer_positions(batch) if positions is None else positions.bool()
-    with _eval_mode(model):
-        model.set_visual_state(
-            model.features_of(batch.get("visual_features"), batch.get("pixel_values")), batch.get("has_image")
-        )
-        try:
-            with model.probing(entry_mask) as sites:
-                model.language_model(**_lm_keys(batch))
-        finally:
-            model.release_visual_memory()
+    with _measuring(model, batch), model.probing(entry_mask) as sites:
+        model.language_model(**_lm_keys(batch))
     return _selectivity(sites, query, entry_mask)
 
 
@@ -160,17 +161,11 @@ def measure_scale(model, batch: dict[str, Any], entry_mask: torch.Tensor | None 
     """
     lm_keys = _lm_keys(batch)
     mask = lm_keys.get("attention_mask")
-    with _eval_mode(model):
-        model.set_visual_state(
-            model.features_of(batch.get("visual_features"), batch.get("pixel_values")), batch.get("has_image")
-        )
-        try:
-            with model.probing(entry_mask) as sites:
-                adapted = model.language_model(**lm_keys, output_hidden_states=True)
-            with model.bypassed():
-                frozen = model.language_model(**lm_keys, output_hidden_states=True)
-        finally:
-            model.release_visual_memory()  # like a returned forward: later direct LM calls do not see this batch
+    with _measuring(model, batch):
+        with model.probing(entry_mask) as sites:
+            adapted = model.language_model(**lm_keys, output_hidden_states=True)
+        with model.bypassed():
+            frozen = model.language_model(**lm_keys, output_hidden_states=True)
     adapted_norms = _mean_norms(_hidden_states(adapted), mask)
     frozen_norms = _mean_norms(_hidden_states(frozen), mask)
     residual = [a / max(f, 1e-12) for a, f in zip(adapted_norms, frozen_norms)]

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..atomic import _remove_tree, write_directory_atomically
+from ..atomic import remove_tree, write_directory_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ def prune_checkpoints(output_dir: str | os.PathLike, keep: int, step: int | None
         if step is not None:
             found = [c for c in found if checkpoint_step(c) > step] + [c for c in found if checkpoint_step(c) <= step]
         for old in found[:-keep]:
-            _remove_tree(old)
+            remove_tree(old)
 
 
 # ------------------------------------------------------------------------------ RNG states
