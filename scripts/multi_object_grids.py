@@ -10,10 +10,10 @@ question kinds, one of each per scene (the held-out set of issue 26 has the same
     where   Where is the <item>?             a cell name
     exists  Is there a <item>?               yes / no (balanced)
 
-Each question's ``asked`` box (pixels, the asked object's image; None for count and for "no" answers)
-is stored with the scene in ``layout_{split}.json``; ``entry_mask`` turns it into the visual entries
-(grid cells of the encoder's feature map) that show the asked object, for the retrieval-selectivity
-instrument. Needs numpy, PIL and memvp (the VQAv2 records, the answer prior, atomic writes);
+Each question's box (the asked object's image; none for count and for "no" answers) is in its
+question record as ``asked_box`` (fractions of the image, which ``memvp train`` and ``memvp explain``
+read for the retrieval-selectivity instrument) and, in pixels, with the scene in
+``layout_{split}.json``. Needs numpy, PIL and memvp (the VQAv2 records, the answer prior, atomic writes);
 scikit-learn / scikit-image are read only for their bundled images (``digits_path`` reads
 scikit-learn's ``digits.csv.gz`` without scikit-learn).
 
@@ -155,20 +155,6 @@ class PhotoSource:
 SOURCES = {"digits": DigitSource, "photos": PhotoSource}
 
 
-def entry_mask(box, width: int, height: int, grid: int = 7, min_overlap: float = 0.5) -> np.ndarray:
-    """[grid * grid] bool, row-major: the encoder grid cells whose area is at least ``min_overlap``
-    inside ``box`` = (x0, y0, x1, y1) pixels (x1, y1 exclusive)."""
-    x0, y0, x1, y1 = box
-    cw, ch = width / grid, height / grid
-    mask = np.zeros((grid, grid), dtype=bool)
-    for r in range(grid):
-        for c in range(grid):
-            ox = max(0.0, min(x1, (c + 1) * cw) - max(x0, c * cw))
-            oy = max(0.0, min(y1, (r + 1) * ch) - max(y0, r * ch))
-            mask[r, c] = ox * oy >= min_overlap * cw * ch
-    return mask.reshape(-1)
-
-
 def generate_grid_dataset(
     out_dir,
     source: str = "digits",
@@ -233,7 +219,8 @@ def generate_grid_dataset(
             layout[str(image_id)] = {"classes": [src.names[c] for c in classes], "boxes": boxes, "questions": {}}
             for j, (q, a, kind, box) in enumerate(qs):
                 qid = image_id * 1000 + j
-                q_entry, annotation = vqa_records(image_id, qid, q, a, kind)
+                asked = None if box is None else [box[0] / size, box[1] / size, box[2] / size, box[3] / size]
+                q_entry, annotation = vqa_records(image_id, qid, q, a, kind, asked)
                 questions.append(q_entry)
                 annotations.append(annotation)
                 layout[str(image_id)]["questions"][str(qid)] = box
@@ -254,18 +241,6 @@ def generate_grid_dataset(
     summary["answer_prior_accuracy"] = {kind: 100 * acc for kind, acc in prior.items()}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     return summary
-
-
-def asked_masks(data_dir, split: str = "test", grid: int = 7) -> dict[int, np.ndarray | None]:
-    """question_id -> [grid * grid] bool mask of the entries showing the asked object (None: no one
-    object is asked about)."""
-    data = json.loads((Path(data_dir) / f"layout_{split}.json").read_text())
-    w, h = data["width"], data["height"]
-    out = {}
-    for scene in data["scenes"].values():
-        for qid, box in scene["questions"].items():
-            out[int(qid)] = None if box is None else entry_mask(box, w, h, grid)
-    return out
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -44,6 +45,23 @@ def test_vqav2_custom_pattern_and_missing_annotation(tmp_path):
     ann.write_text(json.dumps({"annotations": []}))
     with pytest.raises(ValueError, match=r"ann\.json: no annotation for question_id 42000"):
         read_vqav2(os.path.join(VQA, "questions.json"), ann, "/x")
+
+
+@pytest.mark.parametrize("annotated", [True, False])
+def test_vqav2_asked_box_is_kept_for_the_instruments_and_a_bad_one_named(tmp_path, annotated):
+    data = json.loads(Path(VQA, "questions.json").read_text())
+    data["questions"][0]["asked_box"] = [0.25, 0, 0.75, 0.5]
+    questions = tmp_path / "questions.json"
+    questions.write_text(json.dumps(data))
+    annotations = os.path.join(VQA, "annotations.json") if annotated else None
+    first, second, _ = read_vqav2(questions, annotations, "/x")
+    assert first.metadata["asked_box"] == (0.25, 0.0, 0.75, 0.5) and "asked_box" not in second.metadata
+    assert first.target == ("red" if annotated else None)
+    for bad in ([0.5, 0, 0.25, 1], [0, 0, 1.5, 1], [0, 0, 1], "top left", [0, 0, True, 1]):
+        data["questions"][1]["asked_box"] = bad
+        questions.write_text(json.dumps(data))
+        with pytest.raises(ValueError, match=r"questions\.json: question 42001: asked_box is .*fractions"):
+            read_vqav2(questions, annotations, "/x")
 
 
 def test_vqav2_parquet_lmms_lab_layout(tmp_path):

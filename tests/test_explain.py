@@ -29,7 +29,6 @@ from memvp.explain import (
     encode_prompt,
     explain,
     generate_answer,
-    grid_region,
     group_words,
     hottest_cells,
     similarity_maps,
@@ -416,6 +415,34 @@ def test_explain_command(saved, capsys):
     assert "shape (" in printed and "red (" in printed and "What (" not in printed
     with Image.open(saved / "out.png") as png:
         assert png.format == "PNG"
+    assert "asked object / uniform" not in printed  # no box given, no selectivity
+
+
+def test_explain_command_prints_the_selectivity_on_the_asked_box(saved, capsys):
+    # the red square: centre (60, 60), 28 px, of the 224 px scene
+    assert main(_args(saved, "--asked-box", f"{46 / 224},{46 / 224},{74 / 224},{74 / 224}")) == 0
+    printed = capsys.readouterr().out
+    line = next(x for x in printed.splitlines() if "asked object / uniform" in x)
+    values = [float(v) for v in line.split(": ")[1].split(" (")[0].split()]
+    assert len(values) == 2 and all(0 < v < 16 for v in values)  # two MemVP layers, 16 entries
+
+
+def test_explain_selectivity_is_the_instruments_on_the_boxed_cells(saved):
+    from memvp.instruments import measure_selectivity
+    from memvp.loading import load_pretrained
+    from memvp.vision import box_coverage
+
+    loaded = load_pretrained(saved / "adapter", str(saved / "lm"), str(saved / "vit"))
+    image = Image.open(saved / "scene.png")
+    coverage = box_coverage(loaded.vision_encoder, (0.2, 0.2, 0.34, 0.34), *image.size)
+    feats = loaded.vision_encoder.encode([image])
+    result = explain(loaded.model, loaded.tokenizer, feats, QUESTION, asked_entries=coverage, max_new_tokens=2)
+    ids = torch.tensor([list(result.maps.encoded.input_ids)])
+    direct = measure_selectivity(loaded.model, {"input_ids": ids, "visual_features": feats}, coverage[None])
+    assert result.scale["selectivity"] == pytest.approx(direct["selectivity"])
+    assert result.summary()["scale"]["max_selectivity"] == pytest.approx(direct["max_selectivity"])
+    with pytest.raises(ValueError, match="marks no entry"):
+        explain(loaded.model, loaded.tokenizer, feats, QUESTION, asked_entries=torch.zeros(16))
 
 
 @pytest.mark.parametrize(
@@ -431,6 +458,8 @@ def test_explain_command(saved, capsys):
         (("--block-top", "-1"), "block-top"),
         (("--block-top", "17"), "cannot block 17"),
         (("--question", " "), "empty"),
+        (("--asked-box", "0.5,0.1,0.2,0.3"), "--asked-box: asked_box is"),
+        (("--asked-box", "a,b,c,d"), "--asked-box: asked_box is"),
     ],
 )
 def test_explain_command_bad_input(saved, capsys, extra, message):
@@ -440,14 +469,3 @@ def test_explain_command_bad_input(saved, capsys, extra, message):
     assert main(_args(saved, flag, value)) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and message in err.strip().splitlines()[-1]
-
-
-def test_grid_region_follows_the_centre_crop():
-    clip = type(
-        "E",
-        (),
-        {"image_processor": CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})},
-    )()
-    assert grid_region(clip, 32, 16) == (8.0, 0.0, 24.0, 16.0)
-    assert grid_region(clip, 40, 80) == (0.0, 20.0, 40.0, 60.0)
-    assert grid_region(object(), 32, 16) == (0.0, 0.0, 32.0, 16.0)  # squashed whole (EfficientNet)

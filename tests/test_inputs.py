@@ -167,3 +167,32 @@ def test_a_token_across_the_join_falls_back_to_the_answer_alone():
     enc = encode_sample(tok, sample, max_length=32, template="{prompt}")
     assert enc.prompt_ids == tok("Response:")["input_ids"]
     assert enc.answer_ids == tok("The", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+
+def test_asked_entries_are_each_samples_box_coverage_on_the_encoders_grid(tmp_path):
+    import torch
+    from PIL import Image
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    from memvp.inputs import VisualInputs
+    from memvp.vision import HFVisionEncoder, PrecomputedFeatures, box_coverage
+
+    vit = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2)
+    clip = HFVisionEncoder(
+        CLIPVisionModel(CLIPVisionConfig(**vit, image_size=16, patch_size=4)),  # a 4 x 4 grid
+        CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}),
+    )
+    wide, tall = tmp_path / "wide.png", tmp_path / "tall.png"
+    Image.new("RGB", (32, 16)).save(wide)
+    Image.new("RGB", (16, 48)).save(tall)
+    boxed = Sample(id="0", prompt="q", answers=["a"], image=str(wide), metadata={"asked_box": (0.25, 0, 0.5, 0.5)})
+    tall_boxed = Sample(id="1", prompt="q", answers=["a"], image=str(tall), metadata={"asked_box": (0, 0.5, 1, 1)})
+    plain = Sample(id="2", prompt="q", answers=["a"], image=str(wide))
+    visual = VisualInputs(clip, str(tmp_path / "cache"))
+    got = visual.asked_entries([boxed, plain, tall_boxed])
+    assert got.shape == (3, 16) and not got[1].any()
+    assert torch.equal(got[0], box_coverage(clip, boxed.metadata["asked_box"], 32, 16))  # the image's own size
+    assert torch.equal(got[2], box_coverage(clip, tall_boxed.metadata["asked_box"], 16, 48))
+    assert got[0].reshape(4, 4)[:2, :2].eq(1).all() and got[0].sum() == 4  # x 8..16 of the 16-px crop, top half
+    assert visual.asked_entries([plain]) is None  # nobody asks about one object
+    assert VisualInputs(PrecomputedFeatures(8, 16), str(tmp_path / "c2")).asked_entries([boxed]) is None

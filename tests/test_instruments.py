@@ -251,11 +251,17 @@ def test_answer_positions_are_the_tokens_before_labelled_ones_or_the_last_attend
     assert answer_positions({"input_ids": ids, "attention_mask": left}).nonzero().tolist() == [[0, 5], [1, 5]]
 
 
-def test_selectivity_equals_the_weight_share_on_the_marked_entries_over_uniform():
+@pytest.mark.parametrize(
+    "mask",
+    [
+        torch.tensor([[True, False, False, False], [False, True, True, False]]),
+        torch.tensor([[1.0, 0.25, 0.0, 0.0], [0.0, 0.5, 1.0, 0.0]]),  # coverage: each entry weighed by it
+    ],
+)
+def test_selectivity_equals_the_weight_share_on_the_marked_entries_over_uniform(mask):
     mem = _selective_model()
     inputs = lm_inputs(mem.language_model, batch=2)
     feats = torch.randn(2, N_VIS, VIS_DIM)
-    mask = torch.tensor([[True, False, False, False], [False, True, True, False]])
     got = measure_selectivity(mem, {**inputs, "visual_features": feats}, mask)
     # by hand: the last token's weights phi(<x, K_i>) in each MemVP layer, captured with a hook
     captured = []

@@ -15,6 +15,7 @@ from memvp.recipes.scenes import (
     COLORS,
     IMAGE_PATTERN,
     MIN_GAP,
+    ONE_OBJECT_TYPES,
     QUESTION_TYPES,
     SPLITS,
     Scene,
@@ -95,6 +96,24 @@ def test_answers_match_the_drawn_pixels(dataset):
     assert checked == 6 * sum(SIZES.values())
 
 
+def test_asked_box_is_the_named_objects_pixels(dataset):
+    out, _ = dataset
+    checked = 0
+    for split in SPLITS:
+        for q in _load(out, "questions", split)["questions"]:
+            if "asked_box" not in q:
+                continue
+            color = next(c for c in COLORS if f" {c} " in q["question"])
+            path = out / "images" / IMAGE_PATTERN.format(data_subtype=split, image_id=q["image_id"])
+            pixels = np.asarray(Image.open(path).convert("RGB"))
+            ys, xs = np.nonzero((pixels == COLORS[color]).all(axis=-1))
+            h, w = pixels.shape[:2]
+            box = [xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h]
+            assert q["asked_box"] == pytest.approx(box, abs=1e-6), q
+            checked += 1
+    assert checked >= sum(SIZES.values())  # about half of the six question types name one object
+
+
 def test_scene_files_match_pixels(dataset):
     out, _ = dataset
     for split in SPLITS:
@@ -114,7 +133,8 @@ def test_vqav2_layout(dataset):
         assert {"info", "data_subtype", "annotations"} <= anns.keys()
         assert len(qs["questions"]) == len(anns["annotations"]) == summary["splits"][split]["questions"]
         for q, a in zip(qs["questions"], anns["annotations"]):
-            assert set(q) == {"image_id", "question", "question_id"}
+            boxed = {"asked_box"} if a["question_type"] in ONE_OBJECT_TYPES else set()
+            assert set(q) == {"image_id", "question", "question_id"} | boxed
             assert (a["question_id"], a["image_id"]) == (q["question_id"], q["image_id"])
             assert a["question_type"] == a["answer_type"] in QUESTION_TYPES
             assert [x["answer_id"] for x in a["answers"]] == list(range(1, 11))

@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from memvp import HFVisionEncoder, MemVPConfig, PrecomputedFeatures, get_memvp_model, load_features, load_image
+from memvp.vision import box_coverage, grid_region, grid_side_of
 
 TINY_VIT = dict(
     hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4, image_size=16, patch_size=4
@@ -211,3 +212,43 @@ def test_vit_adapter_gradients_are_the_same_with_gradient_checkpointing():
     assert enc.model.is_gradient_checkpointing
     _, plain = grads(False)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(checkpointed, plain))
+
+
+def _crop_clip(**options):
+    processor = CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    return HFVisionEncoder(CLIPVisionModel(CLIPVisionConfig(**TINY_VIT)), processor, **options)  # 4 x 4 grid
+
+
+def test_grid_region_follows_the_centre_crop_unless_squashed():
+    clip = _crop_clip()
+    assert grid_region(clip, 32, 16) == (8.0, 0.0, 24.0, 16.0)
+    assert grid_region(clip, 40, 80) == (0.0, 20.0, 40.0, 60.0)
+    assert grid_region(_crop_clip(resize="squash"), 32, 16) == (0.0, 0.0, 32.0, 16.0)
+    assert grid_region(object(), 32, 16) == (0.0, 0.0, 32.0, 16.0)  # squashed whole (EfficientNet)
+
+
+def test_box_coverage_is_the_share_of_each_grid_cell_inside_the_box():
+    squash = _crop_clip(resize="squash")
+    # the top-left quarter of a 64 x 32 image, squashed onto the 4 x 4 grid: cells (0..1, 0..1) whole
+    got = box_coverage(squash, (0.0, 0.0, 0.5, 0.5), 64, 32).reshape(4, 4)
+    want = torch.zeros(4, 4)
+    want[:2, :2] = 1.0
+    assert torch.equal(got, want)
+    # a box over half of cell (0, 0) horizontally and a quarter of cell (1, 0)'s height... by hand
+    got = box_coverage(squash, (0.125, 0.0, 0.25, 0.3125), 64, 32).reshape(4, 4)
+    want = torch.zeros(4, 4)
+    want[0, 0], want[1, 0] = 0.5, 0.125
+    assert torch.allclose(got, want)
+    # centre crop of a 32 x 16 image: the grid covers x 8..24; the box's left half lies outside it
+    got = box_coverage(_crop_clip(), (0.0, 0.0, 0.5, 0.25), 32, 16).reshape(4, 4)
+    want = torch.zeros(4, 4)
+    want[0, :2] = 1.0  # x 8..16 of the crop = its columns 0-1; y 0..4 = row 0
+    assert torch.equal(got, want)
+    assert not box_coverage(_crop_clip(), (0.0, 0.0, 0.2, 1.0), 32, 16).any()  # wholly outside the crop
+
+
+def test_grid_side_is_none_where_tokens_are_not_image_cells():
+    assert grid_side_of(_crop_clip()) == 4
+    assert grid_side_of(PrecomputedFeatures(8, 16)) is None
+    assert grid_side_of(PrecomputedFeatures(8, 16, num_frames=4)) is None
+    assert box_coverage(PrecomputedFeatures(8, 16), (0.0, 0.0, 1.0, 1.0), 10, 10) is None

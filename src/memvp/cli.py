@@ -105,8 +105,25 @@ def _add_explain_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="map |phi| (how much of each entry is read, whatever the sign) instead of phi",
     )
+    p.add_argument(
+        "--asked-box",
+        metavar="X0,Y0,X1,Y1",
+        help="the asked object's box in fractions of the image's width and height: also print, per layer, "
+        "the retrieval weight on its grid cells against a uniform reading (selectivity)",
+    )
     _add_adapter_arguments(p)
     return p
+
+
+def _parse_box(text: str, flag: str) -> tuple[float, float, float, float]:
+    """``"x0,y0,x1,y1"`` as a normalised box, or ValueError naming ``flag``."""
+    from .datasets import asked_box
+
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = text
+    return asked_box(values, flag)
 
 
 def _add_adapter_arguments(p: argparse.ArgumentParser) -> None:
@@ -164,22 +181,28 @@ def _explain(args: argparse.Namespace) -> int:
     """Run ``memvp explain``; bad input raises ValueError / FileNotFoundError (the CLI exits 2)."""
     import torch
 
-    from .explain import explain, grid_region, require_maps
+    from .explain import explain, require_maps
     from .explain_plot import plot_explanation
     from .instruments import format_report
     from .methods import adapter_method
-    from .vision import load_image
+    from .vision import box_coverage, grid_region, load_image
 
     if args.block_top < 0:
         raise ValueError(f"--block-top must be >= 0, got {args.block_top}")
     image = load_image(args.image)  # a missing / corrupt image fails before the models load
     if not args.question.strip():
         raise ValueError("--question is empty")
+    box = None if args.asked_box is None else _parse_box(args.asked_box, "--asked-box")
     output = Path(args.output or f"explain_{Path(args.image).stem}.png")
     method = adapter_method(args.adapter)
     require_maps(method.model_class, method.name)  # before any model loads
     loaded = _load_adapter(args)
     model, tokenizer, encoder = loaded.model, loaded.tokenizer, loaded.vision_encoder
+    asked = None
+    if box is not None:
+        asked = box_coverage(encoder, box, *image.size)
+        if asked is None:
+            raise ValueError(f"--asked-box: the vision encoder {encoder.name} has no image grid to place the box on")
     with torch.no_grad():
         features = encoder.encode([image])
     result = explain(
@@ -193,6 +216,7 @@ def _explain(args: argparse.Namespace) -> int:
         loaded.prompt_template,
         max_length=loaded.max_length,
         absolute=args.absolute,
+        asked_entries=asked,
     )
     plot_explanation(image, result, output, region=grid_region(encoder, *image.size))
     summary = result.summary()

@@ -26,6 +26,7 @@ from .datasets import Sample
 from .generation import first_line
 from .inputs import DEFAULT_PROMPT_TEMPLATE, encode_sample
 from .instruments import measure_scale
+from .vision import grid_region  # noqa: F401  (re-exported: where the maps lie on the image)
 
 WORD = re.compile(r"\w+(?:['’-]\w+)*")
 
@@ -355,15 +356,21 @@ def explain(
     template: str = DEFAULT_PROMPT_TEMPLATE,
     max_length: int = 128,
     absolute: bool = False,
+    asked_entries: torch.Tensor | None = None,
 ) -> Explanation:
     """Maps of the chosen words, the greedy answer, and the answer with the top ``block_top`` entries
     (ranked by the mean of the chosen words' maps) blocked in every layer (Fig. 6).
 
     ``max_length`` counts prompt and answer tokens, as in training; ``absolute`` maps |phi|.
+    ``asked_entries`` ([entries]: bool, or how much of each entry the asked object covers, e.g.
+    ``vision.box_coverage`` of its box) adds the selectivity to the instruments: per layer, the
+    retrieval weight the prompt's last token puts on the object against a uniform reading's.
     """
     require_maps(model)
     if block_top < 0:
         raise ValueError(f"block_top must be >= 0, got {block_top}")
+    if asked_entries is not None and not bool(torch.as_tensor(asked_entries).any()):
+        raise ValueError("asked_entries marks no entry: the asked object's box lies outside the encoder's grid")
     room = max_length - max_new_tokens  # as predict(): the prompt gets what the answer leaves
     maps = similarity_maps(model, tokenizer, visual_features, question, words, template, room, absolute)
     ids = maps.encoded.input_ids
@@ -374,38 +381,14 @@ def explain(
     if model.config.is_encoder_decoder:  # the decoder's first step, as generation starts
         start = model.config.decoder_start_token_id
         batch["decoder_input_ids"] = torch.tensor([[0 if start is None else start]], device=device)
-    scale = measure_scale(model, batch)
+    entry_mask = None if asked_entries is None else torch.as_tensor(asked_entries).float().reshape(1, -1)
+    scale = measure_scale(model, batch, entry_mask=entry_mask)
     if not block_top:
         return Explanation(maps, answer, scale=scale)
     blocked = top_entries(maps.mean_map, block_top)
     return Explanation(
         maps, answer, blocked, generate_answer(model, tokenizer, ids, visual_features, blocked, max_new_tokens), scale
     )
-
-
-# ----------------------------------------------------------------------------- where is the grid
-def grid_region(encoder, width: int, height: int) -> tuple[float, float, float, float]:
-    """(left, top, right, bottom) of the image part the feature grid covers, in image pixels.
-
-    EfficientNet-Lite0 (and SigLIP) squash the whole image to a square; a CLIP image processor
-    resizes the short side and centre-crops, so its grid covers the centre square only.
-    """
-    proc = getattr(encoder, "image_processor", None)
-    if proc is None or not getattr(proc, "do_center_crop", False):
-        return 0.0, 0.0, float(width), float(height)
-
-    def entry(value, key: str):  # a dict, or transformers' SizeDict
-        return value.get(key) if isinstance(value, dict) else getattr(value, key, None)
-
-    short = entry(getattr(proc, "size", None), "shortest_edge")
-    crop = getattr(proc, "crop_size", None)
-    crop_w, crop_h = entry(crop, "width"), entry(crop, "height")
-    if not short or not crop_w or not crop_h:
-        return 0.0, 0.0, float(width), float(height)
-    scale = short / min(width, height)
-    cw, ch = min(width, crop_w / scale), min(height, crop_h / scale)
-    left, top = (width - cw) / 2, (height - ch) / 2
-    return left, top, left + cw, top + ch
 
 
 def load_explainer(adapter: str | Path, vision_encoder: str | None = None, language_model: str | None = None):

@@ -11,10 +11,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from PIL import Image
 
-from .datasets import Sample
+from .datasets import ASKED_BOX, Sample
 from .feature_cache import FeatureCache
-from .vision import VideoClip, VisionEncoder, load_features, load_frame_features, load_image
+from .vision import (
+    VideoClip,
+    VisionEncoder,
+    box_coverage,
+    grid_side_of,
+    load_features,
+    load_frame_features,
+    load_image,
+)
 
 DEFAULT_PROMPT_TEMPLATE = "{prompt}\nAnswer:"
 CHAT = "chat"
@@ -196,6 +205,7 @@ class VisualInputs:
         self.cache = None if self.pixels else FeatureCache(cache_dir, encoder, batch_size=batch_size)
         self.feature_dim, self.num_tokens = encoder.feature_dim, encoder.num_tokens
         self._stamps: dict[str, str] = {}  # file -> its modification time and size, read by prepare
+        self._sizes: dict[str, tuple[int, int]] = {}  # image -> (width, height), for asked boxes
 
     @staticmethod
     def _clip(s: Sample) -> VideoClip:
@@ -288,6 +298,23 @@ class VisualInputs:
             return {"pixel_values": batch, "has_image": has_image}
         feats, has_image = self.batch(samples)
         return {"visual_features": feats, "has_image": has_image}
+
+    def asked_entries(self, samples: Sequence[Sample]) -> torch.Tensor | None:
+        """[B, num_tokens] float: how much of each grid cell each sample's asked object covers
+        (``metadata["asked_box"]``, ``vision.box_coverage``), zeros for a sample without one; None
+        when no sample has one or the encoder has no image grid. Reads only the images' sizes."""
+        if grid_side_of(self.encoder) is None or not any(ASKED_BOX in s.metadata and s.image for s in samples):
+            return None
+        rows = []
+        for s in samples:
+            if ASKED_BOX in s.metadata and s.image is not None:
+                if s.image not in self._sizes:
+                    with Image.open(s.image) as img:  # the header only
+                        self._sizes[s.image] = img.size
+                rows.append(box_coverage(self.encoder, s.metadata[ASKED_BOX], *self._sizes[s.image]))
+            else:
+                rows.append(torch.zeros(self.num_tokens))
+        return torch.stack(rows)
 
     def batch(self, samples: Sequence[Sample]) -> tuple[torch.Tensor | None, torch.Tensor]:
         """([B, n_visual, feature_dim] or None when no sample has an image, has_image [B]); in pixel

@@ -21,10 +21,14 @@ entry_mask)`` (one forward pass; ``measure_scale(..., entry_mask=...)`` adds it 
 MemVP layer, the share of the retrieval weight that the tokens predicting the answer put on the asked
 object's entries, against the share a uniform reading gives (marked entries / all entries):
 ``selectivity`` 1 means the layer reads the average of the image, k means k times uniform.
-``entry_mask`` is [B, entries] bool, True on the visual entries (encoder grid cells, row-major) that
-show the asked object; a row without any True (a question about no one object) is left out. Synthetic
-scenes know each object's box (``memvp.recipes.scenes`` stores every object's centre and size): the
-grid cells under that box are its entries.
+``entry_mask`` is [B, entries], True on the visual entries (encoder grid cells, row-major) that show
+the asked object, or in [0, 1]: how much of each cell the object covers (``vision.box_coverage``; the
+weights are then weighed by it, as the energy-based pointing game weighs an attention map by a box);
+a row without any marked entry (a question about no one object) is left out. Data says where the
+asked object is with ``asked_box`` in its VQAv2 question records (the scenes recipe and
+``scripts/multi_object_grids.py`` write it): ``memvp train`` then logs the selectivity with the other
+instruments (``selectivity_max`` / ``_mean`` in loss_curve.csv, per layer in result.json's
+``scale``), and ``memvp explain --asked-box`` prints it for one image.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ import torch
 
 RESIDUAL_WARNING = 2.0
 """Residual-norm ratio (adapted / frozen) above which the memory is said to dominate."""
+
+ASKED_ENTRIES = "asked_entries"
+"""Batch key of the asked object's entry mask ([B, entries] bool, ``VisualInputs.asked_entries``):
+the training loop's batches carry it for ``measure_scale``; it is not a model input."""
 
 
 @contextlib.contextmanager
@@ -127,7 +135,7 @@ def _lm_keys(batch: dict[str, Any]) -> dict[str, Any]:
     return {
         k: v
         for k, v in batch.items()
-        if k not in ("visual_features", "has_image", "pixel_values", "answer_logits_only")
+        if k not in ("visual_features", "has_image", "pixel_values", "answer_logits_only", ASKED_ENTRIES)
     }
 
 
@@ -137,9 +145,9 @@ def measure_selectivity(
 ) -> dict[str, Any]:
     """Per MemVP layer, how much of the retrieval weight falls on the asked object (one forward pass).
 
-    ``entry_mask`` [B, entries] bool marks each sample's asked-object entries; ``positions`` [B, L]
-    bool the tokens to average over (default ``answer_positions(batch)``: those predicting the
-    answer). Returns ``{"asked_share": {site: share}, "asked_uniform": {site: marked / all
+    ``entry_mask`` [B, entries] (bool, or each cell's coverage in [0, 1]) marks each sample's asked
+    object; ``positions`` [B, L] bool the tokens to average over (default ``answer_positions(batch)``:
+    those predicting the answer). Returns ``{"asked_share": {site: share}, "asked_uniform": {site: marked / all
     entries}, "selectivity": {site: mean of share / uniform}, "max_selectivity"}``.
     """
     query = answer_positions(batch) if positions is None else positions.bool()
@@ -242,6 +250,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 __all__ = [
+    "ASKED_ENTRIES",
     "measure_scale",
     "measure_selectivity",
     "answer_positions",

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .explain import encode_prompt, explain, grid_region
+from .explain import encode_prompt, explain
 from .generation import first_line
 from .inputs import DEFAULT_PROMPT_TEMPLATE
-from .vision import load_image
+from .vision import grid_region, load_image
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860

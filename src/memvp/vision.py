@@ -474,6 +474,67 @@ class PrecomputedFeatures(VisionEncoder):
         return features
 
 
+# ----------------------------------------------------------------------------------------- where is the grid
+def grid_region(encoder, width: int, height: int) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of the image part the feature grid covers, in image pixels.
+
+    EfficientNet-Lite0 (and ``resize: squash``) squash the whole image to a square; a CLIP image
+    processor resizes the short side and centre-crops, so its grid covers the centre square only.
+    """
+    proc = getattr(encoder, "image_processor", None)
+    squashed = getattr(getattr(encoder, "options", None), "resize", None) == "squash"
+    if squashed or proc is None or not getattr(proc, "do_center_crop", False):
+        return 0.0, 0.0, float(width), float(height)
+
+    def entry(value, key: str):  # a dict, or transformers' SizeDict
+        return value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+
+    short = entry(getattr(proc, "size", None), "shortest_edge")
+    crop = getattr(proc, "crop_size", None)
+    crop_w, crop_h = entry(crop, "width"), entry(crop, "height")
+    if not short or not crop_w or not crop_h:
+        return 0.0, 0.0, float(width), float(height)
+    scale = short / min(width, height)
+    cw, ch = min(width, crop_w / scale), min(height, crop_h / scale)
+    left, top = (width - cw) / 2, (height - ch) / 2
+    return left, top, left + cw, top + ch
+
+
+def grid_side_of(encoder) -> int | None:
+    """The side of the encoder's square feature grid (tokens row-major over it), or None when its
+    tokens are not image cells (video frames, feature files of unknown layout, a non-square count)."""
+    if getattr(encoder, "num_frames", 0) or isinstance(encoder, PrecomputedFeatures):
+        return None
+    side = math.isqrt(int(encoder.num_tokens))
+    return side if side * side == int(encoder.num_tokens) else None
+
+
+def box_coverage(encoder, box: Sequence[float], width: int, height: int) -> torch.Tensor | None:
+    """[num_tokens] float in [0, 1]: how much of each grid cell (visual entry, row-major) an object's
+    ``box`` covers; the box is (x0, y0, x1, y1) in fractions of the image's width and height (LLaVA's
+    normalised boxes), the image ``width`` x ``height`` pixels.
+
+    Weighting the retrieval weights by it gives the share of the reading that falls on the object (as
+    the energy-based pointing game weighs an attention map by the box). The grid covers
+    ``grid_region`` (a centre crop covers the middle square only: the rest of the box counts nowhere).
+    None when the encoder has no image grid (``grid_side_of``).
+    """
+    side = grid_side_of(encoder)
+    if side is None:
+        return None
+    left, top, right, bottom = grid_region(encoder, width, height)
+    cell_w, cell_h = (right - left) / side, (bottom - top) / side
+    steps = torch.arange(side + 1, dtype=torch.float64)
+    edges_x, edges_y = left + cell_w * steps, top + cell_h * steps
+
+    def overlap(edges: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        return (edges[1:].clamp(max=hi) - edges[:-1].clamp(min=lo)).clamp_min(0)
+
+    over_x = overlap(edges_x, box[0] * width, box[2] * width)
+    over_y = overlap(edges_y, box[1] * height, box[3] * height)
+    return (over_y[:, None] * over_x[None, :] / (cell_w * cell_h)).reshape(-1).float()
+
+
 # ----------------------------------------------------------------------------------------- video
 _FRAME_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 

@@ -70,7 +70,7 @@ from .registry import (
     score,
     write_outputs,
 )
-from .schema import LLAVA_SHORT_ANSWER_PROMPT, SCIENCEQA_ANSWER_PREFIX, Sample, scienceqa_prompt
+from .schema import ASKED_BOX, LLAVA_SHORT_ANSWER_PROMPT, SCIENCEQA_ANSWER_PREFIX, Sample, asked_box, scienceqa_prompt
 from .scienceqa import read_scienceqa, read_scienceqa_parquet
 from .video import TVQA_FRAME_FOLDERS, how2qa_correct_position, read_how2qa, read_tvqa
 from .vqav2 import read_vqav2, read_vqav2_parquet
@@ -80,6 +80,8 @@ for _module in pkgutil.iter_modules(__path__):
 
 __all__ = [
     "Sample",
+    "ASKED_BOX",
+    "asked_box",
     "DatasetFormat",
     "FORMATS",
     "register_format",

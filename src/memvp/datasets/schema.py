@@ -14,6 +14,25 @@ LLAVA_SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 
 SCIENCEQA_ANSWER_PREFIX = "The answer is"
 
+ASKED_BOX = "asked_box"
+"""metadata key (and VQAv2 question-record field) of the asked object's box: (x0, y0, x1, y1) in
+fractions of the image's width and height, as LLaVA's normalised boxes. Only the instruments read it
+(retrieval selectivity: ``vision.box_entries`` turns it into the encoder's grid cells)."""
+
+
+def asked_box(value, where: str) -> tuple[float, float, float, float]:
+    """``value`` as a valid normalised box, or ValueError naming ``where`` (a file and question)."""
+    ok = isinstance(value, (list, tuple)) and len(value) == 4
+    ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    if ok:
+        x0, y0, x1, y1 = (float(v) for v in value)
+        if 0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0:
+            return x0, y0, x1, y1
+    raise ValueError(
+        f"{where}: asked_box is {value!r:.80}; expected [x0, y0, x1, y1] in fractions of the image's "
+        "width and height, 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 (or leave it out)"
+    )
+
 
 @dataclass
 class Sample:
@@ -104,6 +123,8 @@ __all__ = [
     "VIDEO_NAME",
     "LLAVA_SHORT_ANSWER_PROMPT",
     "SCIENCEQA_ANSWER_PREFIX",
+    "ASKED_BOX",
+    "asked_box",
     "scienceqa_prompt",
     "with_answer_prompt",
     "require_answers",

@@ -14,16 +14,23 @@ from ..metrics import evalai_answer, vqa_accuracy
 from . import io
 from .outputs import OutputFiles, llava_answers, number_or_text
 from .registry import DatasetFormat, register_format
-from .schema import Sample
+from .schema import ASKED_BOX, Sample, asked_box
 
 
 def _vqav2_sample(
-    qid: Any, question: str, image: str | None, image_id: str | None, annotation: tuple[list[str], str, str, str] | None
+    qid: Any,
+    question: str,
+    image: str | None,
+    image_id: str | None,
+    annotation: tuple[list[str], str, str, str] | None,
+    box: tuple[float, float, float, float] | None = None,
 ) -> Sample:
     """``annotation`` = (the human answers, ``multiple_choice_answer``, answer_type, question_type);
-    None for a question without one (test-dev, test): no answers, no target."""
+    None for a question without one (test-dev, test): no answers, no target. ``box``: the asked
+    object's (``schema.ASKED_BOX``)."""
+    extra = {} if box is None else {ASKED_BOX: box}
     if annotation is None:
-        return Sample(id=str(qid), prompt=question, answers=[], image=image, image_id=image_id)
+        return Sample(id=str(qid), prompt=question, answers=[], image=image, image_id=image_id, metadata=extra)
     answers, target, answer_type, question_type = annotation
     return Sample(
         id=str(qid),
@@ -32,7 +39,7 @@ def _vqav2_sample(
         image=image,
         image_id=image_id,
         question_type=answer_type,
-        metadata={"target": target, "answer_type": answer_type, "question_type": question_type},
+        metadata={"target": target, "answer_type": answer_type, "question_type": question_type, **extra},
     )
 
 
@@ -53,6 +60,9 @@ def read_vqav2(
     prefix, e.g. ``"what color is the"``).  ``image_pattern`` gets the
     questions file's ``data_subtype`` (``"test-dev2015"`` maps to
     ``"test2015"``, whose images test-dev uses) and the integer ``image_id``.
+    A question record may carry ``asked_box`` (not in the official files): the asked object's
+    [x0, y0, x1, y1] in fractions of the image's size, kept as ``metadata["asked_box"]`` for the
+    retrieval-selectivity instrument (``memvp.instruments``); the scenes recipe writes it.
     """
     qdata = io.expect(
         io.load_json(questions_file, "VQAv2 questions file"), dict, questions_file, "an object with 'questions'"
@@ -88,6 +98,7 @@ def read_vqav2(
                 a.get("answer_type", ""),
                 a.get("question_type", ""),
             )
+        box = None if ASKED_BOX not in q else asked_box(q[ASKED_BOX], f"{io.absolute(questions_file)}: question {qid}")
         samples.append(
             _vqav2_sample(
                 qid,
@@ -95,6 +106,7 @@ def read_vqav2(
                 os.path.join(image_dir, image_pattern.format(data_subtype=subtype, image_id=image_id)),
                 str(image_id),
                 annotation,
+                box,
             )
         )
     return io.non_empty(samples, questions_file)

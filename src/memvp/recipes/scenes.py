@@ -17,6 +17,8 @@ Question types and templates (X is a colour name)::
 
 Ambiguity is kept out: no object centre lies within ``AMBIGUITY_PX`` of the half lines, and a
 nearest/farthest question is skipped when the two best distances differ by less than ``AMBIGUITY_PX``.
+The questions answered from the named object alone (shape, horizontal, vertical) carry its box as
+``asked_box`` in their question records, for the retrieval-selectivity instrument.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ TEMPLATES = {
     "nearest": "What color is the object nearest to the {} object?",
     "farthest": "What shape is the object farthest from the {} object?",
 }
+ONE_OBJECT_TYPES = ("shape", "horizontal", "vertical")
+"""Question types answered from the named object alone: their records carry its ``asked_box``."""
 SPLITS = ("train", "val", "test")
 IMAGE_PATTERN = "COCO_{data_subtype}_{image_id:012d}.png"
 
@@ -157,8 +161,9 @@ def answer_question(scene: Scene, question_type: str, color: str) -> str:
 
 def questions_for_scene(
     scene: Scene, rng: np.random.Generator, per_scene: int = 6, question_types: tuple[str, ...] = QUESTION_TYPES
-) -> list[tuple[str, str, str]]:
-    """``per_scene`` (question, answer, question_type) triples, types cycling through a random order.
+) -> list[tuple[str, str, str, str]]:
+    """``per_scene`` (question, answer, question_type, colour asked about), types cycling through a
+    random order.
 
     Each question is about a random colour for which it is unambiguous, no (type, colour) pair twice;
     a question with no such colour left is skipped (rare: nearest/farthest near-ties only).
@@ -175,13 +180,27 @@ def questions_for_scene(
             continue
         color = colors[int(rng.integers(len(colors)))]
         used.add((qtype, color))
-        out.append((TEMPLATES[qtype].format(color), answer_question(scene, qtype, color), qtype))
+        out.append((TEMPLATES[qtype].format(color), answer_question(scene, qtype, color), qtype, color))
     return out
 
 
-def vqa_records(image_id: int, question_id: int, question: str, answer: str, question_type: str) -> tuple[dict, dict]:
+def object_box(obj: SceneObject, width: int = WIDTH, height: int = HEIGHT) -> list[float]:
+    """The object's box as fractions of the image, [x0, y0, x1, y1] (``asked_box``)."""
+    x0, y0 = obj.x - obj.size // 2, obj.y - obj.size // 2
+    return [x0 / width, y0 / height, (x0 + obj.size) / width, (y0 + obj.size) / height]
+
+
+def vqa_records(
+    image_id: int,
+    question_id: int,
+    question: str,
+    answer: str,
+    question_type: str,
+    asked_box: list[float] | None = None,
+) -> tuple[dict, dict]:
     """One question in the official VQAv2 JSON layout: (its ``questions`` entry, its ``annotations``
-    entry with the answer given by all ten annotators)."""
+    entry with the answer given by all ten annotators). ``asked_box``: the asked object's box in
+    fractions of the image (not an official field: the instruments read it for selectivity)."""
     annotation = {
         "question_id": question_id,
         "image_id": image_id,
@@ -190,7 +209,10 @@ def vqa_records(image_id: int, question_id: int, question: str, answer: str, que
         "multiple_choice_answer": answer,
         "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": i} for i in range(1, 11)],
     }
-    return {"image_id": image_id, "question": question, "question_id": question_id}, annotation
+    entry = {"image_id": image_id, "question": question, "question_id": question_id}
+    if asked_box is not None:
+        entry["asked_box"] = [round(float(v), 6) for v in asked_box]
+    return entry, annotation
 
 
 def most_frequent(answers: list[str]) -> tuple[str, float]:
@@ -287,10 +309,11 @@ def generate_dataset(
             scene = random_scene(rng, num_objects)
             _write_png(out / "images" / IMAGE_PATTERN.format(data_subtype=split, image_id=image_id), draw_scene(scene))
             scenes[str(image_id)] = [asdict(o) for o in scene.objects]
-            for k, (question, answer, qtype) in enumerate(
+            for k, (question, answer, qtype, color) in enumerate(
                 questions_for_scene(scene, rng, questions_per_scene, question_types)
             ):
-                q_entry, annotation = vqa_records(image_id, image_id * 1000 + k, question, answer, qtype)
+                box = object_box(scene.find(color), scene.width, scene.height) if qtype in ONE_OBJECT_TYPES else None
+                q_entry, annotation = vqa_records(image_id, image_id * 1000 + k, question, answer, qtype, box)
                 questions.append(q_entry)
                 annotations.append(annotation)
                 by_type[qtype].append(answer)

@@ -39,7 +39,7 @@ from .. import instruments
 from ..atomic import atomic_write_text
 from ..datasets import Sample
 from ..inputs import collate_training, describe_truncation, encode_sample
-from ..instruments import measure_scale
+from ..instruments import ASKED_ENTRIES, measure_scale
 from ..methods import check_adapter
 from ..peak_memory import PeakMemory
 from .build import build, check_output_dir, prepare_samples, read_split, task_of, visual_feature_statistics
@@ -135,6 +135,8 @@ _SCALE_COLUMNS = (
     "memory_to_ffn_mean",
     "positive_scores_mean",
     "top_share_mean",
+    "selectivity_max",  # data with asked boxes only: retrieval on the asked object / uniform
+    "selectivity_mean",
 )
 
 
@@ -242,7 +244,8 @@ def _optimizer_step(
     for i, (batch, n) in enumerate(zip(micro_batches, counts)):
         last = i == len(micro_batches) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
-            loss = model(**batch, answer_logits_only=True).loss
+            inputs = {k: v for k, v in batch.items() if k != ASKED_ENTRIES}  # the instruments' only
+            loss = model(**inputs, answer_logits_only=True).loss
             accelerator.backward(loss * (n * accelerator.num_processes / total))
         loss_sum += loss.detach().float() * n
     # The same value on every process, so that all of them stop together on a non-finite loss,
@@ -335,7 +338,11 @@ def _train_loader(cfg: TrainConfig, tokenizer, visual, samples: list[Sample], en
     def collate(indices: list[int]) -> dict:
         batch = collate_training(tokenizer, [encoded[i] for i in indices], encoder_decoder)
         if cfg.use_images:
-            batch.update(visual.inputs([samples[i] for i in indices]))
+            chosen = [samples[i] for i in indices]
+            batch.update(visual.inputs(chosen))
+            asked = visual.asked_entries(chosen)  # data that knows where the asked object is
+            if asked is not None:
+                batch[ASKED_ENTRIES] = asked
         return batch
 
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -606,8 +613,9 @@ def diagnose(run: Run, micro_batches: list[dict], row: dict) -> str | None:
     summary joins the row); returns a warning when the memory dominates."""
     if not _diagnose_now(run.cfg, run.accelerator, run.model, run.step, run.total_steps):
         return None
+    batch = micro_batches[0]
     with run.accelerator.autocast():  # as the training forward (bf16 weights, fp32 norms)
-        report = measure_scale(run.accelerator.unwrap_model(run.model), micro_batches[0])
+        report = measure_scale(run.accelerator.unwrap_model(run.model), batch, entry_mask=batch.get(ASKED_ENTRIES))
     row.update(instruments.summary(report))
     run.scale_reports.append({"step": run.step, **report})
     return instruments.warning(report, f"at step {run.step}")

@@ -364,8 +364,8 @@ class MemVPModel(FFNMemoryModel):
         output lengths per token, the retrieval scores' sign and spread): yields the list each MemVP
         layer appends its dict to, in call order. ``memvp.instruments`` reads it.
 
-        ``entry_mask`` ([B, entries] bool, missing entries count as False) marks the entries of each
-        sample's asked object: every layer then also records, per token, the share of its retrieval
+        ``entry_mask`` ([B, entries] bool or coverage in [0, 1], missing entries count as 0) marks the
+        entries of each sample's asked object: every layer then also records, per token, the share of its retrieval
         weight on them (``asked_share``) and a uniform reading's (``asked_uniform``: marked / all)."""
         self._probe = {"sites": [], "mask": entry_mask}
         try:
@@ -414,7 +414,8 @@ def _site_stats(
 ) -> dict:
     """Per-token lengths of the memory's output and the FFN's own output, and the retrieval scores'
     sign and spread, for the instruments (memvp.instruments); with ``entry_mask`` ([B, <= entries]
-    bool) also the share of the retrieval weight on the marked entries and a uniform reading's."""
+    bool, or coverage in [0, 1] that weighs each entry) also the share of the retrieval weight on the
+    marked entries and a uniform reading's."""
     samples, d = keys.shape[0], x.shape[-1]
     scores = retrieval_scores(x.reshape(samples, -1, d).float(), keys.float().to(x.device), key_gain)
     weights = activation(scores).abs()
