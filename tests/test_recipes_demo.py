@@ -53,6 +53,18 @@ def test_quick_demo_trains_every_arm_and_writes_the_table(tmp_path, capsys):
     assert main(["demo", "--quick", "--output-dir", str(tmp_path)]) == 0
     assert "| question type | answer prior | w/o visual prompts | MemVP |" in capsys.readouterr().out
     assert (tmp_path / "data" / "questions_train.json").stat().st_mtime_ns == stamp
+    assert "retrieval weight on the asked object / uniform, best layer" in printed
+    # Data made by an older generator (no version in its stamp, no asked_box) is made again.
+    summary = json.loads((tmp_path / "data" / "summary.json").read_text())
+    del summary["params"]["version"]
+    (tmp_path / "data" / "summary.json").write_text(json.dumps(summary))
+    image = (tmp_path / "data" / "images").glob("*.png").__next__()
+    pixels = image.read_bytes()
+    assert main(["demo", "--quick", "--output-dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert (tmp_path / "data" / "questions_train.json").stat().st_mtime_ns != stamp
+    assert image.read_bytes() == pixels  # the same scenes
+    assert "version" in json.loads((tmp_path / "data" / "summary.json").read_text())["params"]
 
 
 def test_cli_rejects_unknown_command_and_stray_arguments(capsys):

@@ -56,10 +56,15 @@ def _data_spec(root: Path, split: str) -> dict:
     }
 
 
+SCENES_VERSION = 2
+"""Bumped when the generator's files change (2: questions carry ``asked_box``): an older data set is
+made again (the same images, byte for byte), not reused."""
+
+
 def _scenes(root: Path, params: dict, seed: int) -> dict:
-    """Generate the data set, or reuse it when the same parameters made it before."""
+    """Generate the data set, or reuse it when the same parameters and generator made it before."""
     stamp = root / "summary.json"
-    wanted = {**params, "seed": seed}
+    wanted = {**params, "seed": seed, "version": SCENES_VERSION}
     if stamp.is_file():
         saved = json.loads(stamp.read_text())
         if saved.get("params") == wanted:
@@ -173,14 +178,18 @@ def cost_rows(runs: dict, names) -> list[str]:
 def scale_lines(run: dict) -> list[str]:
     """The instruments' reading of a MemVP run (last step), when it measured them."""
     scale = run.get("scale")
-    return (
-        [
-            f"MemVP's residual norm / the frozen LM's, largest over layers (last step): "
-            f"{scale['max_residual_ratio']:.3f}; memory / FFN output up to {scale['max_memory_to_ffn']:.3f}"
-        ]
-        if scale
-        else []
-    )
+    if not scale:
+        return []
+    lines = [
+        f"MemVP's residual norm / the frozen LM's, largest over layers (last step): "
+        f"{scale['max_residual_ratio']:.3f}; memory / FFN output up to {scale['max_memory_to_ffn']:.3f}"
+    ]
+    if scale.get("selectivity"):  # the scenes carry the asked object's box
+        lines.append(
+            "MemVP's retrieval weight on the asked object / uniform, best layer (last step): "
+            f"{scale['max_selectivity']:.2f} (1 = reads the average of the image)"
+        )
+    return lines
 
 
 def _mib(n_bytes: int | None) -> str:
