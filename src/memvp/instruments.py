@@ -42,8 +42,9 @@ RESIDUAL_WARNING = 2.0
 """Residual-norm ratio (adapted / frozen) above which the memory is said to dominate."""
 
 ASKED_ENTRIES = "asked_entries"
-"""Batch key of the asked object's entry mask ([B, entries] bool, ``VisualInputs.asked_entries``):
-the training loop's batches carry it for ``measure_scale``; it is not a model input."""
+"""Batch key of the asked object's entries ([B, entries]: how much of each grid cell it covers,
+``VisualInputs.asked_entries``): the training loop's batches carry it for ``measure_scale``; it is
+not a model input."""
 
 
 @contextlib.contextmanager
