@@ -14,6 +14,7 @@ from memvp.instruments import (
     RESIDUAL_WARNING,
     answer_positions,
     format_report,
+    grounding_loss,
     measure_scale,
     measure_selectivity,
     summary,
@@ -326,6 +327,35 @@ def test_selectivity_rides_on_measure_scale_and_its_report():
     assert "selectivity" not in measure_scale(mem, batch)  # no mask, no selectivity
     with pytest.raises(ValueError, match="entry_mask"):
         measure_selectivity(mem, batch, torch.ones(2, N_VIS + 3, dtype=torch.bool))
+
+
+def test_the_grounding_loss_is_the_asked_share_and_trains_retrieval_towards_it():
+    mem = _selective_model()
+    inputs = lm_inputs(mem.language_model, batch=2)
+    batch = {**inputs, "visual_features": torch.randn(2, N_VIS, VIS_DIM)}
+    mask = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.5, 0.0]])
+    query = answer_positions(batch)
+    before = measure_selectivity(mem, batch, mask)
+    with torch.no_grad(), mem.probing(mask) as sites:
+        mem(**batch)
+    # by hand: -log(asked share) at the last tokens, averaged over rows, then over MemVP layers
+    share = {s: before["asked_share"][s] for s in before["asked_share"]}
+    got = grounding_loss(sites, query, mask)
+    by_hand = torch.stack([-(site["asked_share"][query.reshape(-1)] + 1e-6).log().mean() for site in sites]).mean()
+    assert float(got) == pytest.approx(float(by_hand)) and all(0 < v < 1 for v in share.values())
+    assert grounding_loss(sites, query, torch.zeros_like(mask)) is None  # nobody asks about one object
+    # trained on the grounding loss alone, retrieval leans towards the marked entries
+    mem.train()
+    optimizer = torch.optim.Adam([p for p in mem.parameters() if p.requires_grad], lr=0.05)
+    for _ in range(20):
+        with mem.probing(mask) as sites:
+            mem(**batch)
+        loss = grounding_loss(sites, query, mask)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = measure_selectivity(mem.eval(), batch, mask)
+    assert after["max_selectivity"] > 2 * before["max_selectivity"] and after["max_selectivity"] > 2.5
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "bart"])

@@ -552,3 +552,40 @@ def test_the_resolved_config_is_written_first_and_trains_the_same_run(tiny, tmp_
 
     assert curve(again) == curve(run)
     assert TrainConfig.from_yaml(run / "config.yaml").max_steps == 2
+
+
+def test_grounding_weight_adds_the_grounding_loss_and_refuses_what_it_can_not_supervise(tiny, capsys, tmp_path):
+    root = tiny
+    cfg = str(root / "train.yaml")
+    out = tmp_path / "grounded"
+    args = ["train", cfg, f"output_dir={out}", "eval_data=null", "max_steps=4"]
+    assert main([*args, "grounding_weight=5"]) == 0
+    assert "grounding: " in capsys.readouterr().err  # how many training questions carry a box
+    header, *rows = [line.split(",") for line in (out / "loss_curve.csv").read_text().splitlines()]
+    column = header.index("grounding_loss")
+    grounding = [float(r[column]) for r in rows]
+    assert len(grounding) == 4 and all(g > 0 for g in grounding)
+    plain = tmp_path / "plain"
+    assert main([*args[:2], f"output_dir={plain}", *args[3:]]) == 0
+    capsys.readouterr()
+    plain_rows = [line.split(",") for line in (plain / "loss_curve.csv").read_text().splitlines()[1:]]
+    assert not any(r[column] for r in plain_rows)  # off by default
+    assert [r[2] for r in plain_rows][1:] != [r[2] for r in rows][1:]  # it changed the training
+    # refused before any model loads: no visual memory, no image, checkpointing, data without boxes
+    questions = json.loads((root / "data" / "questions_train.json").read_text())
+    for q in questions["questions"]:
+        q.pop("asked_box", None)
+    unboxed = tmp_path / "unboxed.json"
+    unboxed.write_text(json.dumps(questions))
+    for extra, message in [
+        (["method=text_only"], "method 'text_only' has no visual memory"),
+        (["use_images=false"], "reads no image here"),
+        (["gradient_checkpointing=true"], "do not go together"),
+        ([f"train_data.questions_file={unboxed}"], "none of the 36 in train_data has one"),
+        (["grounding_weight=-1"], "grounding_weight must be a number >= 0"),
+    ]:
+        weight = [] if extra[0].startswith("grounding_weight") else ["grounding_weight=1"]
+        assert main([*args, *weight, *extra, f"output_dir={tmp_path / 'refused'}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert message in err, err
+        assert not (tmp_path / "refused" / "loss_curve.csv").exists()

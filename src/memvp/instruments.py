@@ -131,6 +131,21 @@ def _selectivity(sites: list[dict], query: torch.Tensor, entry_mask: torch.Tenso
     return out
 
 
+def grounding_loss(sites: list[dict], query: torch.Tensor, entry_mask: torch.Tensor) -> torch.Tensor | None:
+    """Mean over MemVP layers of -log(the asked object's share of the retrieval weight), over the
+    query tokens of the rows that mark an object: differentiable when the probed forward was run with
+    gradients (``model.probing(entry_mask)`` around a training forward). None when no row marks one."""
+    keep = (query & entry_mask.bool().any(dim=-1).to(query.device)[:, None]).reshape(-1)
+    if not bool(keep.any()):
+        return None
+    losses = [
+        -(site["asked_share"][keep.to(site["asked_share"].device)] + 1e-6).log().mean()
+        for site in sites
+        if "asked_share" in site and site["asked_share"].numel() == keep.numel()
+    ]
+    return torch.stack([loss.to(losses[0].device) for loss in losses]).mean() if losses else None
+
+
 def _lm_keys(batch: dict[str, Any]) -> dict[str, Any]:
     """The batch's keys that the language model itself takes."""
     return {
@@ -254,6 +269,7 @@ __all__ = [
     "ASKED_ENTRIES",
     "measure_scale",
     "measure_selectivity",
+    "grounding_loss",
     "answer_positions",
     "summary",
     "warning",

@@ -171,6 +171,12 @@ class TrainConfig:
     """Measure the peak memory of one training step (the run's second; ``memvp.peak_memory``: CUDA
     ``max_memory_allocated``, on Linux CPUs the peak RSS above the step's start) and report it as
     ``peak_step_memory_bytes`` in metrics.json. ``memvp demo --compare`` turns it on for every arm."""
+    grounding_weight: float = 0.0
+    """Retrieval grounding (attention supervision, as HINT and Qiao et al. supervise VQA attention
+    with human maps): with training questions that carry ``asked_box`` (``memvp.instruments``), add
+    this weight x the mean over MemVP layers of -log(the share of the retrieval weight on the asked
+    object) at the tokens that predict the answer. 0 (default) is off; MemVP-family methods only.
+    Measured: docs/memory_scale.md section 6.2."""
     diagnose_every: int = 50
     """Every this many optimizer steps (and at the first and last), measure on the batch at hand
     whether the visual memory stays in the LM's scale (``memvp.instruments``: memory / FFN output,
@@ -243,6 +249,18 @@ class TrainConfig:
             checker.make_config(1, self.options_for(checker))
         if not method.reads_images:
             self.use_images = False
+        if not (isinstance(self.grounding_weight, (int, float)) and self.grounding_weight >= 0):
+            raise ValueError(f"grounding_weight must be a number >= 0 (0: off), got {self.grounding_weight!r}")
+        if self.grounding_weight and not (method.model_class.supports_probing and self.use_images):
+            raise ValueError(
+                f"grounding_weight supervises MemVP's retrieval of the image: method {self.method!r} "
+                f"{'has no visual memory' if not method.model_class.supports_probing else 'reads no image here'} "
+                "(use memvp or memvp_lora with use_images: true, or grounding_weight: 0)"
+            )
+        if self.grounding_weight and self.gradient_checkpointing:
+            # the loss reads retrieval weights computed beside the checkpointed layers' outputs, which
+            # recomputation in the backward pass would not produce again
+            raise ValueError("grounding_weight and gradient_checkpointing do not go together; turn one off")
 
     def options_for(self, method) -> dict:
         """The options of a registered ``Method`` from its section (``memvp``, ``baseline``, ``adem``, or

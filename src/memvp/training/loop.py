@@ -37,9 +37,9 @@ from tqdm.auto import tqdm
 
 from .. import instruments
 from ..atomic import atomic_write_text
-from ..datasets import Sample
+from ..datasets import ASKED_BOX, Sample
 from ..inputs import collate_training, describe_truncation, encode_sample
-from ..instruments import ASKED_ENTRIES, measure_scale
+from ..instruments import ASKED_ENTRIES, answer_positions, measure_scale
 from ..methods import check_adapter
 from ..peak_memory import PeakMemory
 from .build import build, check_output_dir, prepare_samples, read_split, task_of, visual_feature_statistics
@@ -137,6 +137,7 @@ _SCALE_COLUMNS = (
     "top_share_mean",
     "selectivity_max",  # data with asked boxes only: retrieval on the asked object / uniform
     "selectivity_mean",
+    "grounding_loss",  # grounding_weight > 0 only, every step
 )
 
 
@@ -228,8 +229,11 @@ def _optimizer_step(
     micro_batches: list[dict],
     encoder_decoder: bool,
     max_grad_norm: float = 0.0,
+    grounding_weight: float = 0.0,
+    grounding: list | None = None,
 ) -> float:
-    """One optimizer step over the micro-batches of one global batch; returns its mean loss.
+    """One optimizer step over the micro-batches of one global batch; returns its mean loss (the
+    LM's; with ``grounding_weight`` the micro-batches' grounding losses are appended to ``grounding``).
 
     Each micro-batch's mean loss is weighted by its share of all the answer tokens of the step (on
     every process; DDP then averages over processes, hence the num_processes factor), so the
@@ -245,8 +249,17 @@ def _optimizer_step(
         last = i == len(micro_batches) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
             inputs = {k: v for k, v in batch.items() if k != ASKED_ENTRIES}  # the instruments' only
-            loss = model(**inputs, answer_logits_only=True).loss
-            accelerator.backward(loss * (n * accelerator.num_processes / total))
+            asked = batch.get(ASKED_ENTRIES) if grounding_weight else None
+            probed = accelerator.unwrap_model(model).probing(asked) if asked is not None else contextlib.nullcontext()
+            with probed as sites:
+                loss = model(**inputs, answer_logits_only=True).loss
+            objective = loss
+            if asked is not None:
+                aux = instruments.grounding_loss(sites, answer_positions(inputs), asked)
+                if aux is not None:  # this micro-batch asks about one object somewhere
+                    objective = loss + grounding_weight * aux
+                    grounding.append(float(aux.detach()))
+            accelerator.backward(objective * (n * accelerator.num_processes / total))
         loss_sum += loss.detach().float() * n
     # The same value on every process, so that all of them stop together on a non-finite loss,
     # before the optimizer step: the weights (and the last checkpoint) stay good.
@@ -450,6 +463,14 @@ def setup(cfg: TrainConfig) -> Run:
     if state.is_main_process:
         check_output_dir(out)
     train_split, eval_split = _read_data(cfg, log)
+    if cfg.grounding_weight:
+        boxed = sum(ASKED_BOX in s.metadata for s in train_split)
+        if not boxed:
+            raise ValueError(
+                f"grounding_weight {cfg.grounding_weight:g} needs training questions that say where the asked "
+                f"object is (asked_box); none of the {len(train_split)} in train_data has one"
+            )
+        log(f"grounding: {boxed} of {len(train_split)} training questions carry the asked object's box")
     train_fingerprint = data_fingerprint(train_split)
     saved = read_trainer_state(resume_dir) if resume_dir else None
     if saved:
@@ -570,6 +591,7 @@ def setup(cfg: TrainConfig) -> Run:
 def take_step(run: Run, micro_batches: list[dict]) -> dict:
     """One optimizer step (its memory measured when it is the one to measure); the loss curve's row.
     A non-finite loss stops the run before it touches the weights."""
+    grounding: list[float] = []
     step = functools.partial(
         _optimizer_step,
         run.accelerator,
@@ -579,6 +601,8 @@ def take_step(run: Run, micro_batches: list[dict]) -> dict:
         micro_batches,
         run.encoder_decoder,
         run.cfg.max_grad_norm,
+        run.cfg.grounding_weight,
+        grounding,
     )
     lr = run.optimizer.param_groups[0]["lr"]  # the lr this step uses (the scheduler then moves on)
     if run.memory is not None and run.step == run.memory_step:
@@ -604,6 +628,8 @@ def take_step(run: Run, micro_batches: list[dict]) -> dict:
         "lr": lr,
         "samples_per_s": (seen - run.window[0]) / max(now - run.window[1], 1e-9),
     }
+    if grounding:
+        row["grounding_loss"] = sum(grounding) / len(grounding)
     run.window = (seen, now)
     return row
 

@@ -401,7 +401,6 @@ def _median_neuron_length(linear: nn.Module | None, hidden_size: int, side: str)
     return float(vectors.norm(dim=-1).median())
 
 
-@torch.no_grad()
 def _site_stats(
     x: torch.Tensor,
     keys: torch.Tensor,
@@ -415,7 +414,8 @@ def _site_stats(
     """Per-token lengths of the memory's output and the FFN's own output, and the retrieval scores'
     sign and spread, for the instruments (memvp.instruments); with ``entry_mask`` ([B, <= entries]
     bool, or coverage in [0, 1] that weighs each entry) also the share of the retrieval weight on the
-    marked entries and a uniform reading's."""
+    marked entries and a uniform reading's. Differentiable (the grounding loss); the instruments call
+    it under ``torch.no_grad``."""
     samples, d = keys.shape[0], x.shape[-1]
     scores = retrieval_scores(x.reshape(samples, -1, d).float(), keys.float().to(x.device), key_gain)
     weights = activation(scores).abs()
