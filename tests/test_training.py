@@ -27,7 +27,7 @@ def test_train_save_load_predict_eval(tiny, capsys):
         curve[0]
         == (
             "step,epoch,loss,lr,samples_per_s,residual_ratio_max,memory_to_ffn_max,"
-            "memory_to_ffn_mean,positive_scores_mean,top_share_mean,selectivity_max,selectivity_mean"
+            "memory_to_ffn_mean,positive_scores_mean,top_share_mean,selectivity_max,selectivity_mean,grounding_loss"
         )
         and len(curve) == 9
     )
