@@ -329,6 +329,22 @@ def test_selectivity_rides_on_measure_scale_and_its_report():
         measure_selectivity(mem, batch, torch.ones(2, N_VIS + 3, dtype=torch.bool))
 
 
+def test_selectivity_is_among_the_images_entries_not_the_position_only_padding():
+    """num_entries > visual tokens: the extra entries hold positions only. A memory whose image
+    entries all have the same key reads the image uniformly (selectivity 1), whatever weight the
+    padding entries take; counting them in would make it look n / n_visual times selective."""
+    mem = get_memvp_model(tiny_model("llama"), MemVPConfig(visual_dim=VIS_DIM, num_entries=4 * N_VIS, dropout=0.0))
+    with torch.no_grad():
+        mem.visual_memory.output_gate.fill_(1.0)
+        mem.visual_memory.key_position[:, :N_VIS] = 0.0  # the image's keys: its (identical) prompts only
+    inputs = lm_inputs(mem.language_model, batch=2)
+    same = torch.randn(1, 1, VIS_DIM).expand(2, N_VIS, VIS_DIM)  # one feature everywhere
+    mask = torch.tensor([[True, False, False, False], [False, True, True, False]])
+    got = measure_selectivity(mem, {**inputs, "visual_features": same}, mask)
+    assert all(v == pytest.approx(1.0, abs=1e-5) for v in got["selectivity"].values())
+    assert got["asked_uniform"][mem.sites[0].name] == pytest.approx((1 / 4 + 2 / 4) / 2)
+
+
 def test_the_grounding_loss_is_the_asked_share_and_trains_retrieval_towards_it():
     mem = _selective_model()
     inputs = lm_inputs(mem.language_model, batch=2)

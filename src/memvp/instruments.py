@@ -163,8 +163,8 @@ def measure_selectivity(
 
     ``entry_mask`` [B, entries] (bool, or each cell's coverage in [0, 1]) marks each sample's asked
     object; ``positions`` [B, L] bool the tokens to average over (default ``answer_positions(batch)``:
-    those predicting the answer). Returns ``{"asked_share": {site: share}, "asked_uniform": {site: marked / all
-    entries}, "selectivity": {site: mean of share / uniform}, "max_selectivity"}``.
+    those predicting the answer). Returns ``{"asked_share": {site: share}, "asked_uniform": {site: marked / the
+    image's entries}, "selectivity": {site: mean of share / uniform}, "max_selectivity"}``.
     """
     query = answer_positions(batch) if positions is None else positions.bool()
     with _measuring(model, batch), model.probing(entry_mask) as sites:

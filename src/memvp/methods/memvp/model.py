@@ -413,9 +413,9 @@ def _site_stats(
 ) -> dict:
     """Per-token lengths of the memory's output and the FFN's own output, and the retrieval scores'
     sign and spread, for the instruments (memvp.instruments); with ``entry_mask`` ([B, <= entries]
-    bool, or coverage in [0, 1] that weighs each entry) also the share of the retrieval weight on the
-    marked entries and a uniform reading's. Differentiable (the grounding loss); the instruments call
-    it under ``torch.no_grad``."""
+    bool, or coverage in [0, 1] that weighs each entry; its width = the image's entries) also the share
+    of the image's retrieval weight on the marked entries and a uniform reading's. Differentiable (the
+    grounding loss); the instruments call it under ``torch.no_grad``."""
     samples, d = keys.shape[0], x.shape[-1]
     scores = retrieval_scores(x.reshape(samples, -1, d).float(), keys.float().to(x.device), key_gain)
     weights = activation(scores).abs()
@@ -429,14 +429,17 @@ def _site_stats(
         "top_share": (weights.amax(-1) / total).reshape(-1),
     }
     if entry_mask is not None:
-        n = weights.shape[-1]
-        if entry_mask.dim() != 2 or entry_mask.shape[-1] > n:
+        n, n_image = weights.shape[-1], entry_mask.shape[-1]
+        if entry_mask.dim() != 2 or n_image > n:
             raise ValueError(f"entry_mask must be [batch, <= {n} entries], got {tuple(entry_mask.shape)}")
-        mask = F.pad(entry_mask.to(weights.device, weights.dtype), (0, n - entry_mask.shape[-1]))
+        mask = entry_mask.to(weights.device, weights.dtype)
         if mask.shape[0] != samples:  # generate() repeats each sample's rows (beams): a row per sample
             mask = mask.repeat_interleave(samples // mask.shape[0], dim=0)
-        stats["asked_share"] = ((weights * mask[:, None]).sum(-1) / total).reshape(-1)
-        stats["asked_uniform"] = (mask.sum(-1, keepdim=True) / n).expand(samples, weights.shape[1]).reshape(-1)
+        # Shares among the image's entries (the mask's width): the position-only entries that pad the
+        # memory to num_entries would otherwise make any reading of the image look selective.
+        image = weights[..., :n_image]
+        stats["asked_share"] = ((image * mask[:, None]).sum(-1) / image.sum(-1).clamp_min(1e-12)).reshape(-1)
+        stats["asked_uniform"] = (mask.sum(-1, keepdim=True) / n_image).expand(samples, weights.shape[1]).reshape(-1)
     return stats
 
 
