@@ -110,20 +110,24 @@ def answer_positions(batch: dict[str, Any]) -> torch.Tensor:
     return query
 
 
+def _asked_tokens(sites: list[dict], query: torch.Tensor, entry_mask: torch.Tensor):
+    """Per site that recorded them (an encoder-decoder's other stack did not): (name, the asked object's
+    share, a uniform reading's share) at the query tokens of the rows that mark an object."""
+    keep = (query & entry_mask.bool().any(dim=-1).to(query.device)[:, None]).reshape(-1)
+    for site in sites:
+        if "asked_share" not in site or site["asked_share"].numel() != keep.numel():
+            continue
+        kept = keep.to(site["asked_share"].device)
+        share = site["asked_share"][kept]
+        if share.numel():
+            yield site["name"], share, site["asked_uniform"][kept]
+
+
 def _selectivity(sites: list[dict], query: torch.Tensor, entry_mask: torch.Tensor) -> dict[str, Any]:
     """Per site: the asked object's share of the weight, a uniform reading's, and their ratio, averaged
     over the query tokens of the rows that mark an object."""
-    rows = entry_mask.bool().any(dim=-1).to(query.device)
-    keep = (query & rows[:, None]).reshape(-1)
     out: dict[str, Any] = {"asked_share": {}, "asked_uniform": {}, "selectivity": {}}
-    for site in sites:
-        if "asked_share" not in site or site["asked_share"].numel() != keep.numel():
-            continue  # an encoder-decoder's other stack, or a call without the mask
-        share = site["asked_share"][keep.to(site["asked_share"].device)]
-        uniform = site["asked_uniform"][keep.to(site["asked_uniform"].device)]
-        if share.numel() == 0:
-            continue
-        name = site["name"]
+    for name, share, uniform in _asked_tokens(sites, query, entry_mask):
         out["asked_share"][name] = float(share.mean())
         out["asked_uniform"][name] = float(uniform.mean())
         out["selectivity"][name] = float((share / uniform.clamp_min(1e-12)).mean())
@@ -135,14 +139,7 @@ def grounding_loss(sites: list[dict], query: torch.Tensor, entry_mask: torch.Ten
     """Mean over MemVP layers of -log(the asked object's share of the retrieval weight), over the
     query tokens of the rows that mark an object: differentiable when the probed forward was run with
     gradients (``model.probing(entry_mask)`` around a training forward). None when no row marks one."""
-    keep = (query & entry_mask.bool().any(dim=-1).to(query.device)[:, None]).reshape(-1)
-    if not bool(keep.any()):
-        return None
-    losses = [
-        -(site["asked_share"][keep.to(site["asked_share"].device)] + 1e-6).log().mean()
-        for site in sites
-        if "asked_share" in site and site["asked_share"].numel() == keep.numel()
-    ]
+    losses = [-(share + 1e-6).log().mean() for _, share, _ in _asked_tokens(sites, query, entry_mask)]
     return torch.stack([loss.to(losses[0].device) for loss in losses]).mean() if losses else None
 
 
