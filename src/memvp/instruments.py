@@ -19,7 +19,7 @@ training calls it every ``diagnose_every`` steps, ``memvp explain`` on its one s
 Selectivity, for data that knows where the asked object is: ``measure_selectivity(model, batch,
 entry_mask)`` (one forward pass; ``measure_scale(..., entry_mask=...)`` adds it to its report) gives, per
 MemVP layer, the share of the retrieval weight that the tokens predicting the answer put on the asked
-object's entries, against the share a uniform reading gives (marked entries / all entries):
+object's entries, against the share a uniform reading gives (marked entries / the image's entries):
 ``selectivity`` 1 means the layer reads the average of the image, k means k times uniform.
 ``entry_mask`` is [B, entries], True on the visual entries (encoder grid cells, row-major) that show
 the asked object, or in [0, 1]: how much of each cell the object covers (``vision.box_coverage``; the

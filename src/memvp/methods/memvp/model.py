@@ -364,9 +364,10 @@ class MemVPModel(FFNMemoryModel):
         output lengths per token, the retrieval scores' sign and spread): yields the list each MemVP
         layer appends its dict to, in call order. ``memvp.instruments`` reads it.
 
-        ``entry_mask`` ([B, entries] bool or coverage in [0, 1], missing entries count as 0) marks the
-        entries of each sample's asked object: every layer then also records, per token, the share of its retrieval
-        weight on them (``asked_share``) and a uniform reading's (``asked_uniform``: marked / all)."""
+        ``entry_mask`` ([B, the image's entries] bool or coverage in [0, 1]) marks the entries of each
+        sample's asked object: every layer then also records, per token, the share of the image's
+        retrieval weight on them (``asked_share``) and a uniform reading's (``asked_uniform``: marked /
+        the image's entries; the position-only padding entries count in neither)."""
         self._probe = {"sites": [], "mask": entry_mask}
         try:
             yield self._probe["sites"]
