@@ -67,6 +67,61 @@ def test_quick_demo_trains_every_arm_and_writes_the_table(tmp_path, capsys):
     assert "version" in json.loads((tmp_path / "data" / "summary.json").read_text())["params"]
 
 
+@pytest.mark.slow  # the real SmolLM2 and EfficientNet-Lite0
+def test_quick_where_task_trains_memvp_with_and_without_grounding(tmp_path, capsys):
+    assert main(["demo", "--quick", "--task", "where", "--output-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "six-object VQA" in printed
+    columns = "| w/o visual prompts | MemVP, answer loss only | MemVP + grounding |"
+    assert "| question type | answer prior " + columns in printed
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["task"] == "where"
+    assert json.loads((tmp_path / "data" / "summary.json").read_text())["params"]["num_objects"] == 6
+    runs = result["runs"]
+    assert [runs[a]["use_images"] for a in ("no_visual_prompts", "memvp_answer_loss", "memvp")] == [False, True, True]
+    # Only the MemVP + grounding arm trains on the asked boxes: its loss curve has a grounding term.
+    curve = (tmp_path / "memvp" / "loss_curve.csv").read_text().splitlines()
+    plain = (tmp_path / "memvp_answer_loss" / "loss_curve.csv").read_text().splitlines()
+    column = curve[0].split(",").index("grounding_loss")
+    assert all(float(line.split(",")[column]) > 0 for line in curve[1:])
+    plain_column = plain[0].split(",").index("grounding_loss")
+    assert all(line.split(",")[plain_column] in ("", "nan") for line in plain[1:])
+    # Both MemVP arms report their selectivity in the table; the ablation has no retrieval.
+    row = next(line for line in printed.splitlines() if line.startswith("| on the asked object / uniform"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "" and float(cells[3]) > 0 and float(cells[4]) > 0
+    assert cells[3] == f"{runs['memvp_answer_loss']['scale']['max_selectivity']:.2f}"
+    assert (tmp_path / "selectivity_per_layer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table4_arms_change_one_part_each_and_keep_the_tasks_recipe(tmp_path):
+    from memvp.recipes.demo import arm_config, demo_train_config, plan_arms
+
+    assert plan_arms("where", ["table4"]) == [
+        "no_visual_prompts", "keys_only", "values_only", "global_token", "positions_concat", "memvp"
+    ]  # fmt: skip
+    assert plan_arms("where", compare=True) == [
+        "no_visual_prompts", "text_only", "input_space", "memvp_answer_loss", "memvp"
+    ]  # fmt: skip
+    assert plan_arms("one-object") == ["no_visual_prompts", "memvp"]
+    base = demo_train_config(tmp_path)
+    where = {name: arm_config(base, "where", name, tmp_path / name) for name in plan_arms("where", ["table4"])}
+    changed = {name: {k: v for k, v in cfg.memvp.items() if base.memvp.get(k) != v} for name, cfg in where.items()}
+    assert changed == {
+        "no_visual_prompts": {},
+        "keys_only": {"insert_into": "keys"},
+        "values_only": {"insert_into": "values"},
+        "global_token": {"visual_tokens": "global"},
+        "positions_concat": {"position_mode": "concat"},
+        "memvp": {},
+    }
+    # The where task grounds every arm that reads the image through MemVP's memory, and no other.
+    assert {n: c.grounding_weight for n, c in where.items()} == {**dict.fromkeys(where, 2.0), "no_visual_prompts": 0.0}
+    assert arm_config(base, "where", "memvp_answer_loss", tmp_path).grounding_weight == 0.0
+    assert arm_config(base, "one-object", "keys_only", tmp_path).grounding_weight == 0.0
+    assert where["keys_only"].output_dir == str(tmp_path / "keys_only")
+
+
 def test_cli_rejects_unknown_command_and_stray_arguments(capsys):
     import pytest
 
@@ -78,3 +133,5 @@ def test_cli_rejects_unknown_command_and_stray_arguments(capsys):
     assert main(["demo", "--arms", "input_space,bogus"]) == 2  # before any data is drawn
     assert main(["demo", "--arms", "input_space"]) == 2  # MemVP is the point of the demo
     assert "--arms must be a comma-separated subset" in capsys.readouterr().err
+    assert main(["demo", "--task", "everywhere"]) == 2
+    assert "--task must be one of ['one-object', 'where']" in capsys.readouterr().err

@@ -288,8 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="the embedded demo: synthetic VQA, MemVP vs w/o visual prompts")
-    demo.add_argument("--output-dir", default="runs/demo")
+    demo.add_argument("--output-dir", help="default runs/demo (runs/demo-where with --task where)")
     demo.add_argument("--quick", action="store_true", help="a tiny run (seconds) to check the wiring")
+    demo.add_argument(
+        "--task",
+        default="one-object",
+        help="one-object (default: one square or circle per scene) or where (six objects, the asked "
+        "one named by its colour; MemVP trains with the grounding loss, next to MemVP without it)",
+    )
     demo.add_argument(
         "--compare",
         action="store_true",
@@ -297,8 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--arms",
-        help="comma-separated arms to train (no_visual_prompts, text_only, input_space, "
-        "memvp; memvp required); default: all with --compare, else the ablation and MemVP",
+        help="comma-separated arms to train (no_visual_prompts, text_only, input_space, memvp, "
+        "memvp_answer_loss, adem and Table 4's keys_only, values_only, global_token, positions_concat; "
+        "memvp required), or 'table4' (Table 4's ablations and MemVP); default: the task's (w/o visual "
+        "prompts and MemVP; --task where adds memvp_answer_loss), --compare adds text_only and input_space",
     )
 
     for name, help_text in (
@@ -420,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                 quick=args.quick,
                 compare=args.compare,
                 arms=args.arms.split(",") if args.arms else None,
+                task=args.task,
             )
         elif args.command == "train":
             from accelerate import PartialState

@@ -1,9 +1,9 @@
 """The embedded demo (the README's main job): a synthetic VQA task that needs the image.
 
 1. ``scenes.generate_dataset`` draws scenes of one coloured square or circle at a random place and
-   asks its shape, left/right and top/bottom, written in the VQAv2 layout. (Six objects per scene,
-   where the named colour must first be found among the others, were not learned by any method in
-   a CPU budget: docs/memory_scale.md. ``generate_dataset(num_objects=6)`` still makes that set.)
+   asks its shape, left/right and top/bottom, written in the VQAv2 layout. (``task="where"``: six
+   objects per scene, the asked one named by its colour; the answers alone do not teach MemVP to
+   find it, so that task also trains MemVP with the grounding loss on the asked object's box.)
 2. The frozen EfficientNet-Lite0 encodes each image once (7 x 7 grid -> 49 visual tokens of its
    block-6 and head features, cached).
 3. MemVP is fine-tuned on the frozen SmolLM2-135M-Instruct, and so is the "w/o visual prompts"
@@ -13,10 +13,11 @@
    1.27 s per step here).
 4. Held-out accuracy per question type is printed next to the answer prior.
 
-``compare=True`` (``memvp demo --compare``) also trains the paper's baselines with the same budget
-(steps, batch, learning rate, data): input-space prompting with LoRA (LLaVA-LoRA) and text-only LoRA,
-evaluates every arm every ``EVAL_EVERY`` steps, draws held-out accuracy against training seconds
-(``accuracy_vs_seconds.png``) and measures each arm's peak training-step memory (its second step).
+``arms`` may add the paper's Table 4 ablations (``TABLE4``). ``compare=True`` (``memvp demo
+--compare``) also trains the paper's baselines with the same budget (steps, batch, learning rate,
+data): input-space prompting with LoRA (LLaVA-LoRA) and text-only LoRA, evaluates every arm every
+``EVAL_EVERY`` steps, draws held-out accuracy against training seconds (``accuracy_vs_seconds.png``)
+and measures each arm's peak training-step memory (its second step).
 """
 
 from __future__ import annotations
@@ -25,19 +26,45 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from ..atomic import atomic_write, atomic_write_text
 from ..training import TrainConfig, train
 from . import DEMO_VISION_ENCODER
-from .scenes import IMAGE_PATTERN, generate_dataset
+from .scenes import IMAGE_PATTERN, ONE_OBJECT_TYPES, generate_dataset
 
-SINGLE_OBJECT = {"num_objects": 1, "question_types": ["shape", "horizontal", "vertical"], "questions_per_scene": 3}
+SINGLE_OBJECT = {"num_objects": 1, "question_types": list(ONE_OBJECT_TYPES), "questions_per_scene": 3}
+SIX_OBJECTS = {"num_objects": 6, "question_types": list(ONE_OBJECT_TYPES), "questions_per_scene": 3}
+GROUNDING_WEIGHT = 2.0
+"""The where task's MemVP: weight of the grounding loss (docs/memory_scale.md 6.2: 2 was the steadiest)."""
+
+
+class Task(NamedTuple):
+    scenes: dict  # generate_dataset's num_objects, question_types, questions_per_scene
+    about: str  # what the printed table is about
+    memvp: dict  # TrainConfig overrides of the "memvp" arm
+    memvp_title: str
+    arms: tuple[str, ...]  # the default arms (without --compare)
+
+
+TASKS = {
+    "one-object": Task(SINGLE_OBJECT, "synthetic single-object VQA", {}, "MemVP", ("no_visual_prompts", "memvp")),
+    # Six objects: the asked one must be found by its colour before its shape or place can be read;
+    # the answer loss alone did not teach that in this budget, the asked object's box does.
+    "where": Task(
+        SIX_OBJECTS,
+        "synthetic six-object VQA (the asked object named by its colour)",
+        {"grounding_weight": GROUNDING_WEIGHT},
+        "MemVP + grounding",
+        ("no_visual_prompts", "memvp_answer_loss", "memvp"),
+    ),
+}
 FULL = {
-    "scenes": {"n_train": 2400, "n_val": 10, "n_test": 200, **SINGLE_OBJECT},
+    "scenes": {"n_train": 2400, "n_val": 10, "n_test": 200},
     "train": {"max_steps": 400, "batch_size": 16, "lr": 1e-2},
 }
 QUICK = {
-    "scenes": {"n_train": 40, "n_val": 5, "n_test": 20, **SINGLE_OBJECT},
+    "scenes": {"n_train": 40, "n_val": 5, "n_test": 20},
     "train": {"max_steps": 4, "batch_size": 8, "lr": 1e-2},
 }
 MEMVP = {"num_entries": 49, "target_layers": list(range(-15, 0))}
@@ -93,41 +120,81 @@ def demo_train_config(data_dir: str | Path, quick: bool = False, seed: int = 0, 
     return dataclasses.replace(base, **overrides)
 
 
-# Arm -> (column title, TrainConfig overrides).
+class Arm(NamedTuple):
+    title: str  # the table's column
+    overrides: dict  # of the TrainConfig every arm starts from
+    task_recipe: bool = False  # also takes the task's MemVP overrides (the where task's grounding)
+
+
+def _ablation(**memvp) -> dict:
+    return {"method": "memvp", "memvp": {**MEMVP, **memvp}}
+
+
 ARMS = {
-    "no_visual_prompts": ("w/o visual prompts", {"method": "memvp", "use_images": False}),
-    "text_only": ("text-only LoRA", {"method": "text_only"}),
+    "no_visual_prompts": Arm("w/o visual prompts", {"method": "memvp", "use_images": False}),
+    "text_only": Arm("text-only LoRA", {"method": "text_only"}),
     # lr 0.01 diverged for input-space LoRA on this task (docs/benchmarks.md); 2e-3, one value, not a sweep.
-    "input_space": ("input-space LoRA", {"method": "input_space", "lr": 2e-3}),
-    "memvp": ("MemVP", {"method": "memvp"}),
-    "adem": ("ADEM-VL-style", {"method": "adem"}),  # not in the default arms: --arms adem,memvp
+    "input_space": Arm("input-space LoRA", {"method": "input_space", "lr": 2e-3}),
+    "memvp_answer_loss": Arm("MemVP, answer loss only", {"method": "memvp"}),  # the where task without grounding
+    # Table 4's ablations: MemVP with one part changed, the task's recipe otherwise.
+    "keys_only": Arm("keys only", _ablation(insert_into="keys"), True),
+    "values_only": Arm("values only", _ablation(insert_into="values"), True),
+    "global_token": Arm("global visual token", _ablation(visual_tokens="global"), True),
+    "positions_concat": Arm("positions concatenated", _ablation(position_mode="concat"), True),
+    "memvp": Arm("MemVP", {"method": "memvp"}, True),
+    "adem": Arm("ADEM-VL-style", {"method": "adem"}),  # not in the default arms: --arms adem,memvp
 }
+TABLE4 = ("keys_only", "values_only", "global_token", "positions_concat", "no_visual_prompts", "memvp")
+"""``--arms table4``: the paper's Table 4 ablations next to MemVP."""
+
+
+def default_output_dir(task: str = "one-object") -> str:
+    return "runs/demo" if task == "one-object" else f"runs/demo-{task}"
+
+
+def plan_arms(task: str = "one-object", arms: list[str] | None = None, compare: bool = False) -> list[str]:
+    """The arms to train, in the table's order (ARMS'); ValueError names a bad ``task`` or ``arms``."""
+    if task not in TASKS:
+        raise ValueError(f"--task must be one of {list(TASKS)}, got {task!r}")
+    if arms == ["table4"]:
+        arms = list(TABLE4)
+    unknown = sorted(set(arms or []) - set(ARMS))
+    if unknown or (arms is not None and "memvp" not in arms):
+        raise ValueError(f"--arms must be a comma-separated subset of {list(ARMS)} that includes memvp, got {arms}")
+    default = (*TASKS[task].arms, "text_only", "input_space") if compare else TASKS[task].arms
+    return [a for a in ARMS if a in (arms or default)]
+
+
+def arm_config(base: TrainConfig, task: str, name: str, output_dir: str | Path) -> TrainConfig:
+    """Arm ``name``'s TrainConfig: ``base`` with the arm's overrides and, where it takes them, the task's."""
+    arm = ARMS[name]
+    overrides = {**arm.overrides, **(TASKS[task].memvp if arm.task_recipe else {})}
+    return dataclasses.replace(base, output_dir=str(output_dir), **overrides)
 
 
 def run_demo(
-    output_dir: str | Path = "runs/demo",
+    output_dir: str | Path | None = None,
     quick: bool = False,
     seed: int = 0,
     compare: bool = False,
     arms: list[str] | None = None,
+    task: str = "one-object",
 ) -> dict:
-    """``arms`` picks some of ARMS (default: all four with ``compare``, else the ablation and MemVP)."""
-    unknown = sorted(set(arms or []) - set(ARMS))
-    if unknown or (arms is not None and "memvp" not in arms):
-        raise ValueError(f"--arms must be a comma-separated subset of {list(ARMS)} that includes memvp, got {arms}")
-    out = Path(output_dir)
+    """``arms`` picks some of ARMS (default: the task's, plus input-space and text-only LoRA with
+    ``compare``); ``task`` one of TASKS; ``output_dir`` defaults to ``default_output_dir(task)``."""
+    columns = plan_arms(task, arms, compare)
+    spec = TASKS[task]
+    out = Path(output_dir or default_output_dir(task))
     t0 = time.perf_counter()
-    scene_params = (QUICK if quick else FULL)["scenes"]
+    scene_params = {**(QUICK if quick else FULL)["scenes"], **spec.scenes}
     summary = _scenes(out / "data", scene_params, seed)
     base = demo_train_config(out / "data", quick, seed)
     if compare:
         base = dataclasses.replace(base, eval_every=EVAL_EVERY["quick" if quick else "full"], measure_memory=True)
-    default = ("no_visual_prompts", "text_only", "input_space", "memvp") if compare else ("no_visual_prompts", "memvp")
-    columns = [a for a in ARMS if a in (arms or default)]
     runs = {}
     for name in columns:
         print(f"\n== training {name} ==")
-        runs[name] = train(dataclasses.replace(base, output_dir=str(out / name), **ARMS[name][1]))
+        runs[name] = train(arm_config(base, task, name, out / name))
 
     prior = summary["answer_prior_accuracy"]
     rows = []
@@ -137,9 +204,10 @@ def run_demo(
             ev = runs[name]["eval"]
             cells.append(ev["overall"] if qtype == "overall" else ev["per_type"].get(qtype, float("nan")))
         rows.append((qtype, *cells))
-    titles = [ARMS[name][0] for name in columns]
+    titles = [spec.memvp_title if name == "memvp" else ARMS[name].title for name in columns]
     lines = ["| question type | answer prior | " + " | ".join(titles) + " |", "|---" * (2 + len(columns)) + "|"]
     lines += ["| " + " | ".join([q] + [f"{c:.1f}" for c in cells]) + " |" for q, *cells in rows]
+    lines += selectivity_rows(runs, columns)
     lines += cost_rows(runs, columns)
     if compare:
         lines.append(
@@ -150,21 +218,46 @@ def run_demo(
     lines.append(
         f"\ntest questions: {runs['memvp']['eval']['count']}; every arm trained {base.max_steps} steps x "
         f"{base.batch_size} questions, lr {base.lr}"
-        + "".join(f" ({ARMS[n][0]}: lr {ARMS[n][1]['lr']})" for n in columns if "lr" in ARMS[n][1])
+        + "".join(f" ({ARMS[n].title}: lr {ARMS[n].overrides['lr']})" for n in columns if "lr" in ARMS[n].overrides)
         + f"; whole demo {time.perf_counter() - t0:.0f}s"
     )
     lines += scale_lines(runs["memvp"])
     table = "\n".join(lines)
-    print("\nHeld-out accuracy (%) on synthetic single-object VQA, SmolLM2-135M + EfficientNet-Lite0:\n" + table)
-    result = {"table": table, "rows": rows, "runs": runs, "answer_prior": prior, "seconds": time.perf_counter() - t0}
+    print(f"\nHeld-out accuracy (%) on {spec.about}, SmolLM2-135M + EfficientNet-Lite0:\n" + table)
+    result = {
+        "task": task,
+        "table": table,
+        "rows": rows,
+        "runs": runs,
+        "answer_prior": prior,
+        "seconds": time.perf_counter() - t0,
+    }
     if compare:
-        curves = {ARMS[n][0]: _curve(runs[n]) for n in columns if runs[n]["use_images"]}
+        curves = {titles[i]: _curve(runs[n]) for i, n in enumerate(columns) if runs[n]["use_images"]}
         result["curves"] = curves
         plot_curves(curves, 100 * prior["overall"], out / "accuracy_vs_seconds.png")
         print(f"wrote {out / 'accuracy_vs_seconds.png'}")
+    layers = {titles[i]: runs[n]["scale"]["selectivity"] for i, n in enumerate(columns) if _selectivity(runs[n])}
+    if task == "where" and layers:
+        plot_selectivity(layers, out / "selectivity_per_layer.png")
+        print(f"wrote {out / 'selectivity_per_layer.png'}")
     atomic_write_text(out / "results.md", table + "\n")
     atomic_write_text(out / "results.json", json.dumps(result, indent=2, default=str))
     return result
+
+
+def _selectivity(run: dict) -> dict | None:
+    """{MemVP layer: retrieval weight on the asked object / uniform} at the last step, when measured."""
+    return (run.get("scale") or {}).get("selectivity") or None
+
+
+def selectivity_rows(runs: dict, names) -> list[str]:
+    """Each MemVP arm's retrieval weight on the asked object / uniform (best layer, last step), when
+    the data knows where the asked object is; other arms have no retrieval to measure."""
+    if not any(_selectivity(runs[n]) for n in names):
+        return []
+    cells = [f"{runs[n]['scale']['max_selectivity']:.2f}" if _selectivity(runs[n]) else "" for n in names]
+    return ["| on the asked object / uniform (best layer) | | " + " | ".join(cells) + " |"]
 
 
 def cost_rows(runs: dict, names) -> list[str]:
@@ -218,6 +311,28 @@ def plot_curves(curves: dict[str, list[tuple[float, float]]], prior: float, path
     ax.set_xlabel("training seconds (evaluations excluded)")
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def plot_selectivity(layers: dict[str, dict[str, float]], path: Path) -> None:
+    """Retrieval weight on the asked object / uniform per MemVP layer, one line per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, per_layer in layers.items():
+        ax.plot(range(len(per_layer)), list(per_layer.values()), marker="o", label=label)
+    names = list(next(iter(layers.values())))
+    ax.set_xticks(range(len(names)), [n.rsplit(".", 1)[-1] for n in names], fontsize=7)
+    ax.axhline(1.0, color="gray", linestyle="--", label="uniform (reads the average)")
+    ax.set_xlabel("MemVP layer (language-model layer index)")
+    ax.set_ylabel("retrieval on the asked object / uniform")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
