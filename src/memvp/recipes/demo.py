@@ -22,6 +22,7 @@ and measures each arm's peak training-step memory (its second step).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -45,6 +46,7 @@ class Task(NamedTuple):
     memvp: dict  # TrainConfig overrides of the "memvp" arm
     memvp_title: str
     arms: tuple[str, ...]  # the default arms (without --compare)
+    selectivity_figure: bool = False  # draw selectivity_per_layer.png (the where task's point)
 
 
 TASKS = {
@@ -57,6 +59,7 @@ TASKS = {
         {"grounding_weight": GROUNDING_WEIGHT},
         "MemVP + grounding",
         ("no_visual_prompts", "memvp_answer_loss", "memvp"),
+        selectivity_figure=True,
     ),
 }
 FULL = {
@@ -237,8 +240,8 @@ def run_demo(
         result["curves"] = curves
         plot_curves(curves, 100 * prior["overall"], out / "accuracy_vs_seconds.png")
         print(f"wrote {out / 'accuracy_vs_seconds.png'}")
-    layers = {titles[i]: runs[n]["scale"]["selectivity"] for i, n in enumerate(columns) if _selectivity(runs[n])}
-    if task == "where" and layers:
+    layers = {titles[i]: _selectivity(runs[n]) for i, n in enumerate(columns) if _selectivity(runs[n])}
+    if spec.selectivity_figure and layers:
         plot_selectivity(layers, out / "selectivity_per_layer.png")
         print(f"wrote {out / 'selectivity_per_layer.png'}")
     atomic_write_text(out / "results.md", table + "\n")
@@ -296,45 +299,44 @@ def _curve(run: dict) -> list[tuple[float, float]]:
     return points + [(run["train_seconds"], run["eval"]["overall"])]
 
 
-def plot_curves(curves: dict[str, list[tuple[float, float]]], prior: float, path: Path) -> None:
-    """Held-out accuracy against training seconds, one line per arm, the answer prior dashed."""
+@contextlib.contextmanager
+def _line_plot(path: Path, ylabel: str):
+    """A 6 x 4 in line plot (Agg, no display needed): yields the axes, then adds the grid and legend
+    and writes the PNG atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, points in curves.items():
-        xs, ys = zip(*points)
-        ax.plot(xs, ys, marker="o", label=label)
-    ax.axhline(prior, color="gray", linestyle="--", label="answer prior")
-    ax.set_xlabel("training seconds (evaluations excluded)")
-    ax.set_ylabel("held-out accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    try:
+        yield ax
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    finally:
+        plt.close(fig)
+
+
+def plot_curves(curves: dict[str, list[tuple[float, float]]], prior: float, path: Path) -> None:
+    """Held-out accuracy against training seconds, one line per arm, the answer prior dashed."""
+    with _line_plot(path, "held-out accuracy (%)") as ax:
+        for label, points in curves.items():
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", label=label)
+        ax.axhline(prior, color="gray", linestyle="--", label="answer prior")
+        ax.set_xlabel("training seconds (evaluations excluded)")
+        ax.set_ylim(0, 100)
 
 
 def plot_selectivity(layers: dict[str, dict[str, float]], path: Path) -> None:
     """Retrieval weight on the asked object / uniform per MemVP layer, one line per arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, per_layer in layers.items():
-        ax.plot(range(len(per_layer)), list(per_layer.values()), marker="o", label=label)
-    names = list(next(iter(layers.values())))
-    ax.set_xticks(range(len(names)), [n.rsplit(".", 1)[-1] for n in names], fontsize=7)
-    ax.axhline(1.0, color="gray", linestyle="--", label="uniform (reads the average)")
-    ax.set_xlabel("MemVP layer (language-model layer index)")
-    ax.set_ylabel("retrieval on the asked object / uniform")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    with _line_plot(path, "retrieval on the asked object / uniform") as ax:
+        for label, per_layer in layers.items():
+            ax.plot(range(len(per_layer)), list(per_layer.values()), marker="o", label=label)
+        names = list(next(iter(layers.values())))
+        ax.set_xticks(range(len(names)), [n.rsplit(".", 1)[-1] for n in names], fontsize=7)
+        ax.axhline(1.0, color="gray", linestyle="--", label="uniform (reads the average)")
+        ax.set_xlabel("MemVP layer (language-model layer index)")
