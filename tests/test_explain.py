@@ -427,6 +427,14 @@ def test_explain_command_prints_the_selectivity_on_the_asked_box(saved, capsys):
     assert len(values) == 2 and all(0 < v < 16 for v in values)  # two MemVP layers, 16 entries
 
 
+def test_explain_command_reads_the_place_a_question_names_as_its_box(saved, capsys):
+    assert main(_args(saved, "--question", "What shape is in the top left?")) == 0  # the last --question wins
+    printed = capsys.readouterr().out
+    assert "the part of the image the question names, (x0, y0, x1, y1) = (0.0, 0.0, 0.5, 0.5)" in printed
+    line = next(x for x in printed.splitlines() if "asked object / uniform" in x)
+    assert len(line.split(": ")[1].split(" (")[0].split()) == 2  # both MemVP layers
+
+
 def test_explain_selectivity_is_the_instruments_on_the_boxed_cells(saved):
     from memvp.instruments import measure_selectivity
     from memvp.loading import load_pretrained

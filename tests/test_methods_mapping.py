@@ -87,3 +87,15 @@ def test_every_method_model_offers_what_the_library_asks_of_it(method):
     text = model.analytic_layer_flops(10, 32, 0)
     assert text == 4 * 10 * 32 * (6 * 32 + 10) or method == "adem"  # eq. 13 without visual tokens
     assert model.analytic_layer_flops(10, 32, 4) >= text
+
+
+@pytest.mark.parametrize("method", ["memvp", "memvp_lora"])
+def test_memvp_holds_one_entry_per_visual_token_unless_told(method):
+    # padding entries (position embeddings only) would take most of the retrieval weight
+    lm = tiny_model("llama")
+    assert build_model(method, lm, visual_dim=8, num_visual_tokens=49).memvp_config.num_entries == 49
+    told = build_model(method, tiny_model("llama"), visual_dim=8, num_visual_tokens=49, memvp={"num_entries": 64})
+    assert told.memvp_config.num_entries == 64
+    assert (
+        build_model(method, tiny_model("llama"), visual_dim=8).memvp_config.num_entries == 256
+    )  # no encoder to size by

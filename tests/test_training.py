@@ -554,34 +554,52 @@ def test_the_resolved_config_is_written_first_and_trains_the_same_run(tiny, tmp_
     assert TrainConfig.from_yaml(run / "config.yaml").max_steps == 2
 
 
-def test_grounding_weight_adds_the_grounding_loss_and_refuses_what_it_can_not_supervise(tiny, capsys, tmp_path):
+def test_grounding_is_on_by_default_where_questions_say_where_they_look(tiny, capsys, tmp_path):
     root = tiny
     cfg = str(root / "train.yaml")
-    out = tmp_path / "grounded"
-    args = ["train", cfg, f"output_dir={out}", "eval_data=null", "max_steps=4"]
-    assert main([*args, "grounding_weight=5"]) == 0
-    assert "grounding: " in capsys.readouterr().err  # how many training questions carry a box
-    header, *rows = [line.split(",") for line in (out / "loss_curve.csv").read_text().splitlines()]
-    column = header.index("grounding_loss")
-    grounding = [float(r[column]) for r in rows]
-    assert len(grounding) == 4 and all(g > 0 for g in grounding)
-    plain = tmp_path / "plain"
-    assert main([*args[:2], f"output_dir={plain}", *args[3:]]) == 0
-    capsys.readouterr()
-    plain_rows = [line.split(",") for line in (plain / "loss_curve.csv").read_text().splitlines()[1:]]
-    assert not any(r[column] for r in plain_rows)  # off by default
-    assert [r[2] for r in plain_rows][1:] != [r[2] for r in rows][1:]  # it changed the training
-    # refused before any model loads: no visual memory, no image, checkpointing, data without boxes
+    args = ["train", cfg, "eval_data=null", "max_steps=4", "memvp.memory_scale=ffn"]  # the library's default
+
+    def grounding_column(folder):
+        header, *rows = [line.split(",") for line in (folder / "loss_curve.csv").read_text().splitlines()]
+        column = header.index("grounding_loss")
+        return [r[column] for r in rows], [r[2] for r in rows]
+
+    runs = {}
+    for name, extra in [
+        ("default", []),
+        ("weight2", ["grounding_weight=2"]),
+        ("off", ["grounding_weight=0"]),
+        ("paper", ["memvp.memory_scale=paper"]),  # the paper's exact form (tiny's): no grounding by default
+    ]:
+        assert main([*args, f"output_dir={tmp_path / name}", *extra]) == 0
+        runs[name] = (capsys.readouterr().err, *grounding_column(tmp_path / name))
+    err, grounding, losses = runs["default"]
+    assert "grounding 5 (the default" in err  # the log says it is on, how much, and for how many questions
+    assert len(grounding) == 4 and all(float(g) > 0 for g in grounding)
+    assert "grounding 2 (grounding_weight)" in runs["weight2"][0] and all(float(g) > 0 for g in runs["weight2"][1])
+    assert runs["weight2"][2][1:] != losses[1:]  # the weight matters
+    for name in ("off", "paper"):
+        assert "grounding " not in runs[name][0] and not any(runs[name][1])
+    assert runs["off"][2][1:] != losses[1:]  # grounding changed the training
+    written = yaml.safe_load((tmp_path / "default" / "config.yaml").read_text())
+    assert written["grounding_weight"] == 5.0  # config.yaml says what ran
+
+
+def test_grounding_weight_refuses_what_it_can_not_supervise(tiny, capsys, tmp_path):
+    root = tiny
+    args = ["train", str(root / "train.yaml"), "eval_data=null", "max_steps=4"]
+    # refused before any model loads: no visual memory, no image, checkpointing, data without places
     questions = json.loads((root / "data" / "questions_train.json").read_text())
     for q in questions["questions"]:
         q.pop("asked_box", None)
     unboxed = tmp_path / "unboxed.json"
     unboxed.write_text(json.dumps(questions))
+    nowhere = [f"train_data.questions_file={unboxed}", "grounding_place_words=false"]
     for extra, message in [
         (["method=text_only"], "method 'text_only' has no visual memory"),
         (["use_images=false"], "reads no image here"),
         (["gradient_checkpointing=true"], "do not go together"),
-        ([f"train_data.questions_file={unboxed}"], "none of the 36 in train_data has one"),
+        (nowhere, "none of the 36 in train_data does"),
         (["grounding_weight=-1"], "grounding_weight must be a number >= 0"),
     ]:
         weight = [] if extra[0].startswith("grounding_weight") else ["grounding_weight=1"]
@@ -589,3 +607,6 @@ def test_grounding_weight_adds_the_grounding_loss_and_refuses_what_it_can_not_su
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert message in err, err
         assert not (tmp_path / "refused" / "loss_curve.csv").exists()
+    # the default is quietly off where it can not apply
+    assert main([*args, *nowhere, "memvp.memory_scale=ffn", f"output_dir={tmp_path / 'quiet'}"]) == 0
+    assert "grounding " not in capsys.readouterr().err

@@ -109,7 +109,8 @@ def _add_explain_parser(subparsers) -> argparse.ArgumentParser:
         "--asked-box",
         metavar="X0,Y0,X1,Y1",
         help="the asked object's box in fractions of the image's width and height: also print, per layer, "
-        "the retrieval weight on its grid cells against a uniform reading (selectivity)",
+        "the retrieval weight on its grid cells against a uniform reading (selectivity); without it, the "
+        "part of the image the question names, if it names one ('what is in the top left?')",
     )
     _add_adapter_arguments(p)
     return p
@@ -181,6 +182,7 @@ def _explain(args: argparse.Namespace) -> int:
     """Run ``memvp explain``; bad input raises ValueError / FileNotFoundError (the CLI exits 2)."""
     import torch
 
+    from .datasets import place_box
     from .explain import explain, require_maps
     from .explain_plot import plot_explanation
     from .instruments import format_report
@@ -193,6 +195,8 @@ def _explain(args: argparse.Namespace) -> int:
     if not args.question.strip():
         raise ValueError("--question is empty")
     box = None if args.asked_box is None else _parse_box(args.asked_box, "--asked-box")
+    named = box is None and place_box(args.question) is not None  # "what is in the top left?": that quarter
+    box = place_box(args.question) if named else box
     output = Path(args.output or f"explain_{Path(args.image).stem}.png")
     method = adapter_method(args.adapter)
     require_maps(method.model_class, method.name)  # before any model loads
@@ -201,7 +205,7 @@ def _explain(args: argparse.Namespace) -> int:
     asked = None
     if box is not None:
         asked = box_coverage(encoder, box, *image.size)
-        if asked is None:
+        if asked is None and not named:
             raise ValueError(f"--asked-box: the vision encoder {encoder.name} has no image grid to place the box on")
     with torch.no_grad():
         features = encoder.encode([image])
@@ -229,6 +233,8 @@ def _explain(args: argparse.Namespace) -> int:
         )
     cells = ", ".join(f"{w['word']} {tuple(w['hottest_cell'])}" for w in summary["words"])
     print(f"hottest cell (row, col) of the {side}x{side} grid per word: {cells}")
+    if named and asked is not None:
+        print(f"selectivity: on the part of the image the question names, (x0, y0, x1, y1) = {box}")
     print(format_report(result.scale))
     print(f"wrote {output}")
     return 0

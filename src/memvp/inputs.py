@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from .datasets import ASKED_BOX, Sample
+from .datasets import Sample, asked_region
 from .feature_cache import FeatureCache
 from .vision import (
     VideoClip,
@@ -299,21 +299,24 @@ class VisualInputs:
         feats, has_image = self.batch(samples)
         return {"visual_features": feats, "has_image": has_image}
 
-    def asked_entries(self, samples: Sequence[Sample]) -> torch.Tensor | None:
+    def asked_entries(self, samples: Sequence[Sample], place_words: bool = False) -> torch.Tensor | None:
         """[B, num_tokens] float: how much of each grid cell each sample's asked object covers
-        (``metadata["asked_box"]``, ``vision.box_coverage``), zeros for a sample without one; None
-        when no sample has one or the encoder has no image grid. Reads only the images' sizes."""
-        if grid_side_of(self.encoder) is None or not any(ASKED_BOX in s.metadata and s.image for s in samples):
+        (``metadata["asked_box"]``, ``vision.box_coverage``) or, with ``place_words``, for a sample
+        without a box, the part of the image its question or answer names ("top left": the top-left
+        quarter; ``datasets.place_box``); zeros for a sample with neither; None when no sample has
+        one or the encoder has no image grid. Reads only the images' sizes."""
+        boxes = [asked_region(s, place_words) if s.image is not None else None for s in samples]
+        if grid_side_of(self.encoder) is None or all(box is None for box in boxes):
             return None
         rows = []
-        for s in samples:
-            if ASKED_BOX in s.metadata and s.image is not None:
-                if s.image not in self._sizes:
-                    with Image.open(s.image) as img:  # the header only
-                        self._sizes[s.image] = img.size
-                rows.append(box_coverage(self.encoder, s.metadata[ASKED_BOX], *self._sizes[s.image]))
-            else:
+        for s, box in zip(samples, boxes):
+            if box is None:
                 rows.append(torch.zeros(self.num_tokens))
+                continue
+            if s.image not in self._sizes:
+                with Image.open(s.image) as img:  # the header only
+                    self._sizes[s.image] = img.size
+            rows.append(box_coverage(self.encoder, box, *self._sizes[s.image]))
         return torch.stack(rows)
 
     def batch(self, samples: Sequence[Sample]) -> tuple[torch.Tensor | None, torch.Tensor]:

@@ -54,6 +54,7 @@ from .llava import read_llava
 from .mmbench import MMBENCH_ANSWER_PROMPT, read_mmbench
 from .mme import read_mme
 from .outputs import model_id_of
+from .place_words import asked_region, place_box
 from .pope import read_pope
 from .registry import (
     ALL_OUTPUTS,
@@ -82,6 +83,8 @@ __all__ = [
     "Sample",
     "ASKED_BOX",
     "asked_box",
+    "asked_region",
+    "place_box",
     "DatasetFormat",
     "FORMATS",
     "register_format",

@@ -37,8 +37,8 @@ class Method:
     reads_images: bool = True
     """False for a method that never sees the image (text_only): training then loads no features."""
     tokens_field: str | None = None
-    """The config field that must equal the encoder's number of visual tokens (ADEM-VL's
-    ``num_patches``); filled from the encoder unless the options set it."""
+    """The config field sized by the encoder's number of visual tokens (ADEM-VL's ``num_patches``,
+    MemVP's ``num_entries``); filled from the encoder unless the options set it."""
 
     def make_config(self, visual_dim: int, options: dict | None = None, num_visual_tokens: int | None = None):
         fill = {self.tokens_field: num_visual_tokens} if self.tokens_field and num_visual_tokens else {}
@@ -52,8 +52,10 @@ def register_method(method: Method) -> None:
     METHODS[method.name] = method
 
 
-register_method(Method("memvp", MemVPConfig, MemVPModel, section="memvp"))
-register_method(Method("memvp_lora", MemVPLoraConfig, MemVPLoraModel, section="memvp"))
+# MemVP: one memory entry per visual token unless num_entries is given (position-only padding entries
+# would take most of the retrieval weight: docs/memory_scale.md section 6.4)
+register_method(Method("memvp", MemVPConfig, MemVPModel, section="memvp", tokens_field="num_entries"))
+register_method(Method("memvp_lora", MemVPLoraConfig, MemVPLoraModel, section="memvp", tokens_field="num_entries"))
 register_method(
     Method("input_space", BaselineConfig, InputSpaceModel, section="baseline", fixed={"method": "input_space"})
 )

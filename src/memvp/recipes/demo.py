@@ -118,6 +118,7 @@ def demo_train_config(data_dir: str | Path, quick: bool = False, seed: int = 0, 
         eval_batch_size=50,
         seed=seed,
         warmup_ratio=0.05,
+        grounding_weight=0.0,  # the answer loss alone, unless the task's MemVP recipe grounds
         **setting["train"],
     )
     return dataclasses.replace(base, **overrides)

@@ -21,6 +21,9 @@ from ..vision import VisionOptions
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_LR = 3e-3
+DEFAULT_GROUNDING_WEIGHT = 5.0
+"""``grounding_weight`` where the default grounds: docs/memory_scale.md section 6.4 (place words: 5 far
+above 2); with exact boxes 2 was the steadiest (section 6.2)."""
 SECTIONS = ("memvp", "baseline", "adem")
 """Method sections that are TrainConfig fields; other registered sections live in ``method_options``."""
 SCHEDULES = ("cosine", "linear", "constant")
@@ -171,12 +174,18 @@ class TrainConfig:
     """Measure the peak memory of one training step (the run's second; ``memvp.peak_memory``: CUDA
     ``max_memory_allocated``, on Linux CPUs the peak RSS above the step's start) and report it as
     ``peak_step_memory_bytes`` in metrics.json. ``memvp demo --compare`` turns it on for every arm."""
-    grounding_weight: float = 0.0
+    grounding_weight: float | None = None
     """Retrieval grounding (attention supervision, as HINT and Qiao et al. supervise VQA attention
-    with human maps): with training questions that carry ``asked_box`` (``memvp.instruments``), add
-    this weight x the mean over MemVP layers of -log(the share of the retrieval weight on the asked
-    object) at the tokens that predict the answer. 0 (default) is off; MemVP-family methods only.
-    Measured: docs/memory_scale.md section 6.2."""
+    with human maps): for training questions that say where they look (``asked_box``, or with
+    ``grounding_place_words`` a place their question or answer names: "what is in the top left?",
+    "where is the cat?" -> "bottom right"; ``datasets.place_box``), add this weight x the mean over
+    MemVP layers of -log(the share of the retrieval weight there) at the tokens that predict the
+    answer. None (default): ``DEFAULT_GROUNDING_WEIGHT`` when the method has a visual memory that
+    reads images, the training data has such questions, ``memory_scale`` is not 'paper' (the paper's
+    exact form) and gradient checkpointing is off; else 0. 0 is off. Measured: docs/memory_scale.md
+    sections 6.2 (boxes) and 6.4 (place words)."""
+    grounding_place_words: bool = True
+    """Let place words stand in for a box (``grounding_weight``); false: only ``asked_box`` grounds."""
     diagnose_every: int = 50
     """Every this many optimizer steps (and at the first and last), measure on the batch at hand
     whether the visual memory stays in the LM's scale (``memvp.instruments``: memory / FFN output,
@@ -249,18 +258,35 @@ class TrainConfig:
             checker.make_config(1, self.options_for(checker))
         if not method.reads_images:
             self.use_images = False
-        if not (isinstance(self.grounding_weight, (int, float)) and self.grounding_weight >= 0):
-            raise ValueError(f"grounding_weight must be a number >= 0 (0: off), got {self.grounding_weight!r}")
-        if self.grounding_weight and not (method.model_class.supports_probing and self.use_images):
+        weight = self.grounding_weight
+        if weight is not None and weight < 0:  # its type: check_field_types
+            raise ValueError(
+                f"grounding_weight must be a number >= 0 (0: off; leave it out for the default), got {weight!r}"
+            )
+        if weight and not (method.model_class.supports_probing and self.use_images):
             raise ValueError(
                 f"grounding_weight supervises MemVP's retrieval of the image: method {self.method!r} "
                 f"{'has no visual memory' if not method.model_class.supports_probing else 'reads no image here'} "
                 "(use memvp or memvp_lora with use_images: true, or grounding_weight: 0)"
             )
-        if self.grounding_weight and self.gradient_checkpointing:
+        if weight and self.gradient_checkpointing:
             # the loss reads retrieval weights computed beside the checkpointed layers' outputs, which
             # recomputation in the backward pass would not produce again
             raise ValueError("grounding_weight and gradient_checkpointing do not go together; turn one off")
+
+    @property
+    def default_grounding_off(self) -> str | None:
+        """Why the default (``grounding_weight`` None) is off for this run before the data is read,
+        or None when it grounds wherever the training questions say where they look."""
+        if self.grounding_weight is not None:
+            return None
+        if not (get_method(self.method).model_class.supports_probing and self.use_images):
+            return f"method {self.method!r} reads no visual memory here"
+        if self.memvp.get("memory_scale") == "paper":
+            return "memory_scale 'paper' is the paper's exact form"
+        if self.gradient_checkpointing:
+            return "gradient_checkpointing is on"
+        return None
 
     def options_for(self, method) -> dict:
         """The options of a registered ``Method`` from its section (``memvp``, ``baseline``, ``adem``, or

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from .. import instruments
 from ..atomic import atomic_write_text
-from ..datasets import ASKED_BOX, Sample
+from ..datasets import Sample, asked_region
 from ..inputs import collate_training, describe_truncation, encode_sample
 from ..instruments import ASKED_ENTRIES, answer_positions, measure_scale
 from ..methods import check_adapter
@@ -57,7 +57,7 @@ from .checkpoint import (
     resolve_resume,
     save_checkpoint,
 )
-from .config import TrainConfig, resolved_config
+from .config import DEFAULT_GROUNDING_WEIGHT, TrainConfig, resolved_config
 from .distributed import (
     check_fsdp_names,
     check_launch,
@@ -353,7 +353,7 @@ def _train_loader(cfg: TrainConfig, tokenizer, visual, samples: list[Sample], en
         if cfg.use_images:
             chosen = [samples[i] for i in indices]
             batch.update(visual.inputs(chosen))
-            asked = visual.asked_entries(chosen)  # data that knows where the asked object is
+            asked = visual.asked_entries(chosen, cfg.grounding_place_words)  # data that knows where it looks
             if asked is not None:
                 batch[ASKED_ENTRIES] = asked
         return batch
@@ -425,6 +425,26 @@ class Run:
         return self.accelerator.is_main_process
 
 
+def _grounding_weight(cfg: TrainConfig, train_split: list[Sample], log: Callable[[str], None]) -> float:
+    """``grounding_weight`` for this run: as given, or the default's (docs/memory_scale.md 6.4) when
+    left out; refuses a weight > 0 that no training question can use."""
+    weight = DEFAULT_GROUNDING_WEIGHT if cfg.grounding_weight is None else float(cfg.grounding_weight)
+    if not weight or cfg.default_grounding_off:  # off, or the default does not apply to this run
+        return 0.0
+    located = sum(s.image is not None and asked_region(s, cfg.grounding_place_words) is not None for s in train_split)
+    where = "asked_box" + (" or place words" if cfg.grounding_place_words else "")
+    if not located:
+        if cfg.grounding_weight:
+            raise ValueError(
+                f"grounding_weight {weight:g} needs training questions that say where they look ({where}); "
+                f"none of the {len(train_split)} in train_data does"
+            )
+        return 0.0
+    how = "the default; grounding_weight: 0 turns it off" if cfg.grounding_weight is None else "grounding_weight"
+    log(f"grounding {weight:g} ({how}): {located} of {len(train_split)} training questions say where ({where})")
+    return weight
+
+
 def _read_data(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[list[Sample], list[Sample]]:
     """The train and eval splits; data files are read and checked before the models load (seconds
     instead of minutes to an error)."""
@@ -463,14 +483,8 @@ def setup(cfg: TrainConfig) -> Run:
     if state.is_main_process:
         check_output_dir(out)
     train_split, eval_split = _read_data(cfg, log)
-    if cfg.grounding_weight:
-        boxed = sum(ASKED_BOX in s.metadata for s in train_split)
-        if not boxed:
-            raise ValueError(
-                f"grounding_weight {cfg.grounding_weight:g} needs training questions that say where the asked "
-                f"object is (asked_box); none of the {len(train_split)} in train_data has one"
-            )
-        log(f"grounding: {boxed} of {len(train_split)} training questions carry the asked object's box")
+    # the default resolved here, so that config.yaml (and a resumed run's check) says what ran
+    cfg = dataclasses.replace(cfg, grounding_weight=_grounding_weight(cfg, train_split, log))
     train_fingerprint = data_fingerprint(train_split)
     saved = read_trainer_state(resume_dir) if resume_dir else None
     if saved:

@@ -35,7 +35,9 @@ class MemVPConfig(DictConfig):
     visual_dim: int
     """Dimension d' of one visual feature z_i (e.g. 1024 for CLIP ViT-L/14, 1280 for EfficientNet-Lite0)."""
     num_entries: int = 256
-    """n: length of the position embeddings; shorter visual prompts are zero-padded to it."""
+    """n: length of the position embeddings; shorter visual prompts are zero-padded to it. Left out,
+    ``build_model`` / ``memvp train`` make it the vision encoder's token count (one entry per patch,
+    as the paper's 256 for CLIP ViT-L/14 at 224 px); 256 is for a config built without an encoder."""
     memory_scale: str = "ffn"
     """How big the visual keys and values are.
 
