@@ -109,8 +109,8 @@ def check_frames_fit_entries(cfg: TrainConfig, samples: list[Sample] = ()) -> No
         except (OSError, ValueError):
             return
         where = f"num_entries of the adapter {cfg.adapter}"
-    elif method.tokens_field:  # sized by the encoder's token count: it always fits
-        return
+    elif method.tokens_field and method.tokens_field not in cfg.options_for(method):
+        return  # sized by the encoder's token count: it always fits
     else:
         config = method.make_config(1, cfg.options_for(method))
     entries = getattr(config, "num_entries", None)
