@@ -275,18 +275,16 @@ class TrainConfig:
             raise ValueError("grounding_weight and gradient_checkpointing do not go together; turn one off")
 
     @property
-    def default_grounding_off(self) -> str | None:
-        """Why the default (``grounding_weight`` None) is off for this run before the data is read,
-        or None when it grounds wherever the training questions say where they look."""
-        if self.grounding_weight is not None:
-            return None
-        if not (get_method(self.method).model_class.supports_probing and self.use_images):
-            return f"method {self.method!r} reads no visual memory here"
-        if self.memvp.get("memory_scale") == "paper":
-            return "memory_scale 'paper' is the paper's exact form"
-        if self.gradient_checkpointing:
-            return "gradient_checkpointing is on"
-        return None
+    def grounds_by_default(self) -> bool:
+        """Whether the default (``grounding_weight`` left out) grounds this run wherever its training
+        questions say where they look: a visual memory that reads images, not the paper's exact form
+        (``memory_scale: paper``), no gradient checkpointing."""
+        return (
+            get_method(self.method).model_class.supports_probing
+            and self.use_images
+            and self.memvp.get("memory_scale") != "paper"
+            and not self.gradient_checkpointing
+        )
 
     def options_for(self, method) -> dict:
         """The options of a registered ``Method`` from its section (``memvp``, ``baseline``, ``adem``, or

@@ -429,7 +429,7 @@ def _grounding_weight(cfg: TrainConfig, train_split: list[Sample], log: Callable
     """``grounding_weight`` for this run: as given, or the default's (docs/memory_scale.md 6.4) when
     left out; refuses a weight > 0 that no training question can use."""
     weight = DEFAULT_GROUNDING_WEIGHT if cfg.grounding_weight is None else float(cfg.grounding_weight)
-    if not weight or cfg.default_grounding_off:  # off, or the default does not apply to this run
+    if not weight or (cfg.grounding_weight is None and not cfg.grounds_by_default):
         return 0.0
     located = sum(s.image is not None and asked_region(s, cfg.grounding_place_words) is not None for s in train_split)
     where = "asked_box" + (" or place words" if cfg.grounding_place_words else "")
