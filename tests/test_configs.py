@@ -170,5 +170,14 @@ def test_paper_configs_hold_the_papers_recipe(name):
         assert "captions_file" in cfg.eval_data and "captions_file" not in cfg.train_data
 
 
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.name)
+def test_paper_configs_keep_the_papers_form(path):
+    """The library's defaults added since (grounding, one entry per visual token) leave the paper's
+    recipes as the paper ran them: no grounding by default, MemVP's entries given."""
+    cfg = TrainConfig.from_yaml(path)
+    assert not cfg.grounds_by_default
+    assert cfg.method not in ("memvp", "memvp_lora") or "num_entries" in cfg.memvp
+
+
 def test_every_shipped_config_is_checked():
     assert {p.name for p in PATHS} - {"llava_stage1.yaml", "llava_stage2.yaml"} == set(RECIPES)
