@@ -195,8 +195,8 @@ def _explain(args: argparse.Namespace) -> int:
     if not args.question.strip():
         raise ValueError("--question is empty")
     box = None if args.asked_box is None else _parse_box(args.asked_box, "--asked-box")
-    named = box is None and place_box(args.question) is not None  # "what is in the top left?": that quarter
-    box = place_box(args.question) if named else box
+    named = None if box is not None else place_box(args.question)  # "what is in the top left?": that quarter
+    box = box or named
     output = Path(args.output or f"explain_{Path(args.image).stem}.png")
     method = adapter_method(args.adapter)
     require_maps(method.model_class, method.name)  # before any model loads

@@ -241,7 +241,7 @@ def run_demo(
         result["curves"] = curves
         plot_curves(curves, 100 * prior["overall"], out / "accuracy_vs_seconds.png")
         print(f"wrote {out / 'accuracy_vs_seconds.png'}")
-    layers = {titles[i]: _selectivity(runs[n]) for i, n in enumerate(columns) if _selectivity(runs[n])}
+    layers = {titles[i]: per_layer for i, n in enumerate(columns) if (per_layer := _selectivity(runs[n]))}
     if spec.selectivity_figure and layers:
         plot_selectivity(layers, out / "selectivity_per_layer.png")
         print(f"wrote {out / 'selectivity_per_layer.png'}")
