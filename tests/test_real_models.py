@@ -81,3 +81,26 @@ def test_efficientnet_layer_choice(vision):
     assert both.name != vision.name  # a feature cache keys on it
     with pytest.raises(ValueError, match="block99"):
         load_vision_encoder("efficientnet-lite0:block99")
+
+
+def test_efficientnet_image_size_sets_a_finer_grid():
+    from memvp.pretrained import load_vision_encoder
+    from memvp.vision import box_coverage, grid_side_of
+
+    fine = load_vision_encoder("efficientnet-lite0:448px:block6,head")  # the parts in either order
+    assert fine.layers == ("block6", "head") and fine.num_tokens == 196 and grid_side_of(fine) == 14
+    photo = Image.fromarray(data.chelsea())
+    pixels = fine.preprocess([photo])
+    assert pixels.shape == (1, 3, 448, 448)
+    with torch.no_grad():
+        feats = fine(pixels)
+        head = fine.model.extract_features(pixels).flatten(2).transpose(1, 2)
+    assert feats.shape == (1, 196, 1360)
+    torch.testing.assert_close(feats[..., 80:], head)  # the head's own 14 x 14 map, row-major
+    assert fine.name != load_vision_encoder("efficientnet-lite0:block6,head").name  # a feature cache keys on it
+    # the top-left quarter covers the top-left 7 x 7 cells of the 14 x 14 grid
+    covered = box_coverage(fine, (0.0, 0.0, 0.5, 0.5), *photo.size).reshape(14, 14)
+    assert covered[:7, :7].eq(1).all() and covered.sum() == 49
+    for bad in ("efficientnet-lite0:400px", "efficientnet-lite0:block6:head"):
+        with pytest.raises(ValueError, match="(?i)efficientnet-lite0"):
+            load_vision_encoder(bad)

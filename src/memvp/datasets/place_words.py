@@ -18,10 +18,15 @@ _HORIZONTAL = {"left": (0.0, 0.5), "right": (0.5, 1.0)}
 _MIDDLE = (0.25, 0.75)
 _WORD = r"(left|right|top|bottom|upper|lower|middle|center|centre)"
 _PLACE = r"(?:(top|upper|bottom|lower|middle|center|centre)[\s-]+)?" + _WORD
-_TAIL = r"(?:\s+(?:side|corner|half|part|edge|hand side|row|column|cell|one|image|picture|photo))?"
+_TAIL = (
+    r"(?:\s+(?:side|corner|half|part|edge|hand side|hand corner|row|column|cell|square|quadrant|quarter|tile|"
+    r"panel|position|area|region|section|spot|one|image|picture|photo))?"
+)
 # the phrase ends the clause, or names the picture itself: "... on the left of the image"
 _END = r"(?=\s*$|\s*[?.,!;:]|\s+(?:or|and)\b|\s+of\s+the\s+(?:image|picture|photo|frame|grid|scene)\b)"
-_IN_QUESTION = re.compile(r"\bthe\s+" + _PLACE + _TAIL + _END)
+# "in the top left", or without the article after a preposition: "what is at top left?"
+_START = r"\b(?:the|(?:in|on|at)(?=\s+(?:top|upper|bottom|lower|middle|center|centre|left|right)\b))\s+"
+_IN_QUESTION = re.compile(_START + _PLACE + _TAIL + _END)
 _AS_ANSWER = re.compile(r"^\s*(?:(?:in|on|at|to)\s+)?(?:the\s+)?" + _PLACE + _TAIL + r"\s*[.!]?\s*$")
 
 
