@@ -239,6 +239,8 @@ def test_config_json_round_trip_and_validation():
         {"target_layers": "middle"},
         {"num_entries": 0},
         {"dropout": 1.5},
+        {"retrieval": "argmax"},
+        {"retrieval": "softmax", "memory_scale": "paper"},  # the paper's form reads through phi
     ):
         with pytest.raises(ValueError):
             MemVPConfig(visual_dim=4, **bad)

@@ -38,6 +38,9 @@ FAMILIES = {
 }
 SCALES = ("ffn", "paper")
 CASES = [(f, s) for f in FAMILIES for s in SCALES]
+# 'ffn' with retrieval='softmax' (its default; the 'ffn' files hold phi's numbers): a gated decoder, an
+# FFN on flattened tokens, an encoder-decoder
+CASES += [(f, "ffn-softmax") for f in ("llama", "opt", "t5")]
 VIS_DIM, N_ENTRIES, N_VISUAL = 12, 6, 4
 PARAM_STD = 0.5
 
@@ -54,7 +57,8 @@ def build_case(family: str, scale: str):
     cfg = MemVPConfig(
         visual_dim=VIS_DIM,
         num_entries=N_ENTRIES,
-        memory_scale=scale,
+        memory_scale=scale.removesuffix("-softmax"),
+        retrieval="softmax" if scale.endswith("-softmax") else "activation",  # the 'ffn' files hold phi's numbers
         projector_hidden=8,
         visual_scale=0.5,
         dropout=0.0,

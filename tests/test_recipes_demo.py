@@ -107,17 +107,21 @@ def test_table4_arms_change_one_part_each_and_keep_the_tasks_recipe(tmp_path):
     base = demo_train_config(tmp_path)
     where = {name: arm_config(base, "where", name, tmp_path / name) for name in plan_arms("where", ["table4"])}
     changed = {name: {k: v for k, v in cfg.memvp.items() if base.memvp.get(k) != v} for name, cfg in where.items()}
+    softmax = {"retrieval": "softmax"}  # the where task's MemVP recipe, under each ablation's one change
     assert changed == {
         "no_visual_prompts": {},
-        "keys_only": {"insert_into": "keys"},
-        "values_only": {"insert_into": "values"},
-        "global_token": {"visual_tokens": "global"},
-        "positions_concat": {"position_mode": "concat"},
-        "memvp": {},
+        "keys_only": {**softmax, "insert_into": "keys"},
+        "values_only": {**softmax, "insert_into": "values"},
+        "global_token": {**softmax, "visual_tokens": "global"},
+        "positions_concat": {**softmax, "position_mode": "concat"},
+        "memvp": softmax,
     }
     # The where task grounds every arm that reads the image through MemVP's memory, and no other.
     assert {n: c.grounding_weight for n, c in where.items()} == {**dict.fromkeys(where, 2.0), "no_visual_prompts": 0.0}
-    assert arm_config(base, "where", "memvp_answer_loss", tmp_path).grounding_weight == 0.0
+    answer_loss = arm_config(base, "where", "memvp_answer_loss", tmp_path)
+    assert answer_loss.grounding_weight == 0.0 and answer_loss.memvp == where["memvp"].memvp
+    assert arm_config(base, "one-object", "memvp", tmp_path).memvp == base.memvp  # the quick run's recipe stays
+    assert arm_config(base, "one-object", "keys_only", tmp_path).memvp == {**base.memvp, "insert_into": "keys"}
     assert arm_config(base, "one-object", "keys_only", tmp_path).grounding_weight == 0.0
     assert where["keys_only"].output_dir == str(tmp_path / "keys_only")
 

@@ -43,23 +43,27 @@ GROUNDING_WEIGHT = 2.0
 class Task(NamedTuple):
     scenes: dict  # generate_dataset's num_objects, question_types, questions_per_scene
     about: str  # what the printed table is about
-    memvp: dict  # TrainConfig overrides of the "memvp" arm
+    memvp: dict  # TrainConfig overrides of the "memvp" arm (and of the Table 4 arms); a "memvp" key merges
     memvp_title: str
     arms: tuple[str, ...]  # the default arms (without --compare)
     selectivity_figure: bool = False  # draw selectivity_per_layer.png (the where task's point)
+    steps: int | None = None  # every arm's max_steps in the full run (None: FULL's)
 
 
 TASKS = {
     "one-object": Task(SINGLE_OBJECT, "synthetic single-object VQA", {}, "MemVP", ("no_visual_prompts", "memvp")),
     # Six objects: the asked one must be found by its colour before its shape or place can be read;
     # the answer loss alone did not teach that in this budget, the asked object's box does.
+    # Softmax retrieval lets the asked object's few entries take the whole read (phi spread it over
+    # every object: docs/memory_scale.md 6.5); it needs the longer run to find them.
     "where": Task(
         SIX_OBJECTS,
-        "synthetic six-object VQA (the asked object named by its colour)",
-        {"grounding_weight": GROUNDING_WEIGHT},
+        "synthetic six-object VQA (the asked object named by its colour; MemVP with softmax retrieval)",
+        {"grounding_weight": GROUNDING_WEIGHT, "memvp": {"retrieval": "softmax"}},
         "MemVP + grounding",
         ("no_visual_prompts", "memvp_answer_loss", "memvp"),
         selectivity_figure=True,
+        steps=1000,
     ),
 }
 FULL = {
@@ -70,8 +74,9 @@ QUICK = {
     "scenes": {"n_train": 40, "n_val": 5, "n_test": 20},
     "train": {"max_steps": 4, "batch_size": 8, "lr": 1e-2},
 }
-MEMVP = {"num_entries": 49, "target_layers": list(range(-15, 0))}
-"""The demo's MemVP: one entry per grid cell, in the top 15 layers (the top half of SmolLM2's 30)."""
+MEMVP = {"num_entries": 49, "target_layers": list(range(-15, 0)), "retrieval": "activation"}
+"""The demo's MemVP: one entry per grid cell, in the top 15 layers (the top half of SmolLM2's 30), read
+through the FFN's activation: the one-object numbers were measured so (the where task reads by softmax)."""
 EVAL_EVERY = {"full": 100, "quick": 2}
 """--compare: evaluate every arm this often, for the accuracy-against-seconds picture."""
 
@@ -131,7 +136,7 @@ class Arm(NamedTuple):
 
 
 def _ablation(**memvp) -> dict:
-    return {"method": "memvp", "memvp": {**MEMVP, **memvp}}
+    return {"method": "memvp", "memvp": memvp}  # merged over the task's MemVP options (arm_config)
 
 
 ARMS = {
@@ -139,7 +144,8 @@ ARMS = {
     "text_only": Arm("text-only LoRA", {"method": "text_only"}),
     # lr 0.01 diverged for input-space LoRA on this task (docs/benchmarks.md); 2e-3, one value, not a sweep.
     "input_space": Arm("input-space LoRA", {"method": "input_space", "lr": 2e-3}),
-    "memvp_answer_loss": Arm("MemVP, answer loss only", {"method": "memvp"}),  # the where task without grounding
+    # the task's MemVP without the grounding loss
+    "memvp_answer_loss": Arm("MemVP, answer loss only", {"method": "memvp", "grounding_weight": 0.0}, True),
     # Table 4's ablations: MemVP with one part changed, the task's recipe otherwise.
     "keys_only": Arm("keys only", _ablation(insert_into="keys"), True),
     "values_only": Arm("values only", _ablation(insert_into="values"), True),
@@ -172,7 +178,10 @@ def plan_arms(task: str = "one-object", arms: list[str] | None = None, compare: 
 def arm_config(base: TrainConfig, task: str, name: str, output_dir: str | Path) -> TrainConfig:
     """Arm ``name``'s TrainConfig: ``base`` with the arm's overrides and, where it takes them, the task's."""
     arm = ARMS[name]
-    overrides = {**arm.overrides, **(TASKS[task].memvp if arm.task_recipe else {})}
+    recipe = TASKS[task].memvp if arm.task_recipe else {}
+    overrides = {**recipe, **arm.overrides}
+    if "memvp" in overrides:  # the demo's MemVP options, the task's over them, an ablation's change over both
+        overrides["memvp"] = {**base.memvp, **recipe.get("memvp", {}), **arm.overrides.get("memvp", {})}
     return dataclasses.replace(base, output_dir=str(output_dir), **overrides)
 
 
@@ -192,7 +201,9 @@ def run_demo(
     t0 = time.perf_counter()
     scene_params = {**(QUICK if quick else FULL)["scenes"], **spec.scenes}
     summary = _scenes(out / "data", scene_params, seed)
-    base = demo_train_config(out / "data", quick, seed)
+    base = demo_train_config(
+        out / "data", quick, seed, **({"max_steps": spec.steps} if spec.steps and not quick else {})
+    )
     if compare:
         base = dataclasses.replace(base, eval_every=EVAL_EVERY["quick" if quick else "full"], measure_memory=True)
     runs = {}

@@ -1,4 +1,4 @@
-# Regenerate the golden outputs of tests/test_golden.py: `.venv/bin/python tests/data/golden/make_golden.py [family ...]`
+# Regenerate the golden outputs of tests/test_methods_memvp_golden.py: `.venv/bin/python tests/data/golden/make_golden.py [family ...]`
 """Writes tests/data/golden/<family>_<scale>.pt (every case, or those of the families named).
 
 Only for an intended change of MemVP's numbers: the files pin the outputs of the code that
@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(TESTS))  # conftest (the tiny models) and test_golden (the cases)
+sys.path.insert(0, str(TESTS))  # conftest (the tiny models) and the golden test (the cases)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from test_golden import CASES, FAMILIES, compute_case, golden_path  # noqa: E402
+from test_methods_memvp_golden import CASES, FAMILIES, compute_case, golden_path  # noqa: E402
 
 
 def main(families: list[str]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ...config import DictConfig, check_choice, check_field_types
 from ..common import PROJECTORS, check_target_layers
@@ -19,6 +19,7 @@ _VISUAL_TOKENS = ("local", "global")
 
 
 _MEMORY_SCALES = ("ffn", "paper")
+_RETRIEVALS = ("activation", "softmax")
 
 
 @dataclass
@@ -27,10 +28,14 @@ class MemVPConfig(DictConfig):
 
     Defaults follow the paper and the official LLaMA code (a two-layer projector with hidden size
     128, position embeddings shared across layers for decoder-only models and per layer, injected
-    into the encoder only, for encoder-decoder models) except for one thing: ``memory_scale='ffn'``
+    into the encoder only, for encoder-decoder models) except for two things: ``memory_scale='ffn'``
     sizes the visual keys and values like the LM's own FFN keys and values instead of a fixed
-    lambda = 0.01 (see ``memory_scale``; ``memory_scale='paper'`` is the paper's exact eq. 7).
+    lambda = 0.01, and with it ``retrieval='softmax'`` weighs the entries by a softmax instead of the
+    FFN's activation (see both; ``memory_scale='paper'`` is the paper's exact eq. 7, read through phi).
     """
+
+    SAVED_DEFAULTS: ClassVar[dict[str, Any]] = {"retrieval": "activation"}
+    """Fields whose default changed: an adapter config saved without one had this value."""
 
     visual_dim: int
     """Dimension d' of one visual feature z_i (e.g. 1024 for CLIP ViT-L/14, 1280 for EfficientNet-Lite0)."""
@@ -67,6 +72,14 @@ class MemVPConfig(DictConfig):
     about one entry's size, where the many near-identical background cells would otherwise add up
     coherently (measured on the demo at s = 1: the memory's output 20-34x the FFN's own before any
     training)."""
+    retrieval: str | None = None
+    """How each token weighs the entries. 'activation' (the paper, eq. 6 / 12): phi(<x, k_i>), the
+    FFN's own activation, every entry read independently. 'softmax' ('ffn' only): a softmax over the
+    entries, so the weights sum to 1 and a few entries can take nearly all of them — the read is then
+    one object's entries, not the grid's sum (docs/memory_scale.md 6.5: with the grounding loss it
+    found and read one object among six where phi could not); ``output_scale`` defaults to 1.
+    None: 'softmax' with memory_scale='ffn', 'activation' with 'paper' (the paper's exact form). An
+    adapter saved before this option existed read with 'activation' and loads so (``SAVED_DEFAULTS``)."""
     projector: str = "mlp"
     """'mlp' (Linear, SiLU, Linear, as in the official LLaMA code), 'linear' (as on BART/T5) or
     'mlp2x_gelu' (LLaVA-1.5's Linear-GELU-Linear at the LM's width, the paper's Table 9)."""
@@ -116,8 +129,19 @@ class MemVPConfig(DictConfig):
         check_choice("position_mode", self.position_mode, _POSITION_MODES)
         check_choice("visual_tokens", self.visual_tokens, _VISUAL_TOKENS)
         check_choice("memory_scale", self.memory_scale, _MEMORY_SCALES)
+        if self.retrieval is None:
+            self.retrieval = "activation" if self.memory_scale == "paper" else "softmax"
+        check_choice("retrieval", self.retrieval, _RETRIEVALS)
+        if self.retrieval == "softmax" and self.memory_scale == "paper":
+            raise ValueError(
+                "MemVPConfig.retrieval='softmax' needs memory_scale='ffn' (its learned gate sizes the read); "
+                "memory_scale='paper' is eq. 7 with the FFN's activation"
+            )
         if self.output_scale is None:
-            self.output_scale = 0.1 if self.memory_scale == "paper" else 1.0 / int(self.num_entries) ** 0.5
+            if self.retrieval == "softmax":  # the weights sum to 1 already
+                self.output_scale = 1.0
+            else:
+                self.output_scale = 0.1 if self.memory_scale == "paper" else 1.0 / int(self.num_entries) ** 0.5
         for name in ("key_norms", "value_norms"):
             norms = getattr(self, name)
             if norms is not None and (

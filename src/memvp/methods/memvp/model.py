@@ -179,7 +179,7 @@ def retrieve(
     ``methods.base.per_sample_rows`` (OPT's flattened tokens, beams).
 
     ``blocked`` ([B or 1, n] bool) sets phi(x K_i^T) = 0 for those entries (the knowledge
-    distortion of the paper's Fig. 6).
+    distortion of the paper's Fig. 6; after a softmax, so the others keep their weights).
     """
 
     def weights_of(rows: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -189,6 +189,11 @@ def retrieve(
         return weights
 
     return read_entries(x, keys, values, weights_of, scale)
+
+
+def softmax_over_entries(scores: torch.Tensor) -> torch.Tensor:
+    """``retrieval='softmax'``'s weights: a softmax over the entries (at least float32 inside)."""
+    return scores.softmax(-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(scores.dtype)
 
 
 def retrieval_scores(x: torch.Tensor, keys: torch.Tensor, key_gain: float = 1.0) -> torch.Tensor:
@@ -322,11 +327,10 @@ class MemVPModel(FFNMemoryModel):
         keys, values = tables[site.table]
         # The learned gains live with the visual memory; a model split over GPUs (device_map) reads here.
         key_gain, scale = (g.to(x.device) if torch.is_tensor(g) else g for g in self.site_gains(index))
-        delta = retrieve(
-            x, keys, values, site.activation, scale, self.memvp_config.dropout, self.training, blocked, key_gain
-        )
+        phi = softmax_over_entries if self.memvp_config.retrieval == "softmax" else site.activation
+        delta = retrieve(x, keys, values, phi, scale, self.memvp_config.dropout, self.training, blocked, key_gain)
         if self._probe is not None:
-            stats = _site_stats(x, keys, site.name, site.activation, key_gain, delta, ffn_output, self._probe["mask"])
+            stats = _site_stats(x, keys, site.name, phi, key_gain, delta, ffn_output, self._probe["mask"])
             self._probe["sites"].append(stats)
         return delta
 
