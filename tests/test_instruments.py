@@ -185,7 +185,7 @@ def test_high_lr_keeps_the_residual_in_scale_and_the_second_answer_token():
     runs = {}
     for use_images in (True, False):
         torch.manual_seed(0)
-        mem = _ffn_model(retrieval="activation")
+        mem = _ffn_model()
         worst = _train(mem, ids, labels, feats, use_images, steps=60, lr=0.02)  # 18x the paper's lr
         mem.eval()
         runs[use_images] = (worst, _token_accuracy(mem, *test, 6, use_images))

@@ -38,7 +38,7 @@ FAMILIES = {
 }
 SCALES = ("ffn", "paper")
 CASES = [(f, s) for f in FAMILIES for s in SCALES]
-# 'ffn' with retrieval='softmax' (its default; the 'ffn' files hold phi's numbers): a gated decoder, an
+# 'ffn' with retrieval='softmax' (the 'ffn' files hold phi's, the default): a gated decoder, an
 # FFN on flattened tokens, an encoder-decoder
 CASES += [(f, "ffn-softmax") for f in ("llama", "opt", "t5")]
 VIS_DIM, N_ENTRIES, N_VISUAL = 12, 6, 4
@@ -58,7 +58,7 @@ def build_case(family: str, scale: str):
         visual_dim=VIS_DIM,
         num_entries=N_ENTRIES,
         memory_scale=scale.removesuffix("-softmax"),
-        retrieval="softmax" if scale.endswith("-softmax") else "activation",  # the 'ffn' files hold phi's numbers
+        retrieval="softmax" if scale.endswith("-softmax") else "activation",
         projector_hidden=8,
         visual_scale=0.5,
         dropout=0.0,

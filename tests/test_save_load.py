@@ -47,24 +47,21 @@ def test_round_trip_gives_identical_logits(tmp_path):
     assert trainable.memvp_config == mem.memvp_config
 
 
-def test_an_adapter_saved_before_softmax_retrieval_loads_with_phi(tmp_path):
-    import json
-
-    mem = _trained()
-    assert mem.memvp_config.retrieval == "softmax"  # today's default with memory_scale='ffn'
-    mem.save_pretrained(tmp_path)
-    saved = json.loads((tmp_path / CONFIG_NAME).read_text())
-    assert saved["config"]["retrieval"] == "softmax"  # saved explicitly: it reloads as trained
-    assert MemVPModel.from_pretrained(tiny_model("llama"), tmp_path).memvp_config.retrieval == "softmax"
-    del saved["config"]["retrieval"]  # as written before the option existed, when phi was the only form
-    (tmp_path / CONFIG_NAME).write_text(json.dumps(saved))
-    old = MemVPModel.from_pretrained(tiny_model("llama"), tmp_path)
-    assert old.memvp_config.retrieval == "activation"
+def test_softmax_retrieval_round_trips(tmp_path):
+    mem = get_memvp_model(
+        tiny_model("llama"), MemVPConfig(visual_dim=12, num_entries=6, dropout=0.0, retrieval="softmax")
+    ).eval()
     with torch.no_grad():
-        mem.memvp_config.retrieval = "activation"
-        inputs, feats = lm_inputs(mem.language_model), torch.randn(2, 4, 12)
-        want = mem(**inputs, visual_features=feats).logits
-        assert torch.equal(old(**inputs, visual_features=feats).logits, want)
+        mem.visual_memory.output_gate.fill_(1.0)  # the zero gate would hide the read
+    mem.save_pretrained(tmp_path)
+    loaded = MemVPModel.from_pretrained(tiny_model("llama"), tmp_path)
+    assert loaded.memvp_config.retrieval == "softmax" and loaded.memvp_config.output_scale == 1.0
+    inputs, feats = lm_inputs(mem.language_model), torch.randn(2, 4, 12)
+    with torch.no_grad():
+        got = loaded(**inputs, visual_features=feats).logits
+        assert torch.equal(mem(**inputs, visual_features=feats).logits, got)
+        mem.memvp_config.retrieval = "activation"  # the same weights read through phi differ
+        assert not torch.allclose(mem(**inputs, visual_features=feats).logits, got)
 
 
 def test_loading_onto_another_model_fails_clearly(tmp_path):

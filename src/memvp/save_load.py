@@ -195,8 +195,7 @@ def read_adapter(
             f"saved by memvp has); {damaged}"
         )
     try:
-        # a field added since the adapter was saved reads as it did then, not as today's default
-        config = config_cls.from_dict({**getattr(config_cls, "SAVED_DEFAULTS", {}), **meta["config"]})
+        config = config_cls.from_dict(meta["config"])
     except (TypeError, ValueError) as e:
         raise ValueError(f"{config_file}: bad adapter config ({e})") from None
     try:

@@ -74,9 +74,8 @@ QUICK = {
     "scenes": {"n_train": 40, "n_val": 5, "n_test": 20},
     "train": {"max_steps": 4, "batch_size": 8, "lr": 1e-2},
 }
-MEMVP = {"num_entries": 49, "target_layers": list(range(-15, 0)), "retrieval": "activation"}
-"""The demo's MemVP: one entry per grid cell, in the top 15 layers (the top half of SmolLM2's 30), read
-through the FFN's activation: the one-object numbers were measured so (the where task reads by softmax)."""
+MEMVP = {"num_entries": 49, "target_layers": list(range(-15, 0))}
+"""The demo's MemVP: one entry per grid cell, in the top 15 layers (the top half of SmolLM2's 30)."""
 EVAL_EVERY = {"full": 100, "quick": 2}
 """--compare: evaluate every arm this often, for the accuracy-against-seconds picture."""
 

@@ -36,7 +36,7 @@ QUESTIONS = {  # type -> (question, answer template, the words one of which an a
 }
 FULL = {"scenes": {"n_train": 400, "n_val": 1, "n_test": 40}, "stage1_steps": 80, "stage2_steps": 60}
 QUICK = {"scenes": {"n_train": 8, "n_val": 1, "n_test": 2}, "stage1_steps": 2, "stage2_steps": 2}
-MEMVP = {"num_entries": 49, "target_layers": list(range(-15, 0)), "retrieval": "activation"}  # as measured
+MEMVP = {"num_entries": 49, "target_layers": list(range(-15, 0))}
 LORA = {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "lora_target_modules": "all-linear"}
 
 

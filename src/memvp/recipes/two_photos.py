@@ -73,7 +73,7 @@ def run_demo(
         f"visual features {tuple(feats.shape)}"
     )
 
-    model = get_memvp_model(lm, MemVPConfig(visual_dim=vision.feature_dim, num_entries=64, retrieval="activation"))
+    model = get_memvp_model(lm, MemVPConfig(visual_dim=vision.feature_dim, num_entries=64))
     model.print_trainable_parameters()
     prompt_ids, ids, mask, labels = _encode_batch(tokenizer, QUESTION, list(answers))
     model.eval()

@@ -63,12 +63,7 @@ DISTRACTORS = {
 COLOURS = {"red": (220, 30, 30), "blue": (30, 70, 220), "green": (40, 160, 50), "orange": (255, 140, 0)}
 FULL = {"n_train": 600, "n_test": 150, "train": {"max_steps": 150, "batch_size": 16, "lr": 1e-2}}
 QUICK = {"n_train": 12, "n_test": 6, "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-2}}
-MEMVP = {
-    "num_entries": NUM_FRAMES,
-    "target_layers": list(range(-15, 0)),
-    "center_features": True,
-    "retrieval": "activation",  # the measured recipe (docs/video.md), from before softmax became the default
-}
+MEMVP = {"num_entries": NUM_FRAMES, "target_layers": list(range(-15, 0)), "center_features": True}
 """One entry per sampled frame, in the top half of SmolLM2's layers (as the image demo), the frame
 features centred on their training mean."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from ...config import DictConfig, check_choice, check_field_types
 from ..common import PROJECTORS, check_target_layers
@@ -28,14 +28,10 @@ class MemVPConfig(DictConfig):
 
     Defaults follow the paper and the official LLaMA code (a two-layer projector with hidden size
     128, position embeddings shared across layers for decoder-only models and per layer, injected
-    into the encoder only, for encoder-decoder models) except for two things: ``memory_scale='ffn'``
+    into the encoder only, for encoder-decoder models) except for one thing: ``memory_scale='ffn'``
     sizes the visual keys and values like the LM's own FFN keys and values instead of a fixed
-    lambda = 0.01, and with it ``retrieval='softmax'`` weighs the entries by a softmax instead of the
-    FFN's activation (see both; ``memory_scale='paper'`` is the paper's exact eq. 7, read through phi).
+    lambda = 0.01 (see ``memory_scale``; ``memory_scale='paper'`` is the paper's exact eq. 7).
     """
-
-    SAVED_DEFAULTS: ClassVar[dict[str, Any]] = {"retrieval": "activation"}
-    """Fields whose default changed: an adapter config saved without one had this value."""
 
     visual_dim: int
     """Dimension d' of one visual feature z_i (e.g. 1024 for CLIP ViT-L/14, 1280 for EfficientNet-Lite0)."""
@@ -72,14 +68,13 @@ class MemVPConfig(DictConfig):
     about one entry's size, where the many near-identical background cells would otherwise add up
     coherently (measured on the demo at s = 1: the memory's output 20-34x the FFN's own before any
     training)."""
-    retrieval: str | None = None
+    retrieval: str = "activation"
     """How each token weighs the entries. 'activation' (the paper, eq. 6 / 12): phi(<x, k_i>), the
     FFN's own activation, every entry read independently. 'softmax' ('ffn' only): a softmax over the
     entries, so the weights sum to 1 and a few entries can take nearly all of them — the read is then
     one object's entries, not the grid's sum (docs/memory_scale.md 6.5: with the grounding loss it
-    found and read one object among six where phi could not); ``output_scale`` defaults to 1.
-    None: 'softmax' with memory_scale='ffn', 'activation' with 'paper' (the paper's exact form). An
-    adapter saved before this option existed read with 'activation' and loads so (``SAVED_DEFAULTS``)."""
+    found and read one object among six where phi could not; on photo grids it varied more with the
+    seed than phi, so it is not the default); ``output_scale`` defaults to 1."""
     projector: str = "mlp"
     """'mlp' (Linear, SiLU, Linear, as in the official LLaMA code), 'linear' (as on BART/T5) or
     'mlp2x_gelu' (LLaVA-1.5's Linear-GELU-Linear at the LM's width, the paper's Table 9)."""
@@ -129,8 +124,6 @@ class MemVPConfig(DictConfig):
         check_choice("position_mode", self.position_mode, _POSITION_MODES)
         check_choice("visual_tokens", self.visual_tokens, _VISUAL_TOKENS)
         check_choice("memory_scale", self.memory_scale, _MEMORY_SCALES)
-        if self.retrieval is None:
-            self.retrieval = "activation" if self.memory_scale == "paper" else "softmax"
         check_choice("retrieval", self.retrieval, _RETRIEVALS)
         if self.retrieval == "softmax" and self.memory_scale == "paper":
             raise ValueError(
