@@ -16,7 +16,8 @@ from .schema import ASKED_BOX, Sample
 _VERTICAL = {"top": (0.0, 0.5), "upper": (0.0, 0.5), "bottom": (0.5, 1.0), "lower": (0.5, 1.0)}
 _HORIZONTAL = {"left": (0.0, 0.5), "right": (0.5, 1.0)}
 _MIDDLE = (0.25, 0.75)
-_WORD = r"(left|right|top|bottom|upper|lower|middle|center|centre)"
+_WORDS = "left|right|top|bottom|upper|lower|middle|center|centre"
+_WORD = f"({_WORDS})"
 _PLACE = r"(?:(top|upper|bottom|lower|middle|center|centre)[\s-]+)?" + _WORD
 _TAIL = (
     r"(?:\s+(?:side|corner|half|part|edge|hand side|hand corner|row|column|cell|square|quadrant|quarter|tile|"
@@ -25,7 +26,7 @@ _TAIL = (
 # the phrase ends the clause, or names the picture itself: "... on the left of the image"
 _END = r"(?=\s*$|\s*[?.,!;:]|\s+(?:or|and)\b|\s+of\s+the\s+(?:image|picture|photo|frame|grid|scene)\b)"
 # "in the top left", or without the article after a preposition: "what is at top left?"
-_START = r"\b(?:the|(?:in|on|at)(?=\s+(?:top|upper|bottom|lower|middle|center|centre|left|right)\b))\s+"
+_START = rf"\b(?:the|(?:in|on|at)(?=\s+(?:{_WORDS})\b))\s+"
 _IN_QUESTION = re.compile(_START + _PLACE + _TAIL + _END)
 _AS_ANSWER = re.compile(r"^\s*(?:(?:in|on|at|to)\s+)?(?:the\s+)?" + _PLACE + _TAIL + r"\s*[.!]?\s*$")
 
