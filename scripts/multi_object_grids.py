@@ -224,7 +224,7 @@ def generate_grid_dataset(
                 questions.append(q_entry)
                 annotations.append(annotation)
                 layout[str(image_id)]["questions"][str(qid)] = box
-                by_kind[kind].append(a)
+                by_kind[kind].append(annotation["multiple_choice_answer"])
         info = {"description": f"grids of real images ({source}), {rows}x{cols}", "seed": seed}
         atomic_write_text(
             out / f"questions_{split}.json",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from dataset_files import FIXTURES, IMAGE_TYPE, VQA, image_cell, png, write_parquet
 
 from memvp.datasets import read_vqav2, read_vqav2_parquet, score
+from memvp.datasets.vqav2 import unscorable_targets
 
 
 def test_vqav2_answers_target_and_paths():
@@ -175,3 +177,33 @@ def test_vqav2_json_and_parquet_give_the_same_samples_and_targets(tmp_path):
         r"answers\)",
     ):
         read_vqav2_parquet(no_target, tmp_path / "img")
+
+
+def test_vqav2_answers_the_score_can_never_match_are_named(tmp_path):
+    # a home-made set that writes "six" where VQAv2 writes "6": predictions are normalised, answers not
+    class Lines(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    questions = [{"question_id": i, "image_id": 1, "question": "What is in the top left?"} for i in range(4)]
+    answers = ["six", "6", "red", "Yes"]
+    annotations = [
+        {"question_id": i, "multiple_choice_answer": a, "answers": [{"answer": a}] * 10} for i, a in enumerate(answers)
+    ]
+    (tmp_path / "q.json").write_text(json.dumps({"questions": questions}))
+    (tmp_path / "a.json").write_text(json.dumps({"annotations": annotations}))
+    handler, log = Lines(), logging.getLogger("memvp.datasets.vqav2")
+    log.addHandler(handler)
+    try:
+        samples = read_vqav2(tmp_path / "q.json", tmp_path / "a.json", "/x")
+        read_vqav2(os.path.join(VQA, "questions.json"), os.path.join(VQA, "annotations.json"), "/x")
+    finally:
+        log.removeHandler(handler)
+    assert unscorable_targets(samples) == ["six", "Yes"]
+    assert score("vqav2", samples, {s.id: s.target for s in samples})["overall"] == 50.0  # why it matters
+    (line,) = handler.lines  # the real VQAv2 fixture says nothing
+    assert str(tmp_path / "a.json") in line and "2 of 4" in line and "'six', scored as '6'" in line

@@ -24,6 +24,7 @@ from memvp.recipes.scenes import (
     draw_scene,
     generate_dataset,
     load_scenes,
+    vqa_records,
 )
 
 SIZES = {"n_train": 24, "n_val": 6, "n_test": 6}
@@ -151,6 +152,20 @@ def test_vqav2_layout(dataset):
             assert (out / "images" / IMAGE_PATTERN.format(data_subtype=split, image_id=image_id)).is_file()
         assert set(map(int, _load(out, "scenes", split)["scenes"])) == split_images
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+
+
+def test_vqa_records_write_the_answer_as_the_vqa_score_reads_it():
+    # the score normalises predictions only ("Six" -> "6"): an answer written as "six" could never match
+    entry, annotation = vqa_records(7, 7001, "What is in the top left?", "Six", "what", [0, 0, 0.5, 0.5])
+    assert annotation["multiple_choice_answer"] == "6"
+    assert {a["answer"] for a in annotation["answers"]} == {"6"}
+    assert vqa_records(7, 7002, "Where is it?", "top left", "where")[1]["multiple_choice_answer"] == "top left"
+    assert entry == {
+        "image_id": 7,
+        "question": "What is in the top left?",
+        "question_id": 7001,
+        "asked_box": [0, 0, 0.5, 0.5],
+    }
 
 
 def _snapshot(out: Path) -> dict[str, bytes]:

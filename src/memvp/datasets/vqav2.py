@@ -6,15 +6,18 @@ submits it."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..metrics import evalai_answer, vqa_accuracy
+from ..metrics import evalai_answer, normalize_vqa_answer, vqa_accuracy
 from . import io
 from .outputs import OutputFiles, llava_answers, number_or_text
 from .registry import DatasetFormat, register_format
 from .schema import ASKED_BOX, Sample, asked_box
+
+logger = logging.getLogger(__name__)
 
 
 def _vqav2_sample(
@@ -41,6 +44,23 @@ def _vqav2_sample(
         question_type=answer_type,
         metadata={"target": target, "answer_type": answer_type, "question_type": question_type, **extra},
     )
+
+
+def unscorable_targets(samples: Sequence[Sample]) -> list[str]:
+    """The training targets that VQA's normalisation changes ("six" is scored as "6", "Yes" as "yes"):
+    the official score normalises the prediction only, so a model that learns such a target is never
+    right on a question whose answers all agree. VQAv2's own answers are already normalised."""
+    return [t for s in samples if (t := s.metadata.get("target")) and normalize_vqa_answer(t) != t]
+
+
+def _warn_unscorable(samples: Sequence[Sample], source: str | os.PathLike) -> None:
+    bad = unscorable_targets(samples)
+    if len(bad) * 100 > len(samples):  # a stray one in a real file is noise; a whole kind is a broken set
+        logger.warning(
+            f"{io.absolute(source)}: {len(bad)} of {len(samples)} answers are not in VQA's normalised form "
+            f"(e.g. {bad[0]!r}, scored as {normalize_vqa_answer(bad[0])!r}) and can never be matched; write "
+            "them normalised (memvp.metrics.normalize_vqa_answer), as VQAv2's are"
+        )
 
 
 def read_vqav2(
@@ -109,6 +129,8 @@ def read_vqav2(
                 box,
             )
         )
+    if annotations_file is not None:
+        _warn_unscorable(samples, annotations_file)
     return io.non_empty(samples, questions_file)
 
 
@@ -190,6 +212,7 @@ def read_vqav2_parquet(
                     annotation,
                 )
             )
+    _warn_unscorable(samples, paths[0])
     return io.non_empty(samples, paths[0])
 
 

@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write, atomic_write_text
+from ..metrics import normalize_vqa_answer
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -200,7 +201,10 @@ def vqa_records(
 ) -> tuple[dict, dict]:
     """One question in the official VQAv2 JSON layout: (its ``questions`` entry, its ``annotations``
     entry with the answer given by all ten annotators). ``asked_box``: the asked object's box in
-    fractions of the image (not an official field: the instruments read it for selectivity)."""
+    fractions of the image (not an official field: the instruments read it for selectivity).
+    The answer is written in VQA's normalised form ("six" -> "6"), as VQAv2's are: the official score
+    normalises the prediction only, so an answer it would change could never be matched."""
+    answer = normalize_vqa_answer(answer)
     annotation = {
         "question_id": question_id,
         "image_id": image_id,
