@@ -50,7 +50,7 @@ def unscorable_targets(samples: Sequence[Sample]) -> list[str]:
     """The training targets that VQA's normalisation changes ("six" is scored as "6", "Yes" as "yes"):
     the official score normalises the prediction only, so a model that learns such a target is never
     right on a question whose answers all agree. VQAv2's own answers are already normalised."""
-    return [t for s in samples if (t := s.metadata.get("target")) and normalize_vqa_answer(t) != t]
+    return [t for s in samples if (t := s.target) and normalize_vqa_answer(t) != t]
 
 
 def _warn_unscorable(samples: Sequence[Sample], source: str | os.PathLike) -> None:
@@ -129,8 +129,7 @@ def read_vqav2(
                 box,
             )
         )
-    if annotations_file is not None:
-        _warn_unscorable(samples, annotations_file)
+    _warn_unscorable(samples, annotations_file or questions_file)  # no annotations: no targets, no warning
     return io.non_empty(samples, questions_file)
 
 
