@@ -25,6 +25,7 @@ A method model overrides (peft's ``BaseTuner`` states its contract the same way)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass
@@ -153,16 +154,12 @@ class MethodModel(nn.Module):
 
         ``answer_logits_only=True`` (with ``labels``, decoder-only LMs) evaluates the LM head only at
         the labelled positions: the returned ``logits`` are [n_labelled, vocab], the loss is the same."""
-        visual_features = self.features_of(visual_features, pixel_values, input_ids)
-        self.set_visual_state(visual_features, has_image, **{k: kwargs.pop(k) for k in self.state_keys if k in kwargs})
         lm = self.language_model
-        try:
+        with self._visual_state(visual_features, pixel_values, input_ids, has_image, kwargs) as visual_features:
             inputs = self.lm_inputs(input_ids, attention_mask, visual_features, has_image, labels, **kwargs)
             if answer_logits_only and inputs["labels"] is not None and can_skip_lm_head(lm):
                 return answer_only_loss(lm, **inputs, **kwargs)
             return lm(**inputs, **kwargs)
-        finally:
-            self.release_visual_memory()
 
     @torch.no_grad()
     def generate(
@@ -177,17 +174,24 @@ class MethodModel(nn.Module):
         """transformers' ``generate`` with the method in place (its visual state made once for all
         decoding steps). Decoder-only output is the prompt ids + the new tokens, whatever the method
         inserted into the input."""
-        visual_features = self.features_of(visual_features, pixel_values, input_ids)
-        self.set_visual_state(visual_features, has_image, **{k: kwargs.pop(k) for k in self.state_keys if k in kwargs})
-        try:
+        with self._visual_state(visual_features, pixel_values, input_ids, has_image, kwargs) as visual_features:
             inputs = self.lm_inputs(input_ids, attention_mask, visual_features, has_image, generation=True)
             inputs.pop("labels", None)
             out = self.language_model.generate(**inputs, **kwargs)
-        finally:
-            self.release_visual_memory()
         if "inputs_embeds" in inputs and not self.config.is_encoder_decoder:
             out = torch.cat([input_ids.to(out.device), out], dim=1)  # generate returned new tokens only
         return out
+
+    @contextlib.contextmanager
+    def _visual_state(self, visual_features, pixel_values, input_ids, has_image, kwargs: dict):
+        """Encode the images if needed, set the method's visual state for one forward or generate
+        (popping the method's own state keys from ``kwargs``), and release it afterwards."""
+        visual_features = self.features_of(visual_features, pixel_values, input_ids)
+        self.set_visual_state(visual_features, has_image, **{k: kwargs.pop(k) for k in self.state_keys if k in kwargs})
+        try:
+            yield visual_features
+        finally:
+            self.release_visual_memory()
 
     # ------------------------------------------------------------------------- vision encoder
     def attach_vision_encoder(self, encoder: nn.Module | None) -> None:
