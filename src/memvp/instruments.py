@@ -54,13 +54,8 @@ def _measuring(model: torch.nn.Module, batch: dict[str, Any]):
     was_training = model.training
     model.eval()
     try:
-        model.set_visual_state(
-            model.features_of(batch.get("visual_features"), batch.get("pixel_values")), batch.get("has_image")
-        )
-        try:
+        with model.visual_state(batch.get("visual_features"), batch.get("pixel_values"), batch.get("has_image")):
             yield
-        finally:
-            model.release_visual_memory()
     finally:
         model.train(was_training)
 

@@ -155,7 +155,7 @@ class MethodModel(nn.Module):
         ``answer_logits_only=True`` (with ``labels``, decoder-only LMs) evaluates the LM head only at
         the labelled positions: the returned ``logits`` are [n_labelled, vocab], the loss is the same."""
         lm = self.language_model
-        with self._visual_state(visual_features, pixel_values, input_ids, has_image, kwargs) as visual_features:
+        with self.visual_state(visual_features, pixel_values, has_image, input_ids, kwargs) as visual_features:
             inputs = self.lm_inputs(input_ids, attention_mask, visual_features, has_image, labels, **kwargs)
             if answer_logits_only and inputs["labels"] is not None and can_skip_lm_head(lm):
                 return answer_only_loss(lm, **inputs, **kwargs)
@@ -174,7 +174,7 @@ class MethodModel(nn.Module):
         """transformers' ``generate`` with the method in place (its visual state made once for all
         decoding steps). Decoder-only output is the prompt ids + the new tokens, whatever the method
         inserted into the input."""
-        with self._visual_state(visual_features, pixel_values, input_ids, has_image, kwargs) as visual_features:
+        with self.visual_state(visual_features, pixel_values, has_image, input_ids, kwargs) as visual_features:
             inputs = self.lm_inputs(input_ids, attention_mask, visual_features, has_image, generation=True)
             inputs.pop("labels", None)
             out = self.language_model.generate(**inputs, **kwargs)
@@ -183,11 +183,21 @@ class MethodModel(nn.Module):
         return out
 
     @contextlib.contextmanager
-    def _visual_state(self, visual_features, pixel_values, input_ids, has_image, kwargs: dict):
-        """Encode the images if needed, set the method's visual state for one forward or generate
-        (popping the method's own state keys from ``kwargs``), and release it afterwards."""
+    def visual_state(
+        self,
+        visual_features: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        has_image: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        call_kwargs: dict | None = None,
+    ):
+        """The method's visual state for the LM calls made inside (``forward`` and ``generate`` use it;
+        so can your own loop): the images encoded if needed, the state set, and released afterwards.
+        The method's own state keys (``state_keys``) are popped from ``call_kwargs``. Yields the features."""
         visual_features = self.features_of(visual_features, pixel_values, input_ids)
-        self.set_visual_state(visual_features, has_image, **{k: kwargs.pop(k) for k in self.state_keys if k in kwargs})
+        call_kwargs = {} if call_kwargs is None else call_kwargs
+        state = {k: call_kwargs.pop(k) for k in self.state_keys if k in call_kwargs}
+        self.set_visual_state(visual_features, has_image, **state)
         try:
             yield visual_features
         finally:
