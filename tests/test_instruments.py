@@ -13,6 +13,7 @@ from memvp import MemVPConfig, get_memvp_model
 from memvp.instruments import (
     RESIDUAL_WARNING,
     answer_positions,
+    first_answer_positions,
     format_report,
     grounding_loss,
     measure_scale,
@@ -254,6 +255,15 @@ def test_answer_positions_are_the_tokens_before_labelled_ones_or_the_last_attend
     assert answer_positions({"input_ids": ids, "attention_mask": left}).nonzero().tolist() == [[0, 5], [1, 5]]
 
 
+def test_first_answer_positions_keep_each_rows_first_answer_predicting_token():
+    ids = torch.arange(12).reshape(2, 6)
+    labels = torch.full_like(ids, -100)
+    labels[0, 3:6], labels[1, 2:4] = 1, 1  # a three- and a two-token answer
+    assert first_answer_positions({"input_ids": ids, "labels": labels}).nonzero().tolist() == [[0, 2], [1, 1]]
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])  # no labels: the last attended token
+    assert first_answer_positions({"input_ids": ids, "attention_mask": mask}).nonzero().tolist() == [[0, 3], [1, 5]]
+
+
 @pytest.mark.parametrize(
     "mask",
     [
@@ -327,6 +337,19 @@ def test_selectivity_rides_on_measure_scale_and_its_report():
     assert report["selectivity"] == pytest.approx(alone["selectivity"])
     assert report["asked_uniform"][mem.sites[0].name] == pytest.approx(0.5)  # row 1 only
     assert summary(report)["selectivity_max"] == pytest.approx(report["max_selectivity"])
+    # the same at each row's first answer token (here the rows' last tokens, as there are no labels)
+    first = measure_selectivity(mem, batch, mask, positions=first_answer_positions(batch))
+    assert report["first_token_selectivity"] == pytest.approx(first["selectivity"])
+    assert summary(report)["selectivity_first_max"] == pytest.approx(first["max_selectivity"])
+    labelled = {**batch, "labels": torch.full_like(batch["input_ids"], -100)}
+    labelled["labels"][:, -3:] = 1  # a two-token answer + EOS: three positions, the first of them alone
+    both = measure_scale(mem, labelled, entry_mask=mask)
+    query = torch.zeros_like(labelled["input_ids"], dtype=torch.bool)
+    query[:, -4] = True
+    by_hand = measure_selectivity(mem, labelled, mask, query)["selectivity"]
+    assert both["first_token_selectivity"] == pytest.approx(by_hand)
+    assert both["first_token_selectivity"] != pytest.approx(both["selectivity"])
+    assert "first answer token" in format_report(both) and "first answer token" not in format_report(report)
     assert "asked object / uniform" in format_report(report)
     assert "selectivity" not in measure_scale(mem, batch)  # no mask, no selectivity
     with pytest.raises(ValueError, match="entry_mask"):

@@ -27,7 +27,8 @@ def test_train_save_load_predict_eval(tiny, capsys):
         curve[0]
         == (
             "step,epoch,loss,lr,samples_per_s,residual_ratio_max,memory_to_ffn_max,"
-            "memory_to_ffn_mean,positive_scores_mean,top_share_mean,selectivity_max,selectivity_mean,grounding_loss"
+            "memory_to_ffn_mean,positive_scores_mean,top_share_mean,selectivity_max,selectivity_mean,"
+            "selectivity_first_max,grounding_loss"
         )
         and len(curve) == 9
     )
@@ -45,6 +46,8 @@ def test_train_save_load_predict_eval(tiny, capsys):
     assert all(0 < v < 16 for v in scale["selectivity"].values())  # 16 entries: at most 16x uniform
     assert all(h["selectivity_max"] >= h["selectivity_mean"] > 0 for h in metrics["scale_history"])
     assert all(line.split(",")[10] for line in curve[1:] if line.split(",")[5])  # logged where measured
+    assert set(scale["first_token_selectivity"]) == {"decoder.0", "decoder.1"}
+    assert all(h["selectivity_first_max"] > 0 for h in metrics["scale_history"])
     assert set(metrics["eval"]) >= {"overall", "count", "per_type"} and metrics["eval"]["count"] == 12
     train_predictions = json.loads((run / "predictions_eval.json").read_text())
     assert len(train_predictions) == 12

@@ -105,6 +105,17 @@ def answer_positions(batch: dict[str, Any]) -> torch.Tensor:
     return query
 
 
+def first_answer_positions(batch: dict[str, Any]) -> torch.Tensor:
+    """[B, L] bool: each row's first answer-predicting token (``answer_positions``' leftmost), the one
+    that must find the object before any answer word is in the context. Later answer positions see
+    the answer so far ("top" of "top left"), so their retrieval can follow the words, not the question."""
+    query = answer_positions(batch)
+    first = torch.zeros_like(query)
+    rows = query.any(dim=1)
+    first[rows, query[rows].long().argmax(dim=1)] = True
+    return first
+
+
 def _asked_tokens(sites: list[dict], query: torch.Tensor, entry_mask: torch.Tensor):
     """Per site that recorded them (an encoder-decoder's other stack did not): (name, the asked object's
     share, a uniform reading's share) at the query tokens of the rows that mark an object."""
@@ -200,6 +211,9 @@ def measure_scale(model, batch: dict[str, Any], entry_mask: torch.Tensor | None 
             report[key][name] = _masked_mean(site[key], mask)
     if entry_mask is not None:
         report.update(_selectivity(sites, answer_positions(batch), entry_mask))
+        first = _selectivity(sites, first_answer_positions(batch), entry_mask)
+        report["first_token_selectivity"] = first["selectivity"]
+        report["max_first_token_selectivity"] = first["max_selectivity"]
     report["max_residual_ratio"] = max(residual) if residual else 1.0
     report["max_memory_to_ffn"] = max(report["memory_to_ffn"].values(), default=0.0)
     report["dominates"] = report["max_residual_ratio"] > RESIDUAL_WARNING
@@ -220,6 +234,7 @@ def summary(report: dict[str, Any]) -> dict[str, float]:
     if report.get("selectivity"):
         out["selectivity_max"] = report["max_selectivity"]
         out["selectivity_mean"] = mean(report["selectivity"])
+        out["selectivity_first_max"] = report["max_first_token_selectivity"]
     return out
 
 
@@ -253,12 +268,20 @@ def format_report(report: dict[str, Any]) -> str:
             + " ".join(f"{report['selectivity'][s]:.2f}" for s in report["selectivity"])
             + f" (max {report['max_selectivity']:.2f}; 1 = reads the average of the image)"
         )
+        first = report.get("first_token_selectivity", report["selectivity"])
+        if first != report["selectivity"]:  # the same tokens where one token predicts (explain's prompt)
+            lines.append(
+                "... at the first answer token only: "
+                + " ".join(f"{first[s]:.2f}" for s in first)
+                + f" (max {report['max_first_token_selectivity']:.2f})"
+            )
     message = warning(report)
     return "\n".join(lines + ([message] if message else []))
 
 
 __all__ = [
     "ASKED_ENTRIES",
+    "first_answer_positions",
     "measure_scale",
     "measure_selectivity",
     "grounding_loss",

@@ -137,6 +137,7 @@ _SCALE_COLUMNS = (
     "top_share_mean",
     "selectivity_max",  # data with asked boxes only: retrieval on the asked object / uniform
     "selectivity_mean",
+    "selectivity_first_max",  # the same at each row's first answer token (docs/memory_scale.md)
     "grounding_loss",  # grounding_weight > 0 only, every step
 )
 
