@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import yaml
@@ -222,6 +222,13 @@ def _answer_tokens(batch: dict, encoder_decoder: bool) -> int:
     return int((labels != -100).sum())
 
 
+class StepLosses(NamedTuple):
+    loss: float
+    """The LM's mean loss over the step's answer tokens."""
+    grounding: float | None
+    """The micro-batches' mean grounding loss; None when no micro-batch grounded (or it is off)."""
+
+
 def _optimizer_step(
     accelerator,
     model,
@@ -231,10 +238,9 @@ def _optimizer_step(
     encoder_decoder: bool,
     max_grad_norm: float = 0.0,
     grounding_weight: float = 0.0,
-    grounding: list | None = None,
-) -> float:
+) -> StepLosses:
     """One optimizer step over the micro-batches of one global batch; returns its mean loss (the
-    LM's; with ``grounding_weight`` the micro-batches' grounding losses are appended to ``grounding``).
+    LM's) and, with ``grounding_weight``, the micro-batches' mean grounding loss.
 
     Each micro-batch's mean loss is weighted by its share of all the answer tokens of the step (on
     every process; DDP then averages over processes, hence the num_processes factor), so the
@@ -246,6 +252,7 @@ def _optimizer_step(
     counts = [_answer_tokens(b, encoder_decoder) for b in micro_batches]
     total = int(accelerator.reduce(torch.tensor([sum(counts)], device=device), reduction="sum").item())
     loss_sum = torch.zeros(1, device=device)
+    grounding: list[float] = []
     for i, (batch, n) in enumerate(zip(micro_batches, counts)):
         last = i == len(micro_batches) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
@@ -265,14 +272,15 @@ def _optimizer_step(
     # The same value on every process, so that all of them stop together on a non-finite loss,
     # before the optimizer step: the weights (and the last checkpoint) stay good.
     mean_loss = float(accelerator.reduce(loss_sum, reduction="sum").item() / total)
+    grounding_mean = sum(grounding) / len(grounding) if grounding else None
     if not math.isfinite(mean_loss):
-        return mean_loss
+        return StepLosses(mean_loss, grounding_mean)
     if max_grad_norm > 0:
         accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad()
-    return mean_loss
+    return StepLosses(mean_loss, grounding_mean)
 
 
 def _resume_dir(cfg: TrainConfig, out: Path, state) -> Path | None:
@@ -606,7 +614,6 @@ def setup(cfg: TrainConfig) -> Run:
 def take_step(run: Run, micro_batches: list[dict]) -> dict:
     """One optimizer step (its memory measured when it is the one to measure); the loss curve's row.
     A non-finite loss stops the run before it touches the weights."""
-    grounding: list[float] = []
     step = functools.partial(
         _optimizer_step,
         run.accelerator,
@@ -617,15 +624,14 @@ def take_step(run: Run, micro_batches: list[dict]) -> dict:
         run.encoder_decoder,
         run.cfg.max_grad_norm,
         run.cfg.grounding_weight,
-        grounding,
     )
     lr = run.optimizer.param_groups[0]["lr"]  # the lr this step uses (the scheduler then moves on)
     if run.memory is not None and run.step == run.memory_step:
-        losses: list[float] = []
+        losses: list[StepLosses] = []
         run.peak_bytes = run.memory.measure(lambda: losses.append(step()))
-        loss = losses[0]
+        loss, grounding = losses[0]
     else:
-        loss = step()
+        loss, grounding = step()
     if not math.isfinite(loss):
         kept = (
             f"the last good checkpoint is {run.last_checkpoint}" if run.last_checkpoint else "no checkpoint was written"
@@ -643,8 +649,8 @@ def take_step(run: Run, micro_batches: list[dict]) -> dict:
         "lr": lr,
         "samples_per_s": (seen - run.window[0]) / max(now - run.window[1], 1e-9),
     }
-    if grounding:
-        row["grounding_loss"] = sum(grounding) / len(grounding)
+    if grounding is not None:
+        row["grounding_loss"] = grounding
     run.window = (seen, now)
     return row
 
